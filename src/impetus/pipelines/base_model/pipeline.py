@@ -1,0 +1,18 @@
+"""The ``base_model`` stage pipeline."""
+
+from kedro.pipeline import Pipeline, node
+
+from .nodes import prepare_base_model
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            node(
+                prepare_base_model,
+                inputs="params:model",
+                outputs=["base_lm", "base_model_metrics"],
+                name="prepare_base_model",
+            )
+        ]
+    )
