@@ -1,0 +1,12 @@
+"""Benchmarks behind one registry: ``get_benchmark(name, **options)`` and ``list_benchmarks()``.
+
+Each module registers its class with ``@register("name")``; adding a benchmark is one new module
+plus one import line below.
+"""
+
+from impetus.benchmarks.base import COLUMNS, Benchmark, get_benchmark, list_benchmarks, register
+
+# Imported for their @register side effect.
+from impetus.benchmarks import arc, arith, bbh, gsm8k, math500, svamp  # noqa: E402,F401  isort: skip
+
+__all__ = ["COLUMNS", "Benchmark", "get_benchmark", "list_benchmarks", "register"]

@@ -49,18 +49,21 @@ def grade_candidates(bench: Benchmark, candidates: pd.DataFrame, problems: pd.Da
     A completion without an answer is graded wrong and kept (never dropped), so every selection
     method is judged on the same candidates; the count is logged.
     """
-    gold = problems.set_index("problem_id")["gold"]
-    missing = set(candidates["problem_id"]) - set(gold.index)
+    rows = {r["problem_id"]: r for r in problems.to_dict("records")}
+    missing = set(candidates["problem_id"]) - set(rows)
     if missing:
-        raise ValueError(f"{len(missing)} candidate problem_ids are not in the problems table, e.g. {sorted(missing)[:3]}")
-    spans = [bench.extract_span(text) for text in candidates["completion"]]
+        raise ValueError(
+            f"{len(missing)} candidate problem_ids are not in the problems table, e.g. {sorted(missing)[:3]}"
+        )
     out = candidates.copy()
-    out["answer"] = [s[0] if s else None for s in spans]
+    # The row is passed so that e.g. ARC questions with numeric labels extract "2", not "B".
+    spans = [bench.extract_span(t, rows[p]) for t, p in zip(out["completion"], out["problem_id"])]
+    # Canonical answers (e.g. "7.0" -> "7"), so equal answers vote together.
+    out["answer"] = [bench.canonical(s[0]) if s else None for s in spans]
     out["answer_start"] = pd.array([s[1] if s else None for s in spans], dtype="Int64")
     out["answer_end"] = pd.array([s[2] if s else None for s in spans], dtype="Int64")
     out["correct"] = [
-        bool(a is not None and bench.grade(a, g))
-        for a, g in zip(out["answer"], out["problem_id"].map(gold))
+        bool(a is not None and bench.grade(a, rows[p]["gold"])) for a, p in zip(out["answer"], out["problem_id"])
     ]
     n_none = int(out["answer"].isna().sum())
     if n_none:

@@ -1,0 +1,106 @@
+"""Strict readers for benchmark source files and the Hugging Face fallback.
+
+Every reader fails fast with the file and line of the problem, so a corrupt download never turns
+into a silently smaller benchmark.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+class DataFormatError(ValueError):
+    """A source record is malformed or lacks a required field (message names file and line)."""
+
+
+def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_number, record)`` for each non-blank line of a JSON Lines file (1-based)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found (expected a JSON Lines file)")
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataFormatError(f"{path}: line {lineno}: malformed JSON ({exc.msg})") from exc
+            if not isinstance(rec, dict):
+                raise DataFormatError(f"{path}: line {lineno}: expected a JSON object, got {type(rec).__name__}")
+            yield lineno, rec
+
+
+def read_json(path: Path) -> Any:
+    """Load a whole JSON document; a syntax error names the file and the line it is on."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found (expected a JSON file)")
+    text = path.read_text(encoding="utf-8")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataFormatError(f"{path}: line {exc.lineno}: malformed JSON ({exc.msg})") from exc
+
+
+def json_array_lines(path: Path, records: list[Any]) -> list[tuple[int, Any]]:
+    """Pair each element of a top-level JSON array with the line its object starts on.
+
+    Error messages for SVAMP-style array files can then name a line just like JSONL ones. The
+    heuristic counts lines that open an object at the array's top level, which is how pretty
+    printed arrays are laid out; when it does not match the record count we fall back to indices.
+    """
+    starts: list[int] = []
+    depth = 0
+    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        stripped = line.strip()
+        if depth == 1 and stripped.startswith("{"):
+            starts.append(lineno)
+        # Strings here never hold braces in practice; this is only a locator for messages.
+        depth += stripped.count("{") + stripped.count("[") - stripped.count("}") - stripped.count("]")
+    if len(starts) != len(records):
+        starts = list(range(1, len(records) + 1))
+    return list(zip(starts, records))
+
+
+def require(rec: Mapping[str, Any], fields: Iterable[str], where: str, line: int) -> None:
+    """Raise :class:`DataFormatError` naming the first missing/null field, the file and the line."""
+    if not isinstance(rec, Mapping):
+        raise DataFormatError(f"{where}: line {line}: expected a JSON object, got {type(rec).__name__}")
+    for field in fields:
+        if field not in rec or rec[field] is None:
+            raise DataFormatError(f"{where}: line {line}: missing required field {field!r}")
+
+
+def content_hash(*parts: str, n: int = 12) -> str:
+    """Short stable hash of text parts; used for ids when the source has none."""
+    h = hashlib.sha1("\x1f".join(parts).encode("utf-8")).hexdigest()
+    return h[:n]
+
+
+def hf_records(benchmark: str, hub_id: str, config: str | None, local_hint: str) -> dict[str, list[dict]]:
+    """Load ``hub_id`` with :func:`datasets.load_dataset` and return ``{split: [record, ...]}``.
+
+    Any failure (offline, gated, renamed) becomes a RuntimeError that tells the user to pass a
+    local path instead, since that is the only fix available on an air-gapped machine.
+    """
+    try:
+        import datasets  # imported lazily: slow, and only this code path needs it
+
+        dd = datasets.load_dataset(hub_id, config) if config else datasets.load_dataset(hub_id)
+        out = {str(split): [dict(r) for r in ds] for split, ds in dd.items()}
+    except Exception as exc:  # noqa: BLE001 - any hub failure gets the same actionable message
+        raise RuntimeError(
+            f"{benchmark}: could not load {hub_id!r}{f' ({config})' if config else ''} from the "
+            f"Hugging Face hub: {type(exc).__name__}: {exc}. This machine may be offline; pass a "
+            f"local path to load() instead, e.g. {local_hint!r}."
+        ) from exc
+    logger.info("%s: loaded %s from the hub: %s", benchmark, hub_id, {k: len(v) for k, v in out.items()})
+    return out

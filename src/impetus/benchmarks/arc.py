@@ -1,0 +1,125 @@
+"""ARC (Clark et al. 2018), Challenge and Easy: multiple choice science questions.
+
+Labels are usually A-E but about 2% of questions use 1-4, so the answer key is always mapped
+through ``choices.label`` and the labels are stored in ``meta`` for extraction.
+Source splits are kept as named: ``train``, ``validation`` and ``test`` (the ingest splitter
+treats validation as train-side data).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, ClassVar
+
+from impetus.benchmarks._io import DataFormatError, hf_records, read_jsonl, require
+from impetus.benchmarks.base import Benchmark, Row, Span, make_row, meta_of, register
+
+DEFAULT_LABELS = ["A", "B", "C", "D", "E", "1", "2", "3", "4", "5"]
+_SPLITS = ("train", "validation", "test")
+
+
+def _label_alt(labels: list[str]) -> str:
+    # Longest first so a hypothetical "10" is not read as "1".
+    return "|".join(re.escape(x) for x in sorted(labels, key=len, reverse=True))
+
+
+def extract_choice_span(text: str, labels: list[str] | None = None) -> Span | None:
+    """The chosen label in ``text`` ("The answer is (B)", "answer: C", "(C)", or just "B")."""
+    alt = _label_alt(labels or DEFAULT_LABELS)
+    # Labels are case-sensitive so "a" in prose is never a choice; the marker words are not.
+    patterns = [
+        rf"(?i:answer is)[\s:*]*\(?({alt})\)?(?![\w])",
+        rf"(?i:answer)\s*:[\s*]*\(?({alt})\)?(?![\w])",
+        rf"\(({alt})\)",
+        rf"^[\s*]*\(?({alt})\)?[\s.*]*$",
+    ]
+    for pat in patterns:
+        last = None
+        for last in re.finditer(pat, text):
+            pass
+        if last:
+            return last.group(1), last.start(1), last.end(1)
+    return None
+
+
+def _norm_label(s: str) -> str:
+    return s.strip().strip("*").strip().rstrip(".").strip().strip("()").strip().upper()
+
+
+class _ARC(Benchmark):
+    """Shared ARC logic; subclasses set ``subset`` ("Challenge" or "Easy")."""
+
+    subset: ClassVar[str] = "Challenge"
+    chat_instruction = (
+        "Think step by step, then finish with 'The answer is (X).' where X is the label of the correct choice."
+    )
+
+    local_hint = "../shared/data/arc"
+
+    def expected_layout(self) -> str:
+        return f"a folder with ARC-{self.subset}-{{train,validation,test}}.jsonl or one such file"
+
+    def _row(self, rec: dict[str, Any], split: str, where: str, line: int) -> dict[str, Any]:
+        require(rec, ("id", "question", "choices", "answerKey"), where, line)
+        ch = rec["choices"]
+        if not isinstance(ch, dict) or not isinstance(ch.get("text"), list) or not isinstance(ch.get("label"), list):
+            raise DataFormatError(f"{where}: line {line}: field 'choices' needs 'text' and 'label' lists")
+        labels, texts = [str(x) for x in ch["label"]], [str(x) for x in ch["text"]]
+        key = str(rec["answerKey"]).strip()
+        if len(labels) != len(texts) or key not in labels:
+            raise DataFormatError(f"{where}: line {line}: answerKey {key!r} not among labels {labels}")
+        meta = {"labels": labels, "source_id": rec["id"], "answer_text": texts[labels.index(key)]}
+        return make_row(f"{self.name}-{rec['id']}", self.name, split, str(rec["question"]).strip(), key, meta, texts)
+
+    def _load_local(self, path: Path) -> list[dict[str, Any]]:
+        if path.is_file():
+            split = next((s for s in _SPLITS if path.stem.lower().endswith(s)), "test")
+            return [self._row(r, split, str(path), n) for n, r in read_jsonl(path)]
+        files = [(s, path / f"ARC-{self.subset}-{s}.jsonl") for s in _SPLITS]
+        if not files[-1][1].is_file():
+            raise FileNotFoundError(f"{self.name}: {files[-1][1]} not found; expected {self.expected_layout()}")
+        return [self._row(r, s, str(f), n) for s, f in files if f.is_file() for n, r in read_jsonl(f)]
+
+    def _load_hf(self) -> list[dict[str, Any]]:
+        data = hf_records(self.name, "allenai/ai2_arc", f"ARC-{self.subset}", self.local_hint)
+        return [
+            self._row(r, s, f"hf:allenai/ai2_arc/{s}", i + 1) for s, recs in data.items() for i, r in enumerate(recs)
+        ]
+
+    def format_question(self, row: Row) -> str:
+        """Question then one "(A) text" line per choice, with the row's own labels."""
+        labels = meta_of(row).get("labels") or DEFAULT_LABELS
+        lines = [f"({lab}) {txt}" for lab, txt in zip(labels, row["choices"])]
+        return "\n".join([str(row["question"]), *lines])
+
+    def format_solution(self, row: Row) -> str:
+        """ARC has no worked solutions: the exemplar states the answer label only."""
+        return f"So the answer is ({row['gold']})."
+
+    def extract_span(self, completion: str, row: Row | None = None, labels: list[str] | None = None) -> Span | None:
+        """Chosen label; restricted to the row's labels when ``row`` or ``labels`` is given."""
+        if labels is None and row is not None:
+            labels = meta_of(row).get("labels")
+        return extract_choice_span(completion, labels)
+
+    def canonical(self, answer: str) -> str:
+        return _norm_label(answer)
+
+    def grade(self, answer: str | None, gold: str) -> bool:
+        """Label equality ignoring case, parentheses and a trailing period."""
+        return answer is not None and _norm_label(answer) != "" and _norm_label(answer) == _norm_label(gold)
+
+
+@register("arc_challenge")
+class ARCChallenge(_ARC):
+    """ARC-Challenge."""
+
+    subset = "Challenge"
+
+
+@register("arc_easy")
+class ARCEasy(_ARC):
+    """ARC-Easy."""
+
+    subset = "Easy"

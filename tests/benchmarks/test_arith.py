@@ -1,0 +1,68 @@
+"""The generated arith benchmark: determinism, distinctness, exact gold, exemplars."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from impetus.benchmarks import get_benchmark
+
+
+def _load(**kw) -> tuple:
+    b = get_benchmark("arith", **kw)
+    return b, b.load("generated")
+
+
+@pytest.mark.parametrize("n_ops, ops", [(1, "+"), (2, "+-*"), (3, "+-*")])
+def test_deterministic_distinct_and_exact(n_ops, ops):
+    b, df = _load(n_problems=200, n_ops=n_ops, ops=ops, digits=2, seed=0)
+    _, again = _load(n_problems=200, n_ops=n_ops, ops=ops, digits=2, seed=0)
+    pd.testing.assert_frame_equal(df, again)
+    test = df[df.split == "test"]
+    assert len(test) == 200 and test["question"].is_unique and df["problem_id"].is_unique
+    for q, gold, meta in zip(test["question"], test["gold"], test["meta"]):
+        expr = json.loads(meta)["expression"]
+        assert q == f"What is {expr}?"
+        assert int(eval(expr)) == int(gold) >= 0  # noqa: S307 - our own generated arithmetic
+    if n_ops == 2:
+        assert test["question"].str.match(r"What is \(\d+ [-+*] \d+\) [-+*] \d+\?").all()
+
+
+def test_seed_changes_problems_and_ids_follow_text():
+    _, a = _load(seed=0)
+    _, b = _load(seed=1)
+    assert set(a.question) != set(b.question)
+    # The same question under the same params gets the same id whatever the seed.
+    common = set(a.question) & set(b.question)
+    ida, idb = dict(zip(a.question, a.problem_id)), dict(zip(b.question, b.problem_id))
+    assert all(ida[q] == idb[q] for q in common)
+
+
+def test_fewshot_disjoint_and_format():
+    b, df = _load(n_problems=200)
+    shots = b.fewshot_rows()
+    assert len(shots) == 3 and (shots.split == "fewshot").all()
+    assert not set(shots.question) & set(df[df.split == "test"].question)
+    row = df.iloc[0]
+    text = b.prompt(row, "fewshot")
+    s = shots.iloc[0]
+    a, op, c = s["question"][len("What is "):-1].split()
+    assert f"Q: {s['question']}\nA: {a} {op} {c} = {s['gold']}. The answer is {s['gold']}.\n\n" in text
+    assert text.endswith(f"Q: {row['question']}\nA:")
+    assert b.extract(b.format_solution(s)) == s["gold"]
+
+
+def test_word_form_steps():
+    b, df = _load(form="word", n_ops=3, ops="+-*", n_problems=50, seed=3)
+    row = df[df.split == "test"].iloc[0]
+    assert row["question"].endswith("have now?") and "What is" not in row["question"]
+    sol = b.format_solution(row)
+    assert sol.count(" = ") == 3 and sol.endswith(f"The answer is {row['gold']}.")
+    assert b.grade(b.extract(sol), row["gold"])
+
+
+def test_too_few_distinct_problems_fails_clearly():
+    with pytest.raises(ValueError, match="distinct"):
+        _load(n_problems=500, digits=1, n_ops=1, ops="+")
+    with pytest.raises(ValueError, match="ops"):
+        get_benchmark("arith", ops="/")
