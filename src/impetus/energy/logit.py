@@ -1,0 +1,239 @@
+"""Training-free, logit-based energies for one sampled completion (pure tensor functions).
+
+Indexing convention used throughout this module
+-----------------------------------------------
+For a completion of ``T`` tokens, ``logits`` has ``T + 1`` rows: row ``i`` is the next-token
+distribution that *predicted* ``tokens[i]`` (it was computed from the prompt plus
+``tokens[:i]``), and row ``T`` is the distribution *after* the last token. This extra row is
+what the Spilled Energy measure needs (it compares two consecutive steps).
+
+Per-token quantities (:func:`logit_energies`)
+---------------------------------------------
+* ``spilled``  -- Spilled Energy, Minut, Dewidar & Masi, "Spilled Energy in Large Language
+  Models", arXiv:2602.18671 (ICLR 2026). With token energy ``E_i = -f_i[x_i]`` and marginal
+  energy ``E'_i = -logsumexp(f_{i+1})`` the paper defines ``ΔE_i = E_i - E'_i``, i.e.
+  ``dE[i] = logsumexp(logits[i+1]) - logits[i, tokens[i]]``. The chain rule says both energies
+  describe the same joint ``p(x_{<=i})`` up to the same normaliser, so a large spill flags a
+  likely error (hallucination). This matches the authors' reference code
+  (``spilled_energy.energy.spilled_energy``: ``delta = -E_margin + E``).
+* ``marginal`` -- the paper's marginalised energy ``Em[i] = -logsumexp(logits[i+1])``,
+  measurable at a single step; higher = less plausible.
+* ``logprob``  -- ``log_softmax(logits[i])[tokens[i]]``, the ordinary token log-likelihood.
+* ``deepconf`` -- DeepConf token confidence, Fu et al., "Deep Think with Confidence",
+  arXiv:2508.15260: ``C_i = -(1/k) * sum_{j<=k} log P_i(j)`` over the ``k = 20`` most
+  likely tokens of step ``i``. Always ``>= 0``; higher = more peaked = more confident.
+
+Per-candidate columns (:func:`candidate_energy_row`) are oriented so that **lower = better**
+for every float column, as required by the ``energies`` data contract in DESIGN.md.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+#: DeepConf uses the top-20 log-probabilities for token confidence (arXiv:2508.15260).
+DEEPCONF_TOP_K = 20
+#: Sliding window for DeepConf group confidence. The paper uses 2048 tokens for long reasoning
+#: traces; our completions are a few hundred tokens, so a much shorter window is used.
+DEFAULT_GROUP_WINDOW = 16
+#: Number of final tokens for DeepConf tail confidence (paper: 2048; scaled down as above).
+DEFAULT_TAIL = 32
+#: Finite stand-in for energies that cannot be computed (empty completion). Large so that such
+#: candidates sort last under argmin, yet finite so that z-scoring/EBM training never sees NaN.
+FILL_VALUE = 1.0e4
+
+#: Energy columns produced by :func:`candidate_energy_row` (all floats, lower = better).
+ENERGY_COLUMNS: tuple[str, ...] = (
+    "spilled_max",
+    "spilled_mean",
+    "spilled_min",
+    "marginal_max",
+    "marginal_mean",
+    "marginal_min",
+    "spilled_max_all",
+    "spilled_mean_all",
+    "neg_logprob_mean",
+    "neg_deepconf_mean",
+    "neg_deepconf_lowest_group",
+    "neg_deepconf_tail",
+)
+#: Boolean flag columns produced alongside (not energies; selection code should skip them).
+FLAG_COLUMNS: tuple[str, ...] = ("answer_span_found", "empty_completion")
+
+
+def logit_energies(logits: Tensor, tokens: Tensor, top_k: int = DEEPCONF_TOP_K) -> dict[str, Tensor]:
+    """Per-token spilled/marginal energy, log-prob and DeepConf confidence.
+
+    Args:
+        logits: ``[..., T + 1, V]`` raw (un-tempered) logits; row ``i`` predicted ``tokens[i]``,
+            row ``T`` is the distribution after the last token.
+        tokens: ``[..., T]`` integer token ids of the completion.
+        top_k: tokens averaged in the DeepConf confidence (paper: 20); clipped to ``V``.
+
+    Returns:
+        ``{"spilled", "marginal", "logprob", "deepconf"}``, each float32 ``[..., T]``.
+
+    Leading batch dimensions broadcast, so a right-padded batch ``[B, T_max + 1, V]`` works, but
+    positions beyond each sequence's own length are then meaningless and must be masked by the
+    caller. The simplest correct use is one call per sequence with its own ``T + 1`` rows
+    (what :func:`impetus.lm.scoring.score_candidates` does).
+
+    Formulas: Spilled Energy and marginal energy from arXiv:2602.18671; DeepConf token
+    confidence from arXiv:2508.15260 (see module docstring).
+    """
+    if logits.shape[-2] != tokens.shape[-1] + 1:
+        raise ValueError(f"logits must have T+1 rows for T tokens; got {tuple(logits.shape)} and {tuple(tokens.shape)}")
+    # float32 because bf16 logsumexp over ~50k entries loses ~2 decimal digits.
+    logits = logits.float()
+    tokens = tokens.long()
+    # logsumexp is computed with the max-shift trick inside torch -> stable for large logits.
+    lse = torch.logsumexp(logits, dim=-1)  # [..., T+1]
+    pred = logits[..., :-1, :]  # rows that predicted each token
+    tok_logit = torch.gather(pred, -1, tokens.unsqueeze(-1)).squeeze(-1)  # f_i[x_i]
+    lse_next = lse[..., 1:]  # normaliser of the step *after* token i
+    spilled = lse_next - tok_logit
+    marginal = -lse_next
+    logprob = tok_logit - lse[..., :-1]
+    k = min(top_k, logits.shape[-1])
+    if pred.shape[-2] == 0:
+        deepconf = pred.new_zeros(pred.shape[:-1])
+    else:
+        # top-k of log_softmax == top-k of logits minus the same lse, so no full softmax is needed.
+        top = torch.topk(pred, k, dim=-1).values - lse[..., :-1].unsqueeze(-1)
+        deepconf = -top.mean(dim=-1)
+    return {"spilled": spilled, "marginal": marginal, "logprob": logprob, "deepconf": deepconf}
+
+
+def spilled_energy(logits: Tensor, tokens: Tensor) -> Tensor:
+    """Spilled Energy per token, ``logsumexp(logits[i+1]) - logits[i, tokens[i]]`` (arXiv:2602.18671)."""
+    return logit_energies(logits, tokens)["spilled"]
+
+
+def marginal_energy(logits: Tensor, tokens: Tensor) -> Tensor:
+    """Marginalised energy per token, ``-logsumexp(logits[i+1])`` (arXiv:2602.18671)."""
+    return logit_energies(logits, tokens)["marginal"]
+
+
+def pool_span(values: Tensor, start: int, end: int) -> dict[str, float]:
+    """Min, max and mean of ``values[start:end]``; NaN for an empty span.
+
+    The Spilled Energy paper pools its per-token scores over the exact-answer tokens with
+    mean/max/min (arXiv:2602.18671, Sec. 4 and the authors' ``compute_token_metrics``).
+    """
+    span = values[start:end].float()
+    if span.numel() == 0:
+        return {"min": math.nan, "max": math.nan, "mean": math.nan}
+    return {"min": float(span.min()), "max": float(span.max()), "mean": float(span.mean())}
+
+
+def group_confidences(conf: Tensor, window: int = DEFAULT_GROUP_WINDOW) -> Tensor:
+    """DeepConf group confidences: means of ``conf`` over every sliding window (arXiv:2508.15260).
+
+    The window is shortened to the sequence length when the sequence is shorter, so a short
+    completion yields a single group (its mean). Returns an empty tensor for empty input.
+    """
+    conf = conf.float().reshape(-1)
+    n = conf.numel()
+    if n == 0:
+        return conf
+    w = max(1, min(int(window), n))
+    return conf.unfold(0, w, 1).mean(dim=-1)
+
+
+def lowest_group_confidence(conf: Tensor, window: int = DEFAULT_GROUP_WINDOW) -> float:
+    """DeepConf lowest group confidence: ``min`` over sliding-window means (arXiv:2508.15260).
+
+    A single confused stretch in a long trace is a strong failure signal that a global mean
+    would dilute. NaN for an empty sequence.
+    """
+    groups = group_confidences(conf, window)
+    return float(groups.min()) if groups.numel() else math.nan
+
+
+def bottom_percent_group_confidence(conf: Tensor, window: int = DEFAULT_GROUP_WINDOW, percent: float = 10.0) -> float:
+    """DeepConf bottom-``percent`` group confidence: mean of the lowest ``percent``% of group confidences (arXiv:2508.15260)."""
+    groups = group_confidences(conf, window)
+    if groups.numel() == 0:
+        return math.nan
+    n = max(1, int(math.ceil(groups.numel() * percent / 100.0)))
+    return float(torch.sort(groups).values[:n].mean())
+
+
+def tail_confidence(conf: Tensor, tail: int = DEFAULT_TAIL) -> float:
+    """DeepConf tail confidence: mean over the last ``tail`` tokens (arXiv:2508.15260).
+
+    The end of a reasoning trace carries the final answer, so its confidence is most telling.
+    NaN for an empty sequence.
+    """
+    conf = conf.float().reshape(-1)
+    if conf.numel() == 0:
+        return math.nan
+    return float(conf[-max(1, int(tail)) :].mean())
+
+
+def candidate_energy_row(
+    per_token: dict[str, Tensor],
+    answer_span: tuple[int, int] | None,
+    n_completion_tokens: int,
+    window: int = DEFAULT_GROUP_WINDOW,
+    tail: int = DEFAULT_TAIL,
+) -> dict[str, float | bool]:
+    """Pool per-token quantities into one row of candidate energies (**lower = better** everywhere).
+
+    Args:
+        per_token: output of :func:`logit_energies` for one completion (1-D tensors of length T).
+        answer_span: completion *token* indices ``[start, end)`` of the extracted answer, or
+            ``None`` when no answer was located (then the whole completion is pooled).
+        n_completion_tokens: ``T``; used to validate the span and for the fallback.
+        window, tail: DeepConf group window and tail length.
+
+    Columns and signs:
+        * ``spilled_{max,mean,min}``: Spilled Energy pooled over the answer span. Used as is:
+          a larger spill means a likelier error (arXiv:2602.18671).
+        * ``marginal_{max,mean,min}``: marginal energy ``-logsumexp`` over the answer span, as is
+          (higher energy = less plausible, arXiv:2602.18671).
+        * ``spilled_{max,mean}_all``: Spilled Energy pooled over the whole completion, as is.
+        * ``neg_logprob_mean``: ``-mean log p(token)`` over the whole completion (per-token NLL).
+        * ``neg_deepconf_mean``: ``-mean C_i`` (DeepConf confidence is higher = better, so negated).
+        * ``neg_deepconf_lowest_group``: ``-min`` sliding-window mean confidence, negated.
+        * ``neg_deepconf_tail``: ``-mean`` confidence of the last ``tail`` tokens, negated.
+        * ``answer_span_found`` (bool flag): the span was given and non-empty within ``[0, T)``.
+        * ``empty_completion`` (bool flag): ``T == 0``; every energy is then :data:`FILL_VALUE`
+          (a large finite number, so the candidate ranks last and no NaN leaks downstream).
+    """
+    T = int(n_completion_tokens)
+    found = False
+    s, e = 0, T
+    if answer_span is not None:
+        a, b = max(0, int(answer_span[0])), min(T, int(answer_span[1]))
+        if b > a:
+            s, e, found = a, b, True
+    sp = pool_span(per_token["spilled"], s, e)
+    mg = pool_span(per_token["marginal"], s, e)
+    sp_all = pool_span(per_token["spilled"], 0, T)
+    conf = per_token["deepconf"][:T]
+    lp = per_token["logprob"][:T].float()
+    row: dict[str, float | bool] = {
+        "spilled_max": sp["max"],
+        "spilled_mean": sp["mean"],
+        "spilled_min": sp["min"],
+        "marginal_max": mg["max"],
+        "marginal_mean": mg["mean"],
+        "marginal_min": mg["min"],
+        "spilled_max_all": sp_all["max"],
+        "spilled_mean_all": sp_all["mean"],
+        "neg_logprob_mean": -float(lp.mean()) if T else math.nan,
+        "neg_deepconf_mean": -float(conf.float().mean()) if T else math.nan,
+        "neg_deepconf_lowest_group": -lowest_group_confidence(conf, window),
+        "neg_deepconf_tail": -tail_confidence(conf, tail),
+    }
+    # Fill anything non-finite (empty completion, or inf logits) so downstream never sees NaN.
+    for key in ENERGY_COLUMNS:
+        v = float(row[key])
+        row[key] = v if math.isfinite(v) else FILL_VALUE
+    row["answer_span_found"] = found
+    row["empty_completion"] = T == 0
+    return row

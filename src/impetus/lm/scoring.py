@@ -1,0 +1,241 @@
+"""Teacher-forced scoring of given completions: per-candidate logit energies and pooled hidden states.
+
+Each candidate is ``prompt + completion``; one forward pass per batch gives the logits of every
+completion token (plus the row after the last token, needed by Spilled Energy,
+arXiv:2602.18671) and the last-layer hidden states. We deliberately do *not* reuse
+``generate().scores``: those are post-processed (temperature, top-p masking to ``-inf``), which
+would distort ``logsumexp``-based energies; a fresh forward pass gives the raw logits.
+
+Tokenisation: the prompt and the completion are tokenised separately and their ids concatenated,
+so completion token boundaries match generation (where the completion was produced token by token
+after the prompt). Re-tokenising the decoded completion text can still differ from the sampled
+ids in rare cases (e.g. non-canonical BPE merges); that is an accepted approximation.
+
+Memory: with V = 49152 (SmolLM2) full logits of a whole dataset would not fit, so energies are
+computed batch by batch and only ``T + 1`` rows per candidate are ever materialised in float32;
+where the model supports ``logits_to_keep`` the LM head is only applied to the completion
+region of the batch (skipping long few-shot prompts).
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from impetus.energy.logit import ENERGY_COLUMNS, FLAG_COLUMNS, candidate_energy_row, logit_energies
+
+
+@dataclass
+class ScoreResult:
+    """Output of :func:`score_candidates`, rows in the input order.
+
+    Attributes:
+        energies: one row per candidate with :data:`impetus.energy.logit.ENERGY_COLUMNS`
+            (float, lower = better) and :data:`~impetus.energy.logit.FLAG_COLUMNS` (bool).
+        hidden_mean: ``[N, H]`` float32, last-layer (post final norm) hidden states mean-pooled
+            over the completion tokens; ``None`` when ``hidden=False``.
+        hidden_answer: ``[N, H]`` float32, last-layer hidden state at the answer's last token
+            (fallback: last completion token); ``None`` when ``hidden=False``.
+        seconds: wall-clock time of the whole scoring call.
+        n_tokens: ``[N]`` number of completion tokens scored per candidate.
+        answer_token_spans: per candidate the ``(start, end)`` completion-token span, or None.
+    """
+
+    energies: pd.DataFrame
+    hidden_mean: np.ndarray | None
+    hidden_answer: np.ndarray | None
+    seconds: float
+    n_tokens: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    answer_token_spans: list[tuple[int, int] | None] = field(default_factory=list)
+
+
+def _span_from_offsets(
+    offsets: Sequence[tuple[int, int]], char_span: tuple[int, int] | None
+) -> tuple[int, int] | None:
+    """Token span ``[start, end)`` of all tokens overlapping the character span ``[a, b)``."""
+    if char_span is None:
+        return None
+    a, b = int(char_span[0]), int(char_span[1])
+    if b <= a:
+        return None
+    # A token overlaps [a, b) iff it starts before b and ends after a. Zero-width tokens (s == e,
+    # e.g. special tokens) cover no character and are skipped.
+    hits = [i for i, (s, e) in enumerate(offsets) if e > s and s < b and e > a]
+    if not hits:
+        return None
+    return hits[0], hits[-1] + 1
+
+
+def _tokenize_completion(tokenizer: Any, completion: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """Completion ids (no special tokens) and their character offsets (needs a fast tokenizer)."""
+    enc = tokenizer(completion, add_special_tokens=False, return_offsets_mapping=True)
+    return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+
+
+def completion_token_span(
+    tokenizer: Any, completion: str, char_span: tuple[int, int] | None
+) -> tuple[int, int] | None:
+    """Map a character span ``[start, end)`` in ``completion`` to completion token indices.
+
+    Any token overlapping the span counts, so a token such as ``" 42"`` (with a leading space)
+    is included for the answer ``"42"``. Returns ``None`` when the span is None/empty or no
+    token overlaps it. Token indices refer to ``tokenizer(completion, add_special_tokens=False)``.
+    """
+    if char_span is None:
+        return None
+    _, offsets = _tokenize_completion(tokenizer, completion)
+    return _span_from_offsets(offsets, char_span)
+
+
+def _supports_logits_to_keep(model: Any) -> bool:
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _prompt_ids(tokenizer: Any, prompt: str, add_special_tokens: bool) -> list[int]:
+    ids = list(tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"])
+    if not ids:
+        # Some row must predict the first completion token; BOS is the natural empty context.
+        if tokenizer.bos_token_id is None:
+            raise ValueError("empty prompt and the tokenizer has no BOS token to condition on")
+        ids = [tokenizer.bos_token_id]
+    return ids
+
+
+def score_candidates(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    completions: list[str],
+    answer_spans: list[tuple[int, int] | None],
+    batch_size: int = 8,
+    hidden: bool = True,
+    progress: bool = False,
+    add_special_tokens: bool = True,
+) -> ScoreResult:
+    """Teacher-forced forward pass over ``prompt + completion`` for every candidate.
+
+    Args:
+        model: a Hugging Face causal LM (``model(input_ids, attention_mask) -> .logits``).
+        tokenizer: its *fast* tokenizer (offsets mapping is needed for answer spans).
+        prompts, completions: the exact prompt text fed to the sampler and the decoded completion.
+        answer_spans: per candidate the answer's character span ``[start, end)`` in the
+            completion, or None (then energies pool over the whole completion, flag False).
+        batch_size: candidates per forward pass; candidates are sorted by length so a batch
+            holds similar lengths (less padding), and results are returned in input order.
+        hidden: also return pooled last-layer hidden states (``output_hidden_states=True``).
+        progress: show a tqdm bar over batches.
+        add_special_tokens: passed when tokenising the prompt; must match how the sampler
+            tokenised it (e.g. False when a chat template already inserted BOS).
+
+    Returns:
+        :class:`ScoreResult`. An empty completion does not crash: its energies are
+        :data:`impetus.energy.logit.FILL_VALUE` with ``empty_completion=True``, and its hidden
+        states fall back to the last prompt token.
+    """
+    n = len(prompts)
+    if not (len(completions) == len(answer_spans) == n):
+        raise ValueError(f"length mismatch: {n} prompts, {len(completions)} completions, {len(answer_spans)} spans")
+    t0 = time.perf_counter()
+    pad_id = tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+
+    # Tokenise everything up front (cheap) so batches can be formed by length.
+    prompt_ids: list[list[int]] = []
+    comp_ids: list[list[int]] = []
+    tok_spans: list[tuple[int, int] | None] = []
+    for prompt, completion, span in zip(prompts, completions, answer_spans):
+        prompt_ids.append(_prompt_ids(tokenizer, prompt, add_special_tokens))
+        ids, offsets = _tokenize_completion(tokenizer, completion)
+        comp_ids.append(ids)
+        tok_spans.append(_span_from_offsets(offsets, span))
+
+    order = sorted(range(n), key=lambda i: len(prompt_ids[i]) + len(comp_ids[i]), reverse=True)
+    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    device = next(model.parameters()).device
+    keep_ok = _supports_logits_to_keep(model)
+
+    rows: list[dict | None] = [None] * n
+    h_mean: list[np.ndarray | None] = [None] * n
+    h_ans: list[np.ndarray | None] = [None] * n
+
+    iterator: Any = batches
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(batches, desc="scoring", unit="batch")
+
+    with torch.inference_mode():
+        for batch in iterator:
+            lens = [len(prompt_ids[i]) + len(comp_ids[i]) for i in batch]
+            L = max(lens)
+            # Right padding: positions of real tokens are 0..len-1 exactly as in an unpadded
+            # pass, so no position_ids bookkeeping is needed and causal attention never sees pads.
+            input_ids = torch.full((len(batch), L), pad_id, dtype=torch.long)
+            attn = torch.zeros((len(batch), L), dtype=torch.long)
+            for j, i in enumerate(batch):
+                seq = prompt_ids[i] + comp_ids[i]
+                input_ids[j, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+                attn[j, : len(seq)] = 1
+            kwargs: dict[str, Any] = {"use_cache": False}
+            first_needed = min(len(prompt_ids[i]) for i in batch) - 1  # row predicting 1st completion token
+            if keep_ok:
+                # Apply the (V-wide) LM head only from the earliest completion-predicting row on.
+                kwargs["logits_to_keep"] = L - first_needed
+            if hidden:
+                kwargs["output_hidden_states"] = True
+            out = model(input_ids=input_ids.to(device), attention_mask=attn.to(device), **kwargs)
+            logits = out.logits
+            offset = L - logits.shape[1]  # absolute position of logits row 0
+            last_h = out.hidden_states[-1] if hidden else None
+
+            for j, i in enumerate(batch):
+                p, T = len(prompt_ids[i]), len(comp_ids[i])
+                cand_logits = logits[j, p - 1 - offset : p + T - offset].float()  # T + 1 rows
+                toks = torch.tensor(comp_ids[i], dtype=torch.long, device=cand_logits.device)
+                per_tok = logit_energies(cand_logits, toks)
+                rows[i] = candidate_energy_row(per_tok, tok_spans[i], T)
+                if last_h is not None:
+                    hs = last_h[j].float()
+                    if T == 0:
+                        # No completion token to pool: the last prompt state summarises the context.
+                        mean_vec = ans_vec = hs[p - 1]
+                    else:
+                        mean_vec = hs[p : p + T].mean(dim=0)
+                        span = tok_spans[i]
+                        end = span[1] if span is not None and span[1] <= T else T
+                        ans_vec = hs[p + end - 1]
+                    h_mean[i] = mean_vec.cpu().numpy()
+                    h_ans[i] = ans_vec.cpu().numpy()
+            del out, logits, last_h  # free the batch's V-wide tensors before the next one
+
+    columns = list(ENERGY_COLUMNS) + list(FLAG_COLUMNS)
+    energies = pd.DataFrame(rows, columns=columns)
+    for c in ENERGY_COLUMNS:
+        energies[c] = energies[c].astype(np.float64)
+    for c in FLAG_COLUMNS:
+        energies[c] = energies[c].astype(bool)
+
+    hidden_mean = hidden_answer = None
+    if hidden:
+        width = int(getattr(model.config, "hidden_size", 0) or (h_mean[0].shape[0] if n else 0))
+        hidden_mean = np.stack(h_mean).astype(np.float32) if n else np.zeros((0, width), np.float32)
+        hidden_answer = np.stack(h_ans).astype(np.float32) if n else np.zeros((0, width), np.float32)
+
+    return ScoreResult(
+        energies=energies,
+        hidden_mean=hidden_mean,
+        hidden_answer=hidden_answer,
+        seconds=time.perf_counter() - t0,
+        n_tokens=np.array([len(c) for c in comp_ids], dtype=np.int64),
+        answer_token_spans=tok_spans,
+    )
