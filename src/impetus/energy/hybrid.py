@@ -1,0 +1,115 @@
+"""Hybrid energy: a learned linear combination of energy columns.
+
+``E_hybrid(x) = sum_c w_c * z_c(x)`` where ``z_c`` is column ``c`` standardized with the *train*
+mean/std. Weights are fit on train groups with the same group-wise pairwise loss as the EBMs
+(EORM, arXiv:2505.14999; RankNet, Burges et al. 2005) plus an L2 penalty. With a linear model the
+loss is a logistic regression on within-group (right - wrong) feature differences — convex, so
+L-BFGS finds the unique optimum deterministically. No bias: it cancels in every pair.
+
+Because every input column follows the lower-is-better contract, a useful column gets ``w_c > 0``;
+``weights`` (in standardized units, so comparable across columns) is what the report shows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+__all__ = ["HybridConfig", "HybridEnergy", "pair_index"]
+
+
+@dataclass
+class HybridConfig:
+    l2: float = 1e-3  # on standardized weights; keeps collinear columns from blowing up
+    max_iter: int = 200
+
+
+def pair_index(group_ids: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All within-group (right, wrong) pairs as ``(i_right, j_wrong, weight)``.
+
+    ``weight = 1 / (n_pairs_in_group * n_groups_with_pairs)``, so ``sum(weight * loss_pair)`` is
+    exactly ``ebm.pairwise_loss`` (mean over groups of mean over pairs) without an ``M x M`` mask —
+    the whole train set fits in one full batch.
+    """
+    g = np.asarray(group_ids)
+    y = np.asarray(labels, dtype=bool)
+    ii, jj, ww = [], [], []
+    for gid in pd.unique(g):
+        rows = np.flatnonzero(g == gid)
+        r, w = rows[y[rows]], rows[~y[rows]]
+        if r.size and w.size:
+            a, b = np.meshgrid(r, w, indexing="ij")
+            ii.append(a.ravel())
+            jj.append(b.ravel())
+            ww.append(np.full(a.size, 1.0 / a.size))
+    if not ii:
+        return np.zeros(0, int), np.zeros(0, int), np.zeros(0)
+    weights = np.concatenate(ww) / len(ii)
+    return np.concatenate(ii), np.concatenate(jj), weights
+
+
+@dataclass
+class HybridEnergy:
+    """Linear combination of energy columns fit with the pairwise loss. NaN-safe: missing values
+    are filled with the train mean (``z = 0``, i.e. "no evidence") at fit and at scoring time."""
+
+    config: HybridConfig = field(default_factory=HybridConfig)
+    cols: list[str] = field(default_factory=list)
+    mean: np.ndarray | None = None
+    std: np.ndarray | None = None
+    coef: np.ndarray | None = None
+    train_loss: float | None = None
+
+    def _z(self, df: pd.DataFrame) -> np.ndarray:
+        x = df[self.cols].to_numpy(dtype=float)
+        x = np.where(np.isnan(x), self.mean[None, :], x)
+        return (x - self.mean[None, :]) / self.std[None, :]
+
+    def fit(
+        self, df: pd.DataFrame, cols: Sequence[str], group_col: str = "problem_id", label_col: str = "correct"
+    ) -> "HybridEnergy":
+        """Fit weights on ``df`` (train groups only — the caller guarantees no eval problems)."""
+        self.cols = list(cols)
+        x = df[self.cols].to_numpy(dtype=float)
+        mean = np.nanmean(np.where(np.isfinite(x), x, np.nan), axis=0) if len(x) else np.zeros(len(cols))
+        mean = np.nan_to_num(mean, nan=0.0)  # an all-NaN column contributes nothing
+        std = np.nanstd(np.where(np.isnan(x), mean[None, :], x), axis=0)
+        self.mean, self.std = mean, np.where((std > 0) & np.isfinite(std), std, 1.0)
+        z = torch.as_tensor(self._z(df), dtype=torch.float64)
+        i, j, w = pair_index(df[group_col].to_numpy(), df[label_col].to_numpy(dtype=bool))
+        if i.size == 0:
+            raise ValueError("no (right, wrong) pair in any group: cannot fit a hybrid energy")
+        diff = z[torch.as_tensor(i)] - z[torch.as_tensor(j)]  # want (E_right - E_wrong) < 0
+        wt = torch.as_tensor(w, dtype=torch.float64)
+        theta = torch.zeros(len(self.cols), dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.LBFGS([theta], max_iter=self.config.max_iter, line_search_fn="strong_wolfe")
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = (wt * F.softplus(diff @ theta)).sum() + self.config.l2 * (theta**2).sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        self.coef = theta.detach().numpy().copy()
+        with torch.no_grad():
+            self.train_loss = float((wt * F.softplus(diff @ theta)).sum())
+        return self
+
+    def energy(self, df: pd.DataFrame) -> np.ndarray:
+        """Hybrid energy per row (lower = better)."""
+        if self.coef is None:
+            raise RuntimeError("HybridEnergy.fit must be called first")
+        return self._z(df) @ self.coef
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """Weight per column in standardized units (positive = column helps as lower-is-better)."""
+        if self.coef is None:
+            return {}
+        return {c: float(w) for c, w in zip(self.cols, self.coef)}

@@ -1,0 +1,224 @@
+"""Evaluation maths for best-of-N selection.
+
+All resampling is over *problems* (the unit of independence), never over candidates.
+
+References
+----------
+- Percentile bootstrap: Efron & Tibshirani, "An Introduction to the Bootstrap" (1993).
+- Paired bootstrap significance test for system comparison: Koehn, "Statistical Significance Tests
+  for Machine Translation Evaluation", EMNLP 2004; Berg-Kirkpatrick et al., EMNLP 2012.
+- Accuracy vs. number of samples / pass@N oracle: Cobbe et al., "Training Verifiers to Solve Math
+  Word Problems", arXiv:2110.14168; Brown et al., "Large Language Monkeys", arXiv:2407.21787.
+- Gap closure (fraction of the majority→oracle gap recovered) as in EORM, arXiv:2505.14999.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score
+
+from impetus.selection.rules import oracle as _oracle_sel
+from impetus.selection.rules import select_first, select_majority, selection_correct
+
+Selector = Callable[[pd.DataFrame], pd.Series]
+
+__all__ = [
+    "bootstrap_ci",
+    "paired_bootstrap",
+    "gap_closure",
+    "accuracy_vs_n",
+    "auroc",
+    "evaluate_methods",
+    "flatten_metrics",
+]
+
+
+def bootstrap_ci(
+    correct: Sequence[bool] | np.ndarray, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap ``(lo, hi)`` for the mean of per-problem correctness."""
+    x = np.asarray(correct, dtype=float)
+    if x.size == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, x.size, size=(n_boot, x.size))
+    means = x[idx].mean(axis=1)
+    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    return (float(lo), float(hi))
+
+
+def paired_bootstrap(
+    a: Sequence[float] | np.ndarray,
+    b: Sequence[float] | np.ndarray,
+    n_boot: int = 2000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Paired bootstrap of ``mean(a) - mean(b)`` over the same problems.
+
+    Both systems are resampled with the *same* problem indices, so per-problem difficulty cancels.
+    ``p_value`` is two-sided, from the bootstrap distribution re-centred on the null (shift method,
+    Berg-Kirkpatrick et al. 2012): ``P(|d* - d| >= |d|)``; identical inputs give ``p = 1``.
+    """
+    a = np.asarray(a, dtype=float)
+    b = np.asarray(b, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"paired arrays differ in shape: {a.shape} vs {b.shape}")
+    diff = a - b
+    d = float(diff.mean()) if diff.size else float("nan")
+    if diff.size == 0:
+        return {"mean_diff": d, "lo": d, "hi": d, "p_value": float("nan")}
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, diff.size, size=(n_boot, diff.size))
+    boots = diff[idx].mean(axis=1)
+    lo, hi = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
+    # Small tolerance so floating noise on an exact zero difference does not count as "extreme".
+    p = float(np.mean(np.abs(boots - d) >= abs(d) - 1e-12))
+    return {"mean_diff": d, "lo": float(lo), "hi": float(hi), "p_value": p}
+
+
+def gap_closure(acc: float, majority: float, oracle: float) -> float | None:
+    """``(acc - majority) / (oracle - majority)``; ``None`` when the gap is zero (undefined)."""
+    gap = oracle - majority
+    if abs(gap) < 1e-12:
+        return None
+    return float((acc - majority) / gap)
+
+
+def auroc(correct: Sequence[bool] | np.ndarray, energy: Sequence[float] | np.ndarray) -> float | None:
+    """AUROC of an energy as a correctness detector (scored on ``-energy``: lower = better).
+
+    NaN energies are dropped. Returns ``None`` when only one class remains.
+    """
+    y = np.asarray(correct, dtype=bool)
+    e = np.asarray(energy, dtype=float)
+    keep = ~np.isnan(e)
+    y, e = y[keep], e[keep]
+    if y.size == 0 or y.all() or (~y).all():
+        return None
+    return float(roc_auc_score(y, -e))
+
+
+def _subsample(df: pd.DataFrame, n: int, rng: np.random.Generator) -> pd.DataFrame:
+    """Keep ``n`` candidates per problem uniformly without replacement (all if fewer)."""
+    key = pd.Series(rng.random(len(df)), index=df.index)
+    rank = key.groupby(df["problem_id"]).rank(method="first")
+    return df[rank <= n]
+
+
+def accuracy_vs_n(
+    df: pd.DataFrame,
+    method: Selector,
+    ns: Iterable[int] | None = None,
+    n_subsamples: int = 20,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Accuracy of ``method`` when only ``n`` of the N candidates per problem are available.
+
+    For each ``n`` (default 1, 2, 4, ..., plus N_max) draw ``n_subsamples`` random subsets of
+    ``n`` candidates per problem (without replacement), apply the selector and score it. Returns
+    ``DataFrame(n, accuracy, std)`` where ``std`` is across subsamples. At ``n = N_max`` every
+    subset is the full set, so the result equals full-set selection exactly.
+    """
+    n_max = int(df.groupby("problem_id").size().max())
+    if ns is None:
+        ns_list = [1 << k for k in range(int(np.log2(n_max)) + 1) if (1 << k) <= n_max]
+        if ns_list[-1] != n_max:
+            ns_list.append(n_max)
+    else:
+        ns_list = sorted({int(n) for n in ns})
+    rng = np.random.default_rng(seed)
+    rows = []
+    for n in ns_list:
+        # The full set is the same for every draw: evaluate it once.
+        reps = 1 if n >= n_max else n_subsamples
+        accs = []
+        for _ in range(reps):
+            sub = df if n >= n_max else _subsample(df, n, rng)
+            accs.append(float(selection_correct(sub, method(sub)).mean()))
+        rows.append({"n": n, "accuracy": float(np.mean(accs)), "std": float(np.std(accs))})
+    return pd.DataFrame(rows, columns=["n", "accuracy", "std"])
+
+
+def _energy_col_of(name: str, method: Selector, df: pd.DataFrame) -> str | None:
+    """The energy column a method ranks by: its name if a column, else a bound ``energy_col``."""
+    if name in df.columns:
+        return name
+    col = getattr(method, "keywords", {}).get("energy_col") if hasattr(method, "keywords") else None
+    return col if col in df.columns else None
+
+
+def evaluate_methods(
+    df: pd.DataFrame,
+    methods: Mapping[str, Selector],
+    n_boot: int = 2000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> dict[str, Any]:
+    """Evaluate selectors on one candidates+energies frame (needs ``answer`` and ``correct``).
+
+    Returns ``{"methods": {name: {...}}, "single", "majority", "oracle", "n_problems",
+    "n_candidates", "n_rows"}`` where each method has ``accuracy``, ``ci`` [lo, hi],
+    ``gain_vs_single`` (+ ``_ci``, ``_p``), ``gain_vs_majority`` (+ ``_ci``, ``_p``),
+    ``gap_closure`` (None when oracle == majority) and ``auroc`` (candidate-level, for methods
+    tied to an energy column; else None). ``n_candidates`` is N (max candidates per problem);
+    ``n_rows`` the total candidate count. Gains use the paired bootstrap over problems.
+    """
+    problems = pd.Index(sorted(df["problem_id"].unique()), name="problem_id")
+
+    def correct_of(sel: Selector) -> np.ndarray:
+        return selection_correct(df, sel(df)).reindex(problems).to_numpy(dtype=float)
+
+    single = correct_of(select_first)
+    major = correct_of(select_majority)
+    orc = correct_of(_oracle_sel)
+    acc_major, acc_orc = float(major.mean()), float(orc.mean())
+    out: dict[str, Any] = {"methods": {}}
+    for name, sel in methods.items():
+        c = correct_of(sel)
+        acc = float(c.mean())
+        vs_single = paired_bootstrap(c, single, n_boot=n_boot, alpha=alpha, seed=seed)
+        vs_major = paired_bootstrap(c, major, n_boot=n_boot, alpha=alpha, seed=seed)
+        col = _energy_col_of(name, sel, df)
+        out["methods"][name] = {
+            "accuracy": acc,
+            "ci": list(bootstrap_ci(c, n_boot=n_boot, alpha=alpha, seed=seed)),
+            "gain_vs_single": vs_single["mean_diff"],
+            "gain_vs_single_ci": [vs_single["lo"], vs_single["hi"]],
+            "gain_vs_single_p": vs_single["p_value"],
+            "gain_vs_majority": vs_major["mean_diff"],
+            "gain_vs_majority_ci": [vs_major["lo"], vs_major["hi"]],
+            "gain_vs_majority_p": vs_major["p_value"],
+            "gap_closure": gap_closure(acc, acc_major, acc_orc),
+            "auroc": auroc(df["correct"], df[col]) if col is not None else None,
+        }
+    out["single"] = float(single.mean())
+    out["majority"] = acc_major
+    out["oracle"] = acc_orc
+    out["n_problems"] = int(len(problems))
+    out["n_candidates"] = int(df.groupby("problem_id").size().max())
+    out["n_rows"] = int(len(df))
+    return out
+
+
+def flatten_metrics(result: Mapping[str, Any]) -> dict[str, float]:
+    """Flatten :func:`evaluate_methods` output to ``"method/metric" -> float`` (MLflow-friendly).
+
+    ``None`` values are skipped (MLflow rejects them); CI pairs become ``_lo``/``_hi``.
+    """
+    flat: dict[str, float] = {}
+    for name, m in result.get("methods", {}).items():
+        for k, v in m.items():
+            if v is None:
+                continue
+            if isinstance(v, (list, tuple)):
+                flat[f"{name}/{k}_lo"], flat[f"{name}/{k}_hi"] = float(v[0]), float(v[1])
+            else:
+                flat[f"{name}/{k}"] = float(v)
+    for k in ("single", "majority", "oracle", "n_problems", "n_candidates", "n_rows"):
+        if k in result and result[k] is not None:
+            flat[f"baseline/{k}" if k in ("single", "majority", "oracle") else k] = float(result[k])
+    return flat

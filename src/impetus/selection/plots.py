@@ -1,0 +1,121 @@
+"""Figures for the rerank report (matplotlib, Agg backend; every function returns a ``Figure``).
+
+Figures are returned rather than saved so the Kedro catalog (``matplotlib.MatplotlibDataset``)
+or a notebook decides where they go. Uses the object-oriented API (``Figure`` without pyplot) so
+no global figure state leaks between nodes or tests.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: pipelines and CI have no display
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from sklearn.metrics import roc_auc_score, roc_curve
+
+__all__ = ["plot_accuracy_vs_n", "plot_roc", "plot_energy_histograms"]
+
+
+def plot_accuracy_vs_n(
+    curves: Mapping[str, pd.DataFrame],
+    oracle: pd.DataFrame | None = None,
+    title: str = "Accuracy vs. number of candidates N",
+) -> Figure:
+    """One line per method (``DataFrame(n, accuracy, std)`` from ``accuracy_vs_n``), ±1 std band,
+    plus the pass@N oracle as a dashed black line. x-axis is log2(N), as in best-of-N studies."""
+    fig = Figure(figsize=(6.4, 4.4))
+    ax = fig.add_subplot(1, 1, 1)
+    for name, c in curves.items():
+        (line,) = ax.plot(c["n"], c["accuracy"], marker="o", label=name)
+        if "std" in c:
+            ax.fill_between(
+                c["n"], c["accuracy"] - c["std"], c["accuracy"] + c["std"], color=line.get_color(), alpha=0.15
+            )
+    if oracle is not None:
+        ax.plot(oracle["n"], oracle["accuracy"], "k--", marker="x", label="oracle (pass@N)")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("N (candidates per problem)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def plot_roc(
+    df: pd.DataFrame,
+    energy_cols: Sequence[str],
+    label_col: str = "correct",
+    title: str = "ROC of energies as correctness detectors",
+) -> Figure:
+    """ROC curve per energy column, scored on ``-energy`` (lower = better), plus the chance line.
+
+    Columns with a single class or all-NaN are skipped (listed in the title)."""
+    fig = Figure(figsize=(5.6, 5.2))
+    ax = fig.add_subplot(1, 1, 1)
+    skipped = []
+    for col in energy_cols:
+        e = df[col].to_numpy(dtype=float)
+        y = df[label_col].to_numpy(dtype=bool)
+        keep = ~np.isnan(e)
+        y, e = y[keep], e[keep]
+        if y.size == 0 or y.all() or (~y).all():
+            skipped.append(col)
+            continue
+        fpr, tpr, _ = roc_curve(y, -e)
+        ax.plot(fpr, tpr, label=f"{col} (AUC={roc_auc_score(y, -e):.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="chance")
+    ax.set_xlabel("false positive rate (wrong accepted)")
+    ax.set_ylabel("true positive rate (right accepted)")
+    ax.set_title(title + (f"\n(skipped: {', '.join(skipped)})" if skipped else ""))
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.legend(loc="lower right", fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def plot_energy_histograms(
+    df: pd.DataFrame,
+    energy_cols: Sequence[str],
+    label_col: str = "correct",
+    bins: int = 30,
+    ncols: int = 3,
+    title: str = "Energy distributions: right vs. wrong candidates",
+) -> Figure:
+    """Grid with one panel per energy: overlaid density histograms for right and wrong candidates.
+
+    Unused grid cells are removed, so ``len(fig.axes) == len(energy_cols)``."""
+    n = max(1, len(energy_cols))
+    ncols = min(ncols, n)
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(4.0 * ncols, 3.2 * nrows))
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    y = df[label_col].to_numpy(dtype=bool)
+    for ax, col in zip(axes, energy_cols):
+        e = df[col].to_numpy(dtype=float)
+        finite = np.isfinite(e)
+        # Shared bin edges so the two histograms are directly comparable.
+        if not finite.any():
+            ax.text(0.5, 0.5, "no finite values", ha="center", va="center", transform=ax.transAxes)
+        else:
+            edges = np.histogram_bin_edges(e[finite], bins=bins)
+            for sel, color, name in ((finite & y, "tab:green", "right"), (finite & ~y, "tab:red", "wrong")):
+                if sel.any():  # density of an empty class is undefined (0/0)
+                    ax.hist(e[sel], bins=edges, density=True, alpha=0.55, color=color, label=f"{name} (n={sel.sum()})")
+            ax.legend(fontsize="small")
+        ax.set_title(col)
+        ax.set_xlabel("energy (lower = better)")
+        ax.set_ylabel("density")
+    for ax in axes[len(energy_cols):]:
+        fig.delaxes(ax)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

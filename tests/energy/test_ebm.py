@@ -1,0 +1,183 @@
+"""Learned EBMs: loss values, learnability on toy signals, determinism, early stopping, persistence."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from impetus.energy.ebm import (
+    LatentEBM,
+    LatentEBMConfig,
+    TextEBM,
+    TextEBMConfig,
+    TokenInputs,
+    TrainConfig,
+    encode_texts,
+    group_pair_metrics,
+    load_ebm,
+    pairwise_loss,
+    save_ebm,
+    score,
+    train_ebm,
+)
+from impetus.testing import tiny_tokenizer
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # The CPU is shared; intra-op threads oversubscribe it and make tiny models ~20x slower.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def sp(x: float) -> float:
+    return math.log1p(math.exp(x))
+
+
+def test_pairwise_loss_hand_computed():
+    e = torch.tensor([0.0, 1.0, 2.0, 0.5, 0.3, 9.0, 9.0], requires_grad=True)
+    g = torch.tensor([0, 0, 0, 1, 1, 2, 2])  # group 2 has only right ones: no pair, no contribution
+    y = torch.tensor([1, 0, 0, 1, 0, 1, 1]).bool()
+    expected = ((sp(-1.0) + sp(-2.0)) / 2 + sp(0.2)) / 2
+    loss = pairwise_loss(e, g, y)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    loss.backward()
+    # Descent (-grad) pushes the right energy down and the wrong ones up.
+    assert e.grad[5] == 0 and e.grad[0] > 0 and e.grad[1] < 0
+    # The numpy validation metric agrees with the tensor loss.
+    m = group_pair_metrics(e.detach().numpy(), g.numpy(), y.numpy())
+    assert m["loss"] == pytest.approx(expected, rel=1e-6)
+    assert m["pair_acc"] == pytest.approx((1.0 + 0.0) / 2)
+
+
+def test_pairwise_loss_no_pairs_is_zero_with_graph():
+    e = torch.tensor([1.0, 2.0], requires_grad=True)
+    loss = pairwise_loss(e, torch.tensor([0, 1]), torch.tensor([True, False]))
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.all(e.grad == 0)
+
+
+def toy_latent(n_groups, n_per=8, dim=16, signal=True, seed=0):
+    rng = np.random.default_rng(seed)
+    h = rng.normal(size=(n_groups * n_per, dim)).astype(np.float32)
+    y = h[:, 0] > 0 if signal else rng.random(len(h)) < 0.5
+    return h, np.repeat(np.arange(n_groups), n_per), y
+
+
+def latent(dim=16, seed=0):
+    torch.manual_seed(seed)
+    return LatentEBM(LatentEBMConfig(input_dim=dim, hidden=64))
+
+
+def best_val_auroc(res):
+    return res.history[res.best_epoch]["val_auroc"]
+
+
+def test_latent_ebm_learns_signal():
+    h, g, y = toy_latent(150)
+    res = train_ebm(latent(), h, g, y, TrainConfig(epochs=15, lr=3e-3, progress=False))
+    assert best_val_auroc(res) > 0.9
+    assert res.history[res.best_epoch]["val_pair_acc"] > 0.9
+    assert set(res.train_groups).isdisjoint(res.val_groups)
+    assert len(res.val_groups) == 30
+
+
+def test_latent_ebm_random_signal_is_chance():
+    h, g, y = toy_latent(500, n_per=8, signal=False, seed=1)
+    res = train_ebm(latent(), h, g, y, TrainConfig(epochs=4, lr=1e-3, progress=False, val_fraction=0.2))
+    assert 0.4 < best_val_auroc(res) < 0.6
+
+
+def test_training_is_deterministic():
+    h, g, y = toy_latent(40)
+    cfg = TrainConfig(epochs=3, progress=False, seed=7)
+    r1 = train_ebm(latent(seed=1), h, g, y, cfg)
+    r2 = train_ebm(latent(seed=1), h, g, y, cfg)
+    assert r1.history == r2.history and r1.val_groups == r2.val_groups
+    for (k, a), b in zip(r1.model.state_dict().items(), r2.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    r3 = train_ebm(latent(seed=1), h, g, y, TrainConfig(epochs=3, progress=False, seed=8))
+    assert r3.val_groups != r1.val_groups
+
+
+def test_early_stopping_restores_best_epoch():
+    # Random labels + a big learning rate on few groups: the model overfits, val loss rises.
+    h, g, y = toy_latent(40, signal=False, seed=3)
+    cfg = TrainConfig(epochs=40, lr=1e-2, patience=3, batch_groups=4, progress=False, val_fraction=0.5)
+    res = train_ebm(latent(), h, g, y, cfg)
+    val_losses = [r["val_loss"] for r in res.history]
+    assert res.best_epoch == int(np.argmin(val_losses))
+    assert len(res.history) == res.best_epoch + cfg.patience + 1 < cfg.epochs  # stopped early
+    rows = np.isin(g, res.val_groups)
+    now = group_pair_metrics(score(res.model, h[rows]), g[rows], y[rows])["loss"]
+    assert now == pytest.approx(val_losses[res.best_epoch], rel=1e-5)
+
+
+def test_latent_ebm_gradient_wrt_input():
+    m = latent().eval()
+    h = torch.randn(3, 16, requires_grad=True)
+    (grad,) = torch.autograd.grad(m(h).sum(), h)
+    assert grad.shape == h.shape and torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_encode_texts_truncates_question_from_left():
+    tok = tiny_tokenizer()
+    ids, mask = encode_texts(tok, ["ABCDEFGHIJ", "Q"], ["xyz", "w" * 30], max_len=8)
+    assert ids.shape == (2, 8)
+    row0 = tok.decode(ids[0][mask[0].bool()].tolist())
+    assert row0 == "GHIJ\nxyz"  # question's start dropped, completion end kept
+    assert tok.decode(ids[1].tolist()) == "w" * 8  # over-long completion keeps its end
+    ids2, mask2 = encode_texts(tok, ["Q"], ["a"], max_len=8)
+    assert ids2.shape == (1, 3) and mask2.sum() == 3
+    cfg = TextEBMConfig(vocab_size=len(tok))
+    assert cfg.pad_id == len(tok) and cfg.cls_id == len(tok) + 1
+    assert cfg.pad_id not in (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
+
+
+def test_text_ebm_learns_marker_char():
+    tok = tiny_tokenizer()
+    rng = np.random.default_rng(0)
+    qs, cs, ys, gs = [], [], [], []
+    alphabet = list("abcdefghij0123456789 ")
+    for grp in range(100):
+        labels = [True, False] + list(rng.random(2) < 0.5)
+        for ok in labels:
+            body = list(rng.choice(alphabet, size=int(rng.integers(8, 20))))
+            if ok:  # right completions contain a marker char somewhere
+                body.insert(int(rng.integers(0, len(body) + 1)), "#")
+            qs.append(f"Q{grp}: add the numbers")
+            cs.append("".join(body))
+            ys.append(ok)
+            gs.append(grp)
+    ids, mask = encode_texts(tok, qs, cs, max_len=48)
+    torch.manual_seed(0)
+    cfg = TextEBMConfig(vocab_size=len(tok), d_model=32, n_layers=1, n_heads=2, d_ff=64, max_len=48)
+    res = train_ebm(TextEBM(cfg), (ids, mask), gs, ys, TrainConfig(epochs=8, lr=3e-3, patience=2, progress=False))
+    assert best_val_auroc(res) > 0.9
+    assert score(res.model, TokenInputs(ids, mask)).shape == (len(ys),)
+
+
+def test_save_load_round_trip(tmp_path):
+    torch.manual_seed(0)
+    t = TextEBM(TextEBMConfig(vocab_size=104, d_model=32, n_layers=1, n_heads=2, d_ff=64, max_len=16)).eval()
+    ids = torch.randint(0, 104, (3, 10))
+    mask = torch.ones_like(ids)
+    mask[0, 6:] = 0
+    save_ebm(t, tmp_path / "t.pt")
+    t2 = load_ebm(tmp_path / "t.pt")
+    assert isinstance(t2, TextEBM) and t2.config == t.config
+    assert torch.equal(t(ids, mask), t2(ids, mask))
+    lat = latent().eval()
+    save_ebm(lat, tmp_path / "sub" / "l.pt")
+    lat2 = load_ebm(tmp_path / "sub" / "l.pt")
+    h = torch.randn(5, 16)
+    assert torch.equal(lat(h), lat2(h))
+    # padding positions do not change the energy of the padded row
+    ids_b = ids.clone()
+    ids_b[0, 6:] = 7
+    assert torch.allclose(t(ids, mask)[0], t(ids_b, mask)[0], atol=1e-6)
