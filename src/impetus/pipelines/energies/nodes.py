@@ -39,8 +39,12 @@ def compute_energies(
     sampling: dict[str, Any],
     energies: dict[str, Any],
     split: str,
-) -> tuple[pd.DataFrame, dict[str, np.ndarray], dict]:
-    """Score every candidate of one split; return energies, hidden states and timing metrics."""
+) -> tuple[pd.DataFrame, dict[str, np.ndarray], dict[str, float], dict]:
+    """Score every candidate of one split.
+
+    Returns the energies table, the pooled hidden states, the stage's timing (persisted, so that
+    rerank_eval can charge each method the scoring cost it needs) and MLflow metrics.
+    """
     ep = parse(EnergyStageParams, energies, "energies")
     sp = parse(SamplingStageParams, sampling, "sampling")
     bp = parse(BenchmarkParams, benchmark, "benchmark")
@@ -81,4 +85,6 @@ def compute_energies(
         f"energies/{split}/seconds_per_candidate": (lm_seconds + emb_seconds) / n,
     }
     logger.info("Energies %s: %d candidates in %.1f s", split, len(graded), lm_seconds + emb_seconds)
-    return table, hidden, as_mlflow_metrics(metrics)
+    timing = {"lm_seconds": lm_seconds, "embedding_seconds": emb_seconds, "n_candidates": len(graded),
+              "n_problems": int(graded["problem_id"].nunique())}
+    return table, hidden, timing, as_mlflow_metrics(metrics)

@@ -17,7 +17,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     f"graded_{split}", f"problems_{split}", "problems_fewshot", "base_lm",
                     "params:benchmark", "params:sampling", "params:energies",
                 ],
-                outputs=[f"energies_{split}", f"hidden_{split}", f"energies_{split}_metrics"],
+                outputs=[f"energies_{split}", f"hidden_{split}", f"energies_{split}_timing", f"metrics_energies_{split}"],
                 name=f"energies_{split}",
             )
         )

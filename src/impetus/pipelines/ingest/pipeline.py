@@ -11,7 +11,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             node(
                 ingest_problems,
                 inputs=["params:benchmark", "params:ingest"],
-                outputs=["problems_train", "problems_eval", "problems_fewshot", "ingest_metrics"],
+                outputs=["problems_train", "problems_eval", "problems_fewshot", "metrics_ingest"],
                 name="ingest_problems",
             )
         ]

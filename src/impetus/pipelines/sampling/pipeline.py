@@ -14,13 +14,13 @@ def create_pipeline(**kwargs) -> Pipeline:
             node(
                 for_split(sample_candidates, split),
                 inputs=[f"problems_{split}", "problems_fewshot", "base_lm", "params:benchmark", "params:sampling"],
-                outputs=[f"candidates_{split}", f"sampling_{split}_metrics"],
+                outputs=[f"candidates_{split}", f"metrics_sampling_{split}"],
                 name=f"sample_{split}",
             ),
             node(
                 for_split(grade_split, split),
                 inputs=[f"candidates_{split}", f"problems_{split}", "params:benchmark"],
-                outputs=[f"graded_{split}", f"grading_{split}_metrics"],
+                outputs=[f"graded_{split}", f"metrics_grading_{split}"],
                 name=f"grade_{split}",
             ),
         ]

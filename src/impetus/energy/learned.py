@@ -1,0 +1,177 @@
+"""Fitting and applying the learned energies on candidate tables (Kedro-free glue).
+
+Ties the generic EBM code (:mod:`impetus.energy.ebm`, :mod:`impetus.energy.hybrid`) to the
+project's tables: ``graded`` candidates, ``energies`` (training-free columns, lower = better) and
+the pooled ``hidden`` states from the teacher-forced pass, all aligned by (problem_id, sample_idx).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from impetus.energy.ebm import (
+    LatentEBM,
+    LatentEBMConfig,
+    TextEBM,
+    TextEBMConfig,
+    TokenInputs,
+    TrainConfig,
+    TrainResult,
+    encode_texts,
+    score,
+    train_ebm,
+)
+from impetus.energy.hybrid import HybridConfig, HybridEnergy
+from impetus.energy.mining import LeakageError, mine_groups
+
+logger = logging.getLogger(__name__)
+
+KEYS = ["problem_id", "sample_idx"]
+LEARNED = ("text_ebm", "latent_ebm")
+
+
+def energy_columns(energies: pd.DataFrame) -> list[str]:
+    """The energy columns of an energies table: every float column except the keys (bool flags and
+    counts are features of the row, not energies)."""
+    return [c for c in energies.columns if c not in KEYS and pd.api.types.is_float_dtype(energies[c])]
+
+
+def join_candidates(graded: pd.DataFrame, energies: pd.DataFrame, hidden: dict[str, Any] | None) -> pd.DataFrame:
+    """Graded candidates + their energies, plus ``hidden_row`` (row of the hidden-state arrays).
+
+    Fails loudly if the tables are not aligned, rather than silently scoring the wrong vectors.
+    """
+    cols = [c for c in energies.columns if c not in graded.columns or c in KEYS]
+    df = graded.merge(energies[cols], on=KEYS, how="left", validate="one_to_one")
+    if len(df) != len(graded) or df[energy_columns(energies)].isna().all(axis=1).any():
+        raise ValueError("energies table does not cover every graded candidate; rerun the energies stage")
+    if hidden is not None:
+        pos = pd.DataFrame({"problem_id": hidden["problem_id"], "sample_idx": hidden["sample_idx"]})
+        pos["hidden_row"] = np.arange(len(pos))
+        df = df.merge(pos, on=KEYS, how="left", validate="one_to_one")
+        if df["hidden_row"].isna().any():
+            raise ValueError("hidden states are missing for some candidates; rerun the energies stage")
+        df["hidden_row"] = df["hidden_row"].astype(int)
+    return df
+
+
+def build_groups(
+    graded: pd.DataFrame, energies: pd.DataFrame, hidden: dict[str, Any] | None, eval_ids: set[str]
+) -> pd.DataFrame:
+    """EORM training groups: all candidates of train problems with >=1 right and >=1 wrong one.
+
+    ``mine_groups`` raises :class:`~impetus.energy.mining.LeakageError` if an eval problem is here.
+    """
+    leaked = set(graded["problem_id"]) & set(eval_ids)
+    if leaked:  # checked before joining, so the error names the ids rather than a join mismatch
+        raise LeakageError(leaked)
+    return mine_groups(join_candidates(graded, energies, hidden), eval_ids=eval_ids)
+
+
+def hidden_matrix(hidden: dict[str, Any], rows: np.ndarray, source: str) -> np.ndarray:
+    """Feature vectors for the LatentEBM: ``mean``, ``answer`` or ``both`` (concatenated)."""
+    parts = {"mean": ["hidden_mean"], "answer": ["hidden_answer"], "both": ["hidden_mean", "hidden_answer"]}
+    if source not in parts:
+        raise ValueError(f"hidden source must be one of {sorted(parts)}, got {source!r}")
+    return np.concatenate([np.asarray(hidden[k])[rows] for k in parts[source]], axis=1).astype(np.float32)
+
+
+def text_inputs(tokenizer: Any, df: pd.DataFrame, problems: pd.DataFrame, max_len: int) -> TokenInputs:
+    """Token inputs (question + completion) for the TextEBM, one row per candidate of ``df``."""
+    question = df["problem_id"].map(problems.set_index("problem_id")["question"])
+    if question.isna().any():
+        raise ValueError("some candidates have no question in the problems table")
+    ids, mask = encode_texts(tokenizer, question.tolist(), df["completion"].tolist(), max_len=max_len)
+    return TokenInputs(ids, mask)
+
+
+def fit_text_ebm(
+    groups: pd.DataFrame, problems: pd.DataFrame, tokenizer: Any, model_cfg: dict, train_cfg: TrainConfig
+) -> TrainResult:
+    """Train a TextEBM (EORM-style encoder) on the mined groups."""
+    cfg = TextEBMConfig(vocab_size=len(tokenizer), **model_cfg)
+    import torch
+
+    torch.manual_seed(train_cfg.seed)  # weight init is part of "same seed, same model"
+    model = TextEBM(cfg)
+    inputs = text_inputs(tokenizer, groups, problems, cfg.max_len)
+    return train_ebm(model, inputs, groups["problem_id"].to_numpy(), groups["correct"].to_numpy(), train_cfg)
+
+
+def fit_latent_ebm(
+    groups: pd.DataFrame, hidden: dict[str, Any], source: str, model_cfg: dict, train_cfg: TrainConfig
+) -> TrainResult:
+    """Train a LatentEBM (MLP over pooled hidden states) on the mined groups."""
+    x = hidden_matrix(hidden, groups["hidden_row"].to_numpy(), source)
+    import torch
+
+    torch.manual_seed(train_cfg.seed)
+    model = LatentEBM(LatentEBMConfig(input_dim=x.shape[1], **model_cfg))
+    return train_ebm(model, x, groups["problem_id"].to_numpy(), groups["correct"].to_numpy(), train_cfg)
+
+
+@dataclass
+class LearnedScorers:
+    """Everything rerank needs to score new candidates with the learned energies."""
+
+    text_ebm: TextEBM | None = None
+    latent_ebm: LatentEBM | None = None
+    hidden_source: str = "mean"
+    hybrid: HybridEnergy | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def add_learned_energies(
+    df: pd.DataFrame,
+    problems: pd.DataFrame,
+    hidden: dict[str, Any] | None,
+    tokenizer: Any,
+    scorers: LearnedScorers,
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Return ``df`` with ``text_ebm``/``latent_ebm``/``hybrid`` columns and scoring seconds."""
+    out = df.copy()
+    seconds: dict[str, float] = {}
+    if scorers.text_ebm is not None:
+        t0 = time.perf_counter()
+        inputs = text_inputs(tokenizer, out, problems, scorers.text_ebm.config.max_len)
+        out["text_ebm"] = score(scorers.text_ebm, inputs, batch_size=64).astype(float)
+        seconds["text_ebm"] = time.perf_counter() - t0
+    if scorers.latent_ebm is not None and hidden is not None:
+        t0 = time.perf_counter()
+        x = hidden_matrix(hidden, out["hidden_row"].to_numpy(), scorers.hidden_source)
+        out["latent_ebm"] = score(scorers.latent_ebm, x, batch_size=1024).astype(float)
+        seconds["latent_ebm"] = time.perf_counter() - t0
+    if scorers.hybrid is not None:
+        t0 = time.perf_counter()
+        missing = [c for c in scorers.hybrid.cols if c not in out.columns]
+        if missing:
+            raise ValueError(f"hybrid energy needs columns {missing}, absent from the candidates table")
+        out["hybrid"] = scorers.hybrid.energy(out)
+        seconds["hybrid"] = time.perf_counter() - t0
+    return out, seconds
+
+
+def fit_hybrid(
+    groups: pd.DataFrame, cols: list[str], holdout_groups: list[str] | None, min_groups: int, config: HybridConfig
+) -> tuple[HybridEnergy, str]:
+    """Fit the hybrid combination on train groups only.
+
+    The learned energies were fit on most train groups, so their in-sample scores are optimistic
+    and a combination fit there over-trusts them. When the EBMs' held-out (validation) groups are
+    numerous enough (``min_groups``) the hybrid is fit on those; otherwise on all train groups, and
+    the returned label says which.
+    """
+    if holdout_groups is not None and len(holdout_groups) >= min_groups:
+        subset, where = groups[groups["problem_id"].isin(holdout_groups)], "ebm_validation_groups"
+    else:
+        subset, where = groups, "all_train_groups"
+    usable = [c for c in cols if subset[c].notna().any()]
+    hybrid = HybridEnergy(config=config).fit(subset, usable)
+    logger.info("Hybrid energy fit on %s (%d candidates): %s", where, len(subset), hybrid.weights)
+    return hybrid, where

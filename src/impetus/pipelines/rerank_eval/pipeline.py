@@ -1,0 +1,24 @@
+"""The ``rerank_eval`` stage pipeline."""
+
+from kedro.pipeline import Pipeline, node
+
+from .nodes import rerank_and_evaluate
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            node(
+                rerank_and_evaluate,
+                inputs=[
+                    "graded_eval", "energies_eval", "hidden_eval", "energies_eval_timing", "problems_eval",
+                    "base_lm", "text_ebm", "latent_ebm", "hybrid_energy", "params:rerank_eval",
+                ],
+                outputs=[
+                    "rerank_metrics", "rerank_report", "rerank_selections", "accuracy_vs_n",
+                    "accuracy_vs_n_plot", "roc_plot", "energy_histograms_plot", "metrics_rerank_eval",
+                ],
+                name="rerank_and_evaluate",
+            )
+        ]
+    )

@@ -1,0 +1,18 @@
+"""The ``scorer`` stage pipeline."""
+
+from kedro.pipeline import Pipeline, node
+
+from .nodes import train_scorers
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            node(
+                train_scorers,
+                inputs=["ebm_groups", "energies_train", "hidden_train", "problems_train", "base_lm", "params:scorer"],
+                outputs=["text_ebm", "latent_ebm", "hybrid_energy", "text_ebm_mlflow", "latent_ebm_mlflow", "metrics_scorer"],
+                name="train_scorers",
+            )
+        ]
+    )
