@@ -102,7 +102,7 @@ def test_mining_scorer_rerank_slice(catalog):
     assert "| hybrid |" in report and "oracle" in report
     metrics = catalog["metrics_rerank_eval"].load()
     assert metrics["accuracy/majority"]["value"] == pytest.approx(methods["majority"]["accuracy"])
-    assert len(catalog["accuracy_vs_n_plot"].load().axes) == 1
+    assert len(catalog["rerank_plots"].load()["accuracy_vs_n.png"].axes) == 1
 
 
 def test_mining_refuses_eval_problems_in_train(catalog):

@@ -1,0 +1,5 @@
+"""The ``base_model`` pipeline."""
+
+from .pipeline import create_pipeline
+
+__all__ = ["create_pipeline"]

@@ -38,7 +38,7 @@ def rerank_and_evaluate(
     latent_ebm: dict,
     hybrid_energy: dict,
     rerank: dict[str, Any],
-) -> tuple[dict, str, pd.DataFrame, pd.DataFrame, Figure, Figure, Figure, dict]:
+) -> tuple[dict, str, pd.DataFrame, pd.DataFrame, dict[str, Figure], dict[str, Figure], dict]:
     """Score eval candidates with the learned energies, then evaluate every method."""
     rp = parse(RerankParams, rerank, "rerank_eval")
     scorers = LearnedScorers(
@@ -63,9 +63,10 @@ def rerank_and_evaluate(
     result["best_method"] = best_method(result)
     result["hybrid_weights"] = hybrid_energy.get("weights", {})
     report = markdown_report(result)
+    plots = {"accuracy_vs_n.png": fig_n, "roc.png": fig_roc, "energy_histograms.png": fig_hist}
     logger.info("Rerank report:\n%s", report)
     curve_rows = pd.concat([v.assign(method=k) for k, v in curves.items()], ignore_index=True)
     return (
-        result, report, selections, curve_rows, fig_n, fig_roc, fig_hist,
+        result, report, selections, curve_rows, plots, plots,
         as_mlflow_metrics(mlflow_metrics(result)),
     )

@@ -16,7 +16,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ],
                 outputs=[
                     "rerank_metrics", "rerank_report", "rerank_selections", "accuracy_vs_n",
-                    "accuracy_vs_n_plot", "roc_plot", "energy_histograms_plot", "metrics_rerank_eval",
+                    "rerank_plots", "rerank_plots_mlflow", "metrics_rerank_eval",
                 ],
                 name="rerank_and_evaluate",
             )

@@ -48,7 +48,7 @@ def sample_candidates(
         sampler, table, params, shard_dir=sp.shard_dir, shard_size=sp.shard_size,
         run_key=run_key, progress=sp.progress,
     )
-    metrics = {f"sampling/{split}/{k}": v for k, v in stats.as_dict().items()}
+    metrics = {f"sampling/{split}/{k}": v for k, v in stats.to_dict().items()}
     logger.info("Sampled %s: %s", split, metrics)
     return candidates, as_mlflow_metrics(metrics)
 
