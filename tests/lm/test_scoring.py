@@ -81,6 +81,21 @@ def test_score_candidates_matches_unbatched(model, tok):
     assert list(res.n_tokens) == [len(c) for c in COMPLETIONS]
 
 
+def test_shared_prompt_cache_matches_unbatched(model, tok):
+    """N candidates of one problem reuse the prompt's KV cache; ragged lengths are right-padded."""
+    prompt = PROMPTS[1]
+    comps = [COMPLETIONS[1], " 48", " 12 * 4 = 48. The answer is 48.", " 4"]
+    spans = [(8, 10), (1, 3), (29, 31), None]
+    for batch_size in (2, 8):  # 2: the group is split into two passes
+        res = score_candidates(model, tok, [prompt] * 4, comps, spans, batch_size=batch_size)
+        for i, (c, s) in enumerate(zip(comps, spans)):
+            row, h_mean, h_ans = _manual(model, tok, prompt, c, s)
+            for col in ENERGY_COLUMNS:
+                assert res.energies.iloc[i][col] == pytest.approx(row[col], abs=1e-4), (batch_size, i, col)
+            np.testing.assert_allclose(res.hidden_mean[i], h_mean, atol=1e-4)
+            np.testing.assert_allclose(res.hidden_answer[i], h_ans, atol=1e-4)
+
+
 def test_batch_size_does_not_change_energies(model, tok):
     a = score_candidates(model, tok, PROMPTS, COMPLETIONS, SPANS, batch_size=1, hidden=False)
     b = score_candidates(model, tok, PROMPTS, COMPLETIONS, SPANS, batch_size=8, hidden=False)

@@ -1,7 +1,8 @@
 """Teacher-forced scoring of given completions: per-candidate logit energies and pooled hidden states.
 
-Each candidate is ``prompt + completion``; one forward pass per batch gives the logits of every
-completion token (plus the row after the last token, needed by Spilled Energy,
+Each candidate is ``prompt + completion``. The prompt is encoded once per problem and its KV
+cache reused for all of its candidates, whose completions then go through one batched forward
+pass; together these give the logits of every completion token (plus the row after the last token, needed by Spilled Energy,
 arXiv:2602.18671) and the last-layer hidden states. We deliberately do *not* reuse
 ``generate().scores``: those are post-processed (temperature, top-p masking to ``-inf``), which
 would distort ``logsumexp``-based energies; a fresh forward pass gives the raw logits.
@@ -13,8 +14,8 @@ ids in rare cases (e.g. non-canonical BPE merges); that is an accepted approxima
 
 Memory: with V = 49152 (SmolLM2) full logits of a whole dataset would not fit, so energies are
 computed batch by batch and only ``T + 1`` rows per candidate are ever materialised in float32;
-where the model supports ``logits_to_keep`` the LM head is only applied to the completion
-region of the batch (skipping long few-shot prompts).
+where the model supports ``logits_to_keep`` the (V-wide) LM head is applied to the prompt's last
+row only.
 """
 
 from __future__ import annotations
@@ -100,6 +101,49 @@ def _supports_logits_to_keep(model: Any) -> bool:
         return False
 
 
+def _forward_shared_prompt(
+    model: Any, p_ids: list[int], comps: list[list[int]], pad_id: int, hidden: bool, keep_ok: bool
+) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+    """Teacher-forced pass of several completions after one prompt.
+
+    The prompt is run once with ``use_cache=True``; its cache is repeated for the ``len(comps)``
+    rows, which are right-padded (pads come after every real token, so causal attention never
+    sees them). Returns per completion the ``T + 1`` float32 logits rows predicting its tokens
+    and the one after, and (if ``hidden``) the matching ``T + 1`` last-layer states, whose row 0
+    is the last prompt token.
+    """
+    device = next(model.parameters()).device
+    kwargs: dict[str, Any] = {"output_hidden_states": hidden}
+    if keep_ok:
+        kwargs["logits_to_keep"] = 1  # only the row predicting the first completion token
+    out = model(input_ids=torch.tensor([p_ids], device=device), use_cache=True, **kwargs)
+    first_logits = out.logits[0, -1].float()
+    first_h = out.hidden_states[-1][0, -1].float() if hidden else None
+    cache = out.past_key_values
+    n, width, P = len(comps), max(len(c) for c in comps), len(p_ids)
+    if width == 0:
+        return [first_logits[None]] * n, ([first_h[None]] * n if hidden else None)
+    cache.batch_repeat_interleave(n)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, P + width), dtype=torch.long)
+    mask[:, :P] = 1
+    for j, c in enumerate(comps):
+        ids[j, : len(c)] = torch.tensor(c, dtype=torch.long)
+        mask[j, P : P + len(c)] = 1
+    pos = torch.arange(P, P + width).expand(n, width)
+    out = model(
+        input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
+        past_key_values=cache, use_cache=True, output_hidden_states=hidden,
+    )
+    logits = out.logits.float()
+    rows = [torch.cat([first_logits[None], logits[j, : len(c)]]) for j, c in enumerate(comps)]
+    states = None
+    if hidden:
+        last = out.hidden_states[-1].float()
+        states = [torch.cat([first_h[None], last[j, : len(c)]]) for j, c in enumerate(comps)]
+    return rows, states
+
+
 def _prompt_ids(tokenizer: Any, prompt: str, add_special_tokens: bool) -> list[int]:
     ids = list(tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"])
     if not ids:
@@ -129,8 +173,8 @@ def score_candidates(
         prompts, completions: the exact prompt text fed to the sampler and the decoded completion.
         answer_spans: per candidate the answer's character span ``[start, end)`` in the
             completion, or None (then energies pool over the whole completion, flag False).
-        batch_size: candidates per forward pass; candidates are sorted by length so a batch
-            holds similar lengths (less padding), and results are returned in input order.
+        batch_size: most candidates of one prompt per forward pass (more are split into
+            several passes that each re-encode the prompt); results are in input order.
         hidden: also return pooled last-layer hidden states (``output_hidden_states=True``).
         progress: show a tqdm bar over batches.
         add_special_tokens: passed when tokenising the prompt; must match how the sampler
@@ -159,64 +203,44 @@ def score_candidates(
         comp_ids.append(ids)
         tok_spans.append(_span_from_offsets(offsets, span))
 
-    order = sorted(range(n), key=lambda i: len(prompt_ids[i]) + len(comp_ids[i]), reverse=True)
-    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
-    device = next(model.parameters()).device
+    # Candidates sharing a prompt (the N samples of one problem) are scored together: the prompt,
+    # often a long few-shot block, is encoded once and its KV cache reused for every completion.
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i in range(n):
+        groups.setdefault(tuple(prompt_ids[i]), []).append(i)
+    chunks = [(list(p), idx[k : k + batch_size]) for p, idx in groups.items() for k in range(0, len(idx), batch_size)]
     keep_ok = _supports_logits_to_keep(model)
 
     rows: list[dict | None] = [None] * n
     h_mean: list[np.ndarray | None] = [None] * n
     h_ans: list[np.ndarray | None] = [None] * n
 
-    iterator: Any = batches
+    iterator: Any = chunks
     if progress:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(batches, desc="scoring", unit="batch")
+        iterator = tqdm(chunks, desc="scoring", unit="batch")
 
     with torch.inference_mode():
-        for batch in iterator:
-            lens = [len(prompt_ids[i]) + len(comp_ids[i]) for i in batch]
-            L = max(lens)
-            # Right padding: positions of real tokens are 0..len-1 exactly as in an unpadded
-            # pass, so no position_ids bookkeeping is needed and causal attention never sees pads.
-            input_ids = torch.full((len(batch), L), pad_id, dtype=torch.long)
-            attn = torch.zeros((len(batch), L), dtype=torch.long)
+        for p_ids, batch in iterator:
+            comps = [comp_ids[i] for i in batch]
+            logit_rows, last_h = _forward_shared_prompt(model, p_ids, comps, pad_id, hidden, keep_ok)
             for j, i in enumerate(batch):
-                seq = prompt_ids[i] + comp_ids[i]
-                input_ids[j, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-                attn[j, : len(seq)] = 1
-            kwargs: dict[str, Any] = {"use_cache": False}
-            first_needed = min(len(prompt_ids[i]) for i in batch) - 1  # row predicting 1st completion token
-            if keep_ok:
-                # Apply the (V-wide) LM head only from the earliest completion-predicting row on.
-                kwargs["logits_to_keep"] = L - first_needed
-            if hidden:
-                kwargs["output_hidden_states"] = True
-            out = model(input_ids=input_ids.to(device), attention_mask=attn.to(device), **kwargs)
-            logits = out.logits
-            offset = L - logits.shape[1]  # absolute position of logits row 0
-            last_h = out.hidden_states[-1] if hidden else None
-
-            for j, i in enumerate(batch):
-                p, T = len(prompt_ids[i]), len(comp_ids[i])
-                cand_logits = logits[j, p - 1 - offset : p + T - offset].float()  # T + 1 rows
-                toks = torch.tensor(comp_ids[i], dtype=torch.long, device=cand_logits.device)
-                per_tok = logit_energies(cand_logits, toks)
+                T = len(comp_ids[i])
+                per_tok = logit_energies(logit_rows[j], torch.tensor(comp_ids[i], dtype=torch.long))
                 rows[i] = candidate_energy_row(per_tok, tok_spans[i], T)
                 if last_h is not None:
-                    hs = last_h[j].float()
+                    hs = last_h[j]  # [T + 1, H]: last prompt state, then the completion's states
                     if T == 0:
                         # No completion token to pool: the last prompt state summarises the context.
-                        mean_vec = ans_vec = hs[p - 1]
+                        mean_vec = ans_vec = hs[0]
                     else:
-                        mean_vec = hs[p : p + T].mean(dim=0)
+                        mean_vec = hs[1 : T + 1].mean(dim=0)
                         span = tok_spans[i]
                         end = span[1] if span is not None and span[1] <= T else T
-                        ans_vec = hs[p + end - 1]
+                        ans_vec = hs[end]
                     h_mean[i] = mean_vec.cpu().numpy()
                     h_ans[i] = ans_vec.cpu().numpy()
-            del out, logits, last_h  # free the batch's V-wide tensors before the next one
 
     columns = list(ENERGY_COLUMNS) + list(FLAG_COLUMNS)
     energies = pd.DataFrame(rows, columns=columns)
