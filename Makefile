@@ -40,6 +40,7 @@ setup: $(VENV)/.installed
 
 run: setup
 	$(VENV)/bin/kedro run --pipeline=$(PIPELINE)
+	@case "$(PIPELINE)" in v1_rerank|rerank_eval) cat data/08_reporting/rerank_report.md;; esac
 
 test: setup
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
