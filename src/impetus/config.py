@@ -21,7 +21,15 @@ class BenchmarkParams(_Params):
 
     name: str = "arith"
     source: str = "generated"  # "hf", a local file/folder, or "generated" (arith)
-    options: dict[str, Any] = Field(default_factory=dict)  # constructor options, e.g. arith sizes
+    # Constructor options, e.g. arith sizes. An environment that switches benchmark sets it to
+    # null, since parameters are merged key by key and the base options belong to arith.
+    options: dict[str, Any] | None = None
+
+    def build(self) -> Any:
+        """The configured :class:`impetus.benchmarks.base.Benchmark` instance."""
+        from impetus.benchmarks import get_benchmark
+
+        return get_benchmark(self.name, **(self.options or {}))
 
 
 class IngestParams(_Params):

@@ -47,3 +47,8 @@ def test_malformed_source_names_file_and_line(tmp_path):
 def test_unknown_parameter_is_rejected_with_its_block_name():
     with pytest.raises(Exception, match="ingest"):
         _run(ARITH, {"n_train": 1, "n_eval": 1, "sed": 0})
+
+
+def test_option_of_another_benchmark_is_rejected_with_valid_options():
+    with pytest.raises(Exception, match=r"does not take option\(s\) \['n_problems'\].*valid options"):
+        _run({"name": "svamp", "source": "unused", "options": {"n_problems": 5}}, {"n_train": 1, "n_eval": 1})

@@ -7,6 +7,8 @@ one module with a ``@register("name")`` class plus one import line in ``__init__
 
 from __future__ import annotations
 
+import inspect
+
 import json
 import logging
 from abc import ABC, abstractmethod
@@ -56,7 +58,13 @@ def get_benchmark(name: str, **options: Any) -> Benchmark:
         raise ValueError(f"Unknown benchmark {name!r}; known: {', '.join(list_benchmarks())}")
     if subset:
         options = {**options, "subset": subset}
-    return _REGISTRY[base](**options)
+    cls = _REGISTRY[base]
+    accepted = {p for c in cls.__mro__ if "__init__" in vars(c) for p in inspect.signature(c.__init__).parameters}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        valid = sorted(accepted - {"self", "args", "kwargs"})
+        raise ValueError(f"Benchmark {name!r} does not take option(s) {unknown}; valid options: {valid}")
+    return cls(**options)
 
 
 def meta_of(row: Row) -> dict[str, Any]:

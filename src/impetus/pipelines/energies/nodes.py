@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from impetus.benchmarks import get_benchmark
 from impetus.benchmarks.grading import build_prompts
 from impetus.config import BenchmarkParams, EnergyStageParams, SamplingStageParams, parse
 from impetus.energy.consistency import answer_agreement, embed_texts, embedding_consistency
@@ -48,7 +47,7 @@ def compute_energies(
     ep = parse(EnergyStageParams, energies, "energies")
     sp = parse(SamplingStageParams, sampling, "sampling")
     bp = parse(BenchmarkParams, benchmark, "benchmark")
-    bench = get_benchmark(bp.name, **bp.options)
+    bench = bp.build()
     model, tok = load_model(base_lm["path"], device=base_lm["device"], dtype=base_lm["dtype"])
     # Rebuild the exact prompts the sampler saw (same function, same exemplars).
     prompt_of = dict(zip(problems["problem_id"], build_prompts(bench, problems, fewshot, sp.prompt_style, tok)))

@@ -7,7 +7,6 @@ from typing import Any
 
 import pandas as pd
 
-from impetus.benchmarks import get_benchmark
 from impetus.benchmarks.splits import split_problems
 from impetus.config import BenchmarkParams, IngestParams, parse
 from impetus.tracking import as_mlflow_metrics
@@ -21,7 +20,7 @@ def ingest_problems(
     """Load the configured benchmark; return train, eval, few-shot exemplars and count metrics."""
     bp = parse(BenchmarkParams, benchmark, "benchmark")
     ip = parse(IngestParams, ingest, "ingest")
-    bench = get_benchmark(bp.name, **bp.options)
+    bench = bp.build()
     table = bench.load(bp.source)
     train, evals = split_problems(table, ip.n_train, ip.n_eval, ip.seed)
     fewshot = bench.fewshot_rows().reset_index(drop=True)

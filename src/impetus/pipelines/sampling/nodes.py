@@ -7,7 +7,6 @@ from typing import Any
 
 import pandas as pd
 
-from impetus.benchmarks import get_benchmark
 from impetus.benchmarks.grading import build_prompts, grade_candidates, grading_summary
 from impetus.config import BenchmarkParams, SamplingStageParams, parse
 from impetus.lm.loading import load_model
@@ -29,7 +28,7 @@ def sample_candidates(
     """Sample ``sampling.n`` completions for every problem of one split."""
     sp = parse(SamplingStageParams, sampling, "sampling")
     bp = parse(BenchmarkParams, benchmark, "benchmark")
-    bench = get_benchmark(bp.name, **bp.options)
+    bench = bp.build()
     model, tok = load_model(base_lm["path"], device=base_lm["device"], dtype=base_lm["dtype"])
     prompts = build_prompts(bench, problems, fewshot, sp.prompt_style, tok)
     params = SamplingParams(
@@ -58,7 +57,7 @@ def grade_split(
 ) -> tuple[pd.DataFrame, dict]:
     """Extract and grade every candidate's answer; report accuracy, pass@N and no-answer counts."""
     bp = parse(BenchmarkParams, benchmark, "benchmark")
-    graded = grade_candidates(get_benchmark(bp.name, **bp.options), candidates, problems)
+    graded = grade_candidates(bp.build(), candidates, problems)
     summary = grading_summary(graded)
     logger.info("Graded %s: %s", split, summary)
     return graded, as_mlflow_metrics({f"grading/{split}/{k}": v for k, v in summary.items()})
