@@ -126,7 +126,7 @@ class LatentEBMParams(_Params):
 class HybridParams(_Params):
     columns: list[str] | None = None  # None: every training-free energy + the learned ones
     l2: float = 1e-3
-    min_holdout_groups: int = 20  # fit on EBM validation groups when at least this many exist
+    cross_fit_folds: int = Field(default=3, ge=2)  # learned energies enter the fit out-of-fold
 
 
 class ScorerParams(_Params):

@@ -116,6 +116,8 @@ def test_candidate_energy_row_with_span():
     assert (row["marginal_max"], row["marginal_mean"], row["marginal_min"]) == (-2.0, -2.5, -3.0)
     assert row["spilled_max_all"] == 5.0 and row["spilled_mean_all"] == 2.75
     assert row["neg_logprob_mean"] == 1.0  # whole completion, negated
+    assert row["neg_logprob_min"] == 1.5  # the least likely token
+    assert row["neg_logprob_answer"] == 1.25  # span tokens 1..2: -(-1.0 - 1.5) / 2
     assert row["neg_deepconf_mean"] == -5.0
     assert row["neg_deepconf_lowest_group"] == -3.0  # min window mean [2,4] -> 3, negated
     assert row["neg_deepconf_tail"] == -7.0

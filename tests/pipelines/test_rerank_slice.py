@@ -73,7 +73,7 @@ def catalog(tmp_path) -> DataCatalog:
             "seed": 0, "progress": False,
             "text_ebm": {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64, "max_len": 64, "train": fast},
             "latent_ebm": {"hidden_source": "mean", "hidden": 32, "train": fast},
-            "hybrid": {"min_holdout_groups": 5},
+            "hybrid": {"cross_fit_folds": 2},
         },
         "params:rerank_eval": {"n_boot": 200, "acc_vs_n_subsamples": 3, "weighted_vote": ["hybrid", "spilled_max"],
                                "curves": ["first", "majority", "hybrid"]},

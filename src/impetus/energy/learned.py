@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -157,21 +157,37 @@ def add_learned_energies(
     return out, seconds
 
 
-def fit_hybrid(
-    groups: pd.DataFrame, cols: list[str], holdout_groups: list[str] | None, min_groups: int, config: HybridConfig
-) -> tuple[HybridEnergy, str]:
-    """Fit the hybrid combination on train groups only.
+def out_of_fold_energies(
+    groups: pd.DataFrame,
+    problems: pd.DataFrame,
+    hidden: dict[str, Any] | None,
+    tokenizer: Any,
+    fit: Callable[[pd.DataFrame], LearnedScorers],
+    folds: int,
+    seed: int,
+) -> pd.DataFrame:
+    """``groups`` plus learned-energy columns scored by models that never saw the row's problem.
 
-    The learned energies were fit on most train groups, so their in-sample scores are optimistic
-    and a combination fit there over-trusts them. When the EBMs' held-out (validation) groups are
-    numerous enough (``min_groups``) the hybrid is fit on those; otherwise on all train groups, and
-    the returned label says which.
+    Cross-fitting (as in stacking): problems are split into ``folds`` parts; for each part the
+    learned energies are fit on the others and score it. A combination fit on in-sample EBM scores
+    would over-trust them, since an EBM separates its own training groups far better than new ones.
     """
-    if holdout_groups is not None and len(holdout_groups) >= min_groups:
-        subset, where = groups[groups["problem_id"].isin(holdout_groups)], "ebm_validation_groups"
-    else:
-        subset, where = groups, "all_train_groups"
-    usable = [c for c in cols if subset[c].notna().any()]
-    hybrid = HybridEnergy(config=config).fit(subset, usable)
-    logger.info("Hybrid energy fit on %s (%d candidates): %s", where, len(subset), hybrid.weights)
-    return hybrid, where
+    if folds < 2:
+        raise ValueError(f"cross-fitting needs at least 2 folds, got {folds}")
+    ids = np.random.default_rng(seed).permutation(np.sort(groups["problem_id"].unique()))
+    fold_of = pd.Series(np.arange(len(ids)) % folds, index=ids)
+    fold = groups["problem_id"].map(fold_of).to_numpy()
+    parts = []
+    for k in range(folds):
+        scorers = fit(groups[fold != k])
+        scored, _ = add_learned_energies(groups[fold == k], problems, hidden, tokenizer, scorers)
+        parts.append(scored)
+    return pd.concat(parts).sort_values(KEYS, kind="mergesort").reset_index(drop=True)
+
+
+def fit_hybrid(df: pd.DataFrame, cols: list[str], config: HybridConfig) -> HybridEnergy:
+    """Fit the hybrid combination on train groups (with out-of-fold learned energies)."""
+    usable = [c for c in cols if df[c].notna().any()]
+    hybrid = HybridEnergy(config=config).fit(df, usable)
+    logger.info("Hybrid energy fit on %d train candidates: %s", len(df), hybrid.weights)
+    return hybrid

@@ -56,6 +56,8 @@ ENERGY_COLUMNS: tuple[str, ...] = (
     "spilled_max_all",
     "spilled_mean_all",
     "neg_logprob_mean",
+    "neg_logprob_min",
+    "neg_logprob_answer",
     "neg_deepconf_mean",
     "neg_deepconf_lowest_group",
     "neg_deepconf_tail",
@@ -197,6 +199,9 @@ def candidate_energy_row(
           (higher energy = less plausible, arXiv:2602.18671).
         * ``spilled_{max,mean}_all``: Spilled Energy pooled over the whole completion, as is.
         * ``neg_logprob_mean``: ``-mean log p(token)`` over the whole completion (per-token NLL).
+        * ``neg_logprob_min``: ``-min log p(token)`` over the whole completion: the surprisal of
+          the least likely token, where a single slip (one wrong digit in a sum) shows up.
+        * ``neg_logprob_answer``: ``-mean log p(token)`` over the answer span.
         * ``neg_deepconf_mean``: ``-mean C_i`` (DeepConf confidence is higher = better, so negated).
         * ``neg_deepconf_lowest_group``: ``-min`` sliding-window mean confidence, negated.
         * ``neg_deepconf_tail``: ``-mean`` confidence of the last ``tail`` tokens, negated.
@@ -226,6 +231,8 @@ def candidate_energy_row(
         "spilled_max_all": sp_all["max"],
         "spilled_mean_all": sp_all["mean"],
         "neg_logprob_mean": -float(lp.mean()) if T else math.nan,
+        "neg_logprob_min": -float(lp.min()) if T else math.nan,
+        "neg_logprob_answer": -float(lp[s:e].mean()) if e > s else math.nan,
         "neg_deepconf_mean": -float(conf.float().mean()) if T else math.nan,
         "neg_deepconf_lowest_group": -lowest_group_confidence(conf, window),
         "neg_deepconf_tail": -tail_confidence(conf, tail),

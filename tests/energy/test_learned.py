@@ -1,0 +1,41 @@
+"""Cross-fitted learned energies: every train row is scored by a model that never saw its problem."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from impetus.energy.ebm import LatentEBM, LatentEBMConfig
+from impetus.energy.learned import LearnedScorers, out_of_fold_energies
+
+
+def _groups(n_problems=9, n=4, h=8):
+    rows = [{"problem_id": f"p{p}", "sample_idx": s, "correct": s == 0, "hidden_row": p * n + s}
+            for p in range(n_problems) for s in range(n)]
+    hidden = {"hidden_mean": np.random.default_rng(0).normal(size=(n_problems * n, h)).astype(np.float32)}
+    return pd.DataFrame(rows), hidden
+
+
+def test_out_of_fold_rows_are_scored_once_by_models_blind_to_them():
+    groups, hidden = _groups()
+    seen: list[set] = []
+
+    def fit(train_groups: pd.DataFrame) -> LearnedScorers:
+        seen.append(set(train_groups["problem_id"]))
+        torch.manual_seed(len(seen))
+        return LearnedScorers(latent_ebm=LatentEBM(LatentEBMConfig(input_dim=8, hidden=4)), hidden_source="mean")
+
+    out = out_of_fold_energies(groups, pd.DataFrame(), hidden, None, fit, folds=3, seed=0)
+    assert len(seen) == 3 and all(len(s) == 6 for s in seen)  # 9 problems, 3 folds
+    assert len(out) == len(groups) and not out.duplicated(["problem_id", "sample_idx"]).any()
+    assert out["latent_ebm"].notna().all()
+    # The three folds' held-out problems partition the problems; none was in its model's training set.
+    held_out = [set(groups["problem_id"]) - s for s in seen]
+    assert set().union(*held_out) == set(groups["problem_id"])
+    assert sum(len(h) for h in held_out) == 9
+
+
+def test_cross_fitting_needs_two_folds():
+    groups, hidden = _groups()
+    with pytest.raises(ValueError, match="at least 2 folds"):
+        out_of_fold_energies(groups, pd.DataFrame(), hidden, None, lambda g: LearnedScorers(), folds=1, seed=0)
