@@ -168,3 +168,27 @@ def test_shared_prefix_prefill_matches_generate(tiny):
     shared = HFSampler(model, tok).generate(prompts, sampled, [0, 1, 2])
     unshared = HFSampler(model, tok, min_shared_prefix=10**9).generate(prompts, sampled, [0, 1, 2])
     assert [[g.token_ids for g in r] for r in shared] == [[g.token_ids for g in r] for r in unshared]
+
+
+def test_cache_growth_and_lazy_compaction_change_nothing(tiny, monkeypatch):
+    """In-place KV growth (forced to regrow often) and lazy dropping of finished rows (compacting
+    at every step vs only on refills) give the same tokens as model.generate / as each other."""
+    import impetus.lm.kv_cache as hs
+
+    model, tok = tiny
+    monkeypatch.setattr(hs, "_SPARE_MIN", 1)  # buffers fill up and regrow every few steps
+    greedy = SamplingParams(n=2, temperature=0, max_new_tokens=40, batch_size=3)
+    got = HFSampler(model, tok).generate(PROMPTS, greedy, [0, 1, 2, 3])
+    for i, p in enumerate(PROMPTS):
+        assert got[i][0].token_ids == got[i][1].token_ids == _generate_ref(model, tok, [p], 40)[0]
+    sampled = SamplingParams(n=3, temperature=1.0, top_p=0.9, max_new_tokens=24, stop=["e", "\n"], batch_size=5)
+    runs = [
+        HFSampler(model, tok, compact_fraction=f).generate(PROMPTS, sampled, [5, 6, 7, 8])
+        for f in (0.0, 0.5, 1.0)
+    ]
+    monkeypatch.setattr(hs, "_SPARE_MIN", 64)
+    runs.append(HFSampler(model, tok, compact_fraction=1.0).generate(PROMPTS, sampled, [5, 6, 7, 8]))
+    ref = [[g.token_ids for g in r] for r in runs[0]]
+    assert len({len(g.token_ids) for r in runs[0] for g in r}) > 1  # rows finish at different steps
+    for run in runs[1:]:
+        assert [[g.token_ids for g in r] for r in run] == ref

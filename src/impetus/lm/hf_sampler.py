@@ -9,6 +9,12 @@ one of the ``n`` copies of a prompt. This loop instead
   and their cache is left-padded to the batch's length (or vice versa) before concatenation;
 - samples each row with its own ``torch.Generator`` drawing exactly one uniform per step, so a
   row's tokens depend only on its seed and its own logits, not on which rows share the batch.
+
+Cache copies dominate with long prompts, so (a) the KV cache layers (``GrowLayer``) keep spare
+room along the sequence and write each new token in place instead of ``torch.cat``-ing it onto the
+whole cache, and (b) finished rows are dropped lazily: they stay in the batch as dead slots (no
+sampling, no output) until enough of them pile up or a refill happens, and only then is the cache
+compacted (one gather, which also trims the now-unused left padding).
 """
 
 from __future__ import annotations
@@ -24,13 +30,12 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from impetus.lm.kv_cache import GrowLayer
 from impetus.lm.sampler import Generation, ProgressFn, SamplingParams, register_sampler, row_seed
 
 # Nucleus sampling looks at this many top tokens first; a full sort is done only when they hold
 # less than top_p of the mass (rare for LMs), because sorting a 50k vocab per row per step is slow.
 _TOPK_FIRST = 256
-
-
 @dataclass
 class _Row:
     """Mutable state of one (prompt, sample) row."""
@@ -91,7 +96,12 @@ class HFSampler:
     name = "hf"
 
     def __init__(
-        self, model: Any, tokenizer: Any, refill_fraction: float = 0.25, min_shared_prefix: int = 16
+        self,
+        model: Any,
+        tokenizer: Any,
+        refill_fraction: float = 0.25,
+        min_shared_prefix: int = 16,
+        compact_fraction: float = 0.125,
     ) -> None:
         self.model = model
         # Shared prompt prefixes shorter than this are prefilled per prompt (not worth a forward).
@@ -100,6 +110,9 @@ class HFSampler:
         # Refill once this fraction of the batch is free: each refill is an extra (prefill) forward,
         # so refilling for every single freed slot would cost more than it saves.
         self.refill_fraction = refill_fraction
+        # Finished rows stay in the batch (dead slots) until they are this fraction of it (or a
+        # refill comes): each compaction copies the whole cache, each dead slot costs its compute.
+        self.compact_fraction = compact_fraction
         eos = getattr(model.generation_config, "eos_token_id", None) or tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
         self.device = next(model.parameters()).device
@@ -107,30 +120,41 @@ class HFSampler:
     # ----------------------------------------------------------------- cache helpers
     def _mergeable(self, cache: DynamicCache) -> bool:
         """Padding/concatenating caches is only written for plain full-attention layers."""
-        return all(type(layer) is DynamicLayer for layer in cache.layers)
+        return all(type(layer) in (DynamicLayer, GrowLayer) for layer in cache.layers)
 
-    @staticmethod
-    def _left_pad(cache: DynamicCache, mask: torch.Tensor, extra: int) -> torch.Tensor:
-        """Left-pad every layer of ``cache`` (and ``mask``) by ``extra`` masked zero positions."""
-        if extra > 0:
-            for layer in cache.layers:
-                layer.keys = F.pad(layer.keys, (0, 0, extra, 0))
-                layer.values = F.pad(layer.values, (0, 0, extra, 0))
-            mask = F.pad(mask, (extra, 0))
-        return mask
-
-    @staticmethod
-    def _trim_left(cache: DynamicCache, mask: torch.Tensor) -> torch.Tensor:
-        """Drop leading columns that are padding for every remaining row (positions are explicit,
-        so this changes nothing but the attention cost)."""
+    def _compact(
+        self, slots: list[_Row | None], cache: DynamicCache, mask: torch.Tensor, pos: torch.Tensor,
+        logits: torch.Tensor,
+    ) -> tuple[DynamicCache, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Drop the dead slots (``None``) from the batch, trimming all-padding leading columns."""
+        sel = torch.tensor([i for i, r in enumerate(slots) if r is not None], device=self.device)
+        mask, pos, logits = mask[sel], pos[sel], logits[sel]
+        if not self._mergeable(cache):
+            cache.batch_select_indices(sel)
+            return cache, mask, pos, logits
         used = mask.any(dim=0).nonzero()
-        k = int(used[0]) if len(used) else 0
-        if k > 0:
-            for layer in cache.layers:
-                layer.keys = layer.keys[:, :, k:]
-                layer.values = layer.values[:, :, k:]
-            mask = mask[:, k:]
-        return mask
+        start = int(used[0]) if len(used) else 0
+        for layer in cache.layers:
+            if isinstance(layer, GrowLayer):
+                layer.compact(sel, start)
+            else:
+                layer.keys = layer.keys[sel, :, start:]
+                layer.values = layer.values[sel, :, start:]
+        return cache, mask[:, start:], pos, logits
+
+    def _stack(self, cache: DynamicCache, mask: torch.Tensor, c2: DynamicCache, m2: torch.Tensor) -> torch.Tensor:
+        """Append the rows of ``c2`` to ``cache`` (left-padding the shorter one); return the mask."""
+        la, lb = mask.shape[1], m2.shape[1]
+        length = max(la, lb)
+        for a, b in zip(cache.layers, c2.layers):
+            if isinstance(a, GrowLayer):
+                k, v = GrowLayer.stack([(a.keys, a.values), (b.keys, b.values)], length)
+                a._store(k, v, length)
+            else:
+                ka, va = F.pad(a.keys, (0, 0, length - la, 0)), F.pad(a.values, (0, 0, length - la, 0))
+                kb, vb = F.pad(b.keys, (0, 0, length - lb, 0)), F.pad(b.values, (0, 0, length - lb, 0))
+                a.keys, a.values = torch.cat([ka, kb]), torch.cat([va, vb])
+        return torch.cat([F.pad(mask, (length - la, 0)), F.pad(m2, (length - lb, 0))])
 
     # ----------------------------------------------------------------- model calls
     def _prefill(
@@ -146,6 +170,8 @@ class HFSampler:
         if common < self.min_shared_prefix:
             common = 0
         cache = DynamicCache(config=self.model.config)
+        if all(type(layer) is DynamicLayer for layer in cache.layers):
+            cache.layers = [GrowLayer() for _ in cache.layers]  # in-place growth, same semantics
         if common:
             self.model(
                 input_ids=torch.tensor([seqs[0][:common]], device=self.device),
@@ -206,59 +232,64 @@ class HFSampler:
         all_rows = list(pending)
         bs = params.batch_size
         refill_at = max(1, int(bs * self.refill_fraction))
-        active: list[_Row] = []
+        compact_at = max(1, int(bs * self.compact_fraction))
+        # slots[i] is the row in batch position i, or None for a finished row not yet dropped
+        slots: list[_Row | None] = []
+        live = 0
         cache: DynamicCache | None = None
         mask = pos = logits = None
         max_stop = max((len(s) for s in params.stop), default=0)
 
-        while pending or active:
-            free = bs - len(active)
-            can_merge = cache is None or not active or self._mergeable(cache)
-            if pending and can_merge and (not active or free >= min(refill_at, len(pending))):
+        while pending or live:
+            free = bs - live
+            can_merge = cache is None or not live or self._mergeable(cache)
+            refill = pending and can_merge and (not live or free >= min(refill_at, len(pending)))
+            dead = len(slots) - live
+            if dead and (refill or dead >= compact_at or not self._mergeable(cache)):
+                cache, mask, pos, logits = self._compact(slots, cache, mask, pos, logits)
+                slots = [r for r in slots if r is not None]
+            if refill:
                 new = [pending.popleft() for _ in range(min(free, len(pending)))]
                 t0 = time.perf_counter()
                 c2, m2, p2, l2 = self._prefill(prompt_ids, new)
                 dt = (time.perf_counter() - t0) / len(new)
                 for r in new:
                     r.seconds += dt
-                if not active:
+                if not slots:
                     cache, mask, pos, logits = c2, m2, p2, l2
                 else:  # align cache lengths with left padding, then stack the rows
-                    la, lb = mask.shape[1], m2.shape[1]
-                    mask = self._left_pad(cache, mask, lb - la)
-                    m2 = self._left_pad(c2, m2, la - lb)
-                    for a, b in zip(cache.layers, c2.layers):
-                        a.keys = torch.cat([a.keys, b.keys])
-                        a.values = torch.cat([a.values, b.values])
-                    mask, pos, logits = torch.cat([mask, m2]), torch.cat([pos, p2]), torch.cat([logits, l2])
-                active = active + new
+                    mask = self._stack(cache, mask, c2, m2)
+                    pos, logits = torch.cat([pos, p2]), torch.cat([logits, l2])
+                slots = slots + new
+                live += len(new)
 
-            toks, lps = _sample_tokens(logits, active, float(params.temperature), float(params.top_p))
-            keep: list[int] = []
-            for i, (r, t, lp) in enumerate(zip(active, toks.tolist(), lps.tolist())):
+            idx = [i for i, r in enumerate(slots) if r is not None]
+            rows: list[_Row] = [slots[i] for i in idx]  # type: ignore[misc]
+            lg = logits if len(idx) == len(slots) else logits[torch.tensor(idx, device=logits.device)]
+            toks, lps = _sample_tokens(lg, rows, float(params.temperature), float(params.top_p))
+            done = 0
+            for i, r, t, lp in zip(idx, rows, toks.tolist(), lps.tolist()):
                 if t in self.eos_ids:
                     self._finish(r, "eos", None)
-                    continue
-                r.ids.append(t)
-                r.logps.append(lp)
-                if max_stop and self._check_stop(r, params.stop, max_stop):
-                    continue
-                if len(r.ids) >= params.max_new_tokens:
-                    self._finish(r, "length", None)
-                    continue
-                keep.append(i)
+                else:
+                    r.ids.append(t)
+                    r.logps.append(lp)
+                    if not (max_stop and self._check_stop(r, params.stop, max_stop)):
+                        if len(r.ids) < params.max_new_tokens:
+                            continue
+                        self._finish(r, "length", None)
+                slots[i] = None
+                done += 1
             if progress is not None:
-                progress(len(active), len(active) - len(keep))
-            if len(keep) < len(active):
-                active = [active[i] for i in keep]
-                if not active:
-                    cache = None
-                    continue
-                sel = torch.tensor(keep, device=self.device)
-                cache.batch_select_indices(sel)
-                mask, pos, toks = mask[sel], pos[sel], toks[sel]
-                if self._mergeable(cache):
-                    mask = self._trim_left(cache, mask)
+                progress(len(rows), done)
+            live -= done
+            if not live:
+                cache, slots = None, []
+                continue
+            if len(idx) < len(slots):  # dead slots get a dummy token (their outputs are ignored)
+                full = toks.new_zeros(len(slots))
+                full[torch.tensor(idx, device=toks.device)] = toks
+                toks = full
 
             t0 = time.perf_counter()
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
@@ -271,9 +302,10 @@ class HFSampler:
             )
             cache, logits = out.past_key_values, out.logits[:, -1]
             pos = pos + 1
-            dt = (time.perf_counter() - t0) / len(active)
-            for r in active:
-                r.seconds += dt
+            dt = (time.perf_counter() - t0) / live
+            for r in slots:
+                if r is not None:
+                    r.seconds += dt
 
         results: list[list[Generation]] = [[] for _ in prompts]
         for r in all_rows:

@@ -1,0 +1,119 @@
+"""KV-cache layer that grows in place, for the sampler's decoding loop.
+
+``DynamicLayer.update`` concatenates each new token onto the whole cache (a full copy per layer per
+step), which dominates decoding time with long few-shot prompts. ``GrowLayer`` keeps spare room
+along the sequence dimension and writes new tokens in place, returning a view of the filled part.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers.cache_utils import DynamicLayer
+
+# Spare sequence room a cache layer allocates when it (re)builds its buffers: at least this many
+# positions, or a quarter of the current length if more (amortised growth).
+_SPARE_MIN = 64
+
+
+def _spare(n: int) -> int:
+    return max(_SPARE_MIN, n // 4)
+
+
+class GrowLayer(DynamicLayer):
+    """A ``DynamicLayer`` whose key/value buffers have spare capacity along the sequence dim.
+
+    ``update`` writes new positions in place (growing the buffers by copying only when full) and
+    ``keys``/``values`` are views of the filled part, so a decode step no longer copies the whole
+    cache. Assigning ``keys``/``values`` (as the sampler's pad/trim code and the base class do)
+    stores the tensor as a buffer without spare room. The filled length is that of ``keys``.
+    """
+
+    def __init__(self) -> None:
+        self._k: torch.Tensor | None = None
+        self._v: torch.Tensor | None = None
+        self._n = 0
+        super().__init__()
+
+    def _view(self, buf: torch.Tensor | None) -> torch.Tensor | None:
+        return buf if buf is None or buf.dim() != 4 else buf[:, :, : self._n]
+
+    @property  # type: ignore[override]
+    def keys(self) -> torch.Tensor | None:
+        return self._view(self._k)
+
+    @keys.setter
+    def keys(self, t: torch.Tensor | None) -> None:
+        self._k = t
+        self._n = t.shape[-2] if t is not None and t.dim() == 4 else 0
+
+    @property  # type: ignore[override]
+    def values(self) -> torch.Tensor | None:
+        return self._view(self._v)
+
+    @values.setter
+    def values(self, t: torch.Tensor | None) -> None:
+        self._v = t
+
+    def _store(self, k: torch.Tensor, v: torch.Tensor, n: int) -> None:
+        self._k, self._v, self._n = k, v, n
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.dtype, self.device = key_states.dtype, key_states.device
+            self.is_initialized = True
+        k, n, add = self._k, self._n, key_states.shape[-2]
+        if k is None or k.dim() != 4 or n == 0:  # first fill: allocate with spare room
+            b, h, _, d = key_states.shape
+            cap = add + _spare(add)
+            self._k = key_states.new_empty((b, h, cap, d))
+            self._v = value_states.new_empty((b, h, cap, value_states.shape[-1]))
+        elif k.shape[0] != key_states.shape[0] or k.shape[1] != key_states.shape[1]:
+            # unexpected shapes: behave exactly like DynamicLayer
+            self.keys = torch.cat([self.keys, key_states], dim=-2)
+            self.values = torch.cat([self.values, value_states], dim=-2)
+            return self.keys, self.values
+        elif n + add > k.shape[-2]:  # full: grow (one copy, amortised by the spare room)
+            cap = n + add + _spare(n + add)
+            nk = k.new_empty((k.shape[0], k.shape[1], cap, k.shape[3]))
+            nv = self._v.new_empty((k.shape[0], self._v.shape[1], cap, self._v.shape[3]))
+            nk[:, :, :n] = k[:, :, :n]
+            nv[:, :, :n] = self._v[:, :, :n]
+            self._k, self._v = nk, nv
+        self._k[:, :, n : n + add] = key_states
+        self._v[:, :, n : n + add] = value_states
+        self._n = n + add
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep rows ``indices``; the gather copies the spare room too, so it is kept."""
+        self.compact(indices, 0)
+
+    def compact(self, indices: torch.Tensor, start: int) -> None:
+        """Keep rows ``indices`` and positions from ``start`` on (one gather, spare room kept)."""
+        if self._k is None or self._k.dim() != 4 or self._n == 0:
+            return
+        self._store(self._k[indices, :, start:], self._v[indices, :, start:], self._n - start)
+
+    @classmethod
+    def stack(cls, parts: list[tuple[torch.Tensor, torch.Tensor]], length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Buffers holding ``parts`` (k, v) stacked along the batch, each left-padded with zeros to
+        ``length``, with spare room after; one copy per part."""
+        k0, v0 = parts[0]
+        b = sum(k.shape[0] for k, _ in parts)
+        cap = length + _spare(length)
+        nk = k0.new_empty((b, k0.shape[1], cap, k0.shape[3]))
+        nv = v0.new_empty((b, v0.shape[1], cap, v0.shape[3]))
+        r = 0
+        for k, v in parts:
+            pad, e = length - k.shape[-2], r + k.shape[0]
+            nk[r:e, :, pad:length] = k
+            nv[r:e, :, pad:length] = v
+            if pad:  # masked positions must hold finite values (0 * NaN would leak through SDPA)
+                nk[r:e, :, :pad] = 0
+                nv[r:e, :, :pad] = 0
+            r = e
+        return nk, nv
