@@ -68,8 +68,8 @@ def evaluate_all(
     sampling_seconds_per_problem: float,
     n_boot: int = 2000,
     seed: int = 0,
-) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Metrics for every method plus the chosen ``sample_idx`` per (problem, method)."""
+) -> tuple[dict[str, Any], pd.DataFrame, dict[str, Selector]]:
+    """Metrics for every method, the chosen ``sample_idx`` per (problem, method), and the methods."""
     methods = build_methods(energy_cols, vote_cols, tau)
     result = evaluate_methods(df, methods, n_boot=n_boot, seed=seed)
     n_problems = result["n_problems"]
@@ -86,7 +86,7 @@ def evaluate_all(
     result["sampling_seconds_per_problem"] = sampling_seconds_per_problem
     table = pd.DataFrame(selections)
     table.index.name = "problem_id"
-    return result, table.reset_index()
+    return result, table.reset_index(), methods
 
 
 def best_method(result: Mapping[str, Any], exclude: Sequence[str] = ("oracle", "first", "majority")) -> str | None:

@@ -16,7 +16,6 @@ from impetus.selection.report import (
     EMBED,
     LM_PASS,
     best_method,
-    build_methods,
     evaluate_all,
     make_plots,
     markdown_report,
@@ -54,10 +53,9 @@ def rerank_and_evaluate(
     stage_seconds |= learned_seconds
     # Sampling wall time per problem: the sampler attributes each row's share of its batch time.
     sampling_spp = float(graded_eval.groupby("problem_id")["gen_seconds"].sum().mean())
-    result, selections = evaluate_all(
+    result, selections, methods = evaluate_all(
         df, cols, rp.weighted_vote, rp.tau, stage_seconds, sampling_spp, n_boot=rp.n_boot, seed=rp.seed
     )
-    methods = build_methods(cols, rp.weighted_vote, rp.tau)
     fig_n, fig_roc, fig_hist, curves = make_plots(df, methods, rp.curves, cols, rp.acc_vs_n_subsamples, rp.seed)
     result["accuracy_vs_n"] = {k: v.to_dict(orient="list") for k, v in curves.items()}
     result["best_method"] = best_method(result)
