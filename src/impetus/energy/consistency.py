@@ -16,6 +16,8 @@ arXiv:1908.10084); the default is the offline all-MiniLM-L6-v2 shipped in the
 
 from __future__ import annotations
 
+import time
+
 from collections import Counter
 from typing import Any, Sequence
 
@@ -137,3 +139,18 @@ def answer_agreement(answers: Sequence[str | None], groups: Any) -> np.ndarray:
             if keys[i] is not None:
                 out[i] = -counts[keys[i]] / len(idx)
     return out
+
+
+def consistency_energies(
+    graded: pd.DataFrame, embedding_model: str | None, batch_size: int
+) -> tuple[pd.DataFrame, float]:
+    """``embedding_consistency`` and ``answer_agreement`` columns for a graded table (row-aligned),
+    and the seconds spent (the embeddings' cost; answers come free from grading)."""
+    start = time.perf_counter()
+    groups = graded["problem_id"].to_numpy()
+    emb = embed_texts(graded["completion"].tolist(), embedding_model, batch_size=batch_size)
+    out = pd.DataFrame({
+        "embedding_consistency": embedding_consistency(emb, groups),
+        "answer_agreement": answer_agreement(graded["answer"].tolist(), groups),
+    }, index=graded.index)
+    return out.reset_index(drop=True), time.perf_counter() - start

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 import torch
 
-from impetus.energy.ebm import LatentEBM, LatentEBMConfig
-from impetus.energy.learned import LearnedScorers, out_of_fold_energies
+from impetus.learned.fitting import LearnedScorers, out_of_fold_energies
+from impetus.learned.models import LatentEBM, LatentEBMConfig
 
 
 def _groups(n_problems=9, n=4, h=8):
@@ -39,3 +39,20 @@ def test_cross_fitting_needs_two_folds():
     groups, hidden = _groups()
     with pytest.raises(ValueError, match="at least 2 folds"):
         out_of_fold_energies(groups, pd.DataFrame(), hidden, None, lambda g: LearnedScorers(), folds=1, seed=0)
+
+
+def test_learned_scorers_round_trip_through_plain_records():
+    from impetus.learned.hybrid import HybridConfig, HybridEnergy
+
+    torch.manual_seed(0)
+    latent = LatentEBM(LatentEBMConfig(input_dim=8, hidden=4, n_layers=1, dropout=0.0))
+    df = pd.DataFrame({"problem_id": np.repeat(np.arange(6), 2), "correct": np.tile([True, False], 6),
+                       "a": np.arange(12.0)})
+    hybrid = HybridEnergy(HybridConfig(l2=0.5)).fit(df, ["a"])
+    records = LearnedScorers(latent_ebm=latent, hidden_source="answer", hybrid=hybrid).to_records()
+    assert records["text_ebm"] is None and records["latent_ebm"]["hidden_source"] == "answer"
+    back = LearnedScorers.from_records(**records)
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(back.latent_ebm(x), latent.eval()(x))
+    assert back.hidden_source == "answer" and back.text_ebm is None
+    np.testing.assert_allclose(back.hybrid.energy(df), hybrid.energy(df))

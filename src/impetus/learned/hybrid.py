@@ -20,12 +20,12 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-__all__ = ["HybridConfig", "HybridEnergy", "pair_index"]
+__all__ = ["HybridConfig", "HybridEnergy", "pair_index", "cross_validated_l2"]
 
 
 @dataclass
 class HybridConfig:
-    l2: float = 1e-3  # on standardized weights; keeps collinear columns from blowing up
+    l2: float  # on standardized weights; keeps collinear columns from blowing up (YAML: l2_grid)
     max_iter: int = 200
 
 
@@ -58,7 +58,7 @@ class HybridEnergy:
     """Linear combination of energy columns fit with the pairwise loss. NaN-safe: missing values
     are filled with the train mean (``z = 0``, i.e. "no evidence") at fit and at scoring time."""
 
-    config: HybridConfig = field(default_factory=HybridConfig)
+    config: HybridConfig
     cols: list[str] = field(default_factory=list)
     mean: np.ndarray | None = None
     std: np.ndarray | None = None
@@ -107,9 +107,60 @@ class HybridEnergy:
             raise RuntimeError("HybridEnergy.fit must be called first")
         return self._z(df) @ self.coef
 
+    def to_dict(self) -> dict:
+        """Plain record (lists and floats; no pickle needed), inverse of :meth:`from_dict`."""
+        if self.coef is None:
+            raise RuntimeError("HybridEnergy.fit must be called before saving")
+        return {
+            "format": 1, "kind": "HybridEnergy", "l2": float(self.config.l2), "max_iter": int(self.config.max_iter),
+            "cols": list(self.cols), "mean": self.mean.tolist(), "std": self.std.tolist(),
+            "coef": self.coef.tolist(), "train_loss": self.train_loss,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "HybridEnergy":
+        """Rebuild a fitted hybrid from :meth:`to_dict` output."""
+        return cls(
+            config=HybridConfig(l2=d["l2"], max_iter=d["max_iter"]), cols=list(d["cols"]),
+            mean=np.asarray(d["mean"], float), std=np.asarray(d["std"], float),
+            coef=np.asarray(d["coef"], float), train_loss=d.get("train_loss"),
+        )
+
     @property
     def weights(self) -> dict[str, float]:
         """Weight per column in standardized units (positive = column helps as lower-is-better)."""
         if self.coef is None:
             return {}
         return {c: float(w) for c, w in zip(self.cols, self.coef)}
+
+
+def cross_validated_l2(
+    df: pd.DataFrame, cols: Sequence[str], l2_grid: Sequence[float], folds: int, seed: int,
+    group_col: str = "problem_id", label_col: str = "correct",
+) -> tuple[float, dict[float, float]]:
+    """The L2 strength with the lowest held-out pairwise loss over ``folds`` group folds.
+
+    Chosen on train groups only: each fold's loss is measured on problems the fit did not see, so
+    a small train set gets a stronger penalty instead of over-fitting its few groups. Ties go to
+    the stronger penalty (the simpler model). Returns ``(l2, {l2: mean held-out loss})``.
+    """
+    ids = np.random.default_rng(seed).permutation(np.sort(df[group_col].unique()))
+    fold_of = pd.Series(np.arange(len(ids)) % folds, index=ids)
+    fold = df[group_col].map(fold_of).to_numpy()
+    losses: dict[float, float] = {}
+    for l2 in l2_grid:
+        held = []
+        for k in range(folds):
+            train, test = df[fold != k], df[fold == k]
+            try:
+                model = HybridEnergy(config=HybridConfig(l2=float(l2))).fit(train, cols, group_col, label_col)
+            except ValueError:  # a fold with no (right, wrong) pair to fit on
+                continue
+            i, j, w = pair_index(test[group_col].to_numpy(), test[label_col].to_numpy(dtype=bool))
+            if i.size:
+                e = model.energy(test)
+                held.append(float((w * np.logaddexp(0.0, e[i] - e[j])).sum()))
+        losses[float(l2)] = float(np.mean(held)) if held else float("inf")
+    best = min(losses.values())
+    chosen = max(l2 for l2, loss in losses.items() if loss <= best + 1e-12)
+    return chosen, losses

@@ -1,6 +1,7 @@
 """Fitting and applying the learned energies on candidate tables (Kedro-free glue).
 
-Ties the generic EBM code (:mod:`impetus.energy.ebm`, :mod:`impetus.energy.hybrid`) to the
+Ties the generic EBM code (:mod:`impetus.learned.models`, :mod:`impetus.learned.train`,
+:mod:`impetus.learned.hybrid`) to the
 project's tables: ``graded`` candidates, ``energies`` (training-free columns, lower = better) and
 the pooled ``hidden`` states from the teacher-forced pass, all aligned by (problem_id, sample_idx).
 """
@@ -9,37 +10,22 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 
-from impetus.energy.ebm import (
-    LatentEBM,
-    LatentEBMConfig,
-    TextEBM,
-    TextEBMConfig,
-    TokenInputs,
-    TrainConfig,
-    TrainResult,
-    encode_texts,
-    score,
-    train_ebm,
-)
-from impetus.energy.hybrid import HybridConfig, HybridEnergy
-from impetus.energy.mining import LeakageError, mine_groups
+from impetus.energy.registry import energy_columns, hybrid_inputs
+from impetus.learned.hybrid import HybridConfig, HybridEnergy, cross_validated_l2
+from impetus.learned.mining import LeakageError, mine_groups
+from impetus.learned.models import LatentEBM, LatentEBMConfig, TextEBM, TextEBMConfig, TokenInputs, encode_texts, score
+from impetus.learned.persist import ebm_from_dict, ebm_to_dict
+from impetus.learned.train import TrainConfig, TrainResult, train_ebm
 
 logger = logging.getLogger(__name__)
 
 KEYS = ["problem_id", "sample_idx"]
-LEARNED = ("text_ebm", "latent_ebm")
-
-
-def energy_columns(energies: pd.DataFrame) -> list[str]:
-    """The energy columns of an energies table: every float column except the keys (bool flags and
-    counts are features of the row, not energies)."""
-    return [c for c in energies.columns if c not in KEYS and pd.api.types.is_float_dtype(energies[c])]
 
 
 def join_candidates(graded: pd.DataFrame, energies: pd.DataFrame, hidden: dict[str, Any] | None) -> pd.DataFrame:
@@ -49,7 +35,7 @@ def join_candidates(graded: pd.DataFrame, energies: pd.DataFrame, hidden: dict[s
     """
     cols = [c for c in energies.columns if c not in graded.columns or c in KEYS]
     df = graded.merge(energies[cols], on=KEYS, how="left", validate="one_to_one")
-    if len(df) != len(graded) or df[energy_columns(energies)].isna().all(axis=1).any():
+    if len(df) != len(graded) or df[energy_columns(energies.columns)].isna().all(axis=1).any():
         raise ValueError("energies table does not cover every graded candidate; rerun the energies stage")
     if hidden is not None:
         pos = pd.DataFrame({"problem_id": hidden["problem_id"], "sample_idx": hidden["sample_idx"]})
@@ -118,13 +104,40 @@ def fit_latent_ebm(
 
 @dataclass
 class LearnedScorers:
-    """Everything rerank needs to score new candidates with the learned energies."""
+    """Everything rerank needs to score new candidates with the learned energies.
+
+    Passed from the ``scorer`` stage to ``rerank_eval`` (and V2/EBD) as plain records
+    (:meth:`to_records` / :meth:`from_records`): tensors, numbers and strings only, so the catalog
+    stores them without pickle and loads them with ``torch.load(weights_only=True)``.
+    """
 
     text_ebm: TextEBM | None = None
     latent_ebm: LatentEBM | None = None
-    hidden_source: str = "mean"
+    hidden_source: str = "both"
     hybrid: HybridEnergy | None = None
-    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_records(self) -> dict[str, Any]:
+        """``{"text_ebm", "latent_ebm", "hybrid"}``: one plain record per learned energy (or None)."""
+        latent = None
+        if self.latent_ebm is not None:
+            latent = {**ebm_to_dict(self.latent_ebm), "hidden_source": self.hidden_source}
+        return {
+            "text_ebm": None if self.text_ebm is None else ebm_to_dict(self.text_ebm),
+            "latent_ebm": latent,
+            "hybrid": None if self.hybrid is None else self.hybrid.to_dict(),
+        }
+
+    @classmethod
+    def from_records(
+        cls, text_ebm: dict | None = None, latent_ebm: dict | None = None, hybrid: dict | None = None
+    ) -> "LearnedScorers":
+        """Inverse of :meth:`to_records` (each record may come from its own catalog entry)."""
+        return cls(
+            text_ebm=None if text_ebm is None else ebm_from_dict(text_ebm),
+            latent_ebm=None if latent_ebm is None else ebm_from_dict(latent_ebm),
+            hidden_source=(latent_ebm or {}).get("hidden_source", "both"),
+            hybrid=None if hybrid is None else HybridEnergy.from_dict(hybrid),
+        )
 
 
 def add_learned_energies(
@@ -185,9 +198,68 @@ def out_of_fold_energies(
     return pd.concat(parts).sort_values(KEYS, kind="mergesort").reset_index(drop=True)
 
 
-def fit_hybrid(df: pd.DataFrame, cols: list[str], config: HybridConfig) -> HybridEnergy:
-    """Fit the hybrid combination on train groups (with out-of-fold learned energies)."""
-    usable = [c for c in cols if df[c].notna().any()]
-    hybrid = HybridEnergy(config=config).fit(df, usable)
-    logger.info("Hybrid energy fit on %d train candidates: %s", len(df), hybrid.weights)
-    return hybrid
+def fit_hybrid(
+    df: pd.DataFrame, cols: list[str], l2_grid: list[float], folds: int, seed: int
+) -> tuple[HybridEnergy, dict[float, float]]:
+    """Fit the hybrid on train groups (with out-of-fold learned energies), L2 chosen by group CV.
+
+    Returns the hybrid refit on all rows with the chosen L2, and the CV pairwise loss per L2.
+    """
+    usable = [c for c in cols if c in df.columns and df[c].notna().any()]
+    l2, cv_loss = cross_validated_l2(df, usable, l2_grid, folds, seed)
+    hybrid = HybridEnergy(config=HybridConfig(l2=l2)).fit(df, usable)
+    logger.info("Hybrid energy (L2 %g by %d-fold CV) fit on %d train candidates: %s",
+                l2, folds, len(df), hybrid.weights)
+    return hybrid, cv_loss
+
+
+def score_split(
+    graded: pd.DataFrame, energies: pd.DataFrame, hidden: dict[str, Any] | None, problems: pd.DataFrame,
+    tokenizer: Any, scorers: LearnedScorers,
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """One split's candidates joined with their energies plus the learned ones, and scoring seconds."""
+    return add_learned_energies(join_candidates(graded, energies, hidden), problems, hidden, tokenizer, scorers)
+
+
+@dataclass
+class FitReport:
+    """What :func:`fit_learned_energies` returns: the scorers and how they were fit."""
+
+    scorers: LearnedScorers
+    text: TrainResult
+    latent: TrainResult
+    hybrid_cv_loss: dict[float, float]
+    hybrid_cols: list[str]
+
+
+def fit_learned_energies(
+    groups: pd.DataFrame, problems: pd.DataFrame, hidden: dict[str, Any], tokenizer: Any, params: Any,
+) -> FitReport:
+    """Fit TextEBM, LatentEBM and the hybrid on train groups only (``params``: ScorerParams).
+
+    The hybrid's learned-energy inputs are cross-fitted (each train problem scored by EBMs fit
+    without it), so the combination weighs them as they will behave on new problems; its L2 is
+    chosen by group cross-validation on the same out-of-fold table.
+    """
+    def train_cfg(p: Any, progress: bool) -> TrainConfig:
+        return TrainConfig(**p.model_dump(), seed=params.seed, progress=progress)
+
+    def fit(rows: pd.DataFrame, progress: bool) -> tuple[TrainResult, TrainResult]:
+        text = fit_text_ebm(rows, problems, tokenizer, params.text_ebm.model_dump(exclude={"train"}),
+                            train_cfg(params.text_ebm.train, progress))
+        latent = fit_latent_ebm(rows, hidden, params.latent_ebm.hidden_source,
+                                params.latent_ebm.model_dump(exclude={"train", "hidden_source"}),
+                                train_cfg(params.latent_ebm.train, progress))
+        return text, latent
+
+    def fit_scorers(rows: pd.DataFrame) -> LearnedScorers:
+        text, latent = fit(rows, progress=False)
+        return LearnedScorers(text_ebm=text.model, latent_ebm=latent.model, hidden_source=params.latent_ebm.hidden_source)
+
+    text, latent = fit(groups, params.progress)  # the models later stages use: all train groups
+    oof = out_of_fold_energies(groups, problems, hidden, tokenizer, fit_scorers, params.hybrid.cross_fit_folds, params.seed)
+    cols = params.hybrid.columns or hybrid_inputs(list(oof.columns))
+    hybrid, cv_loss = fit_hybrid(oof, cols, params.hybrid.l2_grid, params.hybrid.cross_fit_folds, params.seed)
+    scorers = LearnedScorers(text_ebm=text.model, latent_ebm=latent.model,
+                             hidden_source=params.latent_ebm.hidden_source, hybrid=hybrid)
+    return FitReport(scorers, text, latent, cv_loss, hybrid.cols)

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 import torch
 
-from impetus.energy.ebm import pairwise_loss
-from impetus.energy.hybrid import HybridEnergy, pair_index
+from impetus.learned.hybrid import HybridConfig, HybridEnergy, cross_validated_l2, pair_index
+from impetus.learned.train import pairwise_loss
 from impetus.selection.metrics import auroc
 
 
@@ -25,7 +25,7 @@ def toy(n_groups=80, n_per=6, seed=0):
 
 def test_hybrid_recovers_weight_signs():
     df = toy()
-    h = HybridEnergy().fit(df, ["good", "flipped", "noise"])
+    h = HybridEnergy(HybridConfig(l2=1e-3)).fit(df, ["good", "flipped", "noise"])
     w = h.weights
     assert w["good"] > 0 and w["flipped"] < 0
     assert abs(w["noise"]) < min(abs(w["good"]), abs(w["flipped"]))
@@ -38,7 +38,7 @@ def test_hybrid_recovers_weight_signs():
 def test_hybrid_nan_safe_uses_train_mean():
     df = toy()
     df.loc[::7, "good"] = np.nan
-    h = HybridEnergy().fit(df, ["good", "noise"])
+    h = HybridEnergy(HybridConfig(l2=1e-3)).fit(df, ["good", "noise"])
     assert np.isfinite(list(h.weights.values())).all()
     row = pd.DataFrame({"good": [np.nan], "noise": [h.mean[1]]})
     assert h.energy(row)[0] == pytest.approx(0.0)  # NaN -> train mean -> z = 0
@@ -56,6 +56,33 @@ def test_pair_index_matches_pairwise_loss():
 def test_hybrid_requires_pairs():
     df = pd.DataFrame({"problem_id": [0, 0], "correct": [True, True], "a": [0.0, 1.0]})
     with pytest.raises(ValueError):
-        HybridEnergy().fit(df, ["a"])
+        HybridEnergy(HybridConfig(l2=1e-3)).fit(df, ["a"])
     with pytest.raises(RuntimeError):
-        HybridEnergy().energy(df)
+        HybridEnergy(HybridConfig(l2=1e-3)).energy(df)
+
+
+def test_cross_validated_l2_prefers_strong_penalty_on_noise_and_weak_on_signal():
+    rng = np.random.default_rng(0)
+    rows = []
+    for g in range(40):
+        for s in range(6):
+            right = s < 3
+            rows.append({"problem_id": f"p{g}", "correct": right,
+                         "signal": rng.normal(-1.0 if right else 1.0, 0.3),
+                         **{f"noise{k}": rng.normal() for k in range(8)}})
+    df = pd.DataFrame(rows)
+    noise = [f"noise{k}" for k in range(8)]
+    l2, losses = cross_validated_l2(df, noise, [1e-4, 1.0, 100.0], folds=4, seed=0)
+    assert l2 == 100.0 and losses[100.0] <= losses[1e-4]
+    l2, losses = cross_validated_l2(df, ["signal", *noise], [1e-4, 1.0, 100.0], folds=4, seed=0)
+    assert l2 < 100.0 and losses[l2] < losses[100.0]
+
+
+def test_hybrid_round_trips_through_a_plain_record():
+    rng = np.random.default_rng(1)
+    df = pd.DataFrame({"problem_id": np.repeat(np.arange(10), 4), "correct": np.tile([True, False, True, False], 10),
+                       "a": rng.normal(size=40), "b": rng.normal(size=40)})
+    h = HybridEnergy(HybridConfig(l2=0.1)).fit(df, ["a", "b"])
+    back = HybridEnergy.from_dict(h.to_dict())
+    np.testing.assert_allclose(back.energy(df), h.energy(df))
+    assert back.cols == ["a", "b"] and back.config.l2 == 0.1

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from impetus.energy.mining import LeakageError, group_stats, hard_negative_mask, mine_groups
+from impetus.learned.mining import LeakageError, group_stats, hard_negative_mask, mine_groups
 
 
 def graded():

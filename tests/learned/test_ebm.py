@@ -7,21 +7,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from impetus.energy.ebm import (
-    LatentEBM,
-    LatentEBMConfig,
-    TextEBM,
-    TextEBMConfig,
-    TokenInputs,
-    TrainConfig,
-    encode_texts,
-    group_pair_metrics,
-    load_ebm,
-    pairwise_loss,
-    save_ebm,
-    score,
-    train_ebm,
-)
+from impetus.learned.models import LatentEBM, LatentEBMConfig, TextEBM, TextEBMConfig, TokenInputs, encode_texts, score
+from impetus.learned.persist import load_ebm, save_ebm
+from impetus.learned.train import TrainConfig, group_pair_metrics, pairwise_loss, train_ebm
+
+
+def make_cfg(**kw) -> TrainConfig:
+    """A TrainConfig with test-sized values for every field not given."""
+    base = dict(epochs=5, lr=1e-3, weight_decay=1e-2, batch_groups=16, patience=3, val_fraction=0.2, max_seconds=None)
+    return TrainConfig(**{**base, **kw})
 from impetus.testing import tiny_tokenizer
 
 
@@ -80,7 +74,7 @@ def best_val_auroc(res):
 
 def test_latent_ebm_learns_signal():
     h, g, y = toy_latent(150)
-    res = train_ebm(latent(), h, g, y, TrainConfig(epochs=15, lr=3e-3, progress=False))
+    res = train_ebm(latent(), h, g, y, make_cfg(epochs=15, lr=3e-3, progress=False))
     assert best_val_auroc(res) > 0.9
     assert res.history[res.best_epoch]["val_pair_acc"] > 0.9
     assert set(res.train_groups).isdisjoint(res.val_groups)
@@ -89,26 +83,26 @@ def test_latent_ebm_learns_signal():
 
 def test_latent_ebm_random_signal_is_chance():
     h, g, y = toy_latent(500, n_per=8, signal=False, seed=1)
-    res = train_ebm(latent(), h, g, y, TrainConfig(epochs=4, lr=1e-3, progress=False, val_fraction=0.2))
+    res = train_ebm(latent(), h, g, y, make_cfg(epochs=4, lr=1e-3, progress=False, val_fraction=0.2))
     assert 0.4 < best_val_auroc(res) < 0.6
 
 
 def test_training_is_deterministic():
     h, g, y = toy_latent(40)
-    cfg = TrainConfig(epochs=3, progress=False, seed=7)
+    cfg = make_cfg(epochs=3, progress=False, seed=7)
     r1 = train_ebm(latent(seed=1), h, g, y, cfg)
     r2 = train_ebm(latent(seed=1), h, g, y, cfg)
     assert r1.history == r2.history and r1.val_groups == r2.val_groups
     for (k, a), b in zip(r1.model.state_dict().items(), r2.model.state_dict().values()):
         assert torch.equal(a, b), k
-    r3 = train_ebm(latent(seed=1), h, g, y, TrainConfig(epochs=3, progress=False, seed=8))
+    r3 = train_ebm(latent(seed=1), h, g, y, make_cfg(epochs=3, progress=False, seed=8))
     assert r3.val_groups != r1.val_groups
 
 
 def test_early_stopping_restores_best_epoch():
     # Random labels + a big learning rate on few groups: the model overfits, val loss rises.
     h, g, y = toy_latent(40, signal=False, seed=3)
-    cfg = TrainConfig(epochs=40, lr=1e-2, patience=3, batch_groups=4, progress=False, val_fraction=0.5)
+    cfg = make_cfg(epochs=40, lr=1e-2, patience=3, batch_groups=4, progress=False, val_fraction=0.5)
     res = train_ebm(latent(), h, g, y, cfg)
     val_losses = [r["val_loss"] for r in res.history]
     assert res.best_epoch == int(np.argmin(val_losses))
@@ -157,7 +151,7 @@ def test_text_ebm_learns_marker_char():
     ids, mask = encode_texts(tok, qs, cs, max_len=48)
     torch.manual_seed(0)
     cfg = TextEBMConfig(vocab_size=len(tok), d_model=32, n_layers=1, n_heads=2, d_ff=64, max_len=48)
-    res = train_ebm(TextEBM(cfg), (ids, mask), gs, ys, TrainConfig(epochs=8, lr=3e-3, patience=2, progress=False))
+    res = train_ebm(TextEBM(cfg), (ids, mask), gs, ys, make_cfg(epochs=8, lr=3e-3, patience=2, progress=False))
     assert best_val_auroc(res) > 0.9
     assert score(res.model, TokenInputs(ids, mask)).shape == (len(ys),)
 

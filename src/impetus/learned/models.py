@@ -1,0 +1,206 @@
+"""Learned energy models over candidate reasoning paths (EBMs), and their row-indexable inputs.
+
+Following EORM (Jiang et al., "Energy-Based Outcome Reward Model", arXiv:2505.14999): an energy
+``E(x, y)`` scores a (question, completion) pair, lower = more plausible. Two models:
+
+- :class:`TextEBM` — a small Transformer encoder over token ids with a [CLS] scalar head (EORM).
+- :class:`LatentEBM` — an MLP over a pooled hidden state of the base LM; differentiable in its input
+  so V2 can follow ``-dE/dh`` (latent optimization, cf. LeCun et al. 2006 "A Tutorial on EBMs").
+
+Both take row-indexable inputs (``idx -> tuple of tensors`` passed to ``model(*inputs(idx))``):
+token ids (:class:`TokenInputs`) and vectors (:class:`VectorInputs`), so one training loop
+(:mod:`impetus.learned.train`) serves both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "TextEBMConfig", "TextEBM", "LatentEBMConfig", "LatentEBM", "encode_texts", "TokenInputs",
+    "VectorInputs", "as_inputs", "score",
+]
+
+# ----------------------------------------------------------------------------- models
+@dataclass
+class TextEBMConfig:
+    """TextEBM size. ``vocab_size`` = the base tokenizer's ``len(tokenizer)``; two ids are added:
+    ``pad_id = vocab_size`` and ``cls_id = vocab_size + 1`` so they never clash with BOS/EOS."""
+
+    vocab_size: int
+    d_model: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    d_ff: int = 256
+    max_len: int = 256
+    dropout: float = 0.1
+
+    @property
+    def pad_id(self) -> int:
+        return self.vocab_size
+
+    @property
+    def cls_id(self) -> int:
+        return self.vocab_size + 1
+
+
+class TextEBM(nn.Module):
+    """EORM-style energy over token ids: [CLS] + tokens -> Transformer encoder -> scalar from [CLS]."""
+
+    def __init__(self, config: TextEBMConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.tok = nn.Embedding(c.vocab_size + 2, c.d_model, padding_idx=c.pad_id)
+        self.pos = nn.Embedding(c.max_len + 1, c.d_model)  # +1 for [CLS]
+        layer = nn.TransformerEncoderLayer(
+            c.d_model, c.n_heads, c.d_ff, c.dropout, activation="gelu", batch_first=True, norm_first=True
+        )
+        # enable_nested_tensor=False: the fast path changes numerics between train/eval modes.
+        self.encoder = nn.TransformerEncoder(layer, c.n_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(c.d_model)
+        self.head = nn.Linear(c.d_model, 1)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """``input_ids``/``attention_mask`` ``[B, L]`` (L <= max_len, no [CLS]) -> energies ``[B]``."""
+        b, length = input_ids.shape
+        if length > self.config.max_len:
+            raise ValueError(f"sequence length {length} > max_len {self.config.max_len}")
+        cls = torch.full((b, 1), self.config.cls_id, dtype=input_ids.dtype, device=input_ids.device)
+        ids = torch.cat([cls, input_ids], dim=1)
+        keep = torch.cat([torch.ones_like(cls, dtype=torch.bool), attention_mask.to(torch.bool)], dim=1)
+        pos = torch.arange(length + 1, device=ids.device)
+        x = self.tok(ids) + self.pos(pos)[None]
+        x = self.encoder(x, src_key_padding_mask=~keep)
+        return self.head(self.norm(x[:, 0])).squeeze(-1)
+
+
+@dataclass
+class LatentEBMConfig:
+    """LatentEBM size: ``input_dim`` = the pooled hidden size of the base LM."""
+
+    input_dim: int
+    hidden: int = 256
+    n_layers: int = 2
+    dropout: float = 0.1
+
+
+class LatentEBM(nn.Module):
+    """MLP energy over hidden vectors: LayerNorm(input) -> [Linear, GELU, Dropout] x n -> scalar.
+
+    The input LayerNorm makes it robust to the large, layer-dependent norms of LM hidden states;
+    GELU (smooth) gives a useful ``dE/dh`` for latent optimization, unlike ReLU's piecewise zeros.
+    """
+
+    def __init__(self, config: LatentEBMConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        layers: list[nn.Module] = [nn.LayerNorm(c.input_dim)]
+        d = c.input_dim
+        for _ in range(c.n_layers):
+            layers += [nn.Linear(d, c.hidden), nn.GELU(), nn.Dropout(c.dropout)]
+            d = c.hidden
+        layers.append(nn.Linear(d, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, h: Tensor) -> Tensor:
+        """``h [B, H]`` -> energies ``[B]``."""
+        return self.net(h).squeeze(-1)
+
+
+# ----------------------------------------------------------------------------- inputs
+def encode_texts(
+    tokenizer: Any, questions: Sequence[str], completions: Sequence[str], max_len: int = 256,
+    pad_id: int | None = None, sep: str = "\n",
+) -> tuple[Tensor, Tensor]:
+    """Tokenize ``question + sep + completion`` for :class:`TextEBM` -> ``(ids, mask)`` ``[B, L]``.
+
+    Only the base tokenizer's ids are used (no special tokens). Truncation is from the LEFT of the
+    question so the completion's end — where the final answer is — is always kept; a completion
+    longer than ``max_len`` keeps its last ``max_len`` tokens. Right-padded with ``pad_id``
+    (default ``len(tokenizer)``, i.e. ``TextEBMConfig(vocab_size=len(tokenizer)).pad_id``) to the
+    longest row.
+    """
+    if len(questions) != len(completions):
+        raise ValueError("questions and completions differ in length")
+    pad = len(tokenizer) if pad_id is None else pad_id
+    q_ids = tokenizer(list(questions), add_special_tokens=False)["input_ids"]
+    c_ids = tokenizer(list(completions), add_special_tokens=False)["input_ids"]
+    s_ids = tokenizer(sep, add_special_tokens=False)["input_ids"] if sep else []
+    rows = []
+    for q, c in zip(q_ids, c_ids):
+        c = c[-max_len:]
+        budget = max_len - len(c) - len(s_ids)
+        head = (q[-budget:] + s_ids) if budget > 0 else []
+        rows.append(head + c)
+    width = max(1, max(len(r) for r in rows))
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
+class VectorInputs:
+    """Row-indexable inputs for :class:`LatentEBM`: ``inputs(idx) -> (h[idx],)``."""
+
+    def __init__(self, h: Tensor | np.ndarray):
+        self.h = torch.as_tensor(np.asarray(h) if not isinstance(h, Tensor) else h, dtype=torch.float32)
+
+    def __len__(self) -> int:
+        return self.h.shape[0]
+
+    def __call__(self, idx: np.ndarray) -> tuple[Tensor, ...]:
+        return (self.h[torch.as_tensor(idx, dtype=torch.long)],)
+
+
+class TokenInputs:
+    """Row-indexable inputs for :class:`TextEBM`: ``inputs(idx) -> (ids, mask)``, with the padding
+    columns beyond the longest selected row trimmed (attention cost is quadratic in width)."""
+
+    def __init__(self, ids: Tensor, mask: Tensor):
+        self.ids, self.mask = ids.long(), mask.long()
+
+    def __len__(self) -> int:
+        return self.ids.shape[0]
+
+    def __call__(self, idx: np.ndarray) -> tuple[Tensor, ...]:
+        i = torch.as_tensor(idx, dtype=torch.long)
+        m = self.mask[i]
+        width = max(1, int(m.sum(dim=1).max())) if len(i) else 1
+        return (self.ids[i, :width], m[:, :width])
+
+
+Inputs = Callable[[np.ndarray], tuple[Tensor, ...]]
+
+
+def as_inputs(x: Any) -> Any:
+    """Coerce ``Tensor``/``ndarray`` -> :class:`VectorInputs`, ``(ids, mask)`` -> :class:`TokenInputs`."""
+    if isinstance(x, (VectorInputs, TokenInputs)) or (callable(x) and hasattr(x, "__len__")):
+        return x
+    if isinstance(x, tuple) and len(x) == 2:
+        return TokenInputs(*x)
+    return VectorInputs(x)
+
+
+@torch.no_grad()
+def score(model: nn.Module, inputs: Any, batch_size: int = 256, device: str = "cpu") -> np.ndarray:
+    """Energies for every row of ``inputs`` (eval mode, no grad) as a float ``np.ndarray``."""
+    inputs = as_inputs(inputs)
+    was_training = model.training
+    model.eval()
+    out = []
+    for s in range(0, len(inputs), batch_size):
+        batch = inputs(np.arange(s, min(s + batch_size, len(inputs))))
+        out.append(model(*(t.to(device) for t in batch)).float().cpu())
+    model.train(was_training)
+    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+
+
