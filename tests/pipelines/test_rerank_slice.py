@@ -13,7 +13,8 @@ import pytest
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
-from impetus.energy.mining import LeakageError
+from impetus.config import MiningParams, RerankParams, ScorerParams
+from impetus.learned.mining import LeakageError
 from impetus.pipelines.mining.pipeline import create_pipeline as mining
 from impetus.pipelines.rerank_eval.pipeline import create_pipeline as rerank_eval
 from impetus.pipelines.scorer.pipeline import create_pipeline as scorer
@@ -61,22 +62,27 @@ def catalog(tmp_path) -> DataCatalog:
     tok.save_pretrained(tmp_path / "lm")
     rng = np.random.default_rng(0)
     p_train, g_train, e_train, h_train = _split("tr", 60, rng)
+    p_dev, g_dev, e_dev, h_dev = _split("dv", 20, rng)
     p_eval, g_eval, e_eval, h_eval = _split("ev", 40, rng)
     fast = {"epochs": 8, "lr": 0.003, "weight_decay": 0.0, "batch_groups": 8, "patience": 3, "val_fraction": 0.2, "max_seconds": 30}
+    timing = {"lm_seconds": 2.0, "embedding_seconds": 1.0}
     data = {
         "graded_train": g_train, "energies_train": e_train, "hidden_train": h_train, "problems_train": p_train,
+        "graded_dev": g_dev, "energies_dev": e_dev, "hidden_dev": h_dev, "problems_dev": p_dev,
         "graded_eval": g_eval, "energies_eval": e_eval, "hidden_eval": h_eval, "problems_eval": p_eval,
-        "energies_eval_timing": {"lm_seconds": 2.0, "embedding_seconds": 1.0},
+        "energies_eval_timing": timing, "energies_dev_timing": timing,
         "base_lm": {"path": str(tmp_path / "lm")},
-        "params:mining": {"hard_negative_energy": "spilled_max"},
-        "params:scorer": {
+        "params:mining": MiningParams(hard_negative_energy="spilled_max"),
+        "params:scorer": ScorerParams.model_validate({
             "seed": 0, "progress": False,
-            "text_ebm": {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64, "max_len": 64, "train": fast},
-            "latent_ebm": {"hidden_source": "mean", "hidden": 32, "train": fast},
-            "hybrid": {"cross_fit_folds": 2},
-        },
-        "params:rerank_eval": {"n_boot": 200, "acc_vs_n_subsamples": 3, "weighted_vote": ["hybrid", "spilled_max"],
-                               "curves": ["first", "majority", "hybrid"]},
+            "text_ebm": {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64, "max_len": 64, "dropout": 0.1, "train": fast},
+            "latent_ebm": {"hidden_source": "mean", "hidden": 32, "n_layers": 2, "dropout": 0.1, "train": fast},
+            "hybrid": {"columns": None, "cross_fit_folds": 2, "l2_grid": [0.01, 1.0]},
+        }),
+        "params:rerank_eval": RerankParams(
+            tau_grid=[0.5, 1.0], n_boot=200, acc_vs_n_subsamples=3, weighted_vote=["hybrid", "spilled_max"],
+            curves=["first", "majority", "hybrid"], seed=0,
+        ),
     }
     return DataCatalog({k: MemoryDataset(v) for k, v in data.items()})
 
@@ -96,13 +102,25 @@ def test_mining_scorer_rerank_slice(catalog):
     # Every CI contains its point estimate; costs are charged (hybrid needs the LM pass + embeddings).
     for m in methods.values():
         assert m["ci"][0] <= m["accuracy"] <= m["ci"][1]
-    assert methods["hybrid"]["seconds_per_problem"] >= 3.0 / 40
+    assert methods["hybrid"]["seconds_per_problem"] >= 2.0 / 40  # its inputs need the LM pass (no embeddings here)
     assert result["sampling_seconds_per_problem"] == pytest.approx(0.5 * N)
     report = catalog["rerank_report"].load()
-    assert "| hybrid |" in report and "oracle" in report
+    assert "| hybrid" in report and "oracle" in report and "Chosen on dev" in report
+    h = result["headline"]
+    assert h["selected_on"] == "dev" and h["method"] in methods and h["accuracy"] == methods[h["method"]]["accuracy"]
+    assert set(result["taus"]) == {"hybrid", "spilled_max"} and result["n_dev_problems"] == 20
+    assert methods["spilled_max"]["auroc_within"] > 0.85
     metrics = catalog["metrics_rerank_eval"].load()
     assert metrics["accuracy/majority"]["value"] == pytest.approx(methods["majority"]["accuracy"])
     assert len(catalog["rerank_plots"].load()["accuracy_vs_n.png"].axes) == 1
+
+
+def test_mining_refuses_dev_problems_in_train(catalog):
+    leaked = catalog["graded_train"].load().copy()
+    leaked.loc[0, "problem_id"] = "dv003"
+    catalog["graded_train"] = MemoryDataset(leaked)
+    with pytest.raises(LeakageError, match="dv003"):
+        SequentialRunner().run(mining(), catalog)
 
 
 def test_mining_refuses_eval_problems_in_train(catalog):

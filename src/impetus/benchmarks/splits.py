@@ -1,4 +1,4 @@
-"""Deterministic, disjoint train/eval splits of a benchmark table (the ``ingest`` stage's core)."""
+"""Deterministic, disjoint train/dev/eval splits of a benchmark table (the ``ingest`` stage's core)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,12 @@ _TRAIN_SPLITS = ("train", "validation")
 
 
 def split_problems(
-    df: pd.DataFrame, n_train: int | None, n_eval: int | None, seed: int
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Return ``(train, eval)`` problems, disjoint by ``problem_id``.
+    df: pd.DataFrame, n_train: int | None, n_dev: int, n_eval: int | None, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Return ``(train, dev, eval)`` problems, pairwise disjoint by ``problem_id``.
+
+    ``dev`` is cut from the train side first: the headline method is chosen on it, so it must be
+    neither eval (winner's curse) nor the problems the learned energies are fit on.
 
     When the source has its own train split, eval problems come from its test split and train
     problems from its train/validation splits, so a model is never tuned on test questions. Single
@@ -36,14 +39,16 @@ def split_problems(
         cut = len(shuffled) if n_eval is None else n_eval
         eval_pool, train_pool = shuffled.iloc[:cut], shuffled.iloc[cut:]
     evals = _take(eval_pool, n_eval, "eval")
-    train = _take(train_pool, n_train, "train")
-    overlap = set(train["problem_id"]) & set(evals["problem_id"])
-    assert not overlap, f"train/eval overlap: {sorted(overlap)[:5]}"
+    dev = _take(train_pool, n_dev, "dev")
+    train = _take(train_pool.iloc[len(dev):], n_train, "train")
+    ids = [set(t["problem_id"]) for t in (train, dev, evals)]
+    overlap = (ids[0] & ids[1]) | (ids[0] & ids[2]) | (ids[1] & ids[2])
+    assert not overlap, f"train/dev/eval overlap: {sorted(overlap)[:5]}"
     logger.info(
-        "Split %d problems (%s) into %d train and %d eval (seed %d)",
-        len(pool), "source splits" if has_train else "shuffled", len(train), len(evals), seed,
+        "Split %d problems (%s) into %d train, %d dev and %d eval (seed %d)",
+        len(pool), "source splits" if has_train else "shuffled", len(train), len(dev), len(evals), seed,
     )
-    return train.reset_index(drop=True), evals.reset_index(drop=True)
+    return train.reset_index(drop=True), dev.reset_index(drop=True), evals.reset_index(drop=True)
 
 
 def _shuffle(df: pd.DataFrame, seed: int) -> pd.DataFrame:

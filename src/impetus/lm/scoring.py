@@ -263,3 +263,38 @@ def score_candidates(
         n_tokens=np.array([len(c) for c in comp_ids], dtype=np.int64),
         answer_token_spans=tok_spans,
     )
+
+
+def _answer_spans(graded: pd.DataFrame) -> list[tuple[int, int] | None]:
+    return [
+        None if pd.isna(s) or pd.isna(e) else (int(s), int(e))
+        for s, e in zip(graded["answer_start"], graded["answer_end"])
+    ]
+
+
+def score_table(
+    model: Any, tokenizer: Any, graded: pd.DataFrame, prompts: pd.DataFrame, batch_size: int, hidden: bool,
+    progress: bool,
+) -> tuple[pd.DataFrame, dict[str, Any], float]:
+    """Teacher-forced energies of a graded candidates table against its persisted prompts.
+
+    Returns the energies table (problem_id, sample_idx, energy and flag columns), the pooled
+    hidden states keyed like the table (``problem_id``, ``sample_idx``, ``hidden_mean``,
+    ``hidden_answer``) and the forward-pass seconds.
+    """
+    prompt_of = dict(zip(prompts["problem_id"], prompts["prompt"]))
+    missing = set(graded["problem_id"]) - set(prompt_of)
+    if missing:
+        raise ValueError(f"{len(missing)} candidates' problems have no prompt, e.g. {sorted(missing)[:3]}; "
+                         "rerun the sampling stage")
+    scored = score_candidates(
+        model, tokenizer, prompts=[prompt_of[p] for p in graded["problem_id"]],
+        completions=graded["completion"].tolist(), answer_spans=_answer_spans(graded),
+        batch_size=batch_size, hidden=hidden, progress=progress,
+    )
+    table = scored.energies.reset_index(drop=True)
+    table.insert(0, "problem_id", graded["problem_id"].to_numpy())
+    table.insert(1, "sample_idx", graded["sample_idx"].to_numpy())
+    states = {"problem_id": graded["problem_id"].to_numpy(), "sample_idx": graded["sample_idx"].to_numpy(),
+              "hidden_mean": scored.hidden_mean, "hidden_answer": scored.hidden_answer}
+    return table, states, scored.seconds

@@ -1,12 +1,41 @@
 """Helpers shared by the stage pipelines."""
 
 from functools import partial, update_wrapper
-from typing import Callable
+from typing import Callable, Iterable
+
+from kedro.pipeline import Node, Pipeline
+
+#: Splits that are sampled and scored: train fits the learned energies, dev chooses the headline
+#: method and vote temperatures, eval only measures.
+SPLITS = ("train", "dev", "eval")
 
 
 def for_split(func: Callable, split: str) -> Callable:
-    """``func`` with ``split=`` fixed, keeping its name and docstring for kedro-viz.
+    """``func`` with ``split=`` fixed, keeping its name, docstring and type hints for kedro-viz and
+    Kedro's parameter validation (which reads the hints through ``__wrapped__``).
 
     The split is a property of the node, not a catalog input, so it is bound here.
     """
     return update_wrapper(partial(func, split=split), func)
+
+
+def stage(name: str, nodes: Iterable[Node]) -> Pipeline:
+    """A stage as a namespaced pipeline: kedro-viz shows it as one collapsible group and
+    ``kedro run --namespaces=<name>`` runs it. Dataset names stay global (no prefix), because the
+    stages talk through the catalog's shared tables."""
+    return Pipeline(list(nodes), namespace=name, prefix_datasets_with_namespace=False)
+
+
+def load_base_lm(base_lm: dict) -> tuple:
+    """``(model, tokenizer)`` of the ``base_lm`` record, honouring its device, dtype and trust flag."""
+    from impetus.lm.loading import load_model
+
+    return load_model(base_lm["path"], device=base_lm["device"], dtype=base_lm["dtype"],
+                      trust_remote_code=base_lm.get("trust_remote_code", False))
+
+
+def load_base_tokenizer(base_lm: dict):
+    """The tokenizer of the ``base_lm`` record (no weights loaded)."""
+    from impetus.lm.loading import load_tokenizer
+
+    return load_tokenizer(base_lm["path"], trust_remote_code=base_lm.get("trust_remote_code", False))

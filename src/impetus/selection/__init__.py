@@ -8,7 +8,7 @@ from impetus.selection.metrics import (
     auroc,
     bootstrap_ci,
     evaluate_methods,
-    flatten_metrics,
+    within_problem_auroc,
     gap_closure,
     paired_bootstrap,
 )
@@ -29,7 +29,7 @@ __all__ = [
     "auroc",
     "bootstrap_ci",
     "evaluate_methods",
-    "flatten_metrics",
+    "within_problem_auroc",
     "gap_closure",
     "get_selector",
     "oracle",

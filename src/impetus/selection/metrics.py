@@ -31,8 +31,8 @@ __all__ = [
     "gap_closure",
     "accuracy_vs_n",
     "auroc",
+    "within_problem_auroc",
     "evaluate_methods",
-    "flatten_metrics",
 ]
 
 
@@ -102,6 +102,26 @@ def auroc(correct: Sequence[bool] | np.ndarray, energy: Sequence[float] | np.nda
     return float(roc_auc_score(y, -e))
 
 
+def within_problem_auroc(df: pd.DataFrame, energy_col: str) -> float | None:
+    """Mean over problems (with >=1 right and >=1 wrong candidate) of the within-problem AUROC.
+
+    Per problem this is the share of (right, wrong) pairs where the right one has the lower energy
+    (ties count 1/2), i.e. exactly what a reranker needs. Pooled AUROC also rewards telling easy
+    problems from hard ones, which no reranker can use; this measure does not. NaN energies rank
+    last (as in :func:`~impetus.selection.rules.select_argmin`). ``None`` when no problem is mixed.
+    """
+    scores = []
+    for _, g in df.groupby("problem_id", sort=False):
+        y = g["correct"].to_numpy(dtype=bool)
+        if y.all() or not y.any():
+            continue
+        e = g[energy_col].to_numpy(dtype=float)
+        e = np.where(np.isnan(e), np.inf, e)
+        d = e[y][:, None] - e[~y][None, :]
+        scores.append(float(((d < 0) + 0.5 * (d == 0)).mean()))
+    return float(np.mean(scores)) if scores else None
+
+
 def _subsample(df: pd.DataFrame, n: int, rng: np.random.Generator) -> pd.DataFrame:
     """Keep ``n`` candidates per problem uniformly without replacement (all if fewer)."""
     key = pd.Series(rng.random(len(df)), index=df.index)
@@ -154,23 +174,28 @@ def _energy_col_of(name: str, method: Selector, df: pd.DataFrame) -> str | None:
 def evaluate_methods(
     df: pd.DataFrame,
     methods: Mapping[str, Selector],
-    n_boot: int = 2000,
-    seed: int = 0,
+    n_boot: int,
+    seed: int,
     alpha: float = 0.05,
+    selections: Mapping[str, pd.Series] | None = None,
 ) -> dict[str, Any]:
     """Evaluate selectors on one candidates+energies frame (needs ``answer`` and ``correct``).
 
     Returns ``{"methods": {name: {...}}, "single", "majority", "oracle", "n_problems",
     "n_candidates", "n_rows"}`` where each method has ``accuracy``, ``ci`` [lo, hi],
     ``gain_vs_single`` (+ ``_ci``, ``_p``), ``gain_vs_majority`` (+ ``_ci``, ``_p``),
-    ``gap_closure`` (None when oracle == majority) and ``auroc`` (candidate-level, for methods
-    tied to an energy column; else None). ``n_candidates`` is N (max candidates per problem);
+    ``gap_closure`` (None when oracle == majority), ``auroc`` (pooled over candidates) and
+    ``auroc_within`` (:func:`within_problem_auroc`) for methods tied to an energy column (else
+    None). ``selections`` (name -> chosen sample per problem) skips re-running the selectors. ``n_candidates`` is N (max candidates per problem);
     ``n_rows`` the total candidate count. Gains use the paired bootstrap over problems.
     """
     problems = pd.Index(sorted(df["problem_id"].unique()), name="problem_id")
 
-    def correct_of(sel: Selector) -> np.ndarray:
-        return selection_correct(df, sel(df)).reindex(problems).to_numpy(dtype=float)
+    chosen = dict(selections or {})
+
+    def correct_of(sel: Selector, name: str | None = None) -> np.ndarray:
+        picked = chosen[name] if name in chosen else sel(df)
+        return selection_correct(df, picked).reindex(problems).to_numpy(dtype=float)
 
     single = correct_of(select_first)
     major = correct_of(select_majority)
@@ -178,7 +203,7 @@ def evaluate_methods(
     acc_major, acc_orc = float(major.mean()), float(orc.mean())
     out: dict[str, Any] = {"methods": {}}
     for name, sel in methods.items():
-        c = correct_of(sel)
+        c = correct_of(sel, name)
         acc = float(c.mean())
         vs_single = paired_bootstrap(c, single, n_boot=n_boot, alpha=alpha, seed=seed)
         vs_major = paired_bootstrap(c, major, n_boot=n_boot, alpha=alpha, seed=seed)
@@ -194,6 +219,7 @@ def evaluate_methods(
             "gain_vs_majority_p": vs_major["p_value"],
             "gap_closure": gap_closure(acc, acc_major, acc_orc),
             "auroc": auroc(df["correct"], df[col]) if col is not None else None,
+            "auroc_within": within_problem_auroc(df, col) if col is not None else None,
         }
     out["single"] = float(single.mean())
     out["majority"] = acc_major
@@ -202,23 +228,3 @@ def evaluate_methods(
     out["n_candidates"] = int(df.groupby("problem_id").size().max())
     out["n_rows"] = int(len(df))
     return out
-
-
-def flatten_metrics(result: Mapping[str, Any]) -> dict[str, float]:
-    """Flatten :func:`evaluate_methods` output to ``"method/metric" -> float`` (MLflow-friendly).
-
-    ``None`` values are skipped (MLflow rejects them); CI pairs become ``_lo``/``_hi``.
-    """
-    flat: dict[str, float] = {}
-    for name, m in result.get("methods", {}).items():
-        for k, v in m.items():
-            if v is None:
-                continue
-            if isinstance(v, (list, tuple)):
-                flat[f"{name}/{k}_lo"], flat[f"{name}/{k}_hi"] = float(v[0]), float(v[1])
-            else:
-                flat[f"{name}/{k}"] = float(v)
-    for k in ("single", "majority", "oracle", "n_problems", "n_candidates", "n_rows"):
-        if k in result and result[k] is not None:
-            flat[f"baseline/{k}" if k in ("single", "majority", "oracle") else k] = float(result[k])
-    return flat

@@ -19,7 +19,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_auc_score, roc_curve
 
-__all__ = ["plot_accuracy_vs_n", "plot_roc", "plot_energy_histograms"]
+from impetus.selection.metrics import accuracy_vs_n
+from impetus.selection.rules import Selector, oracle
+
+__all__ = ["plot_accuracy_vs_n", "plot_roc", "plot_energy_histograms", "make_plots"]
 
 
 def plot_accuracy_vs_n(
@@ -119,3 +122,22 @@ def plot_energy_histograms(
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def make_plots(
+    df: pd.DataFrame, methods: Mapping[str, Selector], curve_names: Sequence[str], energy_cols: Sequence[str],
+    n_subsamples: int, seed: int,
+) -> tuple[dict[str, Figure], dict[str, pd.DataFrame]]:
+    """Accuracy-vs-N curves, ROC curves and right/wrong energy histograms as ``{file name: figure}``,
+    plus the curves' tables (the oracle's included)."""
+    curves = {
+        name: accuracy_vs_n(df, methods[name], n_subsamples=n_subsamples, seed=seed)
+        for name in curve_names if name in methods
+    }
+    orc = accuracy_vs_n(df, oracle, n_subsamples=n_subsamples, seed=seed)
+    figures = {
+        "accuracy_vs_n.png": plot_accuracy_vs_n(curves, oracle=orc),
+        "roc.png": plot_roc(df, energy_cols),
+        "energy_histograms.png": plot_energy_histograms(df, energy_cols),
+    }
+    return figures, {**curves, "oracle": orc}

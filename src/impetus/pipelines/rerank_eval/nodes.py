@@ -1,4 +1,4 @@
-"""rerank_eval: every selection method on the same eval candidates, with honest statistics."""
+"""rerank_eval: every selection method on the same candidates, chosen on dev, measured on eval."""
 
 from __future__ import annotations
 
@@ -8,63 +8,49 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from impetus.config import RerankParams, parse
-from impetus.energy.ebm import ebm_from_dict
-from impetus.energy.learned import LearnedScorers, add_learned_energies, energy_columns, join_candidates
-from impetus.lm.loading import load_tokenizer
-from impetus.selection.report import (
-    EMBED,
-    LM_PASS,
-    best_method,
-    evaluate_all,
-    make_plots,
-    markdown_report,
-    mlflow_metrics,
-)
-from impetus.tracking import as_mlflow_metrics
+from impetus.config import RerankParams
+from impetus.energy.registry import EMBEDDING_COST, LM_PASS_COST, energy_columns
+from impetus.learned.fitting import LearnedScorers, score_split
+from impetus.pipelines.utils import load_base_tokenizer
+from impetus.selection.plots import make_plots
+from impetus.selection.report import build_methods, markdown_report, rerank_evaluation
+from impetus.tracking import as_mlflow_metrics, method_metrics
 
 logger = logging.getLogger(__name__)
 
 
+def _stage_seconds(timing: dict[str, float], learned_seconds: dict[str, float]) -> dict[str, float]:
+    return {LM_PASS_COST: timing["lm_seconds"], EMBEDDING_COST: timing["embedding_seconds"], **learned_seconds}
+
+
 def rerank_and_evaluate(
-    graded_eval: pd.DataFrame,
-    energies_eval: pd.DataFrame,
-    hidden_eval: dict[str, Any],
-    energies_eval_timing: dict[str, float],
-    problems_eval: pd.DataFrame,
-    base_lm: dict[str, Any],
-    text_ebm: dict,
-    latent_ebm: dict,
-    hybrid_energy: dict,
-    rerank: dict[str, Any],
-) -> tuple[dict, str, pd.DataFrame, pd.DataFrame, dict[str, Figure], dict[str, Figure], dict]:
-    """Score eval candidates with the learned energies, then evaluate every method."""
-    rp = parse(RerankParams, rerank, "rerank_eval")
-    scorers = LearnedScorers(
-        text_ebm=ebm_from_dict(text_ebm),
-        latent_ebm=ebm_from_dict(latent_ebm),
-        hidden_source=latent_ebm.get("hidden_source", "mean"),
-        hybrid=hybrid_energy["hybrid"],
+    graded_dev: pd.DataFrame, energies_dev: pd.DataFrame, hidden_dev: dict[str, Any], energies_dev_timing: dict,
+    problems_dev: pd.DataFrame, graded_eval: pd.DataFrame, energies_eval: pd.DataFrame, hidden_eval: dict[str, Any],
+    energies_eval_timing: dict, problems_eval: pd.DataFrame, base_lm: dict[str, Any], text_ebm: dict,
+    latent_ebm: dict, hybrid_energy: dict, rerank_eval: RerankParams,
+) -> tuple[dict, str, pd.DataFrame, pd.DataFrame, dict[str, Figure], dict]:
+    """Score dev and eval with the learned energies, choose on dev, evaluate every method on eval."""
+    scorers = LearnedScorers.from_records(text_ebm, latent_ebm, hybrid_energy)
+    tok = load_base_tokenizer(base_lm)
+    dev, dev_learned = score_split(graded_dev, energies_dev, hidden_dev, problems_dev, tok, scorers)
+    evals, eval_learned = score_split(graded_eval, energies_eval, hidden_eval, problems_eval, tok, scorers)
+    cols = energy_columns(evals.columns)
+    result, selections = rerank_evaluation(
+        dev, evals, cols, scorers.hybrid.cols, _stage_seconds(energies_dev_timing, dev_learned),
+        _stage_seconds(energies_eval_timing, eval_learned), rerank_eval,
     )
-    df = join_candidates(graded_eval, energies_eval, hidden_eval)
-    df, learned_seconds = add_learned_energies(df, problems_eval, hidden_eval, load_tokenizer(base_lm["path"]), scorers)
-    cols = [*energy_columns(energies_eval), *learned_seconds]
-    stage_seconds = {LM_PASS: energies_eval_timing["lm_seconds"], EMBED: energies_eval_timing["embedding_seconds"]}
-    stage_seconds |= learned_seconds
-    # Sampling wall time per problem: the sampler attributes each row's share of its batch time.
-    sampling_spp = float(graded_eval.groupby("problem_id")["gen_seconds"].sum().mean())
-    result, selections, methods = evaluate_all(
-        df, cols, rp.weighted_vote, rp.tau, stage_seconds, sampling_spp, n_boot=rp.n_boot, seed=rp.seed
-    )
-    fig_n, fig_roc, fig_hist, curves = make_plots(df, methods, rp.curves, cols, rp.acc_vs_n_subsamples, rp.seed)
+    figures, curves = make_plots(evals, build_methods(cols, result["taus"]), rerank_eval.curves, cols,
+                                 rerank_eval.acc_vs_n_subsamples, rerank_eval.seed)
     result["accuracy_vs_n"] = {k: v.to_dict(orient="list") for k, v in curves.items()}
-    result["best_method"] = best_method(result)
-    result["hybrid_weights"] = hybrid_energy.get("weights", {})
+    result["hybrid_weights"] = scorers.hybrid.weights
     report = markdown_report(result)
-    plots = {"accuracy_vs_n.png": fig_n, "roc.png": fig_roc, "energy_histograms.png": fig_hist}
     logger.info("Rerank report:\n%s", report)
     curve_rows = pd.concat([v.assign(method=k) for k, v in curves.items()], ignore_index=True)
-    return (
-        result, report, selections, curve_rows, plots, plots,
-        as_mlflow_metrics(mlflow_metrics(result)),
-    )
+    flat = method_metrics(result["methods"]) | method_metrics(result["dev_methods"], prefix="dev_")
+    h = result["headline"]
+    flat |= {"headline/accuracy": h["accuracy"], "headline/ci_lo": h["ci"][0], "headline/ci_hi": h["ci"][1],
+             "headline/gain_vs_single": h["gain_vs_single"]}
+    flat |= {f"rerank/{k}": result.get(k) for k in ("single", "majority", "oracle", "n_problems", "n_candidates",
+                                                    "sampling_seconds_per_problem", "n_dev_problems")}
+    flat |= {f"rerank/tau/{k}": v for k, v in result["taus"].items()}
+    return result, report, selections, curve_rows, figures, as_mlflow_metrics(flat)

@@ -1,4 +1,4 @@
-"""sampling: N candidates per problem (resumable shards), then grading with the benchmark's rules."""
+"""sampling: prompts (built once), N candidates per problem (resumable shards), then grading."""
 
 from __future__ import annotations
 
@@ -8,44 +8,49 @@ from typing import Any
 import pandas as pd
 
 from impetus.benchmarks.grading import build_prompts, grade_candidates, grading_summary
-from impetus.config import BenchmarkParams, SamplingStageParams, parse
-from impetus.lm.loading import load_model
+from impetus.config import BenchmarkParams, SamplingStageParams
 from impetus.lm.runner import make_run_key, sample_problems
 from impetus.lm.sampler import SamplingParams, get_sampler
+from impetus.pipelines.utils import load_base_lm, load_base_tokenizer
 from impetus.tracking import as_mlflow_metrics
 
 logger = logging.getLogger(__name__)
 
 
+def make_prompts(
+    problems: pd.DataFrame, fewshot: pd.DataFrame, base_lm: dict[str, Any], benchmark: BenchmarkParams,
+    sampling: SamplingStageParams, split: str,
+) -> pd.DataFrame:
+    """``prompts_{split}``: problem_id, prompt, n_prompt_tokens — the exact text every later stage
+    conditions on (built here once, with the tokenizer only, before any model is loaded)."""
+    tok = load_base_tokenizer(base_lm)
+    prompts = build_prompts(benchmark.build(), problems, fewshot, sampling.prompt_style, tok)
+    n_tokens = [len(ids) for ids in tok(prompts)["input_ids"]] if prompts else []
+    logger.info("Built %d %s prompts", len(prompts), split)
+    return pd.DataFrame({"problem_id": problems["problem_id"].to_numpy(), "prompt": prompts,
+                         "n_prompt_tokens": pd.array(n_tokens, dtype="int64")})
+
+
+def sampling_params(sampling: SamplingStageParams, benchmark: BenchmarkParams) -> SamplingParams:
+    """The sampler's parameters from the stage's (stop strings default to the benchmark's)."""
+    stop = sampling.stop if sampling.stop is not None else benchmark.build().stop_strings(sampling.prompt_style)
+    return SamplingParams(
+        n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
+        max_new_tokens=sampling.max_new_tokens, stop=list(stop), batch_size=sampling.batch_size, seed=sampling.seed,
+    )
+
+
 def sample_candidates(
-    problems: pd.DataFrame,
-    fewshot: pd.DataFrame,
-    base_lm: dict[str, Any],
-    benchmark: dict[str, Any],
-    sampling: dict[str, Any],
+    prompts: pd.DataFrame, base_lm: dict[str, Any], benchmark: BenchmarkParams, sampling: SamplingStageParams,
     split: str,
 ) -> tuple[pd.DataFrame, dict]:
-    """Sample ``sampling.n`` completions for every problem of one split."""
-    sp = parse(SamplingStageParams, sampling, "sampling")
-    bp = parse(BenchmarkParams, benchmark, "benchmark")
-    bench = bp.build()
-    model, tok = load_model(base_lm["path"], device=base_lm["device"], dtype=base_lm["dtype"])
-    prompts = build_prompts(bench, problems, fewshot, sp.prompt_style, tok)
-    params = SamplingParams(
-        n=sp.n,
-        temperature=sp.temperature,
-        top_p=sp.top_p,
-        max_new_tokens=sp.max_new_tokens,
-        stop=sp.stop if sp.stop is not None else bench.stop_strings(sp.prompt_style),
-        batch_size=sp.batch_size,
-        seed=sp.seed,
-    )
-    table = pd.DataFrame({"problem_id": problems["problem_id"], "prompt": prompts})
-    run_key = make_run_key(base_lm["path"], params, prompts)
-    sampler = get_sampler(sp.backend, model, tok)
+    """Sample ``sampling.n`` completions for every prompt of one split."""
+    params = sampling_params(sampling, benchmark)
+    model, tok = load_base_lm(base_lm)
+    run_key = make_run_key(base_lm["path"], params, prompts["prompt"].tolist())
     candidates, stats = sample_problems(
-        sampler, table, params, shard_dir=sp.shard_dir, shard_size=sp.shard_size,
-        run_key=run_key, progress=sp.progress,
+        get_sampler(sampling.backend, model, tok), prompts[["problem_id", "prompt"]], params,
+        shard_dir=sampling.shard_dir, shard_size=sampling.shard_size, run_key=run_key, progress=sampling.progress,
     )
     metrics = {f"sampling/{split}/{k}": v for k, v in stats.to_dict().items()}
     logger.info("Sampled %s: %s", split, metrics)
@@ -53,11 +58,10 @@ def sample_candidates(
 
 
 def grade_split(
-    candidates: pd.DataFrame, problems: pd.DataFrame, benchmark: dict[str, Any], split: str
+    candidates: pd.DataFrame, problems: pd.DataFrame, benchmark: BenchmarkParams, split: str
 ) -> tuple[pd.DataFrame, dict]:
-    """Extract and grade every candidate's answer; report accuracy, pass@N and no-answer counts."""
-    bp = parse(BenchmarkParams, benchmark, "benchmark")
-    graded = grade_candidates(bp.build(), candidates, problems)
+    """Extract and grade every candidate's answer; report accuracy, pass@N, no-answer and truncated counts."""
+    graded = grade_candidates(benchmark.build(), candidates, problems)
     summary = grading_summary(graded)
     logger.info("Graded %s: %s", split, summary)
     return graded, as_mlflow_metrics({f"grading/{split}/{k}": v for k, v in summary.items()})

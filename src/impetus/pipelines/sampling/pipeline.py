@@ -1,19 +1,25 @@
-"""The ``sampling`` stage pipeline: sample and grade the train and eval splits."""
+"""The ``sampling`` stage pipeline: prompts, candidates and grades for every split."""
 
 from kedro.pipeline import Pipeline, node
 
-from impetus.pipelines.utils import for_split
+from impetus.pipelines.utils import SPLITS, for_split, stage
 
-from .nodes import grade_split, sample_candidates
+from .nodes import grade_split, make_prompts, sample_candidates
 
 
 def create_pipeline(**kwargs) -> Pipeline:
     nodes = []
-    for split in ("train", "eval"):
+    for split in SPLITS:
         nodes += [
             node(
-                for_split(sample_candidates, split),
+                for_split(make_prompts, split),
                 inputs=[f"problems_{split}", "problems_fewshot", "base_lm", "params:benchmark", "params:sampling"],
+                outputs=f"prompts_{split}",
+                name=f"prompts_{split}",
+            ),
+            node(
+                for_split(sample_candidates, split),
+                inputs=[f"prompts_{split}", "base_lm", "params:benchmark", "params:sampling"],
                 outputs=[f"candidates_{split}", f"metrics_sampling_{split}"],
                 name=f"sample_{split}",
             ),
@@ -24,4 +30,4 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name=f"grade_{split}",
             ),
         ]
-    return Pipeline(nodes)
+    return stage("sampling", nodes)

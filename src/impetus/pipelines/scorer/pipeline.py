@@ -2,17 +2,17 @@
 
 from kedro.pipeline import Pipeline, node
 
+from impetus.pipelines.utils import stage
+
 from .nodes import train_scorers
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    return Pipeline(
-        [
-            node(
-                train_scorers,
-                inputs=["ebm_groups", "energies_train", "hidden_train", "problems_train", "base_lm", "params:scorer"],
-                outputs=["text_ebm", "latent_ebm", "hybrid_energy", "text_ebm_mlflow", "latent_ebm_mlflow", "metrics_scorer"],
-                name="train_scorers",
-            )
-        ]
-    )
+    return stage("scorer", [
+        node(
+            train_scorers,
+            inputs=["ebm_groups", "problems_train", "hidden_train", "base_lm", "params:scorer"],
+            outputs=["text_ebm", "latent_ebm", "hybrid_energy", "text_ebm_mlflow", "latent_ebm_mlflow", "metrics_scorer"],
+            name="train_scorers",
+        )
+    ])
