@@ -66,3 +66,47 @@ def test_too_few_distinct_problems_fails_clearly():
         _load(n_problems=500, digits=1, n_ops=1, ops="+")
     with pytest.raises(ValueError, match="ops"):
         get_benchmark("arith", ops="/")
+
+
+def test_load_goes_through_the_base_class_and_output_is_unchanged(monkeypatch, caplog):
+    """Arith only overrides the source dispatch (``_load_rows``); the base ``load`` does the rest.
+    The digest was taken from the pre-refactor ``Arith.load`` (n_problems=200, seed 0)."""
+    import hashlib
+
+    from impetus.benchmarks.arith import Arith
+    from impetus.benchmarks.base import Benchmark
+
+    assert "load" not in vars(Arith) and "_load_rows" in vars(Arith)
+    seen = []
+    real = Benchmark._select_fewshot
+    monkeypatch.setattr(Benchmark, "_select_fewshot", lambda self, df: seen.append(len(df)) or real(self, df))
+    b, df = _load(n_problems=200, seed=0)
+    assert seen == [203]  # the base class's exemplar bookkeeping ran on test + few-shot rows
+    blob = json.dumps([df.to_dict("records"), b.fewshot_rows().to_dict("records")], sort_keys=True)
+    assert hashlib.sha256(blob.encode()).hexdigest() == "a849c2ff752d29e1817b212d164ed49342a2b850444a565cad98889243abc8ce"
+    with caplog.at_level("WARNING"):
+        other = get_benchmark("arith", n_problems=200, seed=0).load("../some/folder")
+    pd.testing.assert_frame_equal(df, other)
+    assert any("source '../some/folder' is ignored" in r.getMessage() for r in caplog.records)
+
+
+def test_zero_shots_and_zero_problems():
+    b, df = _load(n_problems=10, n_shots=0)
+    assert len(df) == 10 and len(b.fewshot_rows()) == 0
+    with pytest.raises(ValueError, match="arith: source 'generated' has no problems"):
+        _load(n_problems=0)
+
+
+def test_constructor_defaults_match_the_yaml_defaults():
+    import inspect
+    from pathlib import Path
+
+    import yaml
+
+    from impetus.benchmarks.arith import Arith
+
+    conf = Path(__file__).resolve().parents[2] / "conf" / "base" / "parameters_ingest.yml"
+    options = yaml.safe_load(conf.read_text())["benchmark"]["options"]
+    options = options.get("arith", options)  # per-benchmark layout {arith: {...}} or flat
+    sig = inspect.signature(Arith.__init__).parameters
+    assert {k: sig[k].default for k in options} == options

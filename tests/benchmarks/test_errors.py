@@ -80,3 +80,53 @@ def test_hf_source_offline_error(name, monkeypatch):
     assert os.environ["HF_HUB_OFFLINE"] == "1"
     with pytest.raises(RuntimeError, match="pass a local path"):
         get_benchmark(name).load("hf")
+
+
+# ---------------------------------------------------------------- empty sources name the file
+from impetus.benchmarks._io import EmptySourceError  # noqa: E402
+
+
+@pytest.mark.parametrize("content, why", [("", r"file is empty \(0 bytes\)"), ("\n  \n", "no records")])
+def test_empty_jsonl_names_the_file(tmp_path, content, why):
+    (tmp_path / "test.jsonl").write_text(content)
+    with pytest.raises(EmptySourceError, match=rf"{tmp_path / 'test.jsonl'}: {why}"):
+        get_benchmark("gsm8k").load(tmp_path)
+    with pytest.raises(EmptySourceError, match=rf"{tmp_path / 'test.jsonl'}: {why}"):
+        get_benchmark("math500").load(tmp_path / "test.jsonl")
+
+
+def test_empty_train_file_next_to_good_test_file_is_named(tmp_path):
+    _gsm_folder(tmp_path, [GOOD])
+    (tmp_path / "train.jsonl").write_text("")
+    with pytest.raises(EmptySourceError, match=r"train\.jsonl: file is empty"):
+        get_benchmark("gsm8k").load(tmp_path)
+
+
+def test_empty_json_sources_name_the_file(tmp_path):
+    f = tmp_path / "SVAMP.json"
+    f.write_text("")
+    with pytest.raises(EmptySourceError, match=r"SVAMP\.json: file is empty \(0 bytes\)"):
+        get_benchmark("svamp").load(f)
+    f.write_text("[]")
+    with pytest.raises(EmptySourceError, match=r"SVAMP\.json: the JSON array holds no problems"):
+        get_benchmark("svamp").load(f)
+    (tmp_path / "navigate.json").write_text('{"examples": []}')
+    with pytest.raises(EmptySourceError, match=r"navigate\.json: 'examples' is empty"):
+        get_benchmark("bbh:navigate").load(tmp_path / "navigate.json")
+    arc = tmp_path / "ARC-Easy-test.jsonl"
+    arc.write_text("")
+    with pytest.raises(EmptySourceError, match=r"ARC-Easy-test\.jsonl: file is empty"):
+        get_benchmark("arc_easy").load(tmp_path)
+
+
+def test_source_with_no_problems_is_named(tmp_path, monkeypatch):
+    b = get_benchmark("gsm8k")
+    monkeypatch.setattr(b, "_load_local", lambda path: [])
+    with pytest.raises(EmptySourceError, match=rf"gsm8k: source '{tmp_path}' has no problems"):
+        b.load(tmp_path)
+
+
+def test_bad_line_after_good_ones_still_names_file_and_line(tmp_path):
+    folder = _gsm_folder(tmp_path, [GOOD, "", "[1, 2]"])
+    with pytest.raises(DataFormatError, match=r"test\.jsonl: line 3: expected a JSON object, got list"):
+        get_benchmark("gsm8k").load(folder)

@@ -96,3 +96,84 @@ def test_smollm2_end_to_end(tmp_path):
     assert len(texts) == 4 and all(t.strip() for t in texts)
     assert sum(any(c.isdigit() for c in t) for t in texts) >= 3
     assert all("\n" not in t for t in texts)
+
+
+@pytest.fixture()
+def recorded(monkeypatch):
+    """Patch both ``from_pretrained``s to record their kwargs, then call the real ones."""
+    import transformers
+
+    calls: dict[str, list[dict]] = {"model": [], "tokenizer": []}
+    for key, cls in (("model", transformers.AutoModelForCausalLM), ("tokenizer", transformers.AutoTokenizer)):
+        real = cls.from_pretrained
+
+        def fake(*args, _real=real, _key=key, **kwargs):
+            calls[_key].append(kwargs)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(cls, "from_pretrained", fake)
+    return calls
+
+
+@pytest.fixture()
+def saved_tiny(tiny, tmp_path):
+    model, tok = tiny
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    return tmp_path / "m"
+
+
+@pytest.mark.parametrize("trust", [False, True])
+def test_load_model_passes_trust_remote_code_and_safetensors(recorded, saved_tiny, trust):
+    assert loading.has_safetensors(saved_tiny)
+    load_model(saved_tiny, trust_remote_code=trust)
+    assert [c["trust_remote_code"] for c in recorded["model"]] == [trust]
+    assert [c["use_safetensors"] for c in recorded["model"]] == [True]
+    assert [c["trust_remote_code"] for c in recorded["tokenizer"]] == [trust]
+    recorded["tokenizer"].clear()
+    loading.load_tokenizer(saved_tiny, trust_remote_code=trust)
+    assert [c["trust_remote_code"] for c in recorded["tokenizer"]] == [trust]
+
+
+def test_pickle_only_folder_warns_and_never_asks_for_safetensors(recorded, tiny, tmp_path, caplog):
+    import torch
+
+    model, tok = tiny
+    folder = tmp_path / "bin"
+    model.config.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    assert not loading.has_safetensors(folder)
+    with caplog.at_level("WARNING", logger="impetus.lm.loading"):
+        m2, _ = load_model(folder)
+    assert recorded["model"][0]["use_safetensors"] is False and recorded["model"][0]["trust_remote_code"] is False
+    assert any("no safetensors" in r.getMessage() and str(folder) in r.getMessage() for r in caplog.records)
+    assert torch.equal(m2.lm_head.weight, model.lm_head.weight)
+
+
+@pytest.mark.parametrize("trust", [False, True])
+def test_gguf_conversion_and_hub_download_pass_trust_remote_code(monkeypatch, tiny, tmp_path, trust):
+    """The conversion/download paths, with from_pretrained stubbed (no GGUF parsing, no network)."""
+    import transformers
+
+    model, tok = tiny
+    calls: list[tuple[str, tuple, dict]] = []
+
+    def stub(kind, obj):
+        def from_pretrained(*args, **kwargs):
+            calls.append((kind, args, kwargs))
+            return obj
+        return from_pretrained
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", stub("model", model))
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", stub("tokenizer", tok))
+    gguf = tmp_path / "Tiny.Q4.gguf"
+    gguf.write_bytes(b"GGUF not really")
+    out = resolve_model(str(gguf), cache_dir=tmp_path / "cache", trust_remote_code=trust)
+    assert (out / "config.json").is_file() and loading.has_safetensors(out)
+    assert [(k, kw["trust_remote_code"], kw["gguf_file"]) for k, _, kw in calls] == [
+        ("model", trust, gguf.name), ("tokenizer", trust, gguf.name)]
+    calls.clear()
+    resolve_model("someorg/tiny", cache_dir=tmp_path / "cache", trust_remote_code=trust)
+    assert [(k, a[0], kw["trust_remote_code"]) for k, a, kw in calls] == [
+        ("model", "someorg/tiny", trust), ("tokenizer", "someorg/tiny", trust)]

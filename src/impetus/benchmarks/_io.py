@@ -13,6 +13,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from impetus.benchmarks.base import is_missing
+
 logger = logging.getLogger(__name__)
 
 
@@ -20,11 +22,25 @@ class DataFormatError(ValueError):
     """A source record is malformed or lacks a required field (message names file and line)."""
 
 
+class EmptySourceError(DataFormatError):
+    """A source file (or a whole source) holds no usable records; the message names it.
+
+    Without this an empty download surfaced much later as "Asked for 8 eval problems but only 0
+    are available", with no hint of which file was at fault.
+    """
+
+
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield ``(line_number, record)`` for each non-blank line of a JSON Lines file (1-based)."""
+    """Yield ``(line_number, record)`` for each non-blank line of a JSON Lines file (1-based).
+
+    Raises :class:`EmptySourceError` (naming the file) when the file has no record at all.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found (expected a JSON Lines file)")
+    if path.stat().st_size == 0:
+        raise EmptySourceError(f"{path}: file is empty (0 bytes); expected one JSON object per line")
+    n = 0
     with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
@@ -35,7 +51,10 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 raise DataFormatError(f"{path}: line {lineno}: malformed JSON ({exc.msg})") from exc
             if not isinstance(rec, dict):
                 raise DataFormatError(f"{path}: line {lineno}: expected a JSON object, got {type(rec).__name__}")
+            n += 1
             yield lineno, rec
+    if n == 0:
+        raise EmptySourceError(f"{path}: no records (only blank lines); expected one JSON object per line")
 
 
 def read_json(path: Path) -> Any:
@@ -44,6 +63,8 @@ def read_json(path: Path) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found (expected a JSON file)")
     text = path.read_text(encoding="utf-8")
+    if not text.strip():
+        raise EmptySourceError(f"{path}: file is empty" + (" (0 bytes)" if not text else " (only whitespace)"))
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
@@ -75,7 +96,7 @@ def require(rec: Mapping[str, Any], fields: Iterable[str], where: str, line: int
     if not isinstance(rec, Mapping):
         raise DataFormatError(f"{where}: line {line}: expected a JSON object, got {type(rec).__name__}")
     for field in fields:
-        if field not in rec or rec[field] is None:
+        if field not in rec or is_missing(rec[field]):  # NaN: a hub record's null
             raise DataFormatError(f"{where}: line {line}: missing required field {field!r}")
 
 

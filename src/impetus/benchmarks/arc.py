@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from impetus.benchmarks._io import DataFormatError, hf_records, read_jsonl, require
-from impetus.benchmarks.base import Benchmark, Row, Span, make_row, meta_of, register
+from impetus.benchmarks.base import Benchmark, Row, Span, as_text, make_row, meta_of, register
 
 DEFAULT_LABELS = ["A", "B", "C", "D", "E", "1", "2", "3", "4", "5"]
 _SPLITS = ("train", "validation", "test")
@@ -24,8 +24,11 @@ def _label_alt(labels: list[str]) -> str:
     return "|".join(re.escape(x) for x in sorted(labels, key=len, reverse=True))
 
 
-def extract_choice_span(text: str, labels: list[str] | None = None) -> Span | None:
+def extract_choice_span(text: str | None, labels: list[str] | None = None) -> Span | None:
     """The chosen label in ``text`` ("The answer is (B)", "answer: C", "(C)", or just "B")."""
+    text = as_text(text)
+    if text is None:
+        return None
     alt = _label_alt(labels or DEFAULT_LABELS)
     # Labels are case-sensitive so "a" in prose is never a choice; the marker words are not.
     patterns = [
@@ -43,7 +46,11 @@ def extract_choice_span(text: str, labels: list[str] | None = None) -> Span | No
     return None
 
 
-def _norm_label(s: str) -> str:
+def _norm_label(s: str | None) -> str:
+    """Bare upper-case label ("(b)." -> "B"); "" for a missing value."""
+    s = as_text(s)
+    if s is None:
+        return ""
     return s.strip().strip("*").strip().rstrip(".").strip().strip("()").strip().upper()
 
 
@@ -103,12 +110,13 @@ class _ARC(Benchmark):
             labels = meta_of(row).get("labels")
         return extract_choice_span(completion, labels)
 
-    def canonical(self, answer: str) -> str:
+    def _canonical(self, answer: str) -> str:
         return _norm_label(answer)
 
     def grade(self, answer: str | None, gold: str) -> bool:
-        """Label equality ignoring case, parentheses and a trailing period."""
-        return answer is not None and _norm_label(answer) != "" and _norm_label(answer) == _norm_label(gold)
+        """Label equality ignoring case, parentheses and a trailing period; missing is wrong."""
+        label = _norm_label(answer)
+        return label != "" and label == _norm_label(gold)
 
 
 @register("arc_challenge")

@@ -8,7 +8,6 @@ one module with a ``@register("name")`` class plus one import line in ``__init__
 from __future__ import annotations
 
 import inspect
-
 import json
 import logging
 from abc import ABC, abstractmethod
@@ -67,10 +66,31 @@ def get_benchmark(name: str, **options: Any) -> Benchmark:
     return cls(**options)
 
 
+def is_missing(value: Any) -> bool:
+    """Whether ``value`` is a missing scalar: None, NaN, ``pd.NA`` or ``NaT``.
+
+    pandas turns None into NaN (or ``pd.NA``) in string columns, e.g. after a parquet round trip
+    under pandas 3, so "no answer" arrives in several spellings; every grading path treats them
+    all as None. Strings (even empty ones) and containers are never missing.
+    """
+    if value is None:
+        return True
+    if isinstance(value, (str, bytes)) or not pd.api.types.is_scalar(value):
+        return False
+    return bool(pd.isna(value))
+
+
+def as_text(value: Any) -> str | None:
+    """``value`` as a string, or None when it is missing (see :func:`is_missing`)."""
+    if is_missing(value):
+        return None
+    return value if isinstance(value, str) else str(value)
+
+
 def meta_of(row: Row) -> dict[str, Any]:
     """The row's ``meta`` as a dict (it is stored JSON-encoded so it survives parquet)."""
     meta = row.get("meta") if hasattr(row, "get") else row["meta"]
-    if meta is None or (isinstance(meta, float) and np.isnan(meta)):
+    if is_missing(meta):
         return {}
     return json.loads(meta) if isinstance(meta, str) else dict(meta)
 
@@ -125,17 +145,18 @@ class Benchmark(ABC):
         """Load every split of ``source`` ("hf" or a local file/folder) as a problem table.
 
         Few-shot exemplars are picked here (k = ``n_shots``) and get split ``"fewshot"``, so the
-        ingest stage never uses them as train or eval problems.
+        ingest stage never uses them as train or eval problems. A source without any record
+        raises ``EmptySourceError`` naming it (readers name the empty file itself).
         """
-        if isinstance(source, str) and source == "hf":
-            rows = self._load_hf()
-        else:
-            path = Path(source)
-            if not path.exists():
-                raise FileNotFoundError(
-                    f"{self.name}: source {str(path)!r} does not exist; expected {self.expected_layout()}"
-                )
-            rows = self._load_local(path)
+        rows = self._load_rows(source)
+        if not any(r["split"] != "fewshot" for r in rows):
+            from impetus.benchmarks._io import EmptySourceError  # _io imports this module
+
+            raise EmptySourceError(
+                f"{self.name}: source {str(source)!r} has no problems"
+                + (f" (only {len(rows)} few-shot exemplars)" if rows else "")
+                + f"; expected {self.expected_layout()}"
+            )
         df = _frame(rows)
         dups = df.loc[df["problem_id"].duplicated(), "problem_id"]
         if len(dups):
@@ -143,6 +164,21 @@ class Benchmark(ABC):
         df = self._select_fewshot(df)
         logger.info("%s: loaded %d rows by split %s", self.name, len(df), df["split"].value_counts().to_dict())
         return df.reset_index(drop=True)
+
+    def _load_rows(self, source: str | Path) -> list[dict[str, Any]]:
+        """Rows of ``source``: the hub for ``"hf"``, else a local file/folder that must exist.
+
+        The one dispatch point of :meth:`load`; a benchmark with another kind of source (arith
+        generates its problems) overrides this and keeps the rest of ``load``.
+        """
+        if isinstance(source, str) and source == "hf":
+            return self._load_hf()
+        path = Path(source)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{self.name}: source {str(path)!r} does not exist; expected {self.expected_layout()}"
+            )
+        return self._load_local(path)
 
     def expected_layout(self) -> str:
         """Human description of the local layout, used in FileNotFoundError messages."""
@@ -164,8 +200,11 @@ class Benchmark(ABC):
         if (df["split"] == "fewshot").any():  # the source ships its own (BBH CoT prompts)
             self._fewshot = df[df["split"] == "fewshot"].copy()
             return df
+        if self.n_shots <= 0:  # zero-shot on purpose: nothing to pick, nothing to warn about
+            self._fewshot = None
+            return df
         pool_split = "train" if (df["split"] == "train").any() else ("test" if self.reserve_fewshot else None)
-        if pool_split is None or self.n_shots <= 0:
+        if pool_split is None:
             logger.warning("%s: no train split in this source; few-shot prompts need explicit shots", self.name)
             self._fewshot = None
             return df
@@ -242,18 +281,26 @@ class Benchmark(ABC):
     def extract_span(self, completion: str, row: Row | None = None) -> Span | None:
         """``(answer_text, start, end)`` with ``completion[start:end] == answer_text``, or None."""
 
-    def canonical(self, answer: str) -> str:
-        """Canonical form of an extracted answer (so equal answers vote together)."""
+    def canonical(self, answer: str | None) -> str | None:
+        """Canonical form of an extracted answer (so equal answers vote together); None if missing.
+
+        Subclasses override :meth:`_canonical`, which only ever sees a real string.
+        """
+        text = as_text(answer)
+        return None if text is None else self._canonical(text)
+
+    def _canonical(self, answer: str) -> str:
         return answer.strip()
 
-    def extract(self, completion: str, row: Row | None = None) -> str | None:
-        """The canonical answer in ``completion`` or None when there is none."""
-        span = self.extract_span(completion, row)
+    def extract(self, completion: str | None, row: Row | None = None) -> str | None:
+        """The canonical answer in ``completion`` or None when there is none (or no completion)."""
+        text = as_text(completion)
+        span = None if text is None else self.extract_span(text, row)
         return None if span is None else self.canonical(span[0])
 
     @abstractmethod
     def grade(self, answer: str | None, gold: str) -> bool:
-        """Whether ``answer`` matches ``gold`` (None is always wrong)."""
+        """Whether ``answer`` matches ``gold``; a missing answer (None/NaN/NA) is always wrong."""
 
 
 def strip_span(text: str, start: int, end: int, chars: str = " \t\n*$.") -> Span | None:

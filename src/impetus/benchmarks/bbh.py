@@ -14,8 +14,8 @@ from typing import Any
 
 import pandas as pd
 
-from impetus.benchmarks._io import DataFormatError, content_hash, hf_records, read_json, require
-from impetus.benchmarks.base import Benchmark, Row, Span, make_row, meta_of, register, strip_span
+from impetus.benchmarks._io import DataFormatError, EmptySourceError, content_hash, hf_records, read_json, require
+from impetus.benchmarks.base import Benchmark, Row, Span, as_text, make_row, meta_of, register, strip_span
 from impetus.benchmarks.numeric import canonical_number
 
 logger = logging.getLogger(__name__)
@@ -36,8 +36,11 @@ _MARKERS = [re.compile(r"so the answer is", re.I), re.compile(r"the answer is", 
 _OPTION_RE = re.compile(r"\([A-Z]\)")
 
 
-def extract_bbh_span(text: str) -> Span | None:
+def extract_bbh_span(text: str | None) -> Span | None:
     """Answer after the last "So the answer is" (else "The answer is"), up to the sentence end."""
+    text = as_text(text)
+    if text is None:
+        return None
     for marker in _MARKERS:
         for m in reversed(list(marker.finditer(text))):
             eol = text.find("\n", m.end())
@@ -56,15 +59,21 @@ def extract_bbh_span(text: str) -> Span | None:
     return None
 
 
-def normalize_bbh(s: str) -> str:
-    """Lowercase, collapse whitespace, drop markdown stars and a trailing period."""
+def normalize_bbh(s: str | None) -> str:
+    """Lowercase, collapse whitespace, drop markdown stars and a trailing period ("" if missing)."""
+    s = as_text(s)
+    if s is None:
+        return ""
     s = " ".join(s.replace("*", " ").split()).lower()
     return s.rstrip(".").strip()
 
 
 def bbh_equal(answer: str | None, gold: str) -> bool:
-    """Option letters compare without parentheses; numbers numerically; else exact normalised text."""
-    if answer is None:
+    """Option letters compare without parentheses; numbers numerically; else exact normalised text.
+
+    A missing answer or gold (None/NaN/NA) is never equal."""
+    answer, gold = as_text(answer), as_text(gold)
+    if answer is None or gold is None:
         return False
     a, g = normalize_bbh(answer), normalize_bbh(gold)
     if re.fullmatch(r"\([a-z]\)", g):
@@ -158,6 +167,8 @@ class BBH(Benchmark):
             data = read_json(f)
             if not isinstance(data, dict) or not isinstance(data.get("examples"), list):
                 raise DataFormatError(f"{f}: line 1: expected {{'examples': [...]}}")
+            if not data["examples"]:
+                raise EmptySourceError(f"{f}: 'examples' is empty")
             rows += self._task_rows(task, data["examples"], str(f))
             cot = next((c for c in (f.parent / "cot-prompts", f.parent.parent / "cot-prompts") if (c / f"{task}.txt").is_file()), None)
             if cot is None:

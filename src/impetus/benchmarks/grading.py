@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from impetus.benchmarks.base import Benchmark
+from impetus.benchmarks.base import Benchmark, as_text, is_missing
 
 logger = logging.getLogger(__name__)
 
@@ -44,10 +44,13 @@ def build_prompts(
 
 
 def grade_candidates(bench: Benchmark, candidates: pd.DataFrame, problems: pd.DataFrame) -> pd.DataFrame:
-    """Add ``answer`` (None when not found), ``correct`` and the answer's character span.
+    """Add ``answer`` (None when not found), ``correct``, the answer's character span and ``truncated``.
 
     A completion without an answer is graded wrong and kept (never dropped), so every selection
-    method is judged on the same candidates; the count is logged.
+    method is judged on the same candidates; the count is logged. Missing completions, answers
+    or golds (None, NaN, ``pd.NA``: what pandas makes of None after a parquet round trip) count as
+    "no answer" and are graded wrong. ``truncated`` is True where ``finish_reason == "length"``:
+    the completion hit ``max_new_tokens``, so its "answer" is often just an operand.
     """
     rows = {r["problem_id"]: r for r in problems.to_dict("records")}
     missing = set(candidates["problem_id"]) - set(rows)
@@ -57,31 +60,63 @@ def grade_candidates(bench: Benchmark, candidates: pd.DataFrame, problems: pd.Da
         )
     out = candidates.copy()
     # The row is passed so that e.g. ARC questions with numeric labels extract "2", not "B".
-    spans = [bench.extract_span(t, rows[p]) for t, p in zip(out["completion"], out["problem_id"])]
-    # Canonical answers (e.g. "7.0" -> "7"), so equal answers vote together.
-    out["answer"] = [bench.canonical(s[0]) if s else None for s in spans]
+    spans = [
+        None if is_missing(t) else bench.extract_span(as_text(t), rows[p])
+        for t, p in zip(out["completion"], out["problem_id"])
+    ]
+    # Canonical answers (e.g. "7.0" -> "7"), so equal answers vote together. Graded from this
+    # list, not from the column read back: pandas would hand NaN back for the None entries.
+    answers = [bench.canonical(s[0]) if s else None for s in spans]
+    out["answer"] = pd.Series(answers, index=out.index, dtype=object)
     out["answer_start"] = pd.array([s[1] if s else None for s in spans], dtype="Int64")
     out["answer_end"] = pd.array([s[2] if s else None for s in spans], dtype="Int64")
     out["correct"] = [
-        bool(a is not None and bench.grade(a, rows[p]["gold"])) for a, p in zip(out["answer"], out["problem_id"])
+        a is not None and not is_missing(rows[p]["gold"]) and bool(bench.grade(a, rows[p]["gold"]))
+        for a, p in zip(answers, out["problem_id"])
     ]
-    n_none = int(out["answer"].isna().sum())
+    out["truncated"] = truncated_mask(out)
+    n_none = sum(a is None for a in answers)
     if n_none:
         logger.warning("%d of %d candidates have no extractable answer (graded wrong)", n_none, len(out))
+    n_trunc = int(out["truncated"].sum())
+    if n_trunc:
+        logger.warning("%d of %d candidates were cut by max_new_tokens (finish_reason 'length')",
+                       n_trunc, len(out))
     return out
 
 
+def truncated_mask(df: pd.DataFrame) -> pd.Series:
+    """Boolean ``truncated`` of a candidates/graded table: its own column, else finish_reason == "length".
+
+    A table without either column (hand-built, or from before finish_reason was recorded) counts
+    as not truncated rather than failing, since truncation is a diagnostic, not a grade.
+    """
+    if "truncated" in df.columns:
+        return df["truncated"].fillna(False).astype(bool)
+    if "finish_reason" in df.columns:
+        return df["finish_reason"].eq("length").fillna(False).astype(bool)
+    return pd.Series(False, index=df.index, dtype=bool)
+
+
 def grading_summary(graded: pd.DataFrame) -> dict[str, float]:
-    """Per-sample accuracy, pass@N (any candidate right) and the no-answer share."""
-    per_problem = graded.groupby("problem_id")["correct"]
+    """Per-sample accuracy, pass@N (any candidate right), no-answer and truncation counts.
+
+    Keys: sample_accuracy, pass_at_n, first_sample_accuracy, no_answer_share, n_no_answer,
+    truncated_share, n_truncated, n_candidates, n_problems.
+    """
+    correct = graded["correct"].fillna(False).astype(bool)
+    per_problem = correct.groupby(graded["problem_id"])
+    no_answer = graded["answer"].map(is_missing).astype(bool)
+    truncated = truncated_mask(graded)
+    first = graded.assign(_c=correct).sort_values("sample_idx", kind="stable").groupby("problem_id")["_c"].first()
     return {
-        "sample_accuracy": float(graded["correct"].mean()),
+        "sample_accuracy": float(correct.mean()),
         "pass_at_n": float(per_problem.any().mean()),
-        "first_sample_accuracy": float(
-            graded.sort_values("sample_idx").groupby("problem_id")["correct"].first().mean()
-        ),
-        "no_answer_share": float(graded["answer"].isna().mean()),
-        "n_no_answer": int(graded["answer"].isna().sum()),
+        "first_sample_accuracy": float(first.mean()),
+        "no_answer_share": float(no_answer.mean()),
+        "n_no_answer": int(no_answer.sum()),
+        "truncated_share": float(truncated.mean()),
+        "n_truncated": int(truncated.sum()),
         "n_candidates": int(len(graded)),
         "n_problems": int(graded["problem_id"].nunique()),
     }

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from impetus.benchmarks._io import hf_records, read_jsonl, require
-from impetus.benchmarks.base import Benchmark, Row, Span, make_row, meta_of, register, strip_span
+from impetus.benchmarks.base import Benchmark, Row, Span, as_text, make_row, meta_of, register, strip_span
 from impetus.benchmarks.numeric import boxed_spans
 
 logger = logging.getLogger(__name__)
@@ -18,8 +18,11 @@ _ANSWER_IS = re.compile(r"answer is", re.I)
 _FIELDS = ("problem", "solution", "answer", "unique_id")
 
 
-def extract_math_span(text: str) -> Span | None:
+def extract_math_span(text: str | None) -> Span | None:
     """Contents of the last complete ``\\boxed{...}``, else the rest of the "answer is" line."""
+    text = as_text(text)
+    if text is None:
+        return None
     boxes = boxed_spans(text)
     if boxes:
         span = strip_span(text, *boxes[-1], chars=" \t\n")
@@ -38,8 +41,11 @@ def _squash(s: str) -> str:
 
 
 def math_equal(answer: str | None, gold: str, fast_path: bool = True) -> bool:
-    """Equivalence of LaTeX answers: identical text (skipped if not ``fast_path``), else math-verify."""
-    if answer is None or not answer.strip():
+    """Equivalence of LaTeX answers: identical text (skipped if not ``fast_path``), else math-verify.
+
+    A missing (None/NaN/NA) or blank answer or gold is never equal."""
+    answer, gold = as_text(answer), as_text(gold)
+    if answer is None or gold is None or not answer.strip() or not gold.strip():
         return False
     if fast_path and _squash(answer) == _squash(gold):
         return True

@@ -12,7 +12,7 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from impetus.benchmarks.base import Benchmark, Row, Span
+from impetus.benchmarks.base import Benchmark, Row, Span, as_text
 
 # A number: optional sign (not after a word char or ")" so "5-3" is not read as "-3"), digits
 # with optional thousands separators, optional decimals. Not preceded by a digit or "." so we
@@ -22,9 +22,12 @@ _MARKERS = [re.compile(r"####"), re.compile(r"answer is", re.I), re.compile(r"an
 _FRACTION_RE = re.compile(r"^(-?\d+)\s*/\s*(\d+)$")
 
 
-def boxed_spans(text: str) -> list[tuple[int, int]]:
+def boxed_spans(text: str | None) -> list[tuple[int, int]]:
     """``[start, end)`` of the contents of every complete ``\\boxed{...}`` (balanced braces)."""
-    spans = []
+    spans: list[tuple[int, int]] = []
+    text = as_text(text)
+    if text is None:
+        return spans
     for m in re.finditer(r"\\boxed\s*\{", text):
         depth, i = 1, m.end()
         while i < len(text) and depth:
@@ -40,8 +43,11 @@ def _first_number(text: str, start: int, end: int) -> Span | None:
     return (m.group(), m.start(), m.end()) if m else None
 
 
-def extract_number_span(text: str) -> Span | None:
+def extract_number_span(text: str | None) -> Span | None:
     """The answer number in ``text`` and its offsets, by the module's priority order."""
+    text = as_text(text)
+    if text is None:
+        return None
     for marker in _MARKERS:
         # Last marker first; a marker with no number on its line falls back to an earlier one.
         for m in reversed(list(marker.finditer(text))):
@@ -59,8 +65,14 @@ def extract_number_span(text: str) -> Span | None:
     return (last.group(), last.start(), last.end()) if last else None
 
 
-def canonical_number(text: str) -> str | None:
-    """Canonical string of a plain number ("$1,234.50" -> "1234.5", "7.0" -> "7"), else None."""
+def canonical_number(text: str | None) -> str | None:
+    """Canonical string of a plain number ("$1,234.50" -> "1234.5", "7.0" -> "7"), else None.
+
+    None/NaN/NA (a missing answer after pandas) give None rather than an AttributeError.
+    """
+    text = as_text(text)
+    if text is None:
+        return None
     s = text.strip().replace(",", "").replace("$", "").replace(" ", "").rstrip(".")
     frac = _FRACTION_RE.match(s)
     try:
@@ -76,6 +88,7 @@ def canonical_number(text: str) -> str | None:
 
 def normalize_number(text: str | None) -> str | None:
     """Canonical number for a bare number or a phrase containing one ("12 apples", "#### 72")."""
+    text = as_text(text)
     if text is None:
         return None
     direct = canonical_number(text)
@@ -86,7 +99,8 @@ def normalize_number(text: str | None) -> str | None:
 
 
 def numbers_equal(a: str | None, b: str | None, rel_tol: float = 1e-6) -> bool:
-    """Numeric equality of two answers after normalisation (relative tolerance 1e-6)."""
+    """Numeric equality of two answers after normalisation (relative tolerance 1e-6); a missing
+    side (None/NaN/NA) is never equal."""
     na, nb = normalize_number(a), normalize_number(b)
     if na is None or nb is None:
         return False
@@ -104,13 +118,13 @@ class NumericBenchmark(Benchmark):
         """The answer number's text and offsets (see module docstring for the priority)."""
         return extract_number_span(completion)
 
-    def canonical(self, answer: str) -> str:
+    def _canonical(self, answer: str) -> str:
         """Canonical numeric string so equal numbers compare and vote as equal strings."""
         return canonical_number(answer) or answer.strip()
 
     def grade(self, answer: str | None, gold: str) -> bool:
-        """Numeric comparison with 1e-6 relative tolerance; None or non-numbers are wrong."""
-        return answer is not None and numbers_equal(answer, gold)
+        """Numeric comparison with 1e-6 relative tolerance; missing answers or non-numbers are wrong."""
+        return numbers_equal(answer, gold)
 
 
 def format_equation_steps(expr: str) -> tuple[list[str], Any]:

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from impetus.benchmarks._io import DataFormatError, hf_records, json_array_lines, read_json, require
+from impetus.benchmarks._io import DataFormatError, EmptySourceError, hf_records, json_array_lines, read_json, require
 from impetus.benchmarks.base import Row, make_row, meta_of, register
 from impetus.benchmarks.numeric import NumericBenchmark, canonical_number, format_equation_steps
 
@@ -42,6 +42,8 @@ class SVAMP(NumericBenchmark):
         data = read_json(path)
         if not isinstance(data, list):
             raise DataFormatError(f"{path}: line 1: expected a JSON array of problems")
+        if not data:
+            raise EmptySourceError(f"{path}: the JSON array holds no problems")
         return [self._row(r, "test", str(path), n) for n, r in json_array_lines(path, data)]
 
     def _load_hf(self) -> list[dict[str, Any]]:

@@ -31,7 +31,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from impetus.lm.kv_cache import GrowLayer
-from impetus.lm.sampler import Generation, ProgressFn, SamplingParams, register_sampler, row_seed
+from impetus.lm.sampler import Generation, ProgressFn, SamplingParams, row_seed
 
 # Nucleus sampling looks at this many top tokens first; a full sort is done only when they hold
 # less than top_p of the mass (rare for LMs), because sorting a 50k vocab per row per step is slow.
@@ -91,7 +91,9 @@ def _common_prefix(seqs: list[list[int]]) -> int:
 
 
 class HFSampler:
-    """Sampler backend for a (CPU or GPU) Hugging Face causal LM; see the module docstring."""
+    """Sampler backend for a (CPU or GPU) Hugging Face causal LM; see the module docstring.
+
+    Registered as ``"hf"`` by import path in ``impetus.lm.sampler`` (no import back from here)."""
 
     name = "hf"
 
@@ -344,8 +346,3 @@ class HFSampler:
             logprob_mean=float(mean),
             seconds=r.seconds,
         )
-
-
-@register_sampler("hf")
-def _make_hf(model: Any, tokenizer: Any, **kwargs: Any) -> HFSampler:
-    return HFSampler(model, tokenizer, **kwargs)

@@ -6,6 +6,12 @@ source was (a GGUF file shipped in a PyPI wheel, a hub id, a local folder). Conv
 cached under a key that includes the source file's size and mtime, and written to a temporary
 folder that is renamed into place only when complete, so a killed conversion never leaves a
 half-written cache that a later run would trust.
+
+Security: ``trust_remote_code`` (off unless asked) is passed to *every* ``from_pretrained`` call,
+model and tokenizer alike, in conversion, download and loading, so a model folder's custom code
+never runs unless the run's ``model.trust_remote_code`` says so. Local folders holding safetensors
+(every folder this module writes) are loaded with ``use_safetensors=True``, so a stray pickle
+checkpoint (``pytorch_model.bin``) next to them is never unpickled.
 """
 
 from __future__ import annotations
@@ -91,19 +97,21 @@ def _atomic_build(target: Path, build: Any) -> Path:
     return target
 
 
-def _convert_gguf(gguf: Path, out: Path) -> None:
+def _convert_gguf(gguf: Path, out: Path, trust_remote_code: bool = False) -> None:
     """Dequantize a GGUF checkpoint to fp32 safetensors + tokenizer in ``out``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     t0 = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32, trust_remote_code=trust_remote_code
+    )
     # The loaded weights are already dequantized; without dropping the quantization config,
     # save_pretrained would refuse (or write a config that asks for GGUF again on load).
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.hf_quantizer = None
     model.save_pretrained(out, safe_serialization=True)
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, trust_remote_code=trust_remote_code)
     tok.save_pretrained(out)
     logger.info("converted %s to fp32 HF folder in %.1f s", gguf.name, time.perf_counter() - t0)
 
@@ -138,6 +146,8 @@ def resolve_model(
     - a path to a ``.gguf`` file (converted once, then cached);
     - a local HF folder (returned as is after checking ``config.json`` exists);
     - a hub id (downloaded with ``from_pretrained`` and saved to the cache).
+
+    ``trust_remote_code`` is passed to every ``from_pretrained`` of the conversion or download.
     """
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     t0 = time.perf_counter()
@@ -168,7 +178,7 @@ def resolve_model(
         return target
     if gguf is not None:
         logger.info("model %s: converting %s -> %s", name, gguf, target)
-        return _atomic_build(target, lambda tmp: _convert_gguf(gguf, tmp))
+        return _atomic_build(target, lambda tmp: _convert_gguf(gguf, tmp, trust_remote_code))
     logger.info("model %s: downloading from the hub -> %s", name, target)
     return _atomic_build(target, lambda tmp: _download_hub(name, tmp, trust_remote_code))
 
@@ -191,26 +201,45 @@ def _pick_pad_token(tok: Any) -> None:
         tok.pad_token = tok.eos_token
 
 
-def load_tokenizer(path: str | Path) -> Any:
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> Any:
     """The tokenizer of a local HF folder, left-padded with a pad token distinct from EOS if possible."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(path))
+    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     tok.padding_side = "left"  # decoder-only batching: new tokens must line up on the right
     _pick_pad_token(tok)
     return tok
 
 
-def load_model(path: str | Path, device: str = "cpu", dtype: str = "float32") -> tuple[Any, Any]:
-    """Load ``(model, tokenizer)`` from a local HF folder, ready for batched left-padded decoding."""
+def has_safetensors(path: str | Path) -> bool:
+    """Whether a local folder holds safetensors weights (single file or sharded index)."""
+    path = Path(path)
+    return path.is_dir() and (any(path.glob("*.safetensors")) or any(path.glob("*.safetensors.index.json")))
+
+
+def load_model(
+    path: str | Path, device: str = "cpu", dtype: str = "float32", trust_remote_code: bool = False
+) -> tuple[Any, Any]:
+    """Load ``(model, tokenizer)`` from a local HF folder, ready for batched left-padded decoding.
+
+    Weights are read with ``use_safetensors=True`` when the folder has safetensors; a folder with
+    only a pickle checkpoint still loads (it is the user's own folder) but with a WARNING, since
+    unpickling can run code. ``trust_remote_code`` goes to both the model and the tokenizer.
+    """
     from transformers import AutoModelForCausalLM
 
     t0 = time.perf_counter()
     torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype)
+    safe = has_safetensors(path)
+    if not safe:
+        logger.warning("%s has no safetensors weights; loading a pickle checkpoint (only do this for "
+                       "folders you trust)", path)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path), dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=safe
+    )
     model.to(device)
     model.eval()
-    tok = load_tokenizer(path)
+    tok = load_tokenizer(path, trust_remote_code=trust_remote_code)
     logger.info("loaded %s (%s, %s) in %.1f s", path, device, dtype, time.perf_counter() - t0)
     return model, tok
 

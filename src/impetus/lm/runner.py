@@ -10,6 +10,18 @@ Seeds: the seed of a problem is ``stable_seed(params.seed, problem_id)``, indepe
 boundaries and of the order problems are processed, so an interrupted-then-resumed run gives the
 same table as an uninterrupted one.
 
+Trust but verify: a shard on disk is checked against its manifest before reuse (it must read as
+parquet, hold exactly the manifest's problem ids with ``n`` rows each, sample_idx 0..n-1 once per
+problem, and every candidate column). A truncated file, or a valid parquet of *another* shard
+copied over it, is logged as a WARNING naming the file and the reason, then resampled and
+overwritten; a disk error therefore never kills a rerun nor leaks wrong rows into the table.
+
+Concurrency: two runs in one project folder share the shard folder. Each shard is sampled under an
+exclusive ``fcntl.flock`` on ``shard_XXXXX.lock`` next to it; a process that finds the lock taken
+logs that it waits, and once it holds the lock re-checks the shard, so a shard finished meanwhile
+by the other process is reused, never sampled twice. (Lock files are left in place: deleting one
+while another process waits on it would let a third process lock a different inode.)
+
 ``gen_seconds`` of a candidate is the wall time the sampler attributes to its row (each forward
 pass's time split equally over the rows it served); the per-problem latency used in the stats is
 the sum over the problem's rows.
@@ -17,14 +29,21 @@ the sum over the problem's rows.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+try:  # POSIX only; elsewhere shards are not locked (one run per folder, as before)
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 
 import numpy as np
 import pandas as pd
@@ -36,6 +55,10 @@ logger = logging.getLogger(__name__)
 CANDIDATE_COLUMNS = [
     "problem_id", "sample_idx", "completion", "n_tokens", "finish_reason", "logprob_mean", "seed", "gen_seconds",
 ]
+
+
+class IncompleteCandidatesError(RuntimeError):
+    """The candidates table does not hold every problem x ``n`` samples exactly once."""
 
 
 @dataclass
@@ -91,19 +114,98 @@ def _manifest(run_key: str, params: SamplingParams, problem_ids: list[str], shar
             "params_hash": params.digest(), "problem_ids": problem_ids}
 
 
-def _load_shard(pq: Path, mf: Path, expected: dict[str, Any]) -> pd.DataFrame | None:
-    """Return the shard's table if it exists and its manifest matches, else None."""
+def shard_problem(df: pd.DataFrame, problem_ids: list[str], n: int) -> str | None:
+    """Why ``df`` is not a complete shard for ``problem_ids`` x ``n`` samples, or None if it is.
+
+    Checks: every ``CANDIDATE_COLUMNS`` column present; the set of problem ids equal to
+    ``problem_ids``; ``len(problem_ids) * n`` rows; sample_idx in 0..n-1; no duplicate
+    (problem_id, sample_idx). Together these mean each problem has each sample exactly once.
+    """
+    missing = [c for c in CANDIDATE_COLUMNS if c not in df.columns]
+    if missing:
+        return f"missing columns {missing}"
+    found = set(df["problem_id"].astype(str))
+    want = set(problem_ids)
+    if found != want:
+        extra, lacking = sorted(found - want), sorted(want - found)
+        return (f"problem ids differ from the manifest ({len(extra)} unexpected, e.g. {extra[:3]}; "
+                f"{len(lacking)} missing, e.g. {lacking[:3]})")
+    if len(df) != len(problem_ids) * n:
+        return f"{len(df)} rows, expected {len(problem_ids)} problems x n={n} = {len(problem_ids) * n}"
+    idx = pd.to_numeric(df["sample_idx"], errors="coerce")
+    bad = df.loc[idx.isna() | (idx < 0) | (idx >= n) | (idx != idx.round()), "sample_idx"]
+    if len(bad):
+        return f"sample_idx outside 0..{n - 1}, e.g. {bad.head(3).tolist()}"
+    keys = pd.DataFrame({"p": df["problem_id"].astype(str), "s": idx.astype("int64")})
+    dup = keys.duplicated()
+    if dup.any():
+        p, k = keys.loc[dup].iloc[0]
+        return f"duplicate (problem_id, sample_idx) rows, e.g. ({p!r}, {k})"
+    return None
+
+
+def _in_order(df: pd.DataFrame, problem_ids: list[str]) -> pd.DataFrame:
+    """Rows sorted like ``problem_ids`` then by sample_idx (a valid shard in any row order)."""
+    pos = {p: i for i, p in enumerate(problem_ids)}
+    key = df["problem_id"].astype(str).map(pos) * (len(df) + 1) + df["sample_idx"].astype("int64")
+    return df.iloc[np.argsort(key.to_numpy(), kind="stable")].reset_index(drop=True)
+
+
+def _load_shard(pq: Path, mf: Path, expected: dict[str, Any], n: int) -> pd.DataFrame | None:
+    """The shard's table if it exists, matches its manifest and passes ``shard_problem``; else None.
+
+    A shard that exists but fails a check is logged as a WARNING (file and reason) so the caller
+    resamples and overwrites it; only "not there yet" is silent.
+    """
     if not (pq.is_file() and mf.is_file()):
         return None
     try:
         found = json.loads(mf.read_text())
-    except (OSError, json.JSONDecodeError):
-        logger.warning("unreadable manifest %s; resampling its shard", mf)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        logger.warning("unreadable manifest %s (%s); resampling its shard", mf, exc)
         return None
     if found != expected:
         logger.warning("shard %s was made with another config; resampling it", pq)
         return None
-    return pd.read_parquet(pq)
+    try:
+        df = pd.read_parquet(pq)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ... for bad files
+        logger.warning("corrupt shard %s (%s: %s); resampling it", pq, type(exc).__name__, exc)
+        return None
+    why = shard_problem(df, expected["problem_ids"], n)
+    if why is not None:
+        logger.warning("shard %s does not match its manifest %s: %s; resampling it", pq, mf.name, why)
+        return None
+    return _in_order(df, expected["problem_ids"])
+
+
+@contextlib.contextmanager
+def _shard_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if needed); log when it has to wait."""
+    if fcntl is None:  # pragma: no cover - Windows
+        yield
+        return
+    with open(path, "a+b") as fh:  # one open file description per holder: flock then excludes
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info("waiting for lock %s (another process is sampling this shard)", path)
+            t0 = time.perf_counter()
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            logger.info("got lock %s after %.1f s", path, time.perf_counter() - t0)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def check_complete(table: pd.DataFrame, problem_ids: list[str], n: int) -> None:
+    """Raise ``IncompleteCandidatesError`` unless ``table`` has every problem x ``n`` rows once."""
+    why = shard_problem(table, problem_ids, n)
+    if why is not None:
+        raise IncompleteCandidatesError(
+            f"candidates table is incomplete for {len(problem_ids)} problems x n={n}: {why}"
+        )
 
 
 def _sample_shard(sampler: Sampler, chunk: pd.DataFrame, params: SamplingParams,
@@ -138,7 +240,9 @@ def sample_problems(
 
     Returns the candidates table (``CANDIDATE_COLUMNS``, ordered like ``problems`` then
     sample_idx) and the ``SamplingStats`` of the shards sampled by this call. ``run_key`` defaults
-    to ``make_run_key(model_id, params, problems)``.
+    to ``make_run_key(model_id, params, problems)``. Bad shards on disk are resampled (see the
+    module docstring); ``IncompleteCandidatesError`` is raised if the final table still lacks a
+    (problem, sample) pair or holds one twice.
     """
     missing = {"problem_id", "prompt"} - set(problems.columns)
     if missing:
@@ -170,30 +274,42 @@ def sample_problems(
             bar.set_postfix(tok_s=f"{tok_counter[0] / max(dt, 1e-9):.0f}", refresh=False)
 
     tables = []
-    for s in range(n_shards):
-        chunk = problems.iloc[s * shard_size:(s + 1) * shard_size]
-        ids = [str(x) for x in chunk["problem_id"]]
-        pq, mf = out_dir / f"shard_{s:05d}.parquet", out_dir / f"shard_{s:05d}.json"
-        expected = _manifest(run_key, params, ids, s)
-        df = _load_shard(pq, mf, expected)
-        if df is not None:
-            stats.problems_reused += len(chunk)
-        else:
-            t0 = time.perf_counter()
-            df = _sample_shard(sampler, chunk, params, on_step)
-            stats.seconds += time.perf_counter() - t0
-            stats.tokens += int(df["n_tokens"].sum())
-            per_problem += df.groupby("problem_id", sort=False)["gen_seconds"].sum().tolist()
-            # parquet first, manifest last: a shard counts as done only once its manifest exists
-            _write_atomic(pq, lambda p: df.to_parquet(p, index=False))
-            _write_atomic(mf, lambda p: p.write_text(json.dumps(expected, indent=1)))
-            logger.info("shard %d/%d: %d problems in %.1f s", s + 1, n_shards, len(chunk),
-                        time.perf_counter() - t0)
-        tables.append(df)
+    try:
+        for s in range(n_shards):
+            chunk = problems.iloc[s * shard_size:(s + 1) * shard_size]
+            ids = [str(x) for x in chunk["problem_id"]]
+            stem = out_dir / f"shard_{s:05d}"
+            pq, mf = stem.with_suffix(".parquet"), stem.with_suffix(".json")
+            expected = _manifest(run_key, params, ids, s)
+            with _shard_lock(stem.with_suffix(".lock")):
+                # Checked under the lock: another process may have finished it while we waited.
+                df = _load_shard(pq, mf, expected, params.n)
+                if df is not None:
+                    stats.problems_reused += len(chunk)
+                else:
+                    t0 = time.perf_counter()
+                    df = _sample_shard(sampler, chunk, params, on_step)
+                    why = shard_problem(df, ids, params.n)
+                    if why is not None:  # a sampler bug: never write (and later trust) such a shard
+                        raise IncompleteCandidatesError(f"sampler {getattr(sampler, 'name', sampler)!r} "
+                                                        f"returned a bad shard {s}: {why}")
+                    stats.seconds += time.perf_counter() - t0
+                    stats.tokens += int(df["n_tokens"].sum())
+                    per_problem += df.groupby("problem_id", sort=False)["gen_seconds"].sum().tolist()
+                    # The manifest is removed first and written last: a shard counts as done only once
+                    # its manifest exists, so a crash between the two writes never pairs new rows
+                    # with a stale manifest (or old rows with a new one).
+                    mf.unlink(missing_ok=True)
+                    _write_atomic(pq, lambda p: df.to_parquet(p, index=False))
+                    _write_atomic(mf, lambda p: p.write_text(json.dumps(expected, indent=1)))
+                    logger.info("shard %d/%d: %d problems in %.1f s", s + 1, n_shards, len(chunk),
+                                time.perf_counter() - t0)
+            tables.append(df)
+            if bar is not None:
+                bar.update(len(chunk))
+    finally:  # also on errors, so a failed run does not leave a dangling bar
         if bar is not None:
-            bar.update(len(chunk))
-    if bar is not None:
-        bar.close()
+            bar.close()
 
     stats.tokens_per_s = stats.tokens / stats.seconds if stats.seconds > 0 else 0.0
     if per_problem:
@@ -201,4 +317,5 @@ def sample_problems(
         stats.p95_seconds_per_problem = float(np.percentile(per_problem, 95))
     logger.info("sampling %s: %s", run_key, stats.to_dict())
     result = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=CANDIDATE_COLUMNS)
+    check_complete(result, [str(x) for x in problems["problem_id"]], params.n)
     return result, stats

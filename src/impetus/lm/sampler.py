@@ -1,14 +1,19 @@
 """Sampler interface, sampling parameters and results, and a backend registry.
 
 Callers (the runner, Kedro nodes, notebooks) only see ``SamplingParams``, ``Generation`` and the
-``Sampler`` protocol, and obtain a backend with ``get_sampler(name, model, tokenizer)``. The
-Hugging Face backend lives in ``impetus.lm.hf_sampler``; a vLLM backend can register itself under
-``"vllm"`` later without any caller changing.
+``Sampler`` protocol, and obtain a backend with ``get_sampler(name, model, tokenizer)``.
+
+Backends are found through a lazy table of import paths (``"hf"`` ->
+``"impetus.lm.hf_sampler:HFSampler"``): this module never imports a backend, and no backend
+imports anything back from a registry, so there is no import cycle and a backend's heavy
+dependencies (transformers, vLLM) load only when it is asked for. Third-party backends call
+``register_sampler(name, factory_or_import_path)`` (or use it as a decorator).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -19,20 +24,25 @@ ProgressFn = Callable[[int, int], None]
 """``progress(new_tokens, finished_rows)``, called after every decoding step."""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SamplingParams:
-    """How to sample candidates.
+    """How to sample candidates (keyword arguments only).
 
     n: candidates per prompt. temperature: 0 means greedy (argmax). top_p: nucleus mass in (0, 1].
     max_new_tokens: hard cap per completion. stop: strings that end a completion (the stop string
     itself is cut off). batch_size: rows (prompt x sample) decoded together in one forward pass.
     seed: base seed; per-prompt seeds are usually derived from it and the problem id by the runner.
+
+    ``n``, ``temperature``, ``top_p`` and ``max_new_tokens`` have no defaults on purpose: their
+    defaults live in ``conf/base/parameters_sampling.yml`` only, so a caller can never silently get
+    a second, different set. The remaining defaults are neutral (no stop strings; ``batch_size``
+    does not change results) and a test keeps ``batch_size``/``seed`` equal to the YAML ones.
     """
 
-    n: int = 1
-    temperature: float = 0.8
-    top_p: float = 1.0
-    max_new_tokens: int = 128
+    n: int
+    temperature: float
+    top_p: float
+    max_new_tokens: int
     stop: list[str] = field(default_factory=list)
     batch_size: int = 64
     seed: int = 0
@@ -119,24 +129,63 @@ def row_seed(seed: int, sample_idx: int) -> int:
     return int.from_bytes(h, "little") & ((1 << 63) - 1)
 
 
-_REGISTRY: dict[str, Callable[..., Sampler]] = {}
+SamplerFactory = Callable[..., Sampler]
+"""``factory(model, tokenizer, **kwargs) -> Sampler`` (a backend class is one)."""
+
+# name -> factory, or the import path "package.module:attribute" of one, imported on first use
+# (see the module docstring). Built-in backends are listed here by path only.
+_REGISTRY: dict[str, SamplerFactory | str] = {
+    "hf": "impetus.lm.hf_sampler:HFSampler",
+}
 
 
-def register_sampler(name: str) -> Callable[[Callable[..., Sampler]], Callable[..., Sampler]]:
-    """Decorator registering a backend factory ``factory(model, tokenizer, **kwargs) -> Sampler``."""
+def register_sampler(
+    name: str, factory: SamplerFactory | str | None = None
+) -> Callable[[SamplerFactory], SamplerFactory] | SamplerFactory | str:
+    """Register a backend under ``name``.
 
-    def deco(factory: Callable[..., Sampler]) -> Callable[..., Sampler]:
+    ``factory`` is a callable ``factory(model, tokenizer, **kwargs) -> Sampler`` or a lazy import
+    path ``"package.module:attribute"``. Without ``factory`` this is a decorator::
+
+        @register_sampler("vllm")
+        def make_vllm(model, tokenizer, **kw): ...
+
+    Registering a name again replaces the entry (so a project can override a built-in backend).
+    """
+    if factory is not None:
+        if isinstance(factory, str) and ":" not in factory:
+            raise ValueError(f"sampler import path must look like 'package.module:attribute', got {factory!r}")
         _REGISTRY[name] = factory
         return factory
+
+    def deco(fn: SamplerFactory) -> SamplerFactory:
+        _REGISTRY[name] = fn
+        return fn
 
     return deco
 
 
-def get_sampler(name: str, model: Any, tokenizer: Any, **kwargs: Any) -> Sampler:
-    """Build the sampler backend registered as ``name`` (``"hf"``; ``"vllm"`` once it exists)."""
-    # Importing the HF backend registers it; done lazily so this module stays light.
-    from impetus.lm import hf_sampler  # noqa: F401
+def known_samplers() -> list[str]:
+    """Names of the registered backends (imports none of them)."""
+    return sorted(_REGISTRY)
 
+
+def _resolve(name: str) -> SamplerFactory:
+    """The factory registered as ``name``, importing it (once) if registered by path."""
+    entry = _REGISTRY[name]
+    if isinstance(entry, str):
+        module, _, attr = entry.partition(":")
+        factory = getattr(importlib.import_module(module), attr)
+        _REGISTRY[name] = factory  # cache: later lookups skip the import machinery
+        return factory
+    return entry
+
+
+def get_sampler(name: str, model: Any, tokenizer: Any, **kwargs: Any) -> Sampler:
+    """Build the sampler backend registered as ``name`` (``"hf"``; ``"vllm"`` once it exists).
+
+    Raises ``KeyError`` naming the known backends when ``name`` is not registered.
+    """
     if name not in _REGISTRY:
-        raise KeyError(f"Unknown sampler backend '{name}'. Known: {sorted(_REGISTRY)}")
-    return _REGISTRY[name](model, tokenizer, **kwargs)
+        raise KeyError(f"Unknown sampler backend {name!r}. Known: {known_samplers()}")
+    return _resolve(name)(model, tokenizer, **kwargs)
