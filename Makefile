@@ -24,7 +24,7 @@ help:
 	@echo "make run        set up .venv if needed, then kedro run --pipeline=$(PIPELINE)"
 	@echo "make test       set up .venv if needed, then run the test suite"
 	@echo "make bench      sampler throughput benchmark (prints ratio vs a naive generate loop)"
-	@echo "make viz        build and serve the kedro-viz page on http://127.0.0.1:4141"
+	@echo "make viz        kedro-viz server on http://127.0.0.1:4141 (autoreload)"
 	@echo "make mlflow-ui  MLflow UI over mlruns/ on http://127.0.0.1:5000"
 
 # The stamp is rebuilt when pyproject.toml changes, so a pulled dependency change is installed.
@@ -51,10 +51,11 @@ test-fast: setup
 bench: setup
 	$(PY) benchmarks/bench_sampling.py
 
+# The kedro-viz server, not a static `kedro viz build` behind http.server: that one 404s on
+# /api/metadata and on any reloaded in-app route. --autoreload follows code and YAML edits.
 viz: setup
-	$(VENV)/bin/kedro viz build
-	@echo "Serving kedro-viz on http://127.0.0.1:4141 (Ctrl-C to stop)"
-	$(PY) -m http.server 4141 --bind 127.0.0.1 --directory build
+	@echo "kedro-viz on http://127.0.0.1:4141 (reloads on code/YAML changes; Ctrl-C to stop)"
+	$(VENV)/bin/kedro viz run --host 127.0.0.1 --port 4141 --no-browser --autoreload
 
 mlflow-ui: setup
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
