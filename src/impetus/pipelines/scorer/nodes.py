@@ -6,7 +6,6 @@ import logging
 from typing import Any
 
 import pandas as pd
-from torch import nn
 
 from impetus.config import ScorerParams
 from impetus.learned.fitting import fit_learned_energies
@@ -21,19 +20,25 @@ _CURVES = ("train_loss", "val_loss", "val_auroc", "val_pair_acc")
 def train_scorers(
     ebm_groups: pd.DataFrame, problems_train: pd.DataFrame, hidden_train: dict[str, Any],
     base_lm: dict[str, Any], scorer: ScorerParams,
-) -> tuple[dict, dict, dict, nn.Module, nn.Module, dict]:
+) -> tuple[dict, dict, dict, dict, dict, dict]:
     """Fit the learned energies on train groups only; return their plain records (catalog), the two
-    torch modules again (MLflow models) and the training metrics (per-epoch curves, best epoch)."""
+    EBMs for MLflow's model registry (``{"model": module, "metrics": best epoch's metrics}``) and
+    the run's training metrics (per-epoch curves, best epoch)."""
     fit = fit_learned_energies(ebm_groups, problems_train, hidden_train, load_base_tokenizer(base_lm), scorer)
     records = fit.scorers.to_records()
     metrics: dict[str, Any] = {}
+    logged: dict[str, dict] = {}
     for name, result in (("text_ebm", fit.text), ("latent_ebm", fit.latent)):
         metrics |= series_metrics(f"scorer/{name}", result.history, _CURVES, "epoch")
+        # The saved weights are the best epoch's, so its metrics (not the last epoch's) describe them.
         best = result.history[result.best_epoch] if result.best_epoch >= 0 else {}
         metrics |= as_mlflow_metrics({f"scorer/{name}/best_{k}": best.get(k) for k in _CURVES})
+        logged[name] = {"model": result.model,
+                        "metrics": {k: best[k] for k in _CURVES if isinstance(best.get(k), float) and best[k] == best[k]}
+                        | {"best_epoch": float(result.best_epoch)}}
         metrics |= as_mlflow_metrics({f"scorer/{name}/best_epoch": result.best_epoch,
                                       f"scorer/{name}/seconds": result.seconds})
     metrics |= as_mlflow_metrics({f"scorer/hybrid/weight/{c}": w for c, w in fit.scorers.hybrid.weights.items()})
     metrics |= as_mlflow_metrics({f"scorer/hybrid/cv_loss/l2_{l2:g}": v for l2, v in fit.hybrid_cv_loss.items()})
     metrics |= as_mlflow_metrics({"scorer/hybrid/l2": fit.scorers.hybrid.config.l2})
-    return records["text_ebm"], records["latent_ebm"], records["hybrid"], fit.text.model, fit.latent.model, metrics
+    return records["text_ebm"], records["latent_ebm"], records["hybrid"], logged["text_ebm"], logged["latent_ebm"], metrics
