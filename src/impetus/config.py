@@ -99,11 +99,16 @@ class SamplingStageParams(_Params):
     seed: int = F("Base seed; each problem's seed derives from it and the problem id.")
     shard_dir: str = F("Folder of the resumable sampling shards.")
     progress: bool = F("Show a progress bar.")
+    record: bool = F("Record raw-logit statistics and last-layer states while decoding (no second pass).")
 
 
 class EnergyStageParams(_Params):
-    """Teacher-forced scoring and consistency energies (``parameters_energies.yml``)."""
+    """Logit energies (recorded or teacher-forced) and consistency energies (``parameters_energies.yml``)."""
 
+    logit_source: Literal["auto", "recorded", "teacher_forced"] = F(
+        "Where logit energies and hidden states come from: the sampler's recording (no LM pass), a "
+        "teacher-forced pass (the reference), or auto (recorded when the candidates carry it)."
+    )
     batch_size: int = F("Candidates of one prompt per teacher-forced forward pass.", ge=1)
     hidden_states: bool = F("Also pool last-layer hidden states (the LatentEBM needs them).")
     embedding_model: str | None = F("Sentence-transformers model; null = the offline MiniLM wheel.")

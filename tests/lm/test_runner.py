@@ -9,10 +9,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from impetus.lm.runner import CANDIDATE_COLUMNS, make_run_key, sample_problems, stable_seed
+from impetus.lm.runner import CANDIDATE_COLUMNS, RECORD_COLUMNS, make_run_key, sample_problems, stable_seed
 from impetus.lm.sampler import SamplingParams, get_sampler
 
 PARAMS = SamplingParams(n=2, temperature=1.0, top_p=0.9, max_new_tokens=8, stop=["\n"], batch_size=8, seed=7)
@@ -37,13 +38,22 @@ class Counting:
 
 
 def _cmp(df: pd.DataFrame) -> pd.DataFrame:
-    return df.drop(columns=["gen_seconds"]).reset_index(drop=True)
+    """Texts, tokens and seeds compare exactly; recorded floats see :func:`_records_close`."""
+    return df.drop(columns=["gen_seconds", "logprob_mean", *RECORD_COLUMNS], errors="ignore").reset_index(drop=True)
+
+
+def _records_close(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    """Recorded arrays agree up to float rounding (batch composition changes summation order)."""
+    for col in RECORD_COLUMNS:
+        for x, y in zip(a[col], b[col]):
+            np.testing.assert_allclose(np.asarray(x, float), np.asarray(y, float), atol=1e-4)
 
 
 def test_table_contract_and_stats(tiny, tmp_path):
     s = Counting(get_sampler("hf", *tiny))
     df, stats = sample_problems(s, problems_table(), PARAMS, tmp_path, shard_size=2, progress=True)
-    assert list(df.columns) == CANDIDATE_COLUMNS
+    assert list(df.columns) == CANDIDATE_COLUMNS + RECORD_COLUMNS  # the hf sampler records while decoding
+    assert [len(v) for v in df["rec_lse"]] == (df["n_tokens"] + 1).tolist()
     assert len(df) == 10 and s.calls == 3
     assert df["problem_id"].tolist() == [f"p{i}" for i in range(5) for _ in range(2)]
     assert df["sample_idx"].tolist() == [0, 1] * 5
@@ -63,6 +73,7 @@ def test_results_do_not_depend_on_sharding(tiny, tmp_path):
     a, _ = sample_problems(s, problems_table(), PARAMS, tmp_path / "a", shard_size=2, progress=False)
     b, _ = sample_problems(s, problems_table(), PARAMS, tmp_path / "b", shard_size=5, progress=False)
     pd.testing.assert_frame_equal(_cmp(a), _cmp(b))
+    _records_close(a, b)
 
 
 def test_other_config_is_never_reused(tiny, tmp_path):

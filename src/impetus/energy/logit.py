@@ -244,3 +244,21 @@ def candidate_energy_row(
     row["answer_span_found"] = found
     row["empty_completion"] = T == 0
     return row
+
+
+def per_token_from_record(lse: Tensor, tok_logit: Tensor, deepconf: Tensor) -> dict[str, Tensor]:
+    """The per-token quantities of :func:`logit_energies` from values recorded while decoding.
+
+    ``lse`` (T + 1): logsumexp of each step's raw logits, the last one *after* the final token;
+    ``tok_logit`` (T): the sampled tokens' raw logits; ``deepconf`` (T): DeepConf confidence.
+    Same formulas: spilled ``lse[i+1] - f_i[x_i]`` and marginal ``-lse[i+1]`` (arXiv:2602.18671).
+    """
+    lse, tok_logit = lse.float(), tok_logit.float()
+    if lse.shape[-1] != tok_logit.shape[-1] + 1:
+        raise ValueError(f"lse needs T+1 entries for T tokens; got {tuple(lse.shape)} and {tuple(tok_logit.shape)}")
+    return {
+        "spilled": lse[1:] - tok_logit,
+        "marginal": -lse[1:],
+        "logprob": tok_logit - lse[:-1],
+        "deepconf": deepconf.float(),
+    }

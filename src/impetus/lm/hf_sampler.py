@@ -23,19 +23,28 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from contextlib import nullcontext
+from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from impetus.lm.kv_cache import GrowLayer
+from impetus.lm.recording import RowRecord, char_ends, finalize, last_state_hook, step_stats, token_span
 from impetus.lm.sampler import Generation, ProgressFn, SamplingParams, row_seed
 
 # Nucleus sampling looks at this many top tokens first; a full sort is done only when they hold
 # less than top_p of the mass (rare for LMs), because sorting a 50k vocab per row per step is slow.
 _TOPK_FIRST = 256
+
+
+def _no_hook() -> Any:
+    return nullcontext(lambda: None)
+
+
 @dataclass
 class _Row:
     """Mutable state of one (prompt, sample) row."""
@@ -48,6 +57,7 @@ class _Row:
     seconds: float = 0.0
     checked: int = 0  # length of decoded text already searched for stop strings
     result: Generation | None = None
+    rec: RowRecord | None = None  # raw-logit statistics and states, when recording
 
 
 def _sample_tokens(
@@ -104,8 +114,12 @@ class HFSampler:
         refill_fraction: float = 0.25,
         min_shared_prefix: int = 16,
         compact_fraction: float = 0.125,
+        record: bool = True,
     ) -> None:
         self.model = model
+        # Record raw-logit statistics and last-layer states while decoding (impetus.lm.recording),
+        # so the energies need no second, teacher-forced pass.
+        self.record = record
         # Shared prompt prefixes shorter than this are prefilled per prompt (not worth a forward).
         self.min_shared_prefix = min_shared_prefix
         self.tok = tokenizer
@@ -205,6 +219,10 @@ class HFSampler:
         where = {p: i for i, p in enumerate(uniq)}
         sel = torch.tensor([where[r.prompt_idx] for r in rows], device=self.device)
         cache = out.past_key_values
+        state = self._state() if self.record else None
+        if state is not None:
+            for r, k in zip(rows, sel.tolist()):
+                r.rec.prompt_state = state[k]
         cache.batch_select_indices(sel)  # gather: the n rows of a prompt share its prefill
         next_pos = torch.tensor([len(prompt_ids[r.prompt_idx]) for r in rows], device=self.device)
         return cache, mask.to(self.device)[sel], next_pos, out.logits[:, -1][sel]
@@ -217,8 +235,24 @@ class HFSampler:
         params: SamplingParams,
         seeds: list[int],
         progress: ProgressFn | None = None,
+        first_sample: int = 0,
+        answer_span: Callable[[int, str], tuple[int, int] | None] | None = None,
     ) -> list[list[Generation]]:
-        """Sample ``params.n`` completions per prompt; see ``Sampler.generate``."""
+        """Sample ``params.n`` completions per prompt; see ``Sampler.generate``.
+
+        ``first_sample``: the rows are samples ``first_sample .. first_sample + n - 1`` of each
+        prompt (same seeds as in one call of a larger n), so sampling in waves gives a prefix of
+        the full-N candidates. ``answer_span(prompt_index, text)``: the answer's character span,
+        for the recorded answer-token state (None: the last token's state).
+        """
+        with last_state_hook(self.model) if self.record else _no_hook() as state:
+            self._state = state
+            return self._generate(prompts, params, seeds, progress, first_sample, answer_span)
+
+    def _generate(
+        self, prompts: list[str], params: SamplingParams, seeds: list[int], progress: ProgressFn | None,
+        first_sample: int, answer_span: Callable[[int, str], tuple[int, int] | None] | None,
+    ) -> list[list[Generation]]:
         if len(seeds) != len(prompts):
             raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
         if not prompts:
@@ -228,9 +262,9 @@ class HFSampler:
             raise ValueError("empty prompt (no tokens); the model needs at least one token to condition on")
         pending: deque[_Row] = deque()
         for i, s in enumerate(seeds):
-            for j in range(params.n):
+            for j in range(first_sample, first_sample + params.n):
                 g = torch.Generator().manual_seed(row_seed(s, j))
-                pending.append(_Row(prompt_idx=i, sample_idx=j, gen=g))
+                pending.append(_Row(prompt_idx=i, sample_idx=j, gen=g, rec=RowRecord() if self.record else None))
         all_rows = list(pending)
         bs = params.batch_size
         refill_at = max(1, int(bs * self.refill_fraction))
@@ -269,23 +303,31 @@ class HFSampler:
             rows: list[_Row] = [slots[i] for i in idx]  # type: ignore[misc]
             lg = logits if len(idx) == len(slots) else logits[torch.tensor(idx, device=logits.device)]
             toks, lps = _sample_tokens(lg, rows, float(params.temperature), float(params.top_p))
-            done = 0
-            for i, r, t, lp in zip(idx, rows, toks.tolist(), lps.tolist()):
+            stats = step_stats(lg, toks).tolist() if self.record else [None] * len(rows)
+            done, tails = 0, {}
+            for i, r, t, lp, st in zip(idx, rows, toks.tolist(), lps.tolist(), stats):
+                if st is not None:
+                    r.rec.lse.append(st[0])
                 if t in self.eos_ids:
                     self._finish(r, "eos", None)
                 else:
                     r.ids.append(t)
                     r.logps.append(lp)
+                    if st is not None:
+                        r.rec.tok_logit.append(st[1])
+                        r.rec.deepconf.append(st[2])
                     if not (max_stop and self._check_stop(r, params.stop, max_stop)):
                         if len(r.ids) < params.max_new_tokens:
                             continue
                         self._finish(r, "length", None)
+                        if self.record:  # one more forward of its last token gives lse after it
+                            tails[i] = r
                 slots[i] = None
                 done += 1
             if progress is not None:
                 progress(len(rows), done)
             live -= done
-            if not live:
+            if not live and not tails:
                 cache, slots = None, []
                 continue
             if len(idx) < len(slots):  # dead slots get a dummy token (their outputs are ignored)
@@ -304,15 +346,35 @@ class HFSampler:
             )
             cache, logits = out.past_key_values, out.logits[:, -1]
             pos = pos + 1
-            dt = (time.perf_counter() - t0) / live
-            for r in slots:
-                if r is not None:
-                    r.seconds += dt
+            served = [(k, r) for k, r in enumerate(slots) if r is not None] + list(tails.items())
+            dt = (time.perf_counter() - t0) / len(served)
+            state = self._state() if self.record else None
+            for k, r in served:
+                r.seconds += dt
+                if state is not None:
+                    r.rec.states.append(state[k])
+            if tails:
+                tail_lse = torch.logsumexp(logits[torch.tensor(list(tails), device=logits.device)].float(), dim=-1)
+                for r, v in zip(tails.values(), tail_lse.tolist()):
+                    r.rec.lse.append(v)
+            if not live:
+                cache, slots = None, []
 
         results: list[list[Generation]] = [[] for _ in prompts]
         for r in all_rows:
+            r.result.seconds = r.seconds  # includes a tail forward after the row finished
+            if r.rec is not None:
+                r.result.record = self._pooled(r, answer_span)
             results[r.prompt_idx].append(r.result)
         return results
+
+    def _pooled(self, r: _Row, answer_span: Callable[[int, str], tuple[int, int] | None] | None) -> dict:
+        """The row's stored arrays (:func:`impetus.lm.recording.finalize`)."""
+        ends = char_ends(self.tok, r.result.token_ids)
+        chars = answer_span(r.prompt_idx, r.result.text) if answer_span is not None and ends else None
+        out = finalize(r.rec, r.result.n_tokens, token_span(ends, chars))
+        out["char_ends"] = np.asarray(ends, np.int32)  # maps answer char spans to tokens later
+        return out
 
     # ----------------------------------------------------------------- finishing rows
     def _check_stop(self, r: _Row, stops: list[str], max_stop: int) -> bool:
@@ -345,4 +407,5 @@ class HFSampler:
             finish_reason=reason,  # type: ignore[arg-type]
             logprob_mean=float(mean),
             seconds=r.seconds,
+            sample_idx=r.sample_idx,
         )

@@ -38,7 +38,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 try:  # POSIX only; elsewhere shards are not locked (one run per folder, as before)
     import fcntl
@@ -55,6 +55,14 @@ logger = logging.getLogger(__name__)
 CANDIDATE_COLUMNS = [
     "problem_id", "sample_idx", "completion", "n_tokens", "finish_reason", "logprob_mean", "seed", "gen_seconds",
 ]
+#: What a recording sampler adds per candidate (``impetus.lm.recording``): per-token arrays
+#: (``rec_lse`` has T + 1 entries) and the pooled last-layer states, stored in the shard itself so
+#: resuming and atomic shards keep working.
+RECORD_COLUMNS = ["rec_lse", "rec_tok_logit", "rec_deepconf", "rec_char_ends", "hidden_mean", "hidden_answer"]
+_RECORD_KEYS = dict(zip(RECORD_COLUMNS, ["lse", "tok_logit", "deepconf", "char_ends", "hidden_mean", "hidden_answer"]))
+
+SpanFn = Callable[[str, str], "tuple[int, int] | None"]
+"""``span(problem_id, completion) -> (start, end)`` character span of the answer, or None."""
 
 
 class IncompleteCandidatesError(RuntimeError):
@@ -109,9 +117,10 @@ def _write_atomic(path: Path, write: Any) -> None:
             tmp.unlink()
 
 
-def _manifest(run_key: str, params: SamplingParams, problem_ids: list[str], shard: int) -> dict[str, Any]:
+def _manifest(run_key: str, params: SamplingParams, problem_ids: list[str], shard: int,
+              record: bool = False) -> dict[str, Any]:
     return {"run_key": run_key, "shard": shard, "params": params.result_dict(),
-            "params_hash": params.digest(), "problem_ids": problem_ids}
+            "params_hash": params.digest(), "problem_ids": problem_ids, "record": record}
 
 
 def shard_problem(df: pd.DataFrame, problem_ids: list[str], n: int) -> str | None:
@@ -209,19 +218,29 @@ def check_complete(table: pd.DataFrame, problem_ids: list[str], n: int) -> None:
 
 
 def _sample_shard(sampler: Sampler, chunk: pd.DataFrame, params: SamplingParams,
-                  progress: Any) -> pd.DataFrame:
-    """Sample one shard and return its candidate rows."""
+                  progress: Any, answer_span: SpanFn | None = None, first_sample: int = 0) -> pd.DataFrame:
+    """Sample one shard (samples ``first_sample .. first_sample + n - 1``) and return its rows."""
     seeds = [stable_seed(params.seed, pid) for pid in chunk["problem_id"]]
-    gens = sampler.generate(list(chunk["prompt"].astype(str)), params, seeds, progress=progress)
+    ids = list(chunk["problem_id"])
+    kwargs: dict[str, Any] = {"progress": progress}
+    if first_sample:
+        kwargs["first_sample"] = first_sample
+    if answer_span is not None:
+        kwargs["answer_span"] = lambda i, text: answer_span(ids[i], text)
+    gens = sampler.generate(list(chunk["prompt"].astype(str)), params, seeds, **kwargs)
     rows = []
-    for pid, seed, cands in zip(chunk["problem_id"], seeds, gens):
-        for j, g in enumerate(cands):
-            rows.append({
+    for pid, seed, cands in zip(ids, seeds, gens):
+        for j, g in enumerate(cands, start=first_sample):
+            row = {
                 "problem_id": pid, "sample_idx": j, "completion": g.text, "n_tokens": g.n_tokens,
                 "finish_reason": g.finish_reason, "logprob_mean": g.logprob_mean, "seed": seed,
                 "gen_seconds": g.seconds,
-            })
-    df = pd.DataFrame(rows, columns=CANDIDATE_COLUMNS)
+            }
+            if g.record is not None:
+                row |= {col: np.asarray(g.record[key]) for col, key in _RECORD_KEYS.items() if key in g.record}
+            rows.append(row)
+    recorded = bool(rows) and all(c in rows[0] for c in RECORD_COLUMNS)
+    df = pd.DataFrame(rows, columns=CANDIDATE_COLUMNS + (RECORD_COLUMNS if recorded else []))
     return df.astype({"sample_idx": "int64", "n_tokens": "int64", "seed": "int64",
                       "logprob_mean": "float64", "gen_seconds": "float64"})
 
@@ -235,6 +254,7 @@ def sample_problems(
     run_key: str | None = None,
     progress: bool = True,
     model_id: str = "model",
+    answer_span: SpanFn | None = None,
 ) -> tuple[pd.DataFrame, SamplingStats]:
     """Sample ``params.n`` candidates for every row of ``problems`` (columns problem_id, prompt).
 
@@ -242,7 +262,8 @@ def sample_problems(
     sample_idx) and the ``SamplingStats`` of the shards sampled by this call. ``run_key`` defaults
     to ``make_run_key(model_id, params, problems)``. Bad shards on disk are resampled (see the
     module docstring); ``IncompleteCandidatesError`` is raised if the final table still lacks a
-    (problem, sample) pair or holds one twice.
+    (problem, sample) pair or holds one twice. With a recording sampler the table also has
+    ``RECORD_COLUMNS`` (``answer_span`` locates each answer for the recorded answer state).
     """
     missing = {"problem_id", "prompt"} - set(problems.columns)
     if missing:
@@ -280,7 +301,7 @@ def sample_problems(
             ids = [str(x) for x in chunk["problem_id"]]
             stem = out_dir / f"shard_{s:05d}"
             pq, mf = stem.with_suffix(".parquet"), stem.with_suffix(".json")
-            expected = _manifest(run_key, params, ids, s)
+            expected = _manifest(run_key, params, ids, s, record=bool(getattr(sampler, "record", False)))
             with _shard_lock(stem.with_suffix(".lock")):
                 # Checked under the lock: another process may have finished it while we waited.
                 df = _load_shard(pq, mf, expected, params.n)
@@ -288,7 +309,7 @@ def sample_problems(
                     stats.problems_reused += len(chunk)
                 else:
                     t0 = time.perf_counter()
-                    df = _sample_shard(sampler, chunk, params, on_step)
+                    df = _sample_shard(sampler, chunk, params, on_step, answer_span)
                     why = shard_problem(df, ids, params.n)
                     if why is not None:  # a sampler bug: never write (and later trust) such a shard
                         raise IncompleteCandidatesError(f"sampler {getattr(sampler, 'name', sampler)!r} "

@@ -95,6 +95,10 @@ class Generation:
         likelihood rather than the tempered proposal's. NaN when no token was kept.
     seconds: wall time attributed to this row: each forward pass's time split equally over the
         rows in that pass (prefill over the rows it serves), so rows' seconds add up to the total.
+    sample_idx: which sample of its prompt this is (its seed is ``row_seed(prompt_seed, sample_idx)``).
+    record: what the sampler recorded while decoding (``impetus.lm.recording``): per-token
+        ``lse`` (T + 1), ``tok_logit``, ``deepconf`` (T) and pooled ``hidden_mean``,
+        ``hidden_answer``; None when the backend does not record.
     """
 
     text: str
@@ -103,6 +107,8 @@ class Generation:
     finish_reason: FinishReason
     logprob_mean: float
     seconds: float
+    sample_idx: int = 0
+    record: dict[str, Any] | None = None
 
 
 @runtime_checkable
@@ -117,9 +123,13 @@ class Sampler(Protocol):
         params: SamplingParams,
         seeds: list[int],
         progress: ProgressFn | None = None,
+        first_sample: int = 0,
+        answer_span: Callable[[int, str], tuple[int, int] | None] | None = None,
     ) -> list[list[Generation]]:
         """Return ``params.n`` generations for each prompt, in order. ``seeds[i]`` seeds prompt i:
-        the same (prompt, params, seed) must give the same generations whatever else is batched."""
+        the same (prompt, params, seed) must give the same generations whatever else is batched.
+        Samples are ``first_sample .. first_sample + n - 1`` (so waves are prefixes of one big call);
+        ``answer_span(prompt_index, text)`` locates the answer for the recorded answer state."""
         ...
 
 

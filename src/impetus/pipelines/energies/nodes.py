@@ -1,4 +1,5 @@
-"""energies: teacher-forced logit energies, pooled hidden states and consistency energies.
+"""energies: logit energies and pooled hidden states (recorded while decoding, or teacher-forced) and
+consistency energies.
 
 Every energy column is oriented so that LOWER = BETTER (see ``impetus.energy.registry``).
 """
@@ -6,6 +7,7 @@ Every energy column is oriented so that LOWER = BETTER (see ``impetus.energy.reg
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -13,6 +15,7 @@ import pandas as pd
 
 from impetus.config import EnergyStageParams
 from impetus.energy.consistency import consistency_energies
+from impetus.energy.recorded import has_record, recorded_energies
 from impetus.lm.scoring import score_table
 from impetus.pipelines.utils import load_base_lm
 from impetus.tracking import as_mlflow_metrics
@@ -28,19 +31,31 @@ def compute_energies(
     Returns the energies table, the pooled hidden states, the stage's timing (persisted, so that
     rerank_eval can charge each method the scoring cost it needs) and MLflow metrics.
     """
-    model, tok = load_base_lm(base_lm)
-    table, hidden, lm_seconds = score_table(
-        model, tok, graded, prompts, batch_size=energies.batch_size, hidden=energies.hidden_states,
-        progress=energies.progress,
-    )
+    recorded = has_record(graded)
+    if energies.logit_source == "recorded" and not recorded:
+        raise ValueError("energies.logit_source=recorded but the candidates carry no recorded statistics: "
+                         "sample with sampling.record=true, or use logit_source=auto/teacher_forced")
+    start = time.perf_counter()
+    if recorded and energies.logit_source != "teacher_forced":
+        table, hidden = recorded_energies(graded)  # pooling only: no LM forward
+        lm_seconds, source = time.perf_counter() - start, "recorded"
+    else:
+        model, tok = load_base_lm(base_lm)
+        table, hidden, lm_seconds = score_table(
+            model, tok, graded, prompts, batch_size=energies.batch_size, hidden=energies.hidden_states,
+            progress=energies.progress,
+        )
+        source = "teacher_forced"
     consistency, emb_seconds = consistency_energies(
         graded, energies.embedding_model, batch_size=energies.embedding_batch_size
     )
     table = pd.concat([table, consistency], axis=1)
+    # lm_seconds: what the logit energies and hidden states cost here (the recording overhead itself
+    # is inside the sampling time, which every method already pays).
     timing = {"lm_seconds": lm_seconds, "embedding_seconds": emb_seconds, "n_candidates": len(graded),
-              "n_problems": int(graded["problem_id"].nunique())}
+              "n_problems": int(graded["problem_id"].nunique()), "recorded": float(source == "recorded")}
     n = max(len(graded), 1)
     metrics = {f"energies/{split}/{k}": v for k, v in timing.items()}
     metrics[f"energies/{split}/seconds_per_candidate"] = (lm_seconds + emb_seconds) / n
-    logger.info("Energies %s: %d candidates in %.1f s", split, len(graded), lm_seconds + emb_seconds)
+    logger.info("Energies %s (%s): %d candidates in %.1f s", split, source, len(graded), lm_seconds + emb_seconds)
     return table, hidden, timing, as_mlflow_metrics(metrics)

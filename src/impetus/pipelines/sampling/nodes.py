@@ -40,17 +40,29 @@ def sampling_params(sampling: SamplingStageParams, benchmark: BenchmarkParams) -
     )
 
 
+def answer_locator(bench: Any, problems: pd.DataFrame) -> Any:
+    """``(problem_id, text) -> answer char span``: the grading rule, for the recorded answer state."""
+    rows = {r["problem_id"]: r for r in problems.to_dict("records")}
+
+    def span(problem_id: str, text: str) -> tuple[int, int] | None:
+        found = bench.extract_span(text, rows[problem_id])
+        return (found[1], found[2]) if found else None
+
+    return span
+
+
 def sample_candidates(
-    prompts: pd.DataFrame, base_lm: dict[str, Any], benchmark: BenchmarkParams, sampling: SamplingStageParams,
-    split: str,
+    prompts: pd.DataFrame, problems: pd.DataFrame, base_lm: dict[str, Any], benchmark: BenchmarkParams,
+    sampling: SamplingStageParams, split: str,
 ) -> tuple[pd.DataFrame, dict]:
     """Sample ``sampling.n`` completions for every prompt of one split."""
     params = sampling_params(sampling, benchmark)
     model, tok = load_base_lm(base_lm)
     run_key = make_run_key(base_lm["path"], params, prompts["prompt"].tolist())
     candidates, stats = sample_problems(
-        get_sampler(sampling.backend, model, tok), prompts[["problem_id", "prompt"]], params,
+        get_sampler(sampling.backend, model, tok, record=sampling.record), prompts[["problem_id", "prompt"]], params,
         shard_dir=sampling.shard_dir, shard_size=sampling.shard_size, run_key=run_key, progress=sampling.progress,
+        answer_span=answer_locator(benchmark.build(), problems),
     )
     metrics = {f"sampling/{split}/{k}": v for k, v in stats.to_dict().items()}
     logger.info("Sampled %s: %s", split, metrics)

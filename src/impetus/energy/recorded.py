@@ -1,0 +1,70 @@
+"""Logit energies and pooled hidden states from what the sampler recorded while decoding.
+
+No LM forward: the per-token statistics (``impetus.lm.recording``) already hold the raw-logit
+quantities a teacher-forced pass would recompute, so this is pooling only. The teacher-forced path
+(:func:`impetus.lm.scoring.score_table`) stays for completions the sampler did not produce and as
+the reference these values are tested against.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from impetus.energy.logit import ENERGY_COLUMNS, FLAG_COLUMNS, candidate_energy_row, per_token_from_record
+
+#: Candidate columns a recording sampler writes (see ``impetus.lm.runner.RECORD_COLUMNS``).
+RECORDED = ("rec_lse", "rec_tok_logit", "rec_deepconf", "rec_char_ends", "hidden_mean", "hidden_answer")
+
+
+def has_record(candidates: pd.DataFrame) -> bool:
+    """Whether every candidate carries recorded statistics."""
+    return all(c in candidates.columns for c in RECORDED) and not candidates["rec_lse"].isna().any()
+
+
+def token_span(ends: list[int], char_span: tuple[int, int] | None) -> tuple[int, int] | None:
+    """Token span ``[start, end)`` of the tokens overlapping characters ``[a, b)``.
+
+    ``ends[k]`` is token k's end offset in the text; a token overlaps iff it starts before ``b``
+    and ends after ``a`` (zero-width tokens never do), the rule teacher-forced scoring applies to
+    tokenizer offsets.
+    """
+    if char_span is None or char_span[1] <= char_span[0]:
+        return None
+    a, b = int(char_span[0]), int(char_span[1])
+    starts = [0, *ends[:-1]]
+    hits = [k for k, (s, e) in enumerate(zip(starts, ends)) if e > s and s < b and e > a]
+    return (hits[0], hits[-1] + 1) if hits else None
+
+
+def _char_span(start: Any, end: Any) -> tuple[int, int] | None:
+    return None if pd.isna(start) or pd.isna(end) else (int(start), int(end))
+
+
+def recorded_energies(graded: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Energies table (problem_id, sample_idx, logit energies, flags) and pooled hidden states of a
+    graded candidates table with recorded statistics; the answer span is the graded one."""
+    if not has_record(graded):
+        raise ValueError("candidates carry no recorded statistics (sampled without recording?); "
+                         "use the teacher-forced path (impetus.lm.scoring.score_table)")
+    rows = []
+    for r in graded.itertuples(index=False):
+        per_tok = per_token_from_record(
+            torch.as_tensor(np.asarray(r.rec_lse, np.float32)), torch.as_tensor(np.asarray(r.rec_tok_logit, np.float32)),
+            torch.as_tensor(np.asarray(r.rec_deepconf, np.float32)),
+        )
+        span = token_span(list(r.rec_char_ends), _char_span(r.answer_start, r.answer_end))
+        rows.append(candidate_energy_row(per_tok, span, int(r.n_tokens)))
+    table = pd.DataFrame(rows, columns=list(ENERGY_COLUMNS) + list(FLAG_COLUMNS))
+    table = table.astype({c: np.float64 for c in ENERGY_COLUMNS} | {c: bool for c in FLAG_COLUMNS})
+    table.insert(0, "problem_id", graded["problem_id"].to_numpy())
+    table.insert(1, "sample_idx", graded["sample_idx"].to_numpy())
+    hidden = {
+        "problem_id": graded["problem_id"].to_numpy(), "sample_idx": graded["sample_idx"].to_numpy(),
+        "hidden_mean": np.stack([np.asarray(v, np.float32) for v in graded["hidden_mean"]]),
+        "hidden_answer": np.stack([np.asarray(v, np.float32) for v in graded["hidden_answer"]]),
+    }
+    return table, hidden

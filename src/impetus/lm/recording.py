@@ -1,0 +1,118 @@
+"""What the sampler records while it decodes, so no second (teacher-forced) pass is needed.
+
+At every decoding step the model has just produced the *raw* (un-tempered, un-truncated) logits of
+the next-token distribution; per row we keep, for that step:
+
+- ``lse``: ``logsumexp`` of the raw logits (the step's log-normaliser);
+- ``tok_logit``: the raw logit of the token the row sampled (``f_i[x_i]``);
+- ``deepconf``: DeepConf token confidence ``-(1/k) sum_{j<=k} log p_i(j)`` over the top ``k = 20``
+  (arXiv:2508.15260);
+
+and, after every forward pass, the last-layer state (output of the final norm) of the token just
+fed. These are exactly the quantities :func:`impetus.energy.logit.logit_energies` derives from a
+teacher-forced pass (spilled energy ``lse[i+1] - tok_logit[i]`` and marginal energy
+``-lse[i+1]``, arXiv:2602.18671; log-prob ``tok_logit[i] - lse[i]``), so
+:func:`impetus.energy.logit.energies_from_record` gives the same numbers without any LM forward.
+
+Spilled energy needs ``lse`` *after* the last kept token: a row ending by EOS already has it (the
+step that sampled EOS); a row cut by a stop string has it (its first dropped token's step); a row
+cut by ``max_new_tokens`` gets one extra batched forward of its last token (the sampler's "tail").
+Never ``generate().scores``: those are tempered and top-p masked.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from impetus.energy.logit import DEEPCONF_TOP_K
+from impetus.energy.recorded import token_span  # noqa: F401  (re-exported for the sampler)
+
+#: Per-token arrays stored for each candidate: ``lse`` has T + 1 entries, the others T (float32);
+#: ``char_ends`` (int32) is each token's end offset in the completion text.
+TOKEN_ARRAYS = ("lse", "tok_logit", "deepconf", "char_ends")
+#: Pooled last-layer states stored for each candidate (float32, hidden size).
+POOLED_STATES = ("hidden_mean", "hidden_answer")
+
+
+@dataclass
+class RowRecord:
+    """The recorded values of one row, appended step by step."""
+
+    lse: list[float] = field(default_factory=list)
+    tok_logit: list[float] = field(default_factory=list)
+    deepconf: list[float] = field(default_factory=list)
+    states: list[torch.Tensor] = field(default_factory=list)  # state of each fed token, in order
+    prompt_state: torch.Tensor | None = None  # last prompt token's state (fallback for T = 0)
+
+
+def step_stats(logits: torch.Tensor, tokens: torch.Tensor, top_k: int = DEEPCONF_TOP_K) -> torch.Tensor:
+    """``[B, 3]`` float32: (lse, raw logit of ``tokens``, DeepConf confidence) of one step's raw logits."""
+    logits = logits.float()
+    lse = torch.logsumexp(logits, dim=-1)
+    chosen = logits.gather(1, tokens[:, None].to(logits.device))[:, 0]
+    top = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values
+    conf = -(top.mean(dim=-1) - lse)  # top-k of log_softmax = top-k of logits minus lse
+    return torch.stack([lse, chosen, conf], dim=1)
+
+
+def char_ends(tokenizer: Any, ids: list[int]) -> list[int]:
+    """End character offset of each token in the decoded text (prefix decodes, as the sampler does)."""
+    return [len(tokenizer.decode(ids[: k + 1], skip_special_tokens=False)) for k in range(len(ids))]
+
+
+def finalize(rec: RowRecord, n_tokens: int, answer_span: tuple[int, int] | None) -> dict[str, np.ndarray]:
+    """The stored arrays of one candidate of ``n_tokens`` kept tokens.
+
+    ``answer_span`` is the answer's *token* span (None: not found); the answer state follows the
+    teacher-forced rule of :func:`impetus.lm.scoring.score_candidates`: the state at the span's
+    last token, else at the last token; with no token at all, the last prompt token's state.
+    """
+    T = int(n_tokens)
+    if len(rec.lse) < T + 1 or len(rec.states) < T:
+        raise RuntimeError(f"recording incomplete: {len(rec.lse)} lse / {len(rec.states)} states for {T} tokens")
+    out = {
+        "lse": np.asarray(rec.lse[: T + 1], np.float32),
+        "tok_logit": np.asarray(rec.tok_logit[:T], np.float32),
+        "deepconf": np.asarray(rec.deepconf[:T], np.float32),
+    }
+    if T == 0:
+        h = rec.prompt_state
+        mean = ans = h
+    else:
+        states = torch.stack(rec.states[:T])
+        mean = states.mean(dim=0)
+        end = answer_span[1] if answer_span is not None and answer_span[1] <= T else T
+        ans = states[end - 1]
+    if mean is not None:
+        out["hidden_mean"] = mean.float().numpy().astype(np.float32)
+        out["hidden_answer"] = ans.float().numpy().astype(np.float32)
+    return out
+
+
+@contextmanager
+def last_state_hook(model: Any) -> Iterator[Callable[[], torch.Tensor | None]]:
+    """Capture the final norm's output at the last position of every forward (``[B, H]``).
+
+    A forward hook on the decoder's final norm gives the post-norm last-layer state without
+    ``output_hidden_states`` (which would keep every layer's states of a whole prompt alive).
+    Yields a getter of the latest capture; None when the model has no ``model.norm``.
+    """
+    norm = getattr(getattr(model, "model", None), "norm", None)
+    box: dict[str, torch.Tensor] = {}
+    if norm is None:
+        yield lambda: None
+        return
+
+    def hook(_module: Any, _inputs: Any, output: torch.Tensor) -> None:
+        box["h"] = output[:, -1].detach().float().cpu()
+
+    handle = norm.register_forward_hook(hook)
+    try:
+        yield lambda: box.get("h")
+    finally:
+        handle.remove()
