@@ -77,7 +77,8 @@ def _split(prefix: str, n: int, good: str, bad: str) -> pd.DataFrame:
 def test_headline_is_chosen_on_dev_even_when_another_method_wins_on_eval():
     dev = _split("d", 10, good="spilled_max", bad="neg_logprob_mean")
     evals = _split("e", 10, good="neg_logprob_mean", bad="spilled_max")  # the other way round on eval
-    params = RerankParams(tau_grid=[1.0], weighted_vote=[], n_boot=100, acc_vs_n_subsamples=1, curves=[], seed=0)
+    params = RerankParams(tau_grid=[1.0], weighted_vote=[], n_boot=100, acc_vs_n_subsamples=1, curves=[], seed=0,
+                          adaptive={"wave": 1, "thresholds": [1.0], "max_drop": 0.0, "energy": "x"})
     result, selections = rerank_evaluation(dev, evals, ["spilled_max", "neg_logprob_mean"], [], {}, {}, params)
     h = result["headline"]
     assert h["method"] == "spilled_max" and h["selected_on"] == "dev" and h["dev_accuracy"] == 1.0

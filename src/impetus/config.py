@@ -176,6 +176,15 @@ class ScorerParams(_Params):
     hybrid: HybridParams = F("Hybrid energy.")
 
 
+class AdaptiveParams(_Params):
+    """Adaptive N (DeepConf online mode), evaluated exactly on the full-N candidates."""
+
+    wave: int = F("Candidates added per problem per wave.", ge=1)
+    thresholds: list[float] = F("Consensus thresholds tried; each rule's is chosen on dev.", min_length=1)
+    max_drop: float = F("Most accuracy (fraction) a threshold may lose on dev against the same vote at N_max.", ge=0)
+    energy: str = F("Energy of the energy-weighted-vote rule (its dev-chosen tau is used).")
+
+
 class RerankParams(_Params):
     """Evaluation of every selection method (``parameters_rerank_eval.yml``)."""
 
@@ -185,6 +194,7 @@ class RerankParams(_Params):
     acc_vs_n_subsamples: int = F("Random candidate subsets per N in the accuracy-vs-N curve.", ge=1)
     curves: list[str] = F("Methods drawn in the accuracy-vs-N plot.")
     seed: int = F("Seed of bootstrap and subsampling.")
+    adaptive: AdaptiveParams = F("Adaptive N.")
 
     @field_validator("tau_grid")
     @classmethod

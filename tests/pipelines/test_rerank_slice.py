@@ -82,6 +82,7 @@ def catalog(tmp_path) -> DataCatalog:
         "params:rerank_eval": RerankParams(
             tau_grid=[0.5, 1.0], n_boot=200, acc_vs_n_subsamples=3, weighted_vote=["hybrid", "spilled_max"],
             curves=["first", "majority", "hybrid"], seed=0,
+            adaptive={"wave": 2, "thresholds": [0.6, 0.8, 1.0], "max_drop": 0.01, "energy": "hybrid"},
         ),
     }
     return DataCatalog({k: MemoryDataset(v) for k, v in data.items()})
@@ -110,6 +111,13 @@ def test_mining_scorer_rerank_slice(catalog):
     assert h["selected_on"] == "dev" and h["method"] in methods and h["accuracy"] == methods[h["method"]]["accuracy"]
     assert set(result["taus"]) == {"hybrid", "spilled_max"} and result["n_dev_problems"] == 20
     assert methods["spilled_max"]["auroc_within"] > 0.85
+    adaptive = result["adaptive"]
+    assert set(adaptive) == {"vote_margin", "energy_vote"}  # no DeepConf column in this table
+    for r in adaptive.values():
+        assert r["threshold"] in (0.6, 0.8, 1.0) and 0.0 <= r["tokens_saved"] < 1.0
+    assert "Adaptive N" in catalog["rerank_report"].load()
+    adaptive_metric = catalog["metrics_rerank_eval"].load()["adaptive/vote_margin/tokens_saved"]["value"]
+    assert adaptive_metric == adaptive["vote_margin"]["tokens_saved"]
     metrics = catalog["metrics_rerank_eval"].load()
     assert metrics["accuracy/majority"]["value"] == pytest.approx(methods["majority"]["accuracy"])
     assert len(catalog["rerank_plots"].load()["accuracy_vs_n.png"].axes) == 1

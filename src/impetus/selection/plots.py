@@ -22,7 +22,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from impetus.selection.metrics import accuracy_vs_n
 from impetus.selection.rules import Selector, oracle
 
-__all__ = ["plot_accuracy_vs_n", "plot_roc", "plot_energy_histograms", "make_plots"]
+__all__ = ["plot_accuracy_vs_n", "plot_roc", "plot_energy_histograms", "plot_adaptive", "make_plots"]
 
 
 def plot_accuracy_vs_n(
@@ -141,3 +141,28 @@ def make_plots(
         "energy_histograms.png": plot_energy_histograms(df, energy_cols),
     }
     return figures, {**curves, "oracle": orc}
+
+
+def plot_adaptive(points: pd.DataFrame, chosen: Mapping[str, Mapping[str, float]]) -> Figure:
+    """Accuracy against mean sampled tokens per problem: each rule's vote at fixed k = 1..N waves
+    (a line: no stopping), its thresholds (dots) and the dev-chosen threshold (a star)."""
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot(1, 1, 1)
+    colors = {}
+    for name in chosen:
+        fixed = points[points["rule"] == f"{name}@k"].sort_values("tokens_per_problem")
+        (line,) = ax.plot(fixed["tokens_per_problem"], 100 * fixed["accuracy"], "-", alpha=0.6,
+                          label=f"{name}, fixed N")
+        colors[name] = line.get_color()
+        pts = points[points["rule"] == name]
+        ax.scatter(pts["tokens_per_problem"], 100 * pts["accuracy"], s=14, color=colors[name])
+        c = chosen[name]
+        ax.scatter([c["tokens_per_problem"]], [100 * c["accuracy"]], marker="*", s=160, color=colors[name],
+                   edgecolor="black", label=f"{name}, adaptive (threshold {c['threshold']:g} from dev)")
+    ax.set_xlabel("mean sampled tokens per problem")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("Adaptive N on eval: accuracy vs sampled tokens")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig

@@ -144,6 +144,24 @@ def summary_paragraph(result: Mapping[str, Any]) -> str:
     )
 
 
+def adaptive_lines(adaptive: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The adaptive-N table: each rule at its dev-chosen threshold, measured on eval."""
+    if not adaptive:
+        return []
+    lines = [
+        "", "### Adaptive N (thresholds chosen on dev, measured on eval)", "",
+        "| rule | threshold | acc % | acc % at N_max (same vote) | tokens/problem | at N_max | tokens saved | mean N |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in adaptive.items():
+        lines.append(
+            f"| {name} | {r['threshold']:g} | {_fmt(r['accuracy'])} | {_fmt(r['accuracy_full_n'])} | "
+            f"{r['tokens_per_problem']:.0f} | {r['tokens_per_problem_full_n']:.0f} | {100 * r['tokens_saved']:.1f}% | "
+            f"{r['mean_k']:.1f} |"
+        )
+    return lines
+
+
 def markdown_report(result: Mapping[str, Any], title: str = "V1 reranking") -> str:
     """Summary paragraph first, then every method's eval numbers (post hoc), best first."""
     rows = sorted(result["methods"].items(), key=lambda kv: -kv[1]["accuracy"])
@@ -170,6 +188,7 @@ def markdown_report(result: Mapping[str, Any], title: str = "V1 reranking") -> s
             f"{_fmt(m['auroc'], pct=False)} | {_fmt(m.get('auroc_within'), pct=False)} | "
             f"{m['seconds_per_problem']:.4f} | {'–' if ratio is None else f'{100 * ratio:.2f}%'} |"
         )
+    lines += adaptive_lines(result.get("adaptive", {}))
     lines += [
         "",
         "Gap closure = (acc − majority) / (oracle − majority). AUROC: the energy as a detector of right vs "

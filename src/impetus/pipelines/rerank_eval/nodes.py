@@ -12,7 +12,8 @@ from impetus.config import RerankParams
 from impetus.energy.registry import EMBEDDING_COST, LM_PASS_COST, energy_columns
 from impetus.learned.fitting import LearnedScorers, score_split
 from impetus.pipelines.utils import load_base_tokenizer
-from impetus.selection.plots import make_plots
+from impetus.selection.adaptive import adaptive_report, rule_specs
+from impetus.selection.plots import make_plots, plot_adaptive
 from impetus.selection.report import build_methods, markdown_report, rerank_evaluation
 from impetus.tracking import as_mlflow_metrics, method_metrics
 
@@ -41,6 +42,10 @@ def rerank_and_evaluate(
     )
     figures, curves = make_plots(evals, build_methods(cols, result["taus"]), rerank_eval.curves, cols,
                                  rerank_eval.acc_vs_n_subsamples, rerank_eval.seed)
+    ap = rerank_eval.adaptive
+    specs = rule_specs(ap.energy, result["taus"].get(ap.energy, 1.0))
+    result["adaptive"], points = adaptive_report(dev, evals, specs, ap.wave, ap.thresholds, ap.max_drop)
+    figures["adaptive_n.png"] = plot_adaptive(points, result["adaptive"])
     result["accuracy_vs_n"] = {k: v.to_dict(orient="list") for k, v in curves.items()}
     result["hybrid_weights"] = scorers.hybrid.weights
     report = markdown_report(result)
@@ -53,4 +58,5 @@ def rerank_and_evaluate(
     flat |= {f"rerank/{k}": result.get(k) for k in ("single", "majority", "oracle", "n_problems", "n_candidates",
                                                     "sampling_seconds_per_problem", "n_dev_problems")}
     flat |= {f"rerank/tau/{k}": v for k, v in result["taus"].items()}
+    flat |= {f"adaptive/{rule}/{k}": v for rule, r in result["adaptive"].items() for k, v in r.items() if k != "dev"}
     return result, report, selections, curve_rows, figures, as_mlflow_metrics(flat)
