@@ -62,9 +62,9 @@ def naive(model, tok, prompts: list[str], params: SamplingParams) -> tuple[int, 
     return tokens, time.perf_counter() - t0
 
 
-def ours(model, tok, prompts: list[str], params: SamplingParams) -> tuple[int, float, list]:
+def ours(model, tok, prompts: list[str], params: SamplingParams, record: bool = True) -> tuple[int, float, list]:
     """HFSampler on the same prompts; counts kept tokens + the tokens that were cut (stop/EOS)."""
-    sampler = get_sampler("hf", model, tok)
+    sampler = get_sampler("hf", model, tok, record=record)
     produced = [0]
     t0 = time.perf_counter()
     res = sampler.generate(
@@ -83,6 +83,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-naive", action="store_true")
     ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--record", choices=["on", "off", "both"], default="both",
+                    help="record energies while decoding (on), not (off), or both, alternating")
+    ap.add_argument("--repeats", type=int, default=1, help="timed runs per setting (the median is printed)")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -101,15 +104,26 @@ def main() -> None:
         nt, ns = naive(model, tok, prompts, SamplingParams(**base))
         naive_tps = nt / ns
         print(f"naive generate loop : {nt} tokens in {ns:.1f} s = {naive_tps:.1f} tokens/s")
+    modes = {"on": [True], "off": [False], "both": [True, False]}[args.record]
     for bs in args.batch_size:
         params = SamplingParams(**base, batch_size=bs)
-        ot, os_, res = ours(model, tok, prompts, params)
-        kept = sum(g.n_tokens for r in res for g in r)
-        tps = ot / os_
-        msg = (f"HFSampler bs={bs:<3}      : {ot} tokens ({kept} kept) in {os_:.1f} s = {tps:.1f} tokens/s")
-        if naive_tps:
-            msg += f"  ratio vs naive = {tps / naive_tps:.2f}x"
-        print(msg)
+        speed = {}
+        for _ in range(args.repeats):  # alternate the settings so drifts in machine load hit both
+            for record in modes:
+                ot, os_, res = ours(model, tok, prompts, params, record=record)
+                speed.setdefault(record, []).append((ot / os_, ot, os_, res))
+        for record in modes:
+            tps, ot, os_, res = sorted(speed[record], key=lambda x: x[0])[len(speed[record]) // 2]
+            kept = sum(g.n_tokens for r in res for g in r)
+            msg = (f"HFSampler bs={bs:<3} record={'on ' if record else 'off'}: {ot} tokens ({kept} kept) "
+                   f"in {os_:.1f} s = {tps:.1f} tokens/s")
+            if naive_tps:
+                msg += f"  ratio vs naive = {tps / naive_tps:.2f}x"
+            print(msg)
+        if len(modes) == 2:
+            on = sorted(x[0] for x in speed[True])[len(speed[True]) // 2]
+            off = sorted(x[0] for x in speed[False])[len(speed[False]) // 2]
+            print(f"recording overhead: {100 * (off / on - 1):+.1f}% time (median of {args.repeats})")
     print("example completions:", [g.text for g in res[0][:3]])
 
 

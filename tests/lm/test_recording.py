@@ -111,3 +111,15 @@ def test_energies_stage_core_from_a_recorded_table_matches_teacher_forced(genera
     ref, ref_hidden, _ = score_table(model, tok, graded, prompts, batch_size=8, hidden=True, progress=False)
     pd.testing.assert_frame_equal(got, ref, atol=1e-3, check_exact=False)
     np.testing.assert_allclose(hidden["hidden_answer"], ref_hidden["hidden_answer"], atol=1e-4)
+
+
+def test_sampling_statistics_equal_the_reference_step_stats():
+    from impetus.lm.hf_sampler import _sample_tokens
+    from impetus.lm.recording import step_stats
+
+    logits = torch.randn(5, 300) * 3
+    rows = [type("R", (), {"gen": torch.Generator().manual_seed(i)})() for i in range(5)]
+    for temperature, top_p in ((0.0, 1.0), (0.8, 1.0), (0.8, 0.9)):
+        tok, lp, stats = _sample_tokens(logits, rows, temperature, top_p, record=True)
+        torch.testing.assert_close(stats, step_stats(logits, tok))
+        torch.testing.assert_close(lp, torch.log_softmax(logits, -1).gather(1, tok[:, None])[:, 0])

@@ -33,7 +33,8 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from impetus.lm.kv_cache import GrowLayer
-from impetus.lm.recording import RowRecord, char_ends, finalize, last_state_hook, step_stats, token_span
+from impetus.energy.logit import DEEPCONF_TOP_K
+from impetus.lm.recording import RowRecord, char_ends, finalize, last_state_hook, token_span
 from impetus.lm.sampler import Generation, ProgressFn, SamplingParams, row_seed
 
 # Nucleus sampling looks at this many top tokens first; a full sort is done only when they hold
@@ -56,38 +57,52 @@ class _Row:
     logps: list[float] = field(default_factory=list)
     seconds: float = 0.0
     checked: int = 0  # length of decoded text already searched for stop strings
+    ends: list[int] = field(default_factory=list)  # decoded length after each token (stop checks)
     result: Generation | None = None
     rec: RowRecord | None = None  # raw-logit statistics and states, when recording
 
 
 def _sample_tokens(
-    logits: torch.Tensor, rows: list[_Row], temperature: float, top_p: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pick one token per row; return (tokens, log-prob of each token under softmax(raw logits))."""
+    logits: torch.Tensor, rows: list[_Row], temperature: float, top_p: float, record: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Pick one token per row; return (tokens, log-prob of each token under softmax(raw logits),
+    and when ``record`` the ``[B, 3]`` step statistics of :func:`impetus.lm.recording.step_stats`).
+
+    The statistics reuse what sampling computes anyway (the raw log-normaliser and, under top-p,
+    the tokens sorted by probability, whose first 20 are the raw top-20), so recording costs
+    almost nothing here.
+    """
     logits = logits.float()
-    logp = torch.log_softmax(logits, dim=-1)
+    lse = torch.logsumexp(logits, dim=-1)
+    idx = None
     if temperature == 0:
         tok = logits.argmax(dim=-1)
-        return tok, logp.gather(1, tok[:, None])[:, 0]
-    # One uniform per row from the row's own generator: inverse-CDF sampling keeps the draw
-    # independent of batch composition (torch.multinomial on a batch shares one RNG stream).
-    u = torch.stack([torch.rand((), generator=r.gen, dtype=torch.float64) for r in rows]).float()
-    probs = torch.softmax(logits / temperature, dim=-1)
-    if top_p >= 1.0:
-        cdf = probs.cumsum(dim=-1)
-        idx = None
     else:
-        k = min(_TOPK_FIRST, probs.shape[-1])
-        vals, idx = probs.topk(k, dim=-1)  # sorted descending
-        if bool((vals.sum(dim=-1) < top_p).any()):
-            vals, idx = probs.sort(dim=-1, descending=True)
-        before = vals.cumsum(dim=-1) - vals  # mass of strictly more likely tokens
-        vals = vals * (before < top_p)  # keeps at least the top token
-        cdf = vals.cumsum(dim=-1)
-    target = (u * cdf[:, -1])[:, None]
-    j = torch.searchsorted(cdf, target, right=True).clamp_(max=cdf.shape[-1] - 1)
-    tok = (j if idx is None else idx.gather(1, j))[:, 0]
-    return tok, logp.gather(1, tok[:, None])[:, 0]
+        # One uniform per row from the row's own generator: inverse-CDF sampling keeps the draw
+        # independent of batch composition (torch.multinomial on a batch shares one RNG stream).
+        u = torch.stack([torch.rand((), generator=r.gen, dtype=torch.float64) for r in rows]).float()
+        probs = torch.softmax(logits / temperature, dim=-1)
+        if top_p >= 1.0:
+            cdf = probs.cumsum(dim=-1)
+        else:
+            k = min(_TOPK_FIRST, probs.shape[-1])
+            vals, idx = probs.topk(k, dim=-1)  # sorted descending
+            if bool((vals.sum(dim=-1) < top_p).any()):
+                vals, idx = probs.sort(dim=-1, descending=True)
+            before = vals.cumsum(dim=-1) - vals  # mass of strictly more likely tokens
+            vals = vals * (before < top_p)  # keeps at least the top token
+            cdf = vals.cumsum(dim=-1)
+        target = (u * cdf[:, -1])[:, None]
+        j = torch.searchsorted(cdf, target, right=True).clamp_(max=cdf.shape[-1] - 1)
+        tok = (j if idx is None else idx.gather(1, j))[:, 0]
+    chosen = logits.gather(1, tok[:, None])[:, 0]
+    stats = None
+    if record:
+        k = min(DEEPCONF_TOP_K, logits.shape[-1])
+        # Probabilities and raw logits order tokens alike, so the nucleus's sorted ids give the top-k.
+        top = logits.gather(1, idx[:, :k]) if idx is not None and idx.shape[1] >= k else logits.topk(k, dim=-1).values
+        stats = torch.stack([lse, chosen, lse - top.mean(dim=-1)], dim=1)
+    return tok, chosen - lse, stats
 
 
 def _common_prefix(seqs: list[list[int]]) -> int:
@@ -302,8 +317,8 @@ class HFSampler:
             idx = [i for i, r in enumerate(slots) if r is not None]
             rows: list[_Row] = [slots[i] for i in idx]  # type: ignore[misc]
             lg = logits if len(idx) == len(slots) else logits[torch.tensor(idx, device=logits.device)]
-            toks, lps = _sample_tokens(lg, rows, float(params.temperature), float(params.top_p))
-            stats = step_stats(lg, toks).tolist() if self.record else [None] * len(rows)
+            toks, lps, stats = _sample_tokens(lg, rows, float(params.temperature), float(params.top_p), self.record)
+            stats = stats.tolist() if stats is not None else [None] * len(rows)
             done, tails = 0, {}
             for i, r, t, lp, st in zip(idx, rows, toks.tolist(), lps.tolist(), stats):
                 if st is not None:
@@ -370,7 +385,8 @@ class HFSampler:
 
     def _pooled(self, r: _Row, answer_span: Callable[[int, str], tuple[int, int] | None] | None) -> dict:
         """The row's stored arrays (:func:`impetus.lm.recording.finalize`)."""
-        ends = char_ends(self.tok, r.result.token_ids)
+        n = r.result.n_tokens
+        ends = r.ends[:n] if len(r.ends) >= n else char_ends(self.tok, r.result.token_ids)
         chars = answer_span(r.prompt_idx, r.result.text) if answer_span is not None and ends else None
         out = finalize(r.rec, r.result.n_tokens, token_span(ends, chars))
         out["char_ends"] = np.asarray(ends, np.int32)  # maps answer char spans to tokens later
@@ -380,6 +396,7 @@ class HFSampler:
     def _check_stop(self, r: _Row, stops: list[str], max_stop: int) -> bool:
         """Finish ``r`` if its decoded text now contains a stop string; only new text is searched."""
         text = self.tok.decode(r.ids, skip_special_tokens=False)
+        r.ends.append(len(text))  # the recording's token -> character map, for free
         start = max(0, r.checked - max_stop + 1)
         hits = [p for p in (text.find(s, start) for s in stops) if p >= 0]
         r.checked = len(text)
