@@ -123,3 +123,43 @@ def test_sampling_statistics_equal_the_reference_step_stats():
         tok, lp, stats = _sample_tokens(logits, rows, temperature, top_p, record=True)
         torch.testing.assert_close(stats, step_stats(logits, tok))
         torch.testing.assert_close(lp, torch.log_softmax(logits, -1).gather(1, tok[:, None])[:, 0])
+
+
+@pytest.mark.integration
+def test_smollm2_recorded_energies_equal_teacher_forced():
+    """The real SmolLM2-135M, few-shot arithmetic, rows ending by EOS, a stop string and the cap."""
+    import pandas as pd
+
+    from impetus.benchmarks import get_benchmark
+    from impetus.energy.recorded import recorded_energies
+    from impetus.lm.loading import load_model, resolve_model
+    from impetus.lm.scoring import score_table
+
+    model, tok = load_model(resolve_model("smollm2-135m-instruct"))
+    bench = get_benchmark("arith", n_problems=20, seed=0)
+    shots = "Q: What is 23 + 45?\nA: 23 + 45 = 68. The answer is 68.\n\n" * 3
+    chat = tok.apply_chat_template([{"role": "user", "content": "Say hi."}], tokenize=False, add_generation_prompt=True)
+    prompts = [shots + "Q: What is 12 + 30?\nA:", shots + "Q: What is 51 + 17?\nA:", "Write a long story:", chat]
+    spans = lambda _i, text: (lambda f: (f[1], f[2]) if f else None)(bench.extract_span(text))  # noqa: E731
+    params = SamplingParams(n=6, temperature=1.0, top_p=0.95, max_new_tokens=20, stop=["\nQ:"], batch_size=8, seed=0)
+    gens = HFSampler(model, tok).generate(prompts, params, [0, 1, 2, 3], answer_span=spans)
+    rows = []
+    for i, row in enumerate(gens):
+        for g in row:
+            span = spans(i, g.text)
+            rows.append({"problem_id": f"p{i}", "sample_idx": g.sample_idx, "completion": g.text, "n_tokens": g.n_tokens,
+                         "finish_reason": g.finish_reason,
+                         "answer_start": span[0] if span else None, "answer_end": span[1] if span else None,
+                         **{f"rec_{k}": g.record[k] for k in ("lse", "tok_logit", "deepconf", "char_ends")},
+                         "hidden_mean": g.record["hidden_mean"], "hidden_answer": g.record["hidden_answer"]})
+    graded = pd.DataFrame(rows).astype({"answer_start": "Int64", "answer_end": "Int64"})
+    # Rows whose text re-tokenises to other ids (rare BPE merges) cannot be compared token by token.
+    same = [tok(t, add_special_tokens=False)["input_ids"] == g.token_ids
+            for t, g in zip(graded["completion"], (g for row in gens for g in row))]
+    graded = graded[same].reset_index(drop=True)
+    assert set(graded["finish_reason"]) == {"stop", "length", "eos"} and len(graded) >= 16
+    table = pd.DataFrame({"problem_id": [f"p{i}" for i in range(4)], "prompt": prompts})
+    got, hidden = recorded_energies(graded)
+    ref, ref_hidden, _ = score_table(model, tok, graded, table, batch_size=8, hidden=True, progress=False)
+    pd.testing.assert_frame_equal(got, ref, atol=1e-3, check_exact=False)
+    np.testing.assert_allclose(hidden["hidden_mean"], ref_hidden["hidden_mean"], atol=1e-3)
