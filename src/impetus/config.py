@@ -204,6 +204,26 @@ class RerankParams(_Params):
         return taus
 
 
+class LatentParams(_Params):
+    """V2 latent optimisation (``parameters_v2_latent.yml``)."""
+
+    n_problems: int | None = F("First eval problems optimised; null = all.", ge=1)
+    energy: str = F("Energy (registry name) the reinforce mode minimises.")
+    starts: list[Literal["single", "v1"]] = F("Start answers: the first sample and/or the V1 headline's choice.", min_length=1)
+    modes: list[Literal["reinforce", "gradient"]] = F("Update modes.", min_length=1)
+    prefix_fraction: float = F("Share of the answer's first tokens whose latents are optimised.", ge=0, le=1)
+    min_prefix: int = F("At least this many latent tokens.", ge=1)
+    steps: int = F("Optimisation steps.", ge=0)
+    lr: float = F("Adam learning rate on the latents.", gt=0)
+    samples: int = F("Prefixes sampled per reinforce step (baseline = their mean reward).", ge=2)
+    radius: float = F("Gradient mode: largest |z - z0| relative to |z0| per token.", gt=0)
+    stop_energy: float | None = F("Stop early at or below this energy; null = run every step.")
+    compare_to: list[str] = F("V1 methods matched at V2's token budget ('headline' = the dev-chosen one).")
+    n_boot: int = F("Bootstrap resamples.", ge=100)
+    seed: int = F("Seed of sampling and regeneration.")
+    progress: bool = F("Show a progress bar.")
+
+
 #: Parameter block name -> its class (what ``kedro run`` validates, and what the docs list).
 PARAMS: dict[str, type[_Params]] = {
     "benchmark": BenchmarkParams,
@@ -214,6 +234,7 @@ PARAMS: dict[str, type[_Params]] = {
     "mining": MiningParams,
     "scorer": ScorerParams,
     "rerank_eval": RerankParams,
+    "v2_latent": LatentParams,
 }
 
 

@@ -272,7 +272,8 @@ class HFSampler:
             raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
         if not prompts:
             return []
-        prompt_ids = [self.tok(p)["input_ids"] for p in prompts]
+        # A prompt may come as token ids (V2 regenerates after a prefix decoded from latents).
+        prompt_ids = [list(p) if isinstance(p, (list, tuple)) else self.tok(p)["input_ids"] for p in prompts]
         if any(len(p) == 0 for p in prompt_ids):
             raise ValueError("empty prompt (no tokens); the model needs at least one token to condition on")
         pending: deque[_Row] = deque()

@@ -95,8 +95,9 @@ def finalize(rec: RowRecord, n_tokens: int, answer_span: tuple[int, int] | None)
 
 
 @contextmanager
-def last_state_hook(model: Any) -> Iterator[Callable[[], torch.Tensor | None]]:
-    """Capture the final norm's output at the last position of every forward (``[B, H]``).
+def last_state_hook(model: Any, full: bool = False) -> Iterator[Callable[[], torch.Tensor | None]]:
+    """Capture the final norm's output at the last position of every forward (``[B, H]``; with
+    ``full`` every position, ``[B, L, H]``).
 
     A forward hook on the decoder's final norm gives the post-norm last-layer state without
     ``output_hidden_states`` (which would keep every layer's states of a whole prompt alive).
@@ -109,7 +110,7 @@ def last_state_hook(model: Any) -> Iterator[Callable[[], torch.Tensor | None]]:
         return
 
     def hook(_module: Any, _inputs: Any, output: torch.Tensor) -> None:
-        box["h"] = output[:, -1].detach().float().cpu()
+        box["h"] = (output if full else output[:, -1]).detach().float().cpu()
 
     handle = norm.register_forward_hook(hook)
     try:

@@ -1,0 +1,5 @@
+"""The ``v2_latent`` pipeline."""
+
+from .pipeline import create_pipeline
+
+__all__ = ["create_pipeline"]

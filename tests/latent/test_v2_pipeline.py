@@ -1,0 +1,90 @@
+"""The v2_latent stage through SequentialRunner on a tiny random Llama and tiny learned energies."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from kedro.io import DataCatalog, MemoryDataset
+from kedro.runner import SequentialRunner
+
+from impetus.benchmarks.grading import grade_candidates
+from impetus.config import BenchmarkParams, LatentParams, SamplingStageParams
+from impetus.energy.recorded import recorded_energies
+from impetus.learned.fitting import LearnedScorers
+from impetus.learned.hybrid import HybridConfig, HybridEnergy
+from impetus.learned.models import LatentEBM, LatentEBMConfig, TextEBM, TextEBMConfig
+from impetus.lm.hf_sampler import HFSampler
+from impetus.lm.runner import sample_problems
+from impetus.lm.sampler import SamplingParams
+from impetus.pipelines.v2_latent.pipeline import create_pipeline
+from impetus.testing import tiny_llama, tiny_tokenizer
+
+N = 4
+SAMPLING = dict(backend="hf", prompt_style="fewshot", n=N, temperature=1.0, top_p=0.95, max_new_tokens=6, stop=["\n"],
+                batch_size=8, shard_size=4, seed=0, shard_dir="unused", progress=False, record=True)
+
+
+@pytest.fixture()
+def catalog(tmp_path) -> DataCatalog:
+    torch.manual_seed(0)
+    tok, model = tiny_tokenizer(), tiny_llama()
+    model.save_pretrained(tmp_path / "lm")
+    tok.save_pretrained(tmp_path / "lm")
+    problems = pd.DataFrame({"problem_id": [f"p{i}" for i in range(3)], "question": [f"{i} + 1" for i in range(3)],
+                             "gold": [str(i + 1) for i in range(3)], "choices": None, "meta": "{}"})
+    prompts = problems.assign(prompt=[f"Q: {q}?\nA:" for q in problems["question"]])[["problem_id", "prompt"]]
+    params = SamplingParams(n=N, temperature=1.0, top_p=0.95, max_new_tokens=6, stop=["\n"], batch_size=8, seed=0)
+    bench = BenchmarkParams(name="arith", source="generated", options={"arith": {"n_problems": 10}}).build()
+    cands, _ = sample_problems(HFSampler(model, tok), prompts, params, tmp_path / "shards", progress=False,
+                               answer_span=lambda pid, t: (lambda f: (f[1], f[2]) if f else None)(bench.extract_span(t)))
+    graded = grade_candidates(bench, cands, problems)
+    energies, hidden = recorded_energies(graded)
+    energies["answer_agreement"] = 0.0
+    energies["embedding_consistency"] = 0.0
+    rng = np.random.default_rng(0)
+    fit_df = pd.DataFrame({"problem_id": np.repeat(np.arange(6), 2), "correct": np.tile([True, False], 6),
+                           "neg_logprob_mean": rng.normal(size=12), "latent_ebm": rng.normal(size=12)})
+    scorers = LearnedScorers(
+        text_ebm=TextEBM(TextEBMConfig(vocab_size=len(tok), d_model=16, n_layers=1, n_heads=2, d_ff=32, max_len=64)),
+        latent_ebm=LatentEBM(LatentEBMConfig(input_dim=128, hidden=8, n_layers=1)), hidden_source="both",
+        hybrid=HybridEnergy(HybridConfig(l2=0.1)).fit(fit_df, ["neg_logprob_mean", "latent_ebm"]),
+    ).to_records()
+    selections = pd.DataFrame({"problem_id": problems["problem_id"], "first": 0, "hybrid": 1})
+    data = {
+        "problems_eval": problems, "prompts_eval": prompts, "graded_eval": graded, "energies_eval": energies,
+        "hidden_eval": hidden, "rerank_selections": selections,
+        "rerank_metrics": {"headline": {"method": "hybrid"}, "taus": {"hybrid": 1.0}},
+        "base_lm": {"path": str(tmp_path / "lm"), "device": "cpu", "dtype": "float32"},
+        "text_ebm": scorers["text_ebm"], "latent_ebm": scorers["latent_ebm"], "hybrid_energy": scorers["hybrid"],
+        "params:benchmark": BenchmarkParams(name="arith", source="generated", options={"arith": {"n_problems": 10}}),
+        "params:sampling": SamplingStageParams(**SAMPLING),
+        "params:v2_latent": LatentParams(
+            n_problems=2, energy="hybrid", starts=["single", "v1"], modes=["reinforce", "gradient"],
+            prefix_fraction=0.3, min_prefix=1, steps=2, lr=0.5, samples=2, radius=0.5, stop_energy=None,
+            compare_to=["majority", "headline"], n_boot=100, seed=0, progress=False,
+        ),
+    }
+    return DataCatalog({k: MemoryDataset(v) for k, v in data.items()})
+
+
+def test_latent_eval_slice(catalog):
+    SequentialRunner().run(create_pipeline(), catalog)
+    result = catalog["v2_metrics"].load()
+    methods = result["methods"]
+    assert result["n_problems"] == 2
+    assert {"v2_reinforce_single", "v2_reinforce_v1", "v2_gradient_single", "v2_gradient_v1", "majority", "hybrid"} <= set(methods)
+    for name, m in methods.items():
+        assert m["family"] in ("v1", "v2") and 0.0 <= m["accuracy"] <= 1.0 and m["tokens_per_problem"] > 0
+        if m["family"] == "v2":
+            assert m["energy_after"] <= m["energy_before"] + 1e-9  # the best answer visited, start included
+    # A V2 answer from the V1 choice costs all N candidates' tokens plus its own.
+    assert methods["v2_reinforce_v1"]["tokens_per_problem"] > methods["hybrid"]["tokens_per_problem"]
+    assert any(" vs " in k for k in result["comparisons"])
+    answers = catalog["v2_answers"].load()
+    assert len(answers) == 2 * 4 and set(answers["method"]) >= {"v2_reinforce_single"}
+    assert "V2: latent optimisation" in catalog["v2_report"].load()
+    assert set(catalog["v2_plots"].load()) == {"v2_accuracy_vs_step.png", "v2_accuracy_vs_tokens.png",
+                                               "v2_energy_before_after.png"}
+    assert catalog["metrics_v2_latent"].load()["v2/accuracy/majority"]["value"] == methods["majority"]["accuracy"]
