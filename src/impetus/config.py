@@ -224,6 +224,20 @@ class LatentParams(_Params):
     progress: bool = F("Show a progress bar.")
 
 
+class EBDParams(_Params):
+    """Energy-based decoding (``parameters_ebd.yml``)."""
+
+    n_problems: int | None = F("First eval problems decoded; null = all.", ge=1)
+    energy: str = F("Energy (registry name) E of the target p_LM · exp(-E/tau).")
+    tau: float = F("Temperature of the tilt.", gt=0)
+    block: int = F("Tokens per block (proposals regenerate from a block boundary on).", ge=1)
+    chains: int = F("Chains per problem (started from the first V1 candidates).", ge=1)
+    steps: int = F("MH steps per chain.", ge=0)
+    n_boot: int = F("Bootstrap resamples.", ge=100)
+    seed: int = F("Seed of the chains.")
+    progress: bool = F("Show a progress bar.")
+
+
 #: Parameter block name -> its class (what ``kedro run`` validates, and what the docs list).
 PARAMS: dict[str, type[_Params]] = {
     "benchmark": BenchmarkParams,
@@ -235,6 +249,7 @@ PARAMS: dict[str, type[_Params]] = {
     "scorer": ScorerParams,
     "rerank_eval": RerankParams,
     "v2_latent": LatentParams,
+    "ebd": EBDParams,
 }
 
 

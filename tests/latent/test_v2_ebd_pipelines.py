@@ -1,4 +1,4 @@
-"""The v2_latent stage through SequentialRunner on a tiny random Llama and tiny learned energies."""
+"""The v2_latent and ebd stages through SequentialRunner on a tiny random Llama and tiny learned energies."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
 from impetus.benchmarks.grading import grade_candidates
-from impetus.config import BenchmarkParams, LatentParams, SamplingStageParams
+from impetus.config import BenchmarkParams, EBDParams, LatentParams, SamplingStageParams
 from impetus.energy.recorded import recorded_energies
 from impetus.learned.fitting import LearnedScorers
 from impetus.learned.hybrid import HybridConfig, HybridEnergy
@@ -18,6 +18,7 @@ from impetus.learned.models import LatentEBM, LatentEBMConfig, TextEBM, TextEBMC
 from impetus.lm.hf_sampler import HFSampler
 from impetus.lm.runner import sample_problems
 from impetus.lm.sampler import SamplingParams
+from impetus.pipelines.ebd.pipeline import create_pipeline as ebd_pipeline
 from impetus.pipelines.v2_latent.pipeline import create_pipeline
 from impetus.testing import tiny_llama, tiny_tokenizer
 
@@ -65,6 +66,8 @@ def catalog(tmp_path) -> DataCatalog:
             prefix_fraction=0.3, min_prefix=1, steps=2, lr=0.5, samples=2, radius=0.5, stop_energy=None,
             compare_to=["majority", "headline"], n_boot=100, seed=0, progress=False,
         ),
+        "params:ebd": EBDParams(n_problems=2, energy="hybrid", tau=1.0, block=2, chains=2, steps=3, n_boot=100, seed=0,
+                                progress=False),
     }
     return DataCatalog({k: MemoryDataset(v) for k, v in data.items()})
 
@@ -88,3 +91,24 @@ def test_latent_eval_slice(catalog):
     assert set(catalog["v2_plots"].load()) == {"v2_accuracy_vs_step.png", "v2_accuracy_vs_tokens.png",
                                                "v2_energy_before_after.png"}
     assert catalog["metrics_v2_latent"].load()["v2/accuracy/majority"]["value"] == methods["majority"]["accuracy"]
+
+
+def test_ebd_slice(catalog):
+    SequentialRunner().run(ebd_pipeline(), catalog)
+    result = catalog["ebd_metrics"].load()
+    methods = result["methods"]
+    assert result["n_problems"] == 2 and result["steps"] == 3
+    assert {"ebd_lowest", "ebd_vote"} <= set(methods)
+    for name in ("ebd_lowest", "ebd_vote"):
+        m = methods[name]
+        assert m["family"] == "ebd" and 0.0 <= m["acceptance_rate"] <= 1.0
+    # Two chains start from two candidates, then every step proposes new tokens: more than 2 candidates' worth.
+    answers = catalog["ebd_answers"].load()
+    graded = catalog["graded_eval"].load()
+    start_tokens = graded[graded.sample_idx < 2].groupby("problem_id")["n_tokens"].sum()
+    assert (answers.set_index("problem_id")["tokens"] >= start_tokens.reindex(answers["problem_id"]).to_numpy()).all()
+    assert any(k.startswith("ebd_lowest vs hybrid@") for k in result["comparisons"])  # best-of-N, same energy
+    assert set(pd.DataFrame(result["ebd_curve"])["step"]) == {0, 1, 2, 3}
+    assert "EBD" in catalog["ebd_report"].load()
+    assert set(catalog["ebd_plots"].load()) == {"ebd_accuracy_vs_tokens.png"}
+    assert len(answers) == 2 * 2 and answers["tokens"].gt(0).all()

@@ -1,0 +1,105 @@
+"""Energy-based decoding: block-wise Metropolis–Hastings toward p_LM(y|x) · exp(−E(y, x)/τ).
+
+After EBD (arXiv:2605.28020), which has no public code; the derivation below is ours.
+
+**States** are complete answers ``y`` (token ids, ``T(y)`` tokens, ended by EOS, a stop string or
+the length cap, exactly as the sampler ends them). With block size ``B`` the *boundaries* of ``y``
+are ``t ∈ {0, B, 2B, …, ⌊T(y)/B⌋·B}``: ``n(y) = ⌊T(y)/B⌋ + 1`` of them, all ``≤ T(y)``.
+
+**Proposal.** Pick a boundary ``t`` of ``y`` uniformly, keep ``y_<t`` and regenerate everything after
+it from the base model itself, ``y'_≥t ~ p_LM(· | x, y_<t)`` (temperature 1, no truncation, so the
+proposal *is* the model's conditional). Hence
+``q(y' | y) = (1/n(y)) · p_LM(y'_≥t | x, y_<t)``, and since ``T(y') ≥ t``, ``t`` is also a boundary
+of ``y'``, so the reverse move exists with ``q(y | y') = (1/n(y')) · p_LM(y_≥t | x, y_<t)``.
+
+**Acceptance.** With target ``π(y) ∝ p_LM(y|x) e^{−E(y)/τ}`` and ``p_LM(y|x) = p_LM(y_<t|x) ·
+p_LM(y_≥t | x, y_<t)`` (the same prefix for ``y`` and ``y'``):
+
+    π(y') q(y|y')     p(y_<t) p(y'_≥t|·) e^{−E(y')/τ} · (1/n(y')) p(y_≥t|·)
+    ------------- = ---------------------------------------------------------- = e^{(E(y)−E(y'))/τ} · n(y)/n(y')
+    π(y) q(y'|y)      p(y_<t) p(y_≥t|·) e^{−E(y)/τ} · (1/n(y)) p(y'_≥t|·)
+
+so ``α = min(1, exp((E(y) − E(y'))/τ) · n(y)/n(y'))``: every p_LM term cancels, and the factor
+``n(y)/n(y')`` corrects for choosing ``t`` among a different number of boundaries when ``y`` and
+``y'`` differ in length. As ``τ → ∞`` the chain samples ``p_LM`` itself (the factor keeps it
+exact). Several chains per problem start from independent base samples; each reports its final
+state and the lowest-energy state it visited.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: ``propose(prefixes) -> complete answers``: each answer starts with its prefix and continues it
+#: with the base model at temperature 1 (batched over chains).
+Propose = Callable[[list[list[int]]], list[list[int]]]
+#: ``energy(answers) -> energies`` (lower = better).
+Energy = Callable[[list[list[int]]], np.ndarray]
+
+
+def n_boundaries(length: int, block: int) -> int:
+    """``n(y) = ⌊T(y)/B⌋ + 1``: the block boundaries ``0, B, …`` not beyond the answer's end."""
+    return length // block + 1
+
+
+def acceptance(e_old: float, e_new: float, len_old: int, len_new: int, tau: float, block: int) -> float:
+    """``min(1, exp((E(y) − E(y'))/τ) · n(y)/n(y'))`` (see the module docstring)."""
+    log_a = (e_old - e_new) / tau + math.log(n_boundaries(len_old, block)) - math.log(n_boundaries(len_new, block))
+    return 1.0 if log_a >= 0 else math.exp(log_a)
+
+
+@dataclass
+class Chains:
+    """Every chain's trajectory: ``states[c]`` the answer after each step (start first)."""
+
+    states: list[list[list[int]]]
+    energies: list[list[float]]
+    accepted: list[list[bool]] = field(default_factory=list)
+    proposed_tokens: int = 0  # tokens the model generated for proposals
+
+    def final(self) -> list[tuple[list[int], float]]:
+        return [(s[-1], e[-1]) for s, e in zip(self.states, self.energies)]
+
+    def lowest(self) -> list[tuple[list[int], float]]:
+        out = []
+        for s, e in zip(self.states, self.energies):
+            i = int(np.argmin(e))
+            out.append((s[i], e[i]))
+        return out
+
+    def acceptance_rate(self) -> float:
+        flat = [a for acc in self.accepted for a in acc]
+        return float(np.mean(flat)) if flat else float("nan")
+
+
+def run_chains(
+    starts: Sequence[list[int]], propose: Propose, energy: Energy, tau: float, block: int, steps: int,
+    rng: np.random.Generator,
+) -> Chains:
+    """Run one MH chain from each start for ``steps`` steps, all chains' proposals in one batch."""
+    if tau <= 0 or block < 1:
+        raise ValueError(f"need tau > 0 and block >= 1, got tau={tau}, block={block}")
+    current = [list(s) for s in starts]
+    e_cur = [float(e) for e in energy(current)]
+    chains = Chains(states=[[c] for c in current], energies=[[e] for e in e_cur], accepted=[[] for _ in current])
+    for _ in range(steps):
+        cuts = [int(rng.integers(n_boundaries(len(y), block))) * block for y in current]
+        proposals = propose([y[:t] for y, t in zip(current, cuts)])
+        chains.proposed_tokens += sum(len(p) - t for p, t in zip(proposals, cuts))
+        e_new = [float(e) for e in energy(proposals)]
+        u = rng.random(len(current))
+        for c, (y, y2, t) in enumerate(zip(current, proposals, cuts)):
+            if list(y2[:t]) != list(y[:t]):
+                raise ValueError("a proposal must keep the prefix it was given")
+            a = acceptance(e_cur[c], e_new[c], len(y), len(y2), tau, block)
+            ok = bool(u[c] < a)
+            if ok:
+                current[c], e_cur[c] = list(y2), e_new[c]
+            chains.states[c].append(current[c])
+            chains.energies[c].append(e_cur[c])
+            chains.accepted[c].append(ok)
+    return chains

@@ -1,0 +1,49 @@
+"""EBD report: methods at their token budgets, paired comparisons, and the accuracy-vs-tokens plot."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+
+def markdown(result: Mapping[str, Any]) -> str:
+    """Methods by accuracy and paired comparisons with CIs."""
+    lines = [
+        "## EBD: block-wise Metropolis–Hastings vs best-of-N and V1 at equal tokens", "",
+        f"{result['n_problems']} eval problems; energy `{result['energy']}`, τ = {result['tau']:g}, block "
+        f"{result['block']} tokens, {result['chains']} chains × {result['steps']} steps. `name@n`: the V1 method on "
+        "each problem's first n candidates, n the smallest whose tokens reach EBD's (best-of-N = argmin of the same "
+        "energy).", "",
+        "| method | family | acc % | 95% CI | tokens/problem | s/problem | MH acceptance |",
+        "|---|---|---:|---|---:|---:|---:|",
+    ]
+    for name, m in sorted(result["methods"].items(), key=lambda kv: -kv[1]["accuracy"]):
+        sec, acc = m.get("seconds_per_problem"), m.get("acceptance_rate")
+        lines.append(f"| {name} | {m['family']} | {100 * m['accuracy']:.1f} | [{100 * m['ci'][0]:.1f}, "
+                     f"{100 * m['ci'][1]:.1f}] | {m['tokens_per_problem']:.0f} | {'–' if sec is None else f'{sec:.2f}'} | "
+                     f"{'–' if acc is None else f'{acc:.2f}'} |")
+    lines += ["", "| comparison (paired bootstrap) | diff (pts) | 95% CI | p |", "|---|---:|---|---:|"]
+    for name, c in result["comparisons"].items():
+        lines.append(f"| {name} | {100 * c['diff']:+.1f} | [{100 * c['ci'][0]:+.1f}, {100 * c['ci'][1]:+.1f}] | "
+                     f"{c['p_value']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_tokens(result: Mapping[str, Any]) -> Figure:
+    """Accuracy vs generated tokens per problem: EBD after each step, V1 methods over n."""
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot(1, 1, 1)
+    for name, points in result["v1_curves"].items():
+        d = pd.DataFrame(points)
+        ax.plot(d["tokens_per_problem"], 100 * d["accuracy"], marker=".", label=f"{name} (V1, n = 1..N)")
+    ebd = pd.DataFrame(result["ebd_curve"])
+    for name, d in ebd.groupby("method"):
+        ax.plot(d["tokens_per_problem"], 100 * d["accuracy"], marker="*", lw=2, label=f"{name} (per MH step)")
+    ax.set(xlabel="generated tokens per problem", ylabel="accuracy (%)", title="EBD vs best-of-N and V1")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

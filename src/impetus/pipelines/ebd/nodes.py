@@ -1,0 +1,103 @@
+"""ebd_eval: block-wise MH chains per eval problem under an energy; compared at equal tokens."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from impetus.config import BenchmarkParams, EBDParams, SamplingStageParams
+from impetus.decoding.evaluate import chain_answers, run_problem, summarize
+from impetus.decoding.report import markdown, plot_tokens
+from impetus.energy.registry import energy_columns
+from impetus.latent.scoring import NewAnswerScorer
+from impetus.learned.fitting import LearnedScorers, score_split
+from impetus.lm.sampler import Generation, get_sampler
+from impetus.pipelines.sampling.nodes import sampling_params
+from impetus.pipelines.utils import load_base_lm
+from impetus.selection.report import build_methods
+from impetus.tracking import as_mlflow_metrics, method_metrics
+
+logger = logging.getLogger(__name__)
+
+
+def ebd_eval(
+    problems_eval: pd.DataFrame, prompts_eval: pd.DataFrame, graded_eval: pd.DataFrame, energies_eval: pd.DataFrame,
+    hidden_eval: dict[str, Any], rerank_metrics: dict, base_lm: dict[str, Any], text_ebm: dict, latent_ebm: dict,
+    hybrid_energy: dict, benchmark: BenchmarkParams, sampling: SamplingStageParams, ebd: EBDParams,
+) -> tuple[dict, str, pd.DataFrame, dict, dict]:
+    """EBD answers for the first ``ebd.n_problems`` eval problems and the comparison with V1."""
+    scorers = LearnedScorers.from_records(text_ebm, latent_ebm, hybrid_energy)
+    model, tok = load_base_lm(base_lm)
+    bench = benchmark.build()
+    rows = {r["problem_id"]: r for r in problems_eval.to_dict("records")}
+
+    def grade(pid: str, text: str) -> tuple[str | None, bool]:
+        found = bench.extract_span(text, rows[pid])
+        answer = bench.canonical(found[0]) if found else None
+        return answer, bool(answer is not None and bench.grade(answer, rows[pid]["gold"]))
+
+    def decode(ids: list[int]) -> str:
+        return tok.decode(ids, skip_special_tokens=False)
+
+    scorer = NewAnswerScorer(model, tok, bench, problems_eval, prompts_eval, graded_eval, scorers, None)
+    sampler = get_sampler(sampling.backend, model, tok, record=False)
+    # The proposal must be the model's own conditional: temperature 1, no nucleus truncation.
+    params = dataclasses.replace(sampling_params(sampling, benchmark), n=1, temperature=1.0, top_p=1.0)
+    prompt_of = dict(zip(prompts_eval["problem_id"], prompts_eval["prompt"]))
+    out, curve = [], []
+    pids = list(problems_eval["problem_id"])[: ebd.n_problems or None]
+    iterator: Any = pids
+    if ebd.progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(pids, desc="EBD chains", unit="problem")
+    for k, pid in enumerate(iterator):
+        t0 = time.perf_counter()
+        prompt_ids = tok(prompt_of[pid])["input_ids"]
+        seeds = iter(range(10**6))
+
+        def propose(prefixes: list[list[int]]) -> list[list[int]]:
+            gens = sampler.generate([prompt_ids + p for p in prefixes], params, [ebd.seed * 7919 + k * 104729 + next(seeds)
+                                                                                  for _ in prefixes])
+            return [p + g.token_ids for p, (g,) in zip(prefixes, gens)]
+
+        def energy(ys: list[list[int]], pid: str = pid) -> np.ndarray:
+            gens = [Generation(text=decode(y), token_ids=y, n_tokens=len(y), finish_reason="stop",
+                               logprob_mean=float("nan"), seconds=0.0) for y in ys]
+            return scorer(pid, gens)[ebd.energy].to_numpy(dtype=float)
+
+        cands = graded_eval[graded_eval["problem_id"] == pid].sort_values("sample_idx").head(ebd.chains)
+        starts = [tok(t, add_special_tokens=False)["input_ids"] for t in cands["completion"]]
+        chains = run_problem(starts, propose, energy, ebd.tau, ebd.block, ebd.steps, seed=ebd.seed + k)
+        base_tokens = int(cands["n_tokens"].sum())
+        seconds = time.perf_counter() - t0
+        for name, (answer, ok, text) in chain_answers(chains, decode, pid, grade).items():
+            out.append({"problem_id": pid, "method": name, "answer": answer, "correct": ok, "text": text,
+                        "tokens": base_tokens + chains.proposed_tokens, "seconds": seconds,
+                        "acceptance_rate": chains.acceptance_rate()})
+        per_step = chains.proposed_tokens / max(ebd.steps, 1)
+        for s in range(ebd.steps + 1):
+            for name, (_, ok, _) in chain_answers(chains, decode, pid, grade, step=s).items():
+                curve.append({"problem_id": pid, "method": name, "step": s, "correct": ok,
+                              "tokens": base_tokens + per_step * s})
+    answers = pd.DataFrame(out)
+    curve_df = (pd.DataFrame(curve).groupby(["method", "step"], as_index=False)
+                .agg(accuracy=("correct", "mean"), tokens_per_problem=("tokens", "mean")))
+    v1_df, _ = score_split(graded_eval, energies_eval, hidden_eval, problems_eval, tok, scorers)
+    taus = rerank_metrics.get("taus", {})
+    v1_methods = build_methods(energy_columns(v1_df.columns), {**taus, ebd.energy: taus.get(ebd.energy, 1.0)})
+    headline = rerank_metrics["headline"]["method"]
+    compare_to = list(dict.fromkeys([ebd.energy, "majority", f"vote_{ebd.energy}", headline]))
+    result = summarize(answers, curve_df, v1_df, v1_methods, compare_to, ebd.n_boot, ebd.seed)
+    result |= {"energy": ebd.energy, "tau": ebd.tau, "block": ebd.block, "steps": ebd.steps, "chains": ebd.chains,
+               "headline_v1": headline}
+    report = markdown(result)
+    logger.info("EBD report:\n%s", report)
+    flat = method_metrics({k: {kk: vv for kk, vv in m.items() if kk != "family"} for k, m in result["methods"].items()},
+                          prefix="ebd/")
+    return result, report, answers, {"ebd_accuracy_vs_tokens.png": plot_tokens(result)}, as_mlflow_metrics(flat)

@@ -1,0 +1,22 @@
+"""``ebd``: energy-based decoding on what ``v1_rerank`` persisted, against best-of-N and V1."""
+
+from kedro.pipeline import Pipeline, node
+
+from impetus.pipelines.utils import stage
+
+from .nodes import ebd_eval
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return stage("ebd_eval", [
+        node(
+            ebd_eval,
+            inputs=[
+                "problems_eval", "prompts_eval", "graded_eval", "energies_eval", "hidden_eval", "rerank_metrics",
+                "base_lm", "text_ebm", "latent_ebm", "hybrid_energy", "params:benchmark", "params:sampling",
+                "params:ebd",
+            ],
+            outputs=["ebd_metrics", "ebd_report", "ebd_answers", "ebd_plots", "metrics_ebd"],
+            name="ebd_eval",
+        )
+    ])
