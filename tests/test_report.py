@@ -21,8 +21,9 @@ from impetus.tracking import as_mlflow_metrics, method_metrics
 
 
 def test_as_mlflow_metrics_skips_undefined_values_and_sanitises_names():
-    out = as_mlflow_metrics({"a/b": 1, "gap": None, "nan": math.nan, "x:y": 2.5})
-    assert out == {"a/b": {"value": 1.0, "step": 0}, "x_y": {"value": 2.5, "step": 0}}
+    out = as_mlflow_metrics({"a/b": 1, "gap": None, "nan": math.nan, "x:y": 2.5, "acc/hybrid@13": 0.5})
+    assert out == {"a/b": {"value": 1.0, "step": 0}, "x_y": {"value": 2.5, "step": 0},
+                   "acc/hybrid_13": {"value": 0.5, "step": 0}}
 
 
 def test_method_metrics_names_metric_then_method_and_splits_cis():

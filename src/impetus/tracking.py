@@ -9,8 +9,12 @@ those for a per-step series such as a loss curve).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+# MLflow accepts alphanumerics, "_", "-", ".", " ", ":" and "/" in metric names.
+_BAD = re.compile(r"[^\w\-. :/]")
 
 
 def _ok(value: Any) -> bool:
@@ -27,7 +31,7 @@ def as_mlflow_metrics(flat: Mapping[str, float | int | None], step: int = 0) -> 
     for key, value in flat.items():
         if value is None or (isinstance(value, float) and math.isnan(value)):
             continue
-        out[key.replace(":", "_")] = {"value": float(value), "step": step}
+        out[_BAD.sub("_", key.replace(":", "_"))] = {"value": float(value), "step": step}
     return out
 
 
