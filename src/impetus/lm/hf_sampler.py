@@ -33,14 +33,10 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from impetus.lm.kv_cache import GrowLayer
-from impetus.energy.logit import DEEPCONF_TOP_K
-from impetus.lm.recording import RowRecord, char_ends, finalize, last_state_hook, token_span
+from impetus.energy.recorded import token_span
+from impetus.lm.nucleus import sample_tokens as _sample_tokens
+from impetus.lm.recording import RowRecord, char_ends, finalize, last_state_hook
 from impetus.lm.sampler import Generation, ProgressFn, SamplingParams, row_seed
-
-# Nucleus sampling looks at this many top tokens first; a full sort is done only when they hold
-# less than top_p of the mass (rare for LMs), because sorting a 50k vocab per row per step is slow.
-_TOPK_FIRST = 256
-
 
 def _no_hook() -> Any:
     return nullcontext(lambda: None)
@@ -60,49 +56,6 @@ class _Row:
     ends: list[int] = field(default_factory=list)  # decoded length after each token (stop checks)
     result: Generation | None = None
     rec: RowRecord | None = None  # raw-logit statistics and states, when recording
-
-
-def _sample_tokens(
-    logits: torch.Tensor, rows: list[_Row], temperature: float, top_p: float, record: bool = False
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Pick one token per row; return (tokens, log-prob of each token under softmax(raw logits),
-    and when ``record`` the ``[B, 3]`` step statistics of :func:`impetus.lm.recording.step_stats`).
-
-    The statistics reuse what sampling computes anyway (the raw log-normaliser and, under top-p,
-    the tokens sorted by probability, whose first 20 are the raw top-20), so recording costs
-    almost nothing here.
-    """
-    logits = logits.float()
-    lse = torch.logsumexp(logits, dim=-1)
-    idx = None
-    if temperature == 0:
-        tok = logits.argmax(dim=-1)
-    else:
-        # One uniform per row from the row's own generator: inverse-CDF sampling keeps the draw
-        # independent of batch composition (torch.multinomial on a batch shares one RNG stream).
-        u = torch.stack([torch.rand((), generator=r.gen, dtype=torch.float64) for r in rows]).float()
-        probs = torch.softmax(logits / temperature, dim=-1)
-        if top_p >= 1.0:
-            cdf = probs.cumsum(dim=-1)
-        else:
-            k = min(_TOPK_FIRST, probs.shape[-1])
-            vals, idx = probs.topk(k, dim=-1)  # sorted descending
-            if bool((vals.sum(dim=-1) < top_p).any()):
-                vals, idx = probs.sort(dim=-1, descending=True)
-            before = vals.cumsum(dim=-1) - vals  # mass of strictly more likely tokens
-            vals = vals * (before < top_p)  # keeps at least the top token
-            cdf = vals.cumsum(dim=-1)
-        target = (u * cdf[:, -1])[:, None]
-        j = torch.searchsorted(cdf, target, right=True).clamp_(max=cdf.shape[-1] - 1)
-        tok = (j if idx is None else idx.gather(1, j))[:, 0]
-    chosen = logits.gather(1, tok[:, None])[:, 0]
-    stats = None
-    if record:
-        k = min(DEEPCONF_TOP_K, logits.shape[-1])
-        # Probabilities and raw logits order tokens alike, so the nucleus's sorted ids give the top-k.
-        top = logits.gather(1, idx[:, :k]) if idx is not None and idx.shape[1] >= k else logits.topk(k, dim=-1).values
-        stats = torch.stack([lse, chosen, lse - top.mean(dim=-1)], dim=1)
-    return tok, chosen - lse, stats
 
 
 def _common_prefix(seqs: list[list[int]]) -> int:

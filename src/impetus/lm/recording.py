@@ -30,7 +30,6 @@ import numpy as np
 import torch
 
 from impetus.energy.logit import DEEPCONF_TOP_K
-from impetus.energy.recorded import token_span  # noqa: F401  (re-exported for the sampler)
 
 #: Per-token arrays stored for each candidate: ``lse`` has T + 1 entries, the others T (float32);
 #: ``char_ends`` (int32) is each token's end offset in the completion text.
