@@ -6,8 +6,8 @@ temperature 1 without truncation, as the derivation in :mod:`impetus.decoding.mh
 EBD answers per problem: ``ebd_lowest`` (the lowest-energy state any chain visited) and
 ``ebd_vote`` (majority over the chains' final states, i.e. over samples of the tilted
 distribution). Tokens = the starts' tokens + every proposed token; after ``s`` steps the same
-accounting gives the accuracy-vs-tokens curve. V1 methods are matched on each problem's first
-``n`` candidates, ``n`` the smallest whose mean tokens reach EBD's, paired per problem.
+accounting gives the accuracy-vs-tokens curve. V1 is matched at that budget by
+:func:`impetus.selection.budget.compare_at_equal_tokens`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ import numpy as np
 import pandas as pd
 
 from impetus.decoding.mh import Chains, run_chains
-from impetus.latent.evaluate import prefix_accuracy, v1_budget_curve
-from impetus.selection.metrics import bootstrap_ci, paired_bootstrap
+from impetus.selection.budget import compare_at_equal_tokens, prefix_accuracy, v1_budget_curve
 from impetus.selection.rules import Selector
 
 Grade = Callable[[str, str], "tuple[str | None, bool]"]
@@ -56,33 +55,16 @@ def summarize(
     rows: pd.DataFrame, curve_rows: pd.DataFrame, v1_df: pd.DataFrame, v1_methods: Mapping[str, Selector],
     compare_to: list[str], n_boot: int, seed: int,
 ) -> dict[str, Any]:
-    """``ebd_metrics.json``: EBD methods and V1 methods at N and at EBD's token budget."""
+    """``ebd_metrics.json``: EBD methods, V1 methods at EBD's token budget, and the curves."""
+    result = compare_at_equal_tokens(rows, v1_df, v1_methods, compare_to, "ebd",
+                                     lambda g: {"acceptance_rate": float(g["acceptance_rate"].mean())}, n_boot, seed)
     problems = sorted(rows["problem_id"].unique())
     v1_sub = v1_df[v1_df["problem_id"].isin(problems)]
     curve = v1_budget_curve(v1_sub)
-    n_max = int(curve.index.max())
-    methods: dict[str, dict] = {}
-    comparisons = {}
-    for name, g in rows.groupby("method", sort=False):
-        g = g.set_index("problem_id").reindex(problems)
-        c = g["correct"].to_numpy(float)
-        tokens = float(g["tokens"].mean())
-        methods[name] = {"accuracy": float(c.mean()), "ci": list(bootstrap_ci(c, n_boot=n_boot, seed=seed)),
-                         "tokens_per_problem": tokens, "seconds_per_problem": float(g["seconds"].mean()),
-                         "family": "ebd", "acceptance_rate": float(g["acceptance_rate"].mean())}
-        n = int(next((k for k in curve.index if curve[k] >= tokens), n_max))
-        for v1 in compare_to:
-            ref = prefix_accuracy(v1_sub, v1_methods[v1], n).reindex(problems).to_numpy(float)
-            key = f"{v1}@{n}"
-            methods.setdefault(key, {"accuracy": float(ref.mean()), "ci": list(bootstrap_ci(ref, n_boot=n_boot, seed=seed)),
-                                     "tokens_per_problem": float(curve[n]), "seconds_per_problem": None, "family": "v1",
-                                     "n": n})
-            pb = paired_bootstrap(c, ref, n_boot=n_boot, seed=seed)
-            comparisons[f"{name} vs {key}"] = {"diff": pb["mean_diff"], "ci": [pb["lo"], pb["hi"]], "p_value": pb["p_value"]}
-    v1_curves = {
+    result["v1_curves"] = {
         v1: [{"n": int(n), "tokens_per_problem": float(curve[n]),
               "accuracy": float(prefix_accuracy(v1_sub, v1_methods[v1], int(n)).mean())} for n in curve.index]
         for v1 in compare_to
     }
-    return {"methods": methods, "n_problems": len(problems), "comparisons": comparisons, "v1_curves": v1_curves,
-            "ebd_curve": curve_rows.to_dict(orient="list")}
+    result["ebd_curve"] = curve_rows.to_dict(orient="list")
+    return result

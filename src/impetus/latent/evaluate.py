@@ -1,11 +1,9 @@
 """V2 against V1 at equal compute (Kedro-free): run the latent optimiser, then compare.
 
-Tokens are the unit of compute: a V2 answer costs the tokens of the candidates it started from
-(one sample, or all N for the V1 choice) plus every token the model generated while optimising
-(forward-token work of the teacher-forced scoring is reported beside it). A V1 method is matched
-at the number of candidates ``n`` whose mean tokens per problem first reach V2's, using each
-problem's *first* ``n`` candidates, so V1 and V2 are paired on the same problems and the paired
-bootstrap applies.
+A V2 answer costs the tokens of the candidates it started from (one sample, or all N for the V1
+choice) plus every token the model generated while optimising (forward-token work of the
+teacher-forced scoring is reported beside it); V1 is matched at that budget by
+:func:`impetus.selection.budget.compare_at_equal_tokens`.
 """
 
 from __future__ import annotations
@@ -18,8 +16,8 @@ import pandas as pd
 
 from impetus.latent.optimize import LatentOptimizer
 from impetus.lm.sampler import Generation
-from impetus.selection.metrics import bootstrap_ci, paired_bootstrap
-from impetus.selection.rules import Selector, selection_correct
+from impetus.selection.budget import compare_at_equal_tokens
+from impetus.selection.rules import Selector
 
 
 def _generation(row: Mapping[str, Any], tok: Any, prompt: str) -> Generation:
@@ -58,50 +56,14 @@ def optimize_problems(
     return pd.DataFrame(rows)
 
 
-def prefix_accuracy(df: pd.DataFrame, method: Selector, n: int) -> pd.Series:
-    """Per-problem correctness of ``method`` on each problem's first ``n`` candidates."""
-    sub = df[df["sample_idx"] < n]
-    return selection_correct(sub, method(sub))
-
-
-def v1_budget_curve(df: pd.DataFrame) -> pd.Series:
-    """Mean tokens per problem of the first ``n`` candidates, for n = 1..N."""
-    n_max = int(df["sample_idx"].max()) + 1
-    return pd.Series({n: float(df[df["sample_idx"] < n].groupby("problem_id")["n_tokens"].sum().mean())
-                      for n in range(1, n_max + 1)})
-
-
 def summarize(
     v2: pd.DataFrame, v1_df: pd.DataFrame, v1_methods: Mapping[str, Selector], compare_to: Sequence[str],
     n_boot: int, seed: int,
 ) -> dict[str, Any]:
     """``v2_metrics.json``: every V2 method and the V1 methods at N and at V2's token budget."""
-    problems = sorted(v2["problem_id"].unique())
-    v1_sub = v1_df[v1_df["problem_id"].isin(problems)]
-    curve = v1_budget_curve(v1_sub)
-    n_max = int(curve.index.max())
-    methods: dict[str, dict] = {}
-    for name in compare_to:
-        c = prefix_accuracy(v1_sub, v1_methods[name], n_max).reindex(problems).to_numpy(float)
-        methods[name] = {"accuracy": float(c.mean()), "ci": list(bootstrap_ci(c, n_boot=n_boot, seed=seed)),
-                         "tokens_per_problem": float(curve[n_max]), "seconds_per_problem": None, "family": "v1", "n": n_max}
-    comparisons = {}
-    for name, g in v2.groupby("method", sort=False):
-        g = g.set_index("problem_id").reindex(problems)
-        c = g["correct"].to_numpy(float)
-        tokens = float(g["tokens"].mean())
-        methods[name] = {"accuracy": float(c.mean()), "ci": list(bootstrap_ci(c, n_boot=n_boot, seed=seed)),
-                         "tokens_per_problem": tokens, "seconds_per_problem": float(g["seconds"].mean()), "family": "v2",
-                         "energy_before": float(g["energy_before"].mean()), "energy_after": float(g["energy_after"].mean()),
-                         "flips_wrong_to_right": int((~g["start_correct"] & g["correct"]).sum()),
-                         "flips_right_to_wrong": int((g["start_correct"] & ~g["correct"]).sum())}
-        n = int(next((k for k in curve.index if curve[k] >= tokens), n_max))
-        for v1 in compare_to:
-            ref = prefix_accuracy(v1_sub, v1_methods[v1], n).reindex(problems).to_numpy(float)
-            key = f"{v1}@{n}"
-            methods.setdefault(key, {"accuracy": float(ref.mean()), "ci": list(bootstrap_ci(ref, n_boot=n_boot, seed=seed)),
-                                     "tokens_per_problem": float(curve[n]), "seconds_per_problem": None, "family": "v1", "n": n})
-            pb = paired_bootstrap(c, ref, n_boot=n_boot, seed=seed)
-            comparisons[f"{name} vs {key}"] = {"diff": pb["mean_diff"], "ci": [pb["lo"], pb["hi"]], "p_value": pb["p_value"]}
-    return {"methods": methods, "n_problems": len(problems), "comparisons": comparisons,
-            "v1_tokens_by_n": {int(k): v for k, v in curve.items()}}
+    def extra(g: pd.DataFrame) -> dict[str, Any]:
+        return {"energy_before": float(g["energy_before"].mean()), "energy_after": float(g["energy_after"].mean()),
+                "flips_wrong_to_right": int((~g["start_correct"] & g["correct"]).sum()),
+                "flips_right_to_wrong": int((g["start_correct"] & ~g["correct"]).sum())}
+
+    return compare_at_equal_tokens(v2, v1_df, v1_methods, compare_to, "v2", extra, n_boot, seed, at_full_n=True)
