@@ -141,7 +141,7 @@ def test_smollm2_recorded_energies_equal_teacher_forced():
     chat = tok.apply_chat_template([{"role": "user", "content": "Say hi."}], tokenize=False, add_generation_prompt=True)
     prompts = [shots + "Q: What is 12 + 30?\nA:", shots + "Q: What is 51 + 17?\nA:", "Write a long story:", chat]
     spans = lambda _i, text: (lambda f: (f[1], f[2]) if f else None)(bench.extract_span(text))  # noqa: E731
-    params = SamplingParams(n=6, temperature=1.0, top_p=0.95, max_new_tokens=20, stop=["\nQ:"], batch_size=8, seed=0)
+    params = SamplingParams(n=6, temperature=1.0, top_p=0.95, max_new_tokens=40, stop=["\n"], batch_size=8, seed=0)
     gens = HFSampler(model, tok).generate(prompts, params, [0, 1, 2, 3], answer_span=spans)
     rows = []
     for i, row in enumerate(gens):
