@@ -120,3 +120,16 @@ def grading_summary(graded: pd.DataFrame) -> dict[str, float]:
         "n_candidates": int(len(graded)),
         "n_problems": int(graded["problem_id"].nunique()),
     }
+
+
+def text_grader(bench: Benchmark, problems: pd.DataFrame) -> Any:
+    """``grade(problem_id, text) -> (canonical answer or None, correct)`` with the benchmark's rules,
+    for answers produced after sampling (V2, EBD) that are graded one at a time."""
+    rows = {r["problem_id"]: r for r in problems.to_dict("records")}
+
+    def grade(problem_id: str, text: str) -> tuple[str | None, bool]:
+        found = bench.extract_span(text, rows[problem_id])
+        answer = bench.canonical(found[0]) if found else None
+        return answer, bool(answer is not None and bench.grade(answer, rows[problem_id]["gold"]))
+
+    return grade

@@ -20,7 +20,7 @@ from impetus.selection.budget import compare_at_equal_tokens
 from impetus.selection.rules import Selector
 
 
-def _generation(row: Mapping[str, Any], tok: Any, prompt: str) -> Generation:
+def _generation(row: Mapping[str, Any], tok: Any) -> Generation:
     ids = tok(row["completion"], add_special_tokens=False)["input_ids"]
     return Generation(text=row["completion"], token_ids=ids, n_tokens=len(ids), finish_reason=row["finish_reason"],
                       logprob_mean=float("nan"), seconds=0.0)
@@ -41,7 +41,7 @@ def optimize_problems(
         prompt_ids = tok(prompt_of[pid])["input_ids"]
         for start, chosen in starts.items():
             cand = by_key.loc[(pid, int(chosen[pid]))]
-            start_gen = _generation(cand, tok, prompt_of[pid])
+            start_gen = _generation(cand, tok)
             base_tokens = int(cand["n_tokens"]) if start == "single" else int(tokens_per_problem[pid])
             for mode, (opt, extra) in optimizers.items():
                 res = opt.optimize(prompt_ids, start_gen, lambda gens, p=pid: energy_of(p, gens), seed=seed, **extra)

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from impetus.benchmarks.grading import text_grader
 from impetus.config import BenchmarkParams, EBDParams, SamplingStageParams
 from impetus.decoding.evaluate import chain_answers, run_problem, summarize
 from impetus.decoding.report import markdown, plot_tokens
@@ -34,12 +35,7 @@ def ebd_eval(
     scorers = LearnedScorers.from_records(text_ebm, latent_ebm, hybrid_energy)
     model, tok = load_base_lm(base_lm)
     bench = benchmark.build()
-    rows = {r["problem_id"]: r for r in problems_eval.to_dict("records")}
-
-    def grade(pid: str, text: str) -> tuple[str | None, bool]:
-        found = bench.extract_span(text, rows[pid])
-        answer = bench.canonical(found[0]) if found else None
-        return answer, bool(answer is not None and bench.grade(answer, rows[pid]["gold"]))
+    grade = text_grader(bench, problems_eval)
 
     def decode(ids: list[int]) -> str:
         return tok.decode(ids, skip_special_tokens=False)

@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from impetus.benchmarks.grading import text_grader
 from impetus.config import BenchmarkParams, LatentParams, SamplingStageParams
 from impetus.energy.registry import energy_columns
 from impetus.latent.evaluate import optimize_problems, summarize
@@ -45,13 +46,7 @@ def latent_eval(
     scorers = LearnedScorers.from_records(text_ebm, latent_ebm, hybrid_energy)
     model, tok = load_base_lm(base_lm)
     bench = benchmark.build()
-    gold = dict(zip(problems_eval["problem_id"], problems_eval["gold"]))
-    rows = {r["problem_id"]: r for r in problems_eval.to_dict("records")}
-
-    def grade(pid: str, text: str) -> tuple[str | None, bool]:
-        found = bench.extract_span(text, rows[pid])
-        answer = bench.canonical(found[0]) if found else None
-        return answer, bool(answer is not None and bench.grade(answer, gold[pid]))
+    grade = text_grader(bench, problems_eval)
 
     scorer = NewAnswerScorer(model, tok, bench, problems_eval, prompts_eval, graded_eval, scorers, None)
 
