@@ -40,10 +40,10 @@ def p_answer(y: tuple[int, ...]) -> float:
 
 
 def make_propose(rng: np.random.Generator):
-    def propose(prefixes: list[list[int]]) -> list[list[int]]:
+    def propose(states: list[list[int]], cuts: list[int]) -> list[list[int]]:
         out = []
-        for pre in prefixes:
-            y = list(pre)
+        for state, t in zip(states, cuts):
+            y = list(state[:t])
             while len(y) < MAX_LEN:
                 tok = int(rng.choice(3, p=next_probs(tuple(y))))
                 if tok == EOS:
@@ -63,7 +63,7 @@ def chain_counts(tau: float, block: int, seed: int = 0, chains: int = 40, steps:
     """Visits per answer after burn-in, every ``thin``-th state (consecutive states are correlated)."""
     rng = np.random.default_rng(seed)
     propose = make_propose(rng)
-    starts = propose([[] for _ in range(chains)])
+    starts = propose([[] for _ in range(chains)], [0] * chains)
     res = run_chains(starts, propose, energy_fn, tau=tau, block=block, steps=steps, rng=rng)
     index = {y: i for i, y in enumerate(answers())}
     counts = np.zeros(len(index))

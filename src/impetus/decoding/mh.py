@@ -31,14 +31,23 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-#: ``propose(prefixes) -> complete answers``: each answer starts with its prefix and continues it
-#: with the base model at temperature 1 (batched over chains).
-Propose = Callable[[list[list[int]]], list[list[int]]]
-#: ``energy(answers) -> energies`` (lower = better).
-Energy = Callable[[list[list[int]]], np.ndarray]
+#: A chain state: an answer's token ids, or any object carrying them (e.g. an
+#: :class:`impetus.lm.trace.Trace` with the KV cache and recorded values to continue it from).
+State = Any
+#: ``propose(states, cuts) -> new states``: each keeps its state's first ``cut`` tokens and
+#: continues them with the base model at temperature 1 (batched over chains).
+Propose = Callable[[list[State], list[int]], list[State]]
+#: ``energy(states) -> energies`` (lower = better).
+Energy = Callable[[list[State]], np.ndarray]
+
+
+def token_ids(state: State) -> list[int]:
+    """The answer's token ids: the state itself, or its ``ids``."""
+    return list(getattr(state, "ids", state))
 
 
 def n_boundaries(length: int, block: int) -> int:
@@ -80,26 +89,31 @@ def run_chains(
     starts: Sequence[list[int]], propose: Propose, energy: Energy, tau: float, block: int, steps: int,
     rng: np.random.Generator,
 ) -> Chains:
-    """Run one MH chain from each start for ``steps`` steps, all chains' proposals in one batch."""
+    """Run one MH chain from each start for ``steps`` steps, all chains' proposals in one batch.
+
+    ``Chains`` keeps the token ids of every state visited (not the states, which may hold caches).
+    """
     if tau <= 0 or block < 1:
         raise ValueError(f"need tau > 0 and block >= 1, got tau={tau}, block={block}")
-    current = [list(s) for s in starts]
+    current = list(starts)
     e_cur = [float(e) for e in energy(current)]
-    chains = Chains(states=[[c] for c in current], energies=[[e] for e in e_cur], accepted=[[] for _ in current])
+    chains = Chains(states=[[token_ids(c)] for c in current], energies=[[e] for e in e_cur],
+                    accepted=[[] for _ in current])
     for _ in range(steps):
-        cuts = [int(rng.integers(n_boundaries(len(y), block))) * block for y in current]
-        proposals = propose([y[:t] for y, t in zip(current, cuts)])
-        chains.proposed_tokens += sum(len(p) - t for p, t in zip(proposals, cuts))
+        cuts = [int(rng.integers(n_boundaries(len(token_ids(y)), block))) * block for y in current]
+        proposals = propose(current, cuts)
+        chains.proposed_tokens += sum(len(token_ids(p)) - t for p, t in zip(proposals, cuts))
         e_new = [float(e) for e in energy(proposals)]
         u = rng.random(len(current))
         for c, (y, y2, t) in enumerate(zip(current, proposals, cuts)):
-            if list(y2[:t]) != list(y[:t]):
+            old, new = token_ids(y), token_ids(y2)
+            if new[:t] != old[:t]:
                 raise ValueError("a proposal must keep the prefix it was given")
-            a = acceptance(e_cur[c], e_new[c], len(y), len(y2), tau, block)
+            a = acceptance(e_cur[c], e_new[c], len(old), len(new), tau, block)
             ok = bool(u[c] < a)
             if ok:
-                current[c], e_cur[c] = list(y2), e_new[c]
-            chains.states[c].append(current[c])
+                current[c], e_cur[c] = y2, e_new[c]
+            chains.states[c].append(token_ids(current[c]))
             chains.energies[c].append(e_cur[c])
             chains.accepted[c].append(ok)
     return chains

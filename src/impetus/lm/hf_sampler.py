@@ -28,15 +28,15 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from impetus.lm.kv_cache import GrowLayer
+from impetus.lm.kv_cache import (GrowLayer, RowPast, compact_layers, mergeable, row_past, stack_caches,
+                                 stack_pasts)
 from impetus.energy.recorded import token_span
 from impetus.lm.nucleus import sample_tokens as _sample_tokens
 from impetus.lm.recording import RowRecord, char_ends, finalize, last_state_hook
-from impetus.lm.sampler import Generation, ProgressFn, SamplingParams, row_seed
+from impetus.lm.sampler import Generation, ProgressFn, SamplingParams, kept_before, row_seed
 
 def _no_hook() -> Any:
     return nullcontext(lambda: None)
@@ -56,6 +56,8 @@ class _Row:
     ends: list[int] = field(default_factory=list)  # decoded length after each token (stop checks)
     result: Generation | None = None
     rec: RowRecord | None = None  # raw-logit statistics and states, when recording
+    cap: int = 0  # max new tokens of this row
+    past: RowPast | None = None  # its KV cache when it finished (``keep_past``)
 
 
 def _common_prefix(seqs: list[list[int]]) -> int:
@@ -100,11 +102,11 @@ class HFSampler:
         eos = getattr(model.generation_config, "eos_token_id", None) or tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
         self.device = next(model.parameters()).device
+        self._past, self._keep, self._keep_states = None, False, False  # set per generate() call
 
     # ----------------------------------------------------------------- cache helpers
     def _mergeable(self, cache: DynamicCache) -> bool:
-        """Padding/concatenating caches is only written for plain full-attention layers."""
-        return all(type(layer) in (DynamicLayer, GrowLayer) for layer in cache.layers)
+        return mergeable(cache)
 
     def _compact(
         self, slots: list[_Row | None], cache: DynamicCache, mask: torch.Tensor, pos: torch.Tensor,
@@ -113,77 +115,53 @@ class HFSampler:
         """Drop the dead slots (``None``) from the batch, trimming all-padding leading columns."""
         sel = torch.tensor([i for i, r in enumerate(slots) if r is not None], device=self.device)
         mask, pos, logits = mask[sel], pos[sel], logits[sel]
-        if not self._mergeable(cache):
+        if not mergeable(cache):
             cache.batch_select_indices(sel)
             return cache, mask, pos, logits
         used = mask.any(dim=0).nonzero()
         start = int(used[0]) if len(used) else 0
-        for layer in cache.layers:
-            if isinstance(layer, GrowLayer):
-                layer.compact(sel, start)
-            else:
-                layer.keys = layer.keys[sel, :, start:]
-                layer.values = layer.values[sel, :, start:]
+        compact_layers(cache, sel, start)
         return cache, mask[:, start:], pos, logits
-
-    def _stack(self, cache: DynamicCache, mask: torch.Tensor, c2: DynamicCache, m2: torch.Tensor) -> torch.Tensor:
-        """Append the rows of ``c2`` to ``cache`` (left-padding the shorter one); return the mask."""
-        la, lb = mask.shape[1], m2.shape[1]
-        length = max(la, lb)
-        for a, b in zip(cache.layers, c2.layers):
-            if isinstance(a, GrowLayer):
-                k, v = GrowLayer.stack([(a.keys, a.values), (b.keys, b.values)], length)
-                a._store(k, v, length)
-            else:
-                ka, va = F.pad(a.keys, (0, 0, length - la, 0)), F.pad(a.values, (0, 0, length - la, 0))
-                kb, vb = F.pad(b.keys, (0, 0, length - lb, 0)), F.pad(b.values, (0, 0, length - lb, 0))
-                a.keys, a.values = torch.cat([ka, kb]), torch.cat([va, vb])
-        return torch.cat([F.pad(mask, (length - la, 0)), F.pad(m2, (length - lb, 0))])
 
     # ----------------------------------------------------------------- model calls
     def _prefill(
         self, prompt_ids: list[list[int]], rows: list[_Row]
     ) -> tuple[DynamicCache, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Prefill the distinct prompts of ``rows`` once; gather cache/logits to one entry per row."""
+        """Prefill the distinct prompts of ``rows`` once; gather cache/logits to one entry per row.
+
+        Each prompt is a *head* already in the cache (a given ``past``, or the token prefix all
+        the prompts share, prefilled once at batch 1) and a *rest* (at least one token, for its
+        logits) fed here; padding sits between head and rest, explicit positions keep RoPE right.
+        """
         uniq = list(dict.fromkeys(r.prompt_idx for r in rows))
         seqs = [prompt_ids[p] for p in uniq]
-        # Few-shot prompts share a long token prefix: prefill it once (batch 1) and only the
-        # suffixes per prompt. At least one suffix token is left per prompt for its own logits.
-        common = _common_prefix(seqs) if len(seqs) > 1 else 0
-        common = min(common, min(len(q) for q in seqs) - 1)
-        if common < self.min_shared_prefix:
-            common = 0
         cache = DynamicCache(config=self.model.config)
-        if all(type(layer) is DynamicLayer for layer in cache.layers):
-            cache.layers = [GrowLayer() for _ in cache.layers]  # in-place growth, same semantics
-        if common:
-            self.model(
-                input_ids=torch.tensor([seqs[0][:common]], device=self.device),
-                position_ids=torch.arange(common, device=self.device)[None],
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-            cache.batch_repeat_interleave(len(seqs))
-        width = max(len(q) for q in seqs) - common
+        if self._past is not None:  # continuing: the heads are the given caches
+            heads = [min(self._past[p][0][0].shape[-2], len(prompt_ids[p]) - 1) for p in uniq]
+            cache.layers, head_mask = stack_pasts([self._past[p] for p in uniq], heads)
+        else:  # few-shot prompts share a long token prefix: prefill it once
+            common = min(_common_prefix(seqs) if len(seqs) > 1 else 0, min(len(q) for q in seqs) - 1)
+            common = common if common >= self.min_shared_prefix else 0
+            if all(type(layer) is DynamicLayer for layer in cache.layers):
+                cache.layers = [GrowLayer() for _ in cache.layers]  # in-place growth, same semantics
+            if common:
+                self.model(input_ids=torch.tensor([seqs[0][:common]], device=self.device),
+                           position_ids=torch.arange(common, device=self.device)[None], past_key_values=cache,
+                           use_cache=True, logits_to_keep=1)
+                cache.batch_repeat_interleave(len(seqs))
+            heads, head_mask = [common] * len(seqs), torch.ones((len(seqs), common), dtype=torch.long)
+        rests = [q[n:] for q, n in zip(seqs, heads)]
+        width = max(len(q) for q in rests)
         pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
         ids = torch.full((len(uniq), width), pad, dtype=torch.long)
         mask = torch.zeros((len(uniq), width), dtype=torch.long)
-        for i, seq in enumerate(seqs):
-            suffix = seq[common:]
-            ids[i, width - len(suffix):] = torch.tensor(suffix)
-            mask[i, width - len(suffix):] = 1
-        # padding sits between the shared prefix and each suffix; explicit positions keep RoPE right
-        pos = (common + mask.cumsum(-1) - 1).clamp_(min=0)
-        mask = torch.cat([torch.ones((len(uniq), common), dtype=torch.long), mask], dim=1)
-        out = self.model(
-            input_ids=ids.to(self.device),
-            attention_mask=mask.to(self.device),
-            position_ids=pos.to(self.device),
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
+        for i, rest in enumerate(rests):
+            ids[i, width - len(rest):] = torch.tensor(rest)
+            mask[i, width - len(rest):] = 1
+        pos = (torch.tensor(heads)[:, None] + mask.cumsum(-1) - 1).clamp_(min=0)
+        mask = torch.cat([head_mask.cpu(), mask], dim=1).to(self.device)
+        out = self.model(input_ids=ids.to(self.device), attention_mask=mask, position_ids=pos.to(self.device),
+                         past_key_values=cache, use_cache=True, logits_to_keep=1)
         where = {p: i for i, p in enumerate(uniq)}
         sel = torch.tensor([where[r.prompt_idx] for r in rows], device=self.device)
         cache = out.past_key_values
@@ -193,7 +171,7 @@ class HFSampler:
                 r.rec.prompt_state = state[k]
         cache.batch_select_indices(sel)  # gather: the n rows of a prompt share its prefill
         next_pos = torch.tensor([len(prompt_ids[r.prompt_idx]) for r in rows], device=self.device)
-        return cache, mask.to(self.device)[sel], next_pos, out.logits[:, -1][sel]
+        return cache, mask[sel], next_pos, out.logits[:, -1][sel]
 
     # ----------------------------------------------------------------- main loop
     @torch.inference_mode()
@@ -205,6 +183,10 @@ class HFSampler:
         progress: ProgressFn | None = None,
         first_sample: int = 0,
         answer_span: Callable[[int, str], tuple[int, int] | None] | None = None,
+        past: list[RowPast] | None = None,
+        max_new: list[int] | None = None,
+        keep_past: bool = False,
+        keep_states: bool = False,
     ) -> list[list[Generation]]:
         """Sample ``params.n`` completions per prompt; see ``Sampler.generate``.
 
@@ -212,17 +194,34 @@ class HFSampler:
         prompt (same seeds as in one call of a larger n), so sampling in waves gives a prefix of
         the full-N candidates. ``answer_span(prompt_index, text)``: the answer's character span,
         for the recorded answer-token state (None: the last token's state).
+
+        Continuing sequences (energy-based decoding): ``past[i]`` is a KV cache of the first tokens
+        of prompt ``i`` (token ids), e.g. a finished row's ``Generation.past``; only the rest is
+        encoded. ``max_new[i]`` caps prompt ``i``'s new tokens (default ``params.max_new_tokens``).
+        ``keep_past``: each ``Generation`` gets ``past`` (the KV cache of its prompt and all its
+        tokens but, at most, the last); ``keep_states``: its record gets ``states`` (``[T, H]``).
         """
+        if (past is not None or keep_past) and not self.can_continue():
+            raise ValueError(f"{type(self.model).__name__} has cache layers other than full attention; "
+                             "continuing from a given KV cache is not supported for it")
+        self._past, self._keep, self._keep_states = past, keep_past, keep_states
         with last_state_hook(self.model) if self.record else _no_hook() as state:
             self._state = state
-            return self._generate(prompts, params, seeds, progress, first_sample, answer_span)
+            return self._generate(prompts, params, seeds, progress, first_sample, answer_span, max_new)
+
+    def can_continue(self) -> bool:
+        """Whether ``generate(past=...)`` works: every cache layer is plain full attention."""
+        return all(type(layer) is DynamicLayer for layer in DynamicCache(config=self.model.config).layers)
 
     def _generate(
         self, prompts: list[str], params: SamplingParams, seeds: list[int], progress: ProgressFn | None,
         first_sample: int, answer_span: Callable[[int, str], tuple[int, int] | None] | None,
+        max_new: list[int] | None,
     ) -> list[list[Generation]]:
-        if len(seeds) != len(prompts):
-            raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
+        if not (len(seeds) == len(prompts) == len(max_new or prompts) == len(self._past or prompts)):
+            raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds"
+                             + (f", {len(max_new)} caps" if max_new is not None else "")
+                             + (f", {len(self._past)} caches" if self._past is not None else ""))
         if not prompts:
             return []
         # A prompt may come as token ids (V2 regenerates after a prefix decoded from latents).
@@ -233,7 +232,9 @@ class HFSampler:
         for i, s in enumerate(seeds):
             for j in range(first_sample, first_sample + params.n):
                 g = torch.Generator().manual_seed(row_seed(s, j))
-                pending.append(_Row(prompt_idx=i, sample_idx=j, gen=g, rec=RowRecord() if self.record else None))
+                cap = params.max_new_tokens if max_new is None else int(max_new[i])
+                pending.append(_Row(prompt_idx=i, sample_idx=j, gen=g, rec=RowRecord() if self.record else None,
+                                    cap=cap))
         all_rows = list(pending)
         bs = params.batch_size
         refill_at = max(1, int(bs * self.refill_fraction))
@@ -263,7 +264,7 @@ class HFSampler:
                 if not slots:
                     cache, mask, pos, logits = c2, m2, p2, l2
                 else:  # align cache lengths with left padding, then stack the rows
-                    mask = self._stack(cache, mask, c2, m2)
+                    mask = stack_caches(cache, mask, c2, m2)
                     pos, logits = torch.cat([pos, p2]), torch.cat([logits, l2])
                 slots = slots + new
                 live += len(new)
@@ -286,11 +287,13 @@ class HFSampler:
                         r.rec.tok_logit.append(st[1])
                         r.rec.deepconf.append(st[2])
                     if not (max_stop and self._check_stop(r, params.stop, max_stop)):
-                        if len(r.ids) < params.max_new_tokens:
+                        if len(r.ids) < r.cap:
                             continue
                         self._finish(r, "length", None)
                         if self.record:  # one more forward of its last token gives lse after it
                             tails[i] = r
+                if self._keep:  # the cache holds the prompt and every token but this step's
+                    r.past = row_past(cache.layers, mask, i)
                 slots[i] = None
                 done += 1
             if progress is not None:
@@ -334,6 +337,7 @@ class HFSampler:
             r.result.seconds = r.seconds  # includes a tail forward after the row finished
             if r.rec is not None:
                 r.result.record = self._pooled(r, answer_span)
+            r.result.past = r.past
             results[r.prompt_idx].append(r.result)
         return results
 
@@ -342,7 +346,7 @@ class HFSampler:
         n = r.result.n_tokens
         ends = r.ends[:n] if len(r.ends) >= n else char_ends(self.tok, r.result.token_ids)
         chars = answer_span(r.prompt_idx, r.result.text) if answer_span is not None and ends else None
-        out = finalize(r.rec, r.result.n_tokens, token_span(ends, chars))
+        out = finalize(r.rec, r.result.n_tokens, token_span(ends, chars), keep_states=self._keep_states)
         out["char_ends"] = np.asarray(ends, np.int32)  # maps answer char spans to tokens later
         return out
 
@@ -362,10 +366,7 @@ class HFSampler:
     def _finish(self, r: _Row, reason: str, cut: int | None, text: str | None = None) -> None:
         """Freeze row ``r`` into a ``Generation`` (cutting at char ``cut`` for stop strings)."""
         if cut is not None:
-            # Keep the longest token prefix whose text lies wholly before the stop string.
-            m = len(r.ids)
-            while m > 0 and len(self.tok.decode(r.ids[:m], skip_special_tokens=False)) > cut:
-                m -= 1
+            m = kept_before(self.tok, r.ids, cut)
             r.ids, r.logps = r.ids[:m], r.logps[:m]
             text = text[:cut]
         else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from transformers.cache_utils import DynamicLayer
 
 # Spare sequence room a cache layer allocates when it (re)builds its buffers: at least this many
@@ -117,3 +118,69 @@ class GrowLayer(DynamicLayer):
                 nv[r:e, :, :pad] = 0
             r = e
         return nk, nv
+
+
+#: One sequence's KV cache, detached from any batch: per layer ``(keys, values)``, ``[1, H, L, D]``.
+RowPast = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def row_past(layers: list[Any], mask: torch.Tensor, row: int) -> RowPast:
+    """Row ``row`` of a batched cache without its padding columns (those with ``mask == 0``).
+
+    A copy (index selection), so it outlives the batch's buffers and later compactions.
+    """
+    cols = mask[row].nonzero()[:, 0]
+    return [(layer.keys[row : row + 1, :, cols].clone(), layer.values[row : row + 1, :, cols].clone())
+            for layer in layers]
+
+
+def stack_pasts(pasts: list[RowPast], lengths: list[int]) -> tuple[list[GrowLayer], torch.Tensor]:
+    """Cache layers holding the first ``lengths[i]`` positions of each ``pasts[i]``, left-padded to
+    the longest, and their ``[B, L]`` mask (1 = real position).
+
+    Keys were rotated (RoPE) at their absolute positions when they were computed, so left padding
+    does not change them; the next tokens' positions must continue at ``lengths[i]``.
+    """
+    width = max(lengths)
+    layers = []
+    for li in range(len(pasts[0])):
+        parts = [(p[li][0][:, :, :n], p[li][1][:, :, :n]) for p, n in zip(pasts, lengths)]
+        layer = GrowLayer()
+        k, v = GrowLayer.stack(parts, width)
+        layer.dtype, layer.device, layer.is_initialized = k.dtype, k.device, True
+        layer._store(k, v, width)
+        layers.append(layer)
+    mask = torch.zeros((len(pasts), width), dtype=torch.long, device=pasts[0][0][0].device)
+    for i, n in enumerate(lengths):
+        mask[i, width - n :] = 1
+    return layers, mask
+
+
+def mergeable(cache: Any) -> bool:
+    """Padding/concatenating caches is only written for plain full-attention layers."""
+    return all(type(layer) in (DynamicLayer, GrowLayer) for layer in cache.layers)
+
+
+def compact_layers(cache: Any, sel: torch.Tensor, start: int) -> None:
+    """Keep batch rows ``sel`` and positions from ``start`` on in every (mergeable) layer."""
+    for layer in cache.layers:
+        if isinstance(layer, GrowLayer):
+            layer.compact(sel, start)
+        else:
+            layer.keys = layer.keys[sel, :, start:]
+            layer.values = layer.values[sel, :, start:]
+
+
+def stack_caches(cache: Any, mask: torch.Tensor, c2: Any, m2: torch.Tensor) -> torch.Tensor:
+    """Append the rows of ``c2`` to ``cache`` (left-padding the shorter one); return the mask."""
+    la, lb = mask.shape[1], m2.shape[1]
+    length = max(la, lb)
+    for a, b in zip(cache.layers, c2.layers):
+        if isinstance(a, GrowLayer):
+            k, v = GrowLayer.stack([(a.keys, a.values), (b.keys, b.values)], length)
+            a._store(k, v, length)
+        else:
+            ka, va = F.pad(a.keys, (0, 0, length - la, 0)), F.pad(a.values, (0, 0, length - la, 0))
+            kb, vb = F.pad(b.keys, (0, 0, length - lb, 0)), F.pad(b.values, (0, 0, length - lb, 0))
+            a.keys, a.values = torch.cat([ka, kb]), torch.cat([va, vb])
+    return torch.cat([F.pad(mask, (length - la, 0)), F.pad(m2, (length - lb, 0))])

@@ -64,12 +64,14 @@ def char_ends(tokenizer: Any, ids: list[int]) -> list[int]:
     return [len(tokenizer.decode(ids[: k + 1], skip_special_tokens=False)) for k in range(len(ids))]
 
 
-def finalize(rec: RowRecord, n_tokens: int, answer_span: tuple[int, int] | None) -> dict[str, np.ndarray]:
+def finalize(rec: RowRecord, n_tokens: int, answer_span: tuple[int, int] | None,
+             keep_states: bool = False) -> dict[str, np.ndarray]:
     """The stored arrays of one candidate of ``n_tokens`` kept tokens.
 
     ``answer_span`` is the answer's *token* span (None: not found); the answer state follows the
     teacher-forced rule of :func:`impetus.lm.scoring.score_candidates`: the state at the span's
     last token, else at the last token; with no token at all, the last prompt token's state.
+    ``keep_states`` adds ``states``, every kept token's state (``[T, H]``), for continuing.
     """
     T = int(n_tokens)
     if len(rec.lse) < T + 1 or len(rec.states) < T:
@@ -79,18 +81,26 @@ def finalize(rec: RowRecord, n_tokens: int, answer_span: tuple[int, int] | None)
         "tok_logit": np.asarray(rec.tok_logit[:T], np.float32),
         "deepconf": np.asarray(rec.deepconf[:T], np.float32),
     }
-    if T == 0:
-        h = rec.prompt_state
-        mean = ans = h
-    else:
-        states = torch.stack(rec.states[:T])
-        mean = states.mean(dim=0)
-        end = answer_span[1] if answer_span is not None and answer_span[1] <= T else T
-        ans = states[end - 1]
-    if mean is not None:
-        out["hidden_mean"] = mean.float().numpy().astype(np.float32)
-        out["hidden_answer"] = ans.float().numpy().astype(np.float32)
+    states = torch.stack(rec.states[:T]) if T else None
+    if T or rec.prompt_state is not None:
+        out["hidden_mean"], out["hidden_answer"] = pool_states(states, rec.prompt_state, answer_span)
+    if keep_states:
+        width = rec.prompt_state.shape[-1] if rec.prompt_state is not None else 0
+        out["states"] = states.float().numpy() if T else np.zeros((0, width), np.float32)
     return out
+
+
+def pool_states(states: Any, prompt_state: Any, answer_span: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(hidden_mean, hidden_answer)`` float32 of ``[T, H]`` token states: their mean, and the
+    state at the answer span's last token (else the last token); with T = 0 both are the last
+    prompt token's state (the rule of :func:`impetus.lm.scoring.score_candidates`)."""
+    if states is None or len(states) == 0:
+        h = np.asarray(prompt_state, np.float32)
+        return h, h
+    states = np.asarray(states, np.float32)
+    T = len(states)
+    end = answer_span[1] if answer_span is not None and answer_span[1] <= T else T
+    return states.mean(axis=0), states[end - 1].copy()
 
 
 @contextmanager

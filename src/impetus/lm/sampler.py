@@ -109,6 +109,7 @@ class Generation:
     seconds: float
     sample_idx: int = 0
     record: dict[str, Any] | None = None
+    past: Any = None  # the KV cache of prompt + tokens, when asked for (``HFSampler.generate(keep_past=)``)
 
 
 @runtime_checkable
@@ -131,6 +132,15 @@ class Sampler(Protocol):
         Samples are ``first_sample .. first_sample + n - 1`` (so waves are prefixes of one big call);
         ``answer_span(prompt_index, text)`` locates the answer for the recorded answer state."""
         ...
+
+
+def kept_before(tokenizer: Any, ids: list[int], cut: int) -> int:
+    """How many of ``ids`` to keep so the kept text lies wholly before character ``cut`` (where a
+    stop string starts): the longest such token prefix (a token straddling ``cut`` is dropped)."""
+    m = len(ids)
+    while m > 0 and len(tokenizer.decode(ids[:m], skip_special_tokens=False)) > cut:
+        m -= 1
+    return m
 
 
 def row_seed(seed: int, sample_idx: int) -> int:

@@ -13,11 +13,13 @@ import pandas as pd
 from impetus.benchmarks.grading import text_grader
 from impetus.config import BenchmarkParams, EBDParams, SamplingStageParams
 from impetus.decoding.evaluate import chain_answers, run_problem, summarize
+from impetus.decoding.proposals import Proposer
 from impetus.decoding.report import markdown, plot_tokens
 from impetus.energy.registry import energy_columns
 from impetus.latent.scoring import NewAnswerScorer
 from impetus.learned.fitting import LearnedScorers, score_split
-from impetus.lm.sampler import Generation, get_sampler
+from impetus.lm.sampler import get_sampler
+from impetus.lm.trace import Trace
 from impetus.pipelines.sampling.nodes import sampling_params
 from impetus.pipelines.utils import load_base_lm
 from impetus.selection.report import build_methods
@@ -41,7 +43,7 @@ def ebd_eval(
         return tok.decode(ids, skip_special_tokens=False)
 
     scorer = NewAnswerScorer(model, tok, bench, problems_eval, prompts_eval, graded_eval, scorers, None)
-    sampler = get_sampler(sampling.backend, model, tok, record=False)
+    sampler = get_sampler(sampling.backend, model, tok, record=True)
     # The proposal must be the model's own conditional: temperature 1, no nucleus truncation.
     params = dataclasses.replace(sampling_params(sampling, benchmark), n=1, temperature=1.0, top_p=1.0)
     prompt_of = dict(zip(prompts_eval["problem_id"], prompts_eval["prompt"]))
@@ -54,21 +56,13 @@ def ebd_eval(
         iterator = tqdm(pids, desc="EBD chains", unit="problem")
     for k, pid in enumerate(iterator):
         t0 = time.perf_counter()
-        prompt_ids = tok(prompt_of[pid])["input_ids"]
-        seeds = iter(range(10**6))
+        propose = Proposer(sampler, tok, tok(prompt_of[pid])["input_ids"], params, seed=ebd.seed * 7919 + k * 104729)
 
-        def propose(prefixes: list[list[int]]) -> list[list[int]]:
-            gens = sampler.generate([prompt_ids + p for p in prefixes], params, [ebd.seed * 7919 + k * 104729 + next(seeds)
-                                                                                  for _ in prefixes])
-            return [p + g.token_ids for p, (g,) in zip(prefixes, gens)]
-
-        def energy(ys: list[list[int]], pid: str = pid) -> np.ndarray:
-            gens = [Generation(text=decode(y), token_ids=y, n_tokens=len(y), finish_reason="stop",
-                               logprob_mean=float("nan"), seconds=0.0) for y in ys]
-            return scorer(pid, gens)[ebd.energy].to_numpy(dtype=float)
+        def energy(traces: list[Trace], pid: str = pid) -> np.ndarray:
+            return scorer.from_traces(pid, traces)[ebd.energy].to_numpy(dtype=float)
 
         cands = graded_eval[graded_eval["problem_id"] == pid].sort_values("sample_idx").head(ebd.chains)
-        starts = [tok(t, add_special_tokens=False)["input_ids"] for t in cands["completion"]]
+        starts = propose.start([tok(t, add_special_tokens=False)["input_ids"] for t in cands["completion"]])
         chains = run_problem(starts, propose, energy, ebd.tau, ebd.block, ebd.steps, seed=ebd.seed + k)
         base_tokens = int(cands["n_tokens"].sum())
         seconds = time.perf_counter() - t0

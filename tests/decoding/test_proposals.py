@@ -1,0 +1,68 @@
+"""EBD proposals on a tiny random Llama: reusing the chain's KV cache changes no token and no energy,
+chains are deterministic for a seed, and proposals keep their prefix within the length cap."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from impetus.decoding.evaluate import run_problem
+from impetus.decoding.proposals import Proposer
+from impetus.lm.hf_sampler import HFSampler
+from impetus.lm.sampler import SamplingParams
+from impetus.lm.trace import trace_energies
+from impetus.testing import tiny_llama, tiny_tokenizer
+
+PARAMS = SamplingParams(n=1, temperature=1.0, top_p=1.0, max_new_tokens=10, stop=["k"], batch_size=8, seed=0)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.set_num_threads(1)
+    tok, model = tiny_tokenizer(), tiny_llama()
+    model.generation_config.eos_token_id = [tok.convert_tokens_to_ids("e")]
+    return tok, HFSampler(model, tok), tok("What is 12 + 7?")["input_ids"]
+
+
+def _energy(tok):
+    return lambda traces: trace_energies(tok, traces, [None] * len(traces))[0]["neg_logprob_mean"].to_numpy()
+
+
+def _chains(setup, reuse: bool, seed: int = 0):
+    tok, sampler, prompt = setup
+    proposer = Proposer(sampler, tok, prompt, PARAMS, seed=100)
+    proposer.reuse_cache = reuse
+    starts = proposer.start([tok("19 is", add_special_tokens=False)["input_ids"], tok("2", add_special_tokens=False)["input_ids"]])
+    return run_problem(starts, proposer, _energy(tok), tau=1.0, block=2, steps=6, seed=seed)
+
+
+def test_cached_and_reencoded_proposals_agree(setup):
+    cached, fresh = _chains(setup, True), _chains(setup, False)
+    assert cached.states == fresh.states and cached.accepted == fresh.accepted
+    np.testing.assert_allclose(np.array(cached.energies), np.array(fresh.energies), atol=1e-4)
+    assert cached.proposed_tokens > 0 and any(a for acc in cached.accepted for a in acc)
+
+
+def test_chains_are_deterministic_and_seed_sensitive(setup):
+    a, b, c = _chains(setup, True), _chains(setup, True), _chains(setup, True, seed=5)
+    assert a.states == b.states and a.energies == b.energies
+    assert a.states != c.states
+
+
+def test_proposals_keep_the_prefix_within_the_cap(setup):
+    tok, sampler, prompt = setup
+    proposer = Proposer(sampler, tok, prompt, PARAMS, seed=3)
+    starts = proposer.start([tok("19 is it 2", add_special_tokens=False)["input_ids"]] * 3)  # 10 tokens
+    cuts = [0, 4, PARAMS.max_new_tokens]
+    out = proposer(starts, cuts)
+    for s, o, t in zip(starts, out, cuts):
+        assert o.ids[:t] == s.ids[:t] and len(o) <= PARAMS.max_new_tokens
+        assert "k" not in tok.decode(o.ids) and len(o.lse) == len(o) + 1 and len(o.states) == len(o)
+    assert out[2] is starts[2]  # a cut at the cap leaves nothing to regenerate
+
+
+def test_proposals_must_be_the_models_conditional(setup):
+    tok, sampler, prompt = setup
+    with pytest.raises(ValueError, match="temperature 1, top_p 1"):
+        Proposer(sampler, tok, prompt, SamplingParams(n=1, temperature=0.8, top_p=1.0, max_new_tokens=4), seed=0)

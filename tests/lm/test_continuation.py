@@ -1,0 +1,118 @@
+"""Continuing answers from a KV cache (EBD proposals) changes nothing but the work done.
+
+- continuing from a finished row's cache gives exactly the tokens and recorded values that
+  re-encoding prompt + prefix gives (same seeds);
+- a continuation's recorded values spliced after the kept prefix's equal a teacher-forced pass
+  over the whole answer (:func:`impetus.lm.trace.encode_traces`), so EBD's energies need no pass;
+- per-row caps, stop strings straddling the kept prefix, and models that cannot continue.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from impetus.lm.hf_sampler import HFSampler
+from impetus.lm.sampler import SamplingParams
+from impetus.lm.trace import continued, cut_at_stop, encode_traces, trace_energies
+from impetus.testing import tiny_llama, tiny_tokenizer
+
+PARAMS = SamplingParams(n=1, temperature=1.0, top_p=1.0, max_new_tokens=12, batch_size=8, seed=0)
+ARRAYS = ("lse", "tok_logit", "deepconf", "states")
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.set_num_threads(1)
+    tok, model = tiny_tokenizer(), tiny_llama()
+    model.generation_config.eos_token_id = [tok.convert_tokens_to_ids("e")]
+    sampler = HFSampler(model, tok)
+    prompts = [tok("What is 12 + 7?")["input_ids"], tok("x")["input_ids"], tok("Add 3 and 4, then 5:")["input_ids"]]
+    first = sampler.generate(prompts, PARAMS, [1, 2, 3], keep_past=True, keep_states=True)
+    return tok, model, sampler, prompts, [g for (g,) in first]
+
+
+def _cuts(gens):
+    return [min(len(g.token_ids), c) for g, c in zip(gens, (0, 3, 5))]
+
+
+def test_continuing_from_the_cache_equals_reencoding(setup):
+    tok, _, sampler, prompts, gens = setup
+    cuts = _cuts(gens)
+    heads = [p + g.token_ids[:t] for p, g, t in zip(prompts, gens, cuts)]
+    caps = [PARAMS.max_new_tokens - t for t in cuts]
+    cached = sampler.generate(heads, PARAMS, [7, 8, 9], past=[g.past for g in gens], max_new=caps, keep_states=True)
+    fresh = sampler.generate(heads, PARAMS, [7, 8, 9], max_new=caps, keep_states=True)
+    assert any(len(g.token_ids) > 2 for (g,) in cached)  # not vacuous
+    for (a,), (b,) in zip(cached, fresh):
+        assert a.token_ids == b.token_ids
+        for key in ARRAYS:
+            np.testing.assert_allclose(a.record[key], b.record[key], atol=1e-4, rtol=1e-4)
+
+
+def test_past_holds_prompt_and_all_but_the_last_token(setup):
+    _, _, _, prompts, gens = setup
+    for p, g in zip(prompts, gens):
+        n = g.past[0][0].shape[-2]
+        assert len(p) + g.n_tokens - 1 <= n <= len(p) + g.n_tokens + 1
+
+
+def test_spliced_record_equals_a_teacher_forced_pass(setup):
+    tok, model, sampler, prompts, gens = setup
+    starts = encode_traces(model, tok, prompts[0], [gens[0].token_ids, gens[2].token_ids[:4], []], keep_past=True)
+    # the sampler's own record of gens[0] equals the teacher-forced trace of the same tokens
+    for key in ("lse", "tok_logit", "deepconf", "states"):
+        np.testing.assert_allclose(getattr(starts[0], key), gens[0].record[key], atol=1e-4, rtol=1e-4)
+    for tr in starts:
+        t = min(2, len(tr))
+        (gen,), = sampler.generate([prompts[0] + tr.ids[:t]], PARAMS, [11], past=[tr.past],
+                                  max_new=[PARAMS.max_new_tokens - t], keep_past=True, keep_states=True)
+        spliced = continued(tr, t, gen)
+        (ref,) = encode_traces(model, tok, prompts[0], [spliced.ids], keep_past=False)
+        assert spliced.ids[:t] == tr.ids[:t] and len(spliced) <= PARAMS.max_new_tokens
+        for key in ("lse", "tok_logit", "deepconf", "states"):
+            np.testing.assert_allclose(getattr(spliced, key), getattr(ref, key), atol=1e-4, rtol=1e-4)
+        e1, h1 = trace_energies(tok, [spliced], [(0, 2)])
+        e2, h2 = trace_energies(tok, [ref], [(0, 2)])
+        np.testing.assert_allclose(e1.to_numpy(float), e2.to_numpy(float), atol=1e-3)
+        np.testing.assert_allclose(h1["hidden_answer"], h2["hidden_answer"], atol=1e-4)
+
+
+def test_trace_energies_equal_score_candidates(setup):
+    from impetus.lm.scoring import score_candidates
+
+    tok, model, _, _, _ = setup
+    prompt, text = "What is 12 + 7?", "19 is it"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    (tr,) = encode_traces(model, tok, tok(prompt)["input_ids"], [ids], keep_past=False)
+    table, hidden = trace_energies(tok, [tr], [(0, 2)])
+    ref = score_candidates(model, tok, [prompt], [text], [(0, 2)], hidden=True)
+    np.testing.assert_allclose(table.to_numpy(float), ref.energies.to_numpy(float), atol=1e-3)
+    np.testing.assert_allclose(hidden["hidden_mean"], ref.hidden_mean, atol=1e-4)
+    np.testing.assert_allclose(hidden["hidden_answer"], ref.hidden_answer, atol=1e-4)
+
+
+def test_per_row_caps(setup):
+    _, _, sampler, prompts, _ = setup
+    gens = sampler.generate(prompts, PARAMS, [4, 5, 6], max_new=[1, 3, 12])
+    assert [len(g.token_ids) <= c for (g,), c in zip(gens, (1, 3, 12))] == [True] * 3
+    with pytest.raises(ValueError, match="3 prompts but 3 seeds, 2 caps"):
+        sampler.generate(prompts, PARAMS, [4, 5, 6], max_new=[1, 3])
+
+
+def test_stop_string_across_the_kept_prefix_is_cut(setup):
+    tok, model, _, prompts, _ = setup
+    ids = tok("ab cd", add_special_tokens=False)["input_ids"]
+    (tr,) = encode_traces(model, tok, prompts[0], [ids], keep_past=False)
+    cut = cut_at_stop(tr, tok, ["b c"])
+    assert tok.decode(cut.ids) == "a" and len(cut.lse) == len(cut) + 1 and len(cut.states) == len(cut)
+    assert cut_at_stop(tr, tok, ["zz"]) is tr
+
+
+def test_sliding_window_models_refuse_a_past(setup):
+    tok, model, sampler, prompts, gens = setup
+    other = HFSampler(model, tok)
+    other.can_continue = lambda: False  # as for a model with sliding-window layers (Gemma 3)
+    with pytest.raises(ValueError, match="not supported"):
+        other.generate(prompts[:1], PARAMS, [1], past=[gens[0].past])
