@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from impetus.decoding.evaluate import run_problem
+from impetus.decoding.evaluate import chain_rngs, grouped_energy, run_problem
+from impetus.decoding.mh import run_chains
 from impetus.decoding.proposals import Proposer
 from impetus.lm.hf_sampler import HFSampler
 from impetus.lm.sampler import SamplingParams
@@ -31,7 +32,7 @@ def _energy(tok):
 
 def _chains(setup, reuse: bool, seed: int = 0):
     tok, sampler, prompt = setup
-    proposer = Proposer(sampler, tok, prompt, PARAMS, seed=100)
+    proposer = Proposer(sampler, tok, PARAMS, [prompt, prompt], seeds=[100, 200])
     proposer.reuse_cache = reuse
     starts = proposer.start([tok("19 is", add_special_tokens=False)["input_ids"], tok("2", add_special_tokens=False)["input_ids"]])
     return run_problem(starts, proposer, _energy(tok), tau=1.0, block=2, steps=6, seed=seed)
@@ -52,7 +53,7 @@ def test_chains_are_deterministic_and_seed_sensitive(setup):
 
 def test_proposals_keep_the_prefix_within_the_cap(setup):
     tok, sampler, prompt = setup
-    proposer = Proposer(sampler, tok, prompt, PARAMS, seed=3)
+    proposer = Proposer(sampler, tok, PARAMS, [prompt] * 3, seeds=[3, 4, 5])
     starts = proposer.start([tok("19 is it 2", add_special_tokens=False)["input_ids"]] * 3)  # 10 tokens
     cuts = [0, 4, PARAMS.max_new_tokens]
     out = proposer(starts, cuts)
@@ -62,7 +63,45 @@ def test_proposals_keep_the_prefix_within_the_cap(setup):
     assert out[2] is starts[2]  # a cut at the cap leaves nothing to regenerate
 
 
+def test_batching_problems_together_changes_no_chain(setup):
+    """Chains of two problems run in one batch equal each problem run alone."""
+    tok, sampler, prompt = setup
+    other = tok("Add 3 and 4:")["input_ids"]
+    answers = [tok(a, add_special_tokens=False)["input_ids"] for a in ("19 is", "2", "7")]
+    prompts, owners, seeds = [prompt, prompt, other], [0, 0, 1], [100, 200, 300]
+    energy = _energy(tok)
+    both = Proposer(sampler, tok, PARAMS, prompts, seeds)
+    together = run_chains(both.start(answers), both, grouped_energy(owners, lambda _k, s: energy(s)), tau=1.0,
+                          block=2, steps=5, rng=chain_rngs(9, owners))
+    for k, idx in ((0, [0, 1]), (1, [2])):
+        alone = Proposer(sampler, tok, PARAMS, [prompts[c] for c in idx], [seeds[c] for c in idx])
+        ref = run_chains(alone.start([answers[c] for c in idx]), alone, energy, tau=1.0, block=2, steps=5,
+                         rng=chain_rngs(9, [k] * len(idx)))
+        sub = together.subset(idx)
+        assert sub.states == ref.states and sub.accepted == ref.accepted and sub.proposed == ref.proposed
+        np.testing.assert_allclose(np.array(sub.energies), np.array(ref.energies), atol=1e-4)
+
+
 def test_proposals_must_be_the_models_conditional(setup):
     tok, sampler, prompt = setup
     with pytest.raises(ValueError, match="temperature 1, top_p 1"):
-        Proposer(sampler, tok, prompt, SamplingParams(n=1, temperature=0.8, top_p=1.0, max_new_tokens=4), seed=0)
+        Proposer(sampler, tok, SamplingParams(n=1, temperature=0.8, top_p=1.0, max_new_tokens=4), [prompt], [0])
+
+
+def test_run_problems_does_not_depend_on_the_batch(setup):
+    """Problems chunked 1 per batch or all in one give the same chains (seeds are per chain)."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from impetus.decoding.evaluate import run_problems
+
+    tok, sampler, prompt = setup
+    prompts = [prompt, tok("Add 3 and 4:")["input_ids"], tok("x")["input_ids"]]
+    starts = [[tok(a, add_special_tokens=False)["input_ids"] for a in pair] for pair in (("19", "1 9"), ("7", "8"), ("", "x"))]
+    ebd = SimpleNamespace(chains=2, steps=4, tau=1.0, block=2, seed=3, progress=False)
+    energy = _energy(tok)
+    runs = [run_problems(sampler, tok, replace(PARAMS, batch_size=b), prompts, starts, lambda _k, s: energy(s), ebd)
+            for b in (2, 64)]
+    (small, reuse), (big, _) = runs
+    assert reuse and [c.states for c in small] == [c.states for c in big]
+    assert [c.proposed for c in small] == [c.proposed for c in big] and sum(c.proposed_tokens for c in big) > 0

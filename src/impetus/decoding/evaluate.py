@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from impetus.decoding.mh import Chains, run_chains
+from impetus.decoding.proposals import Proposer
 from impetus.selection.budget import compare_at_equal_tokens, prefix_accuracy, v1_budget_curve
 from impetus.selection.rules import Selector
 
@@ -45,10 +46,66 @@ def chain_answers(chains: Chains, decode: Callable[[list[int]], str], pid: str, 
     return {"ebd_lowest": (low_answer, low_ok, decode(lowest)), "ebd_vote": (vote, vote_ok, None)}
 
 
-def run_problem(starts: list[list[int]], propose: Callable, energy: Callable, tau: float, block: int, steps: int,
+def chain_rngs(seed: int, owners: list[int]) -> list[np.random.Generator]:
+    """One generator per chain, from (seed, its problem's index, its index within the problem)."""
+    seen: Counter = Counter()
+    out = []
+    for k in owners:
+        out.append(np.random.default_rng([seed, k, seen[k]]))
+        seen[k] += 1
+    return out
+
+
+def grouped_energy(owners: list[Any], energy: Callable[[Any, list], np.ndarray]) -> Callable[[list], np.ndarray]:
+    """``energy(states)`` over chains of many problems from ``energy(problem, its states)``."""
+    def fn(states: list) -> np.ndarray:
+        out = np.empty(len(states))
+        for owner in dict.fromkeys(owners):
+            idx = [c for c, o in enumerate(owners) if o == owner]
+            out[idx] = energy(owner, [states[c] for c in idx])
+        return out
+    return fn
+
+
+def run_problem(starts: list, propose: Callable, energy: Callable, tau: float, block: int, steps: int,
                 seed: int) -> Chains:
     """The chains of one problem (deterministic for a seed)."""
-    return run_chains(starts, propose, energy, tau=tau, block=block, steps=steps, rng=np.random.default_rng(seed))
+    return run_chains(starts, propose, energy, tau=tau, block=block, steps=steps,
+                      rng=chain_rngs(seed, [0] * len(starts)))
+
+
+def run_problems(sampler: Any, tokenizer: Any, params: Any, prompts: list[list[int]], starts: list[list[list[int]]],
+                 energy: Callable[[int, list], np.ndarray], ebd: Any) -> tuple[list[Chains], bool]:
+    """Every problem's chains (problem ``k``: prompt ids ``prompts[k]``, start answers ``starts[k]``,
+    ``energy(k, states)``), and whether proposals reused the chains' KV caches.
+
+    The chains of as many problems as fill one sampler batch run together (one forward decodes
+    them all: on a CPU a forward costs about as much for 2 rows as for 60); chunks bound the memory
+    the chains' caches take. Per-chain seeds and random generators make every chain independent of
+    which chains share its batch (``ebd``: :class:`impetus.config.EBDParams`).
+    """
+    size = max(1, params.batch_size // ebd.chains)
+    chunks = [list(range(i, min(i + size, len(prompts)))) for i in range(0, len(prompts), size)]
+    bar = None
+    if ebd.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=ebd.steps * len(chunks), unit="step",
+                   desc=f"EBD: {len(prompts)} problems x {ebd.chains} chains, MH steps")
+    out: list[Chains] = []
+    reuse = False
+    for chunk in chunks:
+        owners = [k for k in chunk for _ in starts[k]]
+        seeds = [ebd.seed * 7919 + k * 104729 + 1000 * j for k in chunk for j in range(len(starts[k]))]
+        propose = Proposer(sampler, tokenizer, params, [prompts[k] for k in owners], seeds)
+        every = run_chains(propose.start([a for k in chunk for a in starts[k]]), propose,
+                           grouped_energy(owners, energy), ebd.tau, ebd.block, ebd.steps,
+                           rng=chain_rngs(ebd.seed, owners), on_step=bar.update if bar is not None else None)
+        out += [every.subset([c for c, o in enumerate(owners) if o == k]) for k in chunk]
+        reuse = propose.reuse_cache
+    if bar is not None:
+        bar.close()
+    return out, reuse
 
 
 def summarize(

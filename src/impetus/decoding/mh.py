@@ -7,8 +7,9 @@ the length cap, exactly as the sampler ends them). With block size ``B`` the *bo
 are ``t ∈ {0, B, 2B, …, ⌊T(y)/B⌋·B}``: ``n(y) = ⌊T(y)/B⌋ + 1`` of them, all ``≤ T(y)``.
 
 **Proposal.** Pick a boundary ``t`` of ``y`` uniformly, keep ``y_<t`` and regenerate everything after
-it from the base model itself, ``y'_≥t ~ p_LM(· | x, y_<t)`` (temperature 1, no truncation, so the
-proposal *is* the model's conditional). Hence
+it from the base model itself, ``y'_≥t ~ p_LM(· | x, y_<t)`` (temperature 1, no truncation, and the
+same stop rules and cap on the answer's *total* length, so the proposal *is* the conditional of the
+model that produced ``y``; :mod:`impetus.decoding.proposals`). Hence
 ``q(y' | y) = (1/n(y)) · p_LM(y'_≥t | x, y_<t)``, and since ``T(y') ≥ t``, ``t`` is also a boundary
 of ``y'``, so the reverse move exists with ``q(y | y') = (1/n(y')) · p_LM(y_≥t | x, y_<t)``.
 
@@ -68,7 +69,16 @@ class Chains:
     states: list[list[list[int]]]
     energies: list[list[float]]
     accepted: list[list[bool]] = field(default_factory=list)
-    proposed_tokens: int = 0  # tokens the model generated for proposals
+    proposed: list[int] = field(default_factory=list)  # tokens the model generated for each chain's proposals
+
+    @property
+    def proposed_tokens(self) -> int:
+        return int(sum(self.proposed))
+
+    def subset(self, idx: Sequence[int]) -> Chains:
+        """The chains ``idx`` (e.g. one problem's, out of a run over many problems)."""
+        return Chains([self.states[i] for i in idx], [self.energies[i] for i in idx],
+                      [self.accepted[i] for i in idx], [self.proposed[i] for i in idx])
 
     def final(self) -> list[tuple[list[int], float]]:
         return [(s[-1], e[-1]) for s, e in zip(self.states, self.energies)]
@@ -86,34 +96,41 @@ class Chains:
 
 
 def run_chains(
-    starts: Sequence[list[int]], propose: Propose, energy: Energy, tau: float, block: int, steps: int,
-    rng: np.random.Generator,
+    starts: Sequence[State], propose: Propose, energy: Energy, tau: float, block: int, steps: int,
+    rng: np.random.Generator | Sequence[np.random.Generator], on_step: Callable[[], None] | None = None,
 ) -> Chains:
     """Run one MH chain from each start for ``steps`` steps, all chains' proposals in one batch.
 
-    ``Chains`` keeps the token ids of every state visited (not the states, which may hold caches).
+    ``rng``: one generator for all chains, or one per chain (then a chain's cuts and acceptances
+    do not depend on which other chains share the batch, e.g. other problems' chains batched
+    together so the model decodes many rows per forward). ``Chains`` keeps the token ids of every
+    state visited (not the states, which may hold caches). ``on_step`` is called after each step.
     """
     if tau <= 0 or block < 1:
         raise ValueError(f"need tau > 0 and block >= 1, got tau={tau}, block={block}")
     current = list(starts)
+    rngs = [rng] * len(current) if isinstance(rng, np.random.Generator) else list(rng)
+    if len(rngs) != len(current):
+        raise ValueError(f"{len(current)} chains but {len(rngs)} random generators")
     e_cur = [float(e) for e in energy(current)]
     chains = Chains(states=[[token_ids(c)] for c in current], energies=[[e] for e in e_cur],
-                    accepted=[[] for _ in current])
+                    accepted=[[] for _ in current], proposed=[0] * len(current))
     for _ in range(steps):
-        cuts = [int(rng.integers(n_boundaries(len(token_ids(y)), block))) * block for y in current]
+        cuts = [int(g.integers(n_boundaries(len(token_ids(y)), block))) * block for g, y in zip(rngs, current)]
         proposals = propose(current, cuts)
-        chains.proposed_tokens += sum(len(token_ids(p)) - t for p, t in zip(proposals, cuts))
         e_new = [float(e) for e in energy(proposals)]
-        u = rng.random(len(current))
+        u = [g.random() for g in rngs]
         for c, (y, y2, t) in enumerate(zip(current, proposals, cuts)):
             old, new = token_ids(y), token_ids(y2)
             if new[:t] != old[:t]:
                 raise ValueError("a proposal must keep the prefix it was given")
-            a = acceptance(e_cur[c], e_new[c], len(old), len(new), tau, block)
-            ok = bool(u[c] < a)
+            chains.proposed[c] += len(new) - t
+            ok = bool(u[c] < acceptance(e_cur[c], e_new[c], len(old), len(new), tau, block))
             if ok:
                 current[c], e_cur[c] = y2, e_new[c]
             chains.states[c].append(token_ids(current[c]))
             chains.energies[c].append(e_cur[c])
             chains.accepted[c].append(ok)
+        if on_step is not None:
+            on_step()
     return chains

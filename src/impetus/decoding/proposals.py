@@ -12,7 +12,6 @@ prompt + prefix per proposal instead; nothing else changes.
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 from impetus.lm.sampler import SamplingParams
@@ -20,29 +19,49 @@ from impetus.lm.trace import Trace, continued, cut_at_stop, encode_traces
 
 
 class Proposer:
-    """``proposer(states, cuts) -> new states`` for one problem's chains (a :data:`mh.Propose`)."""
+    """``proposer(states, cuts) -> new states`` (a :data:`impetus.decoding.mh.Propose`).
 
-    def __init__(self, sampler: Any, tokenizer: Any, prompt_ids: list[int], params: SamplingParams, seed: int):
+    Chain ``c`` answers prompt ``prompts[c]`` (token ids); chains of many problems are proposed in
+    one batch, so the model decodes many rows per forward (a forward costs about as much for 2
+    rows as for 60 on a CPU: reading the weights dominates). Chain ``c``'s proposal at its ``s``-th
+    call is seeded with ``seeds[c] + s``, so it does not depend on the other chains.
+    """
+
+    def __init__(self, sampler: Any, tokenizer: Any, params: SamplingParams, prompts: list[list[int]],
+                 seeds: list[int]):
         if params.temperature != 1.0 or params.top_p != 1.0:
             raise ValueError("MH proposals must sample the model's own conditional: temperature 1, top_p 1")
-        self.sampler, self.tok, self.prompt_ids, self.params = sampler, tokenizer, list(prompt_ids), params
+        if len(prompts) != len(seeds):
+            raise ValueError(f"{len(prompts)} chains' prompts but {len(seeds)} seeds")
+        self.sampler, self.tok, self.params = sampler, tokenizer, params
+        self.prompts, self.seeds = [list(p) for p in prompts], list(seeds)
         self.reuse_cache = bool(getattr(sampler, "can_continue", lambda: False)())
-        self._seeds = itertools.count(seed)
+        self.calls = 0
 
     def start(self, answers: list[list[int]]) -> list[Trace]:
-        """Chain starts from given answers (one teacher-forced pass, the only one)."""
-        return encode_traces(self.sampler.model, self.tok, self.prompt_ids, answers, keep_past=self.reuse_cache)
+        """Chain starts from given answers: one teacher-forced pass per distinct prompt (the only one)."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for c, p in enumerate(self.prompts):
+            groups.setdefault(tuple(p), []).append(c)
+        out: list[Any] = [None] * len(answers)
+        for prompt, idx in groups.items():
+            traces = encode_traces(self.sampler.model, self.tok, list(prompt), [answers[c] for c in idx],
+                                   keep_past=self.reuse_cache)
+            for c, tr in zip(idx, traces):
+                out[c] = tr
+        return out
 
     def __call__(self, states: list[Trace], cuts: list[int]) -> list[Trace]:
-        cap = self.params.max_new_tokens
+        cap, step = self.params.max_new_tokens, self.calls
+        self.calls += 1
         todo = [c for c, t in enumerate(cuts) if t < cap]  # a cut at the cap leaves nothing to regenerate
         out = list(states)
         if not todo:
             return out
         kw: dict[str, Any] = {"past": [states[c].past for c in todo], "keep_past": True} if self.reuse_cache else {}
         gens = self.sampler.generate(
-            [self.prompt_ids + states[c].ids[: cuts[c]] for c in todo], self.params,
-            [next(self._seeds) for _ in todo], max_new=[cap - cuts[c] for c in todo], keep_states=True, **kw)
+            [self.prompts[c] + states[c].ids[: cuts[c]] for c in todo], self.params,
+            [self.seeds[c] + step for c in todo], max_new=[cap - cuts[c] for c in todo], keep_states=True, **kw)
         for c, (gen,) in zip(todo, gens):
             out[c] = cut_at_stop(continued(states[c], cuts[c], gen), self.tok, self.params.stop)
         return out

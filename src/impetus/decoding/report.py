@@ -16,7 +16,9 @@ def markdown(result: Mapping[str, Any]) -> str:
         f"{result['n_problems']} eval problems; energy `{result['energy']}`, τ = {result['tau']:g}, block "
         f"{result['block']} tokens, {result['chains']} chains × {result['steps']} steps. `name@n`: the V1 method on "
         "each problem's first n candidates, n the smallest whose tokens reach EBD's (best-of-N = argmin of the same "
-        "energy).", "",
+        "energy). " + ("Proposals continue each chain's KV cache and are scored from recorded values."
+                       if result.get("reuse_cache") else
+                       "This model's cache cannot be continued: proposals re-encode prompt + prefix."), "",
         "| method | family | acc % | 95% CI | tokens/problem | s/problem | MH acceptance |",
         "|---|---|---:|---|---:|---:|---:|",
     ]

@@ -7,19 +7,16 @@ import logging
 import time
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from impetus.benchmarks.grading import text_grader
 from impetus.config import BenchmarkParams, EBDParams, SamplingStageParams
-from impetus.decoding.evaluate import chain_answers, run_problem, summarize
-from impetus.decoding.proposals import Proposer
+from impetus.decoding.evaluate import chain_answers, run_problems, summarize
 from impetus.decoding.report import markdown, plot_tokens
 from impetus.energy.registry import energy_columns
 from impetus.latent.scoring import NewAnswerScorer
 from impetus.learned.fitting import LearnedScorers, score_split
 from impetus.lm.sampler import get_sampler
-from impetus.lm.trace import Trace
 from impetus.pipelines.sampling.nodes import sampling_params
 from impetus.pipelines.utils import load_base_lm
 from impetus.selection.report import build_methods
@@ -47,25 +44,18 @@ def ebd_eval(
     # The proposal must be the model's own conditional: temperature 1, no nucleus truncation.
     params = dataclasses.replace(sampling_params(sampling, benchmark), n=1, temperature=1.0, top_p=1.0)
     prompt_of = dict(zip(prompts_eval["problem_id"], prompts_eval["prompt"]))
-    out, curve = [], []
     pids = list(problems_eval["problem_id"])[: ebd.n_problems or None]
-    iterator: Any = pids
-    if ebd.progress:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(pids, desc="EBD chains", unit="problem")
-    for k, pid in enumerate(iterator):
-        t0 = time.perf_counter()
-        propose = Proposer(sampler, tok, tok(prompt_of[pid])["input_ids"], params, seed=ebd.seed * 7919 + k * 104729)
-
-        def energy(traces: list[Trace], pid: str = pid) -> np.ndarray:
-            return scorer.from_traces(pid, traces)[ebd.energy].to_numpy(dtype=float)
-
-        cands = graded_eval[graded_eval["problem_id"] == pid].sort_values("sample_idx").head(ebd.chains)
-        starts = propose.start([tok(t, add_special_tokens=False)["input_ids"] for t in cands["completion"]])
-        chains = run_problem(starts, propose, energy, ebd.tau, ebd.block, ebd.steps, seed=ebd.seed + k)
-        base_tokens = int(cands["n_tokens"].sum())
-        seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    cands = {pid: g.sort_values("sample_idx").head(ebd.chains) for pid, g in graded_eval.groupby("problem_id")}
+    chains_of, reuse_cache = run_problems(
+        sampler, tok, params, [tok(prompt_of[pid])["input_ids"] for pid in pids],
+        [[tok(t, add_special_tokens=False)["input_ids"] for t in cands[pid]["completion"]] for pid in pids],
+        lambda k, traces: scorer.from_traces(pids[k], traces)[ebd.energy].to_numpy(float), ebd)
+    seconds = (time.perf_counter() - t0) / max(len(pids), 1)
+    out, curve = [], []
+    for k, pid in enumerate(pids):
+        chains = chains_of[k]
+        base_tokens = int(cands[pid]["n_tokens"].sum())
         for name, (answer, ok, text) in chain_answers(chains, decode, pid, grade).items():
             out.append({"problem_id": pid, "method": name, "answer": answer, "correct": ok, "text": text,
                         "tokens": base_tokens + chains.proposed_tokens, "seconds": seconds,
@@ -85,7 +75,7 @@ def ebd_eval(
     compare_to = list(dict.fromkeys([ebd.energy, "majority", f"vote_{ebd.energy}", headline]))
     result = summarize(answers, curve_df, v1_df, v1_methods, compare_to, ebd.n_boot, ebd.seed)
     result |= {"energy": ebd.energy, "tau": ebd.tau, "block": ebd.block, "steps": ebd.steps, "chains": ebd.chains,
-               "headline_v1": headline}
+               "headline_v1": headline, "reuse_cache": reuse_cache}
     report = markdown(result)
     logger.info("EBD report:\n%s", report)
     flat = method_metrics({k: {kk: vv for kk, vv in m.items() if kk != "family"} for k, m in result["methods"].items()},
