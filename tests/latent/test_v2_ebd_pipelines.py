@@ -110,5 +110,6 @@ def test_ebd_slice(catalog):
     assert any(k.startswith("ebd_lowest vs hybrid@") for k in result["comparisons"])  # best-of-N, same energy
     assert set(pd.DataFrame(result["ebd_curve"])["step"]) == {0, 1, 2, 3}
     assert "EBD" in catalog["ebd_report"].load()
+    assert result["reuse_cache"] is True and "continue each chain's KV cache" in catalog["ebd_report"].load()
     assert set(catalog["ebd_plots"].load()) == {"ebd_accuracy_vs_tokens.png"}
     assert len(answers) == 2 * 2 and answers["tokens"].gt(0).all()
