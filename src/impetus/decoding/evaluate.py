@@ -5,7 +5,8 @@ is allowed: the stationary distribution does not depend on it) and propose from 
 temperature 1 without truncation, as the derivation in :mod:`impetus.decoding.mh` requires. Two
 EBD answers per problem: ``ebd_lowest`` (the lowest-energy state any chain visited) and
 ``ebd_vote`` (majority over the chains' final states, i.e. over samples of the tilted
-distribution). Tokens = the starts' tokens + every proposed token; after ``s`` steps the same
+distribution). The chains of many problems are proposed in one batch (:func:`run_problems`).
+Tokens = the starts' tokens + every proposed token; after ``s`` steps the same
 accounting gives the accuracy-vs-tokens curve. V1 is matched at that budget by
 :func:`impetus.selection.budget.compare_at_equal_tokens`.
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -23,6 +24,10 @@ from impetus.decoding.mh import Chains, run_chains
 from impetus.decoding.proposals import Proposer
 from impetus.selection.budget import compare_at_equal_tokens, prefix_accuracy, v1_budget_curve
 from impetus.selection.rules import Selector
+
+if TYPE_CHECKING:
+    from impetus.config import EBDParams
+    from impetus.lm.sampler import SamplingParams
 
 Grade = Callable[[str, str], "tuple[str | None, bool]"]
 
@@ -74,8 +79,9 @@ def run_problem(starts: list, propose: Callable, energy: Callable, tau: float, b
                       rng=chain_rngs(seed, [0] * len(starts)))
 
 
-def run_problems(sampler: Any, tokenizer: Any, params: Any, prompts: list[list[int]], starts: list[list[list[int]]],
-                 energy: Callable[[int, list], np.ndarray], ebd: Any) -> tuple[list[Chains], bool]:
+def run_problems(sampler: Any, tokenizer: Any, params: SamplingParams, prompts: list[list[int]],
+                 starts: list[list[list[int]]], energy: Callable[[int, list], np.ndarray], ebd: EBDParams,
+                 ) -> tuple[list[Chains], bool]:
     """Every problem's chains (problem ``k``: prompt ids ``prompts[k]``, start answers ``starts[k]``,
     ``energy(k, states)``), and whether proposals reused the chains' KV caches.
 
