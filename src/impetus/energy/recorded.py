@@ -44,22 +44,32 @@ def _char_span(start: Any, end: Any) -> tuple[int, int] | None:
     return None if pd.isna(start) or pd.isna(end) else (int(start), int(end))
 
 
+def energy_table(rows: list[dict]) -> pd.DataFrame:
+    """Rows of :func:`impetus.energy.logit.candidate_energy_row` as a table: energies float64, flags bool."""
+    table = pd.DataFrame(rows, columns=list(ENERGY_COLUMNS) + list(FLAG_COLUMNS))
+    return table.astype({c: np.float64 for c in ENERGY_COLUMNS} | {c: bool for c in FLAG_COLUMNS})
+
+
+def recorded_row(lse: Any, tok_logit: Any, deepconf: Any, ends: list[int], char_span: tuple[int, int] | None,
+                 n_tokens: int) -> tuple[dict, tuple[int, int] | None]:
+    """One candidate's energy row from its recorded arrays (``n_tokens`` kept tokens), and its
+    answer's token span (characters ``char_span`` mapped through the tokens' end offsets)."""
+    per_tok = per_token_from_record(torch.as_tensor(np.asarray(lse, np.float32)),
+                                    torch.as_tensor(np.asarray(tok_logit, np.float32)),
+                                    torch.as_tensor(np.asarray(deepconf, np.float32)))
+    span = token_span(list(ends), char_span)
+    return candidate_energy_row(per_tok, span, int(n_tokens)), span
+
+
 def recorded_energies(graded: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Energies table (problem_id, sample_idx, logit energies, flags) and pooled hidden states of a
     graded candidates table with recorded statistics; the answer span is the graded one."""
     if not has_record(graded):
         raise ValueError("candidates carry no recorded statistics (sampled without recording?); "
                          "use the teacher-forced path (impetus.lm.scoring.score_table)")
-    rows = []
-    for r in graded.itertuples(index=False):
-        per_tok = per_token_from_record(
-            torch.as_tensor(np.asarray(r.rec_lse, np.float32)), torch.as_tensor(np.asarray(r.rec_tok_logit, np.float32)),
-            torch.as_tensor(np.asarray(r.rec_deepconf, np.float32)),
-        )
-        span = token_span(list(r.rec_char_ends), _char_span(r.answer_start, r.answer_end))
-        rows.append(candidate_energy_row(per_tok, span, int(r.n_tokens)))
-    table = pd.DataFrame(rows, columns=list(ENERGY_COLUMNS) + list(FLAG_COLUMNS))
-    table = table.astype({c: np.float64 for c in ENERGY_COLUMNS} | {c: bool for c in FLAG_COLUMNS})
+    rows = [recorded_row(r.rec_lse, r.rec_tok_logit, r.rec_deepconf, r.rec_char_ends,
+                         _char_span(r.answer_start, r.answer_end), r.n_tokens)[0] for r in graded.itertuples(index=False)]
+    table = energy_table(rows)
     table.insert(0, "problem_id", graded["problem_id"].to_numpy())
     table.insert(1, "sample_idx", graded["sample_idx"].to_numpy())
     hidden = {

@@ -105,9 +105,6 @@ class HFSampler:
         self._past, self._keep, self._keep_states = None, False, False  # set per generate() call
 
     # ----------------------------------------------------------------- cache helpers
-    def _mergeable(self, cache: DynamicCache) -> bool:
-        return mergeable(cache)
-
     def _compact(
         self, slots: list[_Row | None], cache: DynamicCache, mask: torch.Tensor, pos: torch.Tensor,
         logits: torch.Tensor,
@@ -248,10 +245,10 @@ class HFSampler:
 
         while pending or live:
             free = bs - live
-            can_merge = cache is None or not live or self._mergeable(cache)
+            can_merge = cache is None or not live or mergeable(cache)
             refill = pending and can_merge and (not live or free >= min(refill_at, len(pending)))
             dead = len(slots) - live
-            if dead and (refill or dead >= compact_at or not self._mergeable(cache)):
+            if dead and (refill or dead >= compact_at or not mergeable(cache)):
                 cache, mask, pos, logits = self._compact(slots, cache, mask, pos, logits)
                 slots = [r for r in slots if r is not None]
             if refill:

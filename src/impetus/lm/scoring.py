@@ -29,7 +29,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from impetus.energy.logit import ENERGY_COLUMNS, FLAG_COLUMNS, candidate_energy_row, logit_energies
+from impetus.energy.logit import candidate_energy_row, logit_energies
+from impetus.energy.recorded import energy_table
+from impetus.lm.recording import pool_states
 
 
 @dataclass
@@ -230,24 +232,10 @@ def score_candidates(
                 per_tok = logit_energies(logit_rows[j], torch.tensor(comp_ids[i], dtype=torch.long))
                 rows[i] = candidate_energy_row(per_tok, tok_spans[i], T)
                 if last_h is not None:
-                    hs = last_h[j]  # [T + 1, H]: last prompt state, then the completion's states
-                    if T == 0:
-                        # No completion token to pool: the last prompt state summarises the context.
-                        mean_vec = ans_vec = hs[0]
-                    else:
-                        mean_vec = hs[1 : T + 1].mean(dim=0)
-                        span = tok_spans[i]
-                        end = span[1] if span is not None and span[1] <= T else T
-                        ans_vec = hs[end]
-                    h_mean[i] = mean_vec.cpu().numpy()
-                    h_ans[i] = ans_vec.cpu().numpy()
+                    hs = last_h[j].cpu()  # [T + 1, H]: last prompt state, then the completion's states
+                    h_mean[i], h_ans[i] = pool_states(hs[1 : T + 1], hs[0], tok_spans[i])
 
-    columns = list(ENERGY_COLUMNS) + list(FLAG_COLUMNS)
-    energies = pd.DataFrame(rows, columns=columns)
-    for c in ENERGY_COLUMNS:
-        energies[c] = energies[c].astype(np.float64)
-    for c in FLAG_COLUMNS:
-        energies[c] = energies[c].astype(bool)
+    energies = energy_table(rows)
 
     hidden_mean = hidden_answer = None
     if hidden:

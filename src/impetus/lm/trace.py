@@ -19,8 +19,7 @@ import pandas as pd
 import torch
 from transformers import DynamicCache
 
-from impetus.energy.logit import ENERGY_COLUMNS, FLAG_COLUMNS, candidate_energy_row, per_token_from_record
-from impetus.energy.recorded import token_span
+from impetus.energy.recorded import energy_table, recorded_row
 from impetus.lm.kv_cache import RowPast, row_past
 from impetus.lm.recording import char_ends, last_state_hook, pool_states, step_stats
 from impetus.lm.sampler import Generation, kept_before
@@ -108,13 +107,9 @@ def trace_energies(tokenizer: Any, traces: list[Trace], char_spans: list[tuple[i
     the same numbers :func:`impetus.lm.scoring.score_candidates` computes with a forward pass."""
     rows, mean, ans = [], [], []
     for tr, chars in zip(traces, char_spans):
-        span = token_span(char_ends(tokenizer, tr.ids), chars)
-        per_tok = per_token_from_record(torch.as_tensor(tr.lse), torch.as_tensor(tr.tok_logit),
-                                        torch.as_tensor(tr.deepconf))
-        rows.append(candidate_energy_row(per_tok, span, len(tr)))
+        row, span = recorded_row(tr.lse, tr.tok_logit, tr.deepconf, char_ends(tokenizer, tr.ids), chars, len(tr))
+        rows.append(row)
         m, a = pool_states(tr.states, tr.prompt_state, span)
         mean.append(m)
         ans.append(a)
-    table = pd.DataFrame(rows, columns=list(ENERGY_COLUMNS) + list(FLAG_COLUMNS))
-    table = table.astype({c: np.float64 for c in ENERGY_COLUMNS} | {c: bool for c in FLAG_COLUMNS})
-    return table, {"hidden_mean": np.stack(mean), "hidden_answer": np.stack(ans)}
+    return energy_table(rows), {"hidden_mean": np.stack(mean), "hidden_answer": np.stack(ans)}
