@@ -31,8 +31,8 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from impetus.lm.kv_cache import (GrowLayer, RowPast, compact_layers, mergeable, row_past, stack_caches,
-                                 stack_pasts)
+from impetus.lm.kv_cache import (GrowLayer, RowPast, compact_layers, forward, mergeable, out_cache, row_past,
+                                 stack_caches, stack_pasts)
 from impetus.energy.recorded import token_span
 from impetus.lm.nucleus import sample_tokens as _sample_tokens
 from impetus.lm.recording import RowRecord, char_ends, finalize, last_state_hook
@@ -142,9 +142,9 @@ class HFSampler:
             if all(type(layer) is DynamicLayer for layer in cache.layers):
                 cache.layers = [GrowLayer() for _ in cache.layers]  # in-place growth, same semantics
             if common:
-                self.model(input_ids=torch.tensor([seqs[0][:common]], device=self.device),
-                           position_ids=torch.arange(common, device=self.device)[None], past_key_values=cache,
-                           use_cache=True, logits_to_keep=1)
+                forward(self.model, cache, input_ids=torch.tensor([seqs[0][:common]], device=self.device),
+                        position_ids=torch.arange(common, device=self.device)[None], use_cache=True,
+                        logits_to_keep=1)
                 cache.batch_repeat_interleave(len(seqs))
             heads, head_mask = [common] * len(seqs), torch.ones((len(seqs), common), dtype=torch.long)
         rests = [q[n:] for q, n in zip(seqs, heads)]
@@ -157,11 +157,11 @@ class HFSampler:
             mask[i, width - len(rest):] = 1
         pos = (torch.tensor(heads)[:, None] + mask.cumsum(-1) - 1).clamp_(min=0)
         mask = torch.cat([head_mask.cpu(), mask], dim=1).to(self.device)
-        out = self.model(input_ids=ids.to(self.device), attention_mask=mask, position_ids=pos.to(self.device),
-                         past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = forward(self.model, cache, input_ids=ids.to(self.device), attention_mask=mask,
+                      position_ids=pos.to(self.device), use_cache=True, logits_to_keep=1)
         where = {p: i for i, p in enumerate(uniq)}
         sel = torch.tensor([where[r.prompt_idx] for r in rows], device=self.device)
-        cache = out.past_key_values
+        cache = out_cache(out)
         state = self._state() if self.record else None
         if state is not None:
             for r, k in zip(rows, sel.tolist()):
@@ -306,14 +306,9 @@ class HFSampler:
 
             t0 = time.perf_counter()
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
-            out = self.model(
-                input_ids=toks[:, None].to(self.device),
-                attention_mask=mask,
-                position_ids=pos[:, None],
-                past_key_values=cache,
-                use_cache=True,
-            )
-            cache, logits = out.past_key_values, out.logits[:, -1]
+            out = forward(self.model, cache, input_ids=toks[:, None].to(self.device), attention_mask=mask,
+                          position_ids=pos[:, None], use_cache=True)
+            cache, logits = out_cache(out), out.logits[:, -1]
             pos = pos + 1
             served = [(k, r) for k, r in enumerate(slots) if r is not None] + list(tails.items())
             dt = (time.perf_counter() - t0) / len(served)

@@ -7,11 +7,37 @@ along the sequence dimension and writes new tokens in place, returning a view of
 
 from __future__ import annotations
 
+import inspect
+from functools import lru_cache
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from transformers.cache_utils import DynamicLayer
+
+@lru_cache(maxsize=None)
+def _cache_kwarg(forward_cls: type) -> str:
+    """The name a model class's ``forward`` takes its KV cache under: ``cache`` since transformers
+    5.2x (which deprecates ``past_key_values`` and drops it in 5.40), ``past_key_values`` before."""
+    params = inspect.signature(forward_cls.forward).parameters
+    if "cache" in params or "past_key_values" in params:
+        return "cache" if "cache" in params else "past_key_values"
+    # a wrapper taking **kwargs: the name its wrapped model takes in this transformers version
+    from transformers.utils import generic
+
+    return "cache" if hasattr(generic, "_BCCacheNameMeta") else "past_key_values"
+
+
+def forward(model: Any, cache: Any, **kwargs: Any) -> Any:
+    """``model(**kwargs)`` with ``cache`` passed under the name this transformers version takes,
+    so neither the old nor the new version warns."""
+    return model(**{_cache_kwarg(type(model)): cache}, **kwargs)
+
+
+def out_cache(out: Any) -> Any:
+    """The KV cache a forward returned (``out.cache`` on new transformers, ``past_key_values`` on old)."""
+    return out["cache"] if "cache" in out else out["past_key_values"]
+
 
 # Spare sequence room a cache layer allocates when it (re)builds its buffers: at least this many
 # positions, or a quarter of the current length if more (amortised growth).

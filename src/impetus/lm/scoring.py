@@ -31,6 +31,7 @@ import torch
 
 from impetus.energy.logit import candidate_energy_row, logit_energies
 from impetus.energy.recorded import energy_table
+from impetus.lm.kv_cache import forward, out_cache
 from impetus.lm.recording import pool_states
 
 
@@ -121,7 +122,7 @@ def _forward_shared_prompt(
     out = model(input_ids=torch.tensor([p_ids], device=device), use_cache=True, **kwargs)
     first_logits = out.logits[0, -1].float()
     first_h = out.hidden_states[-1][0, -1].float() if hidden else None
-    cache = out.past_key_values
+    cache = out_cache(out)
     n, width, P = len(comps), max(len(c) for c in comps), len(p_ids)
     if width == 0:
         return [first_logits[None]] * n, ([first_h[None]] * n if hidden else None)
@@ -133,10 +134,8 @@ def _forward_shared_prompt(
         ids[j, : len(c)] = torch.tensor(c, dtype=torch.long)
         mask[j, P : P + len(c)] = 1
     pos = torch.arange(P, P + width).expand(n, width)
-    out = model(
-        input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
-        past_key_values=cache, use_cache=True, output_hidden_states=hidden,
-    )
+    out = forward(model, cache, input_ids=ids.to(device), attention_mask=mask.to(device),
+                  position_ids=pos.to(device), use_cache=True, output_hidden_states=hidden)
     logits = out.logits.float()
     rows = [torch.cat([first_logits[None], logits[j, : len(c)]]) for j, c in enumerate(comps)]
     states = None

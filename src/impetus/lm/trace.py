@@ -20,7 +20,7 @@ import torch
 from transformers import DynamicCache
 
 from impetus.energy.recorded import energy_table, recorded_row
-from impetus.lm.kv_cache import RowPast, row_past
+from impetus.lm.kv_cache import RowPast, forward, out_cache, row_past
 from impetus.lm.recording import char_ends, last_state_hook, pool_states, step_stats
 from impetus.lm.sampler import Generation, kept_before
 
@@ -86,8 +86,8 @@ def encode_traces(model: Any, tokenizer: Any, prompt_ids: list[int], answers: li
     cache = DynamicCache(config=model.config)
     with last_state_hook(model, full=True) as state:
         # the last width + 1 positions: the rows predicting each answer token and the one after
-        out = model(input_ids=ids.to(device), attention_mask=mask.to(device), past_key_values=cache,
-                    use_cache=True, logits_to_keep=width + 1)
+        out = forward(model, cache, input_ids=ids.to(device), attention_mask=mask.to(device),
+                      use_cache=True, logits_to_keep=width + 1)
         h = state()
     traces = []
     for j, a in enumerate(answers):
@@ -97,7 +97,7 @@ def encode_traces(model: Any, tokenizer: Any, prompt_ids: list[int], answers: li
         lse = np.append(stats[:, 0], torch.logsumexp(rows[T], dim=-1).item()).astype(np.float32)
         traces.append(Trace(ids=list(a), lse=lse, tok_logit=stats[:, 1].copy(), deepconf=stats[:, 2].copy(),
                             states=h[j, P : P + T].numpy(), prompt_state=h[j, P - 1].numpy(),
-                            past=row_past(out.past_key_values.layers, mask.to(device), j) if keep_past else None))
+                            past=row_past(out_cache(out).layers, mask.to(device), j) if keep_past else None))
     return traces
 
 
