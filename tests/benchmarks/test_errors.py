@@ -78,7 +78,7 @@ def test_fewshot_without_exemplars_is_a_clear_error(tmp_path):
 def test_hf_source_offline_error(name, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert os.environ["HF_HUB_OFFLINE"] == "1"
-    with pytest.raises(RuntimeError, match="pass a local path"):
+    with pytest.raises(RuntimeError, match=r"set benchmark\.source to a local path"):
         get_benchmark(name).load("hf")
 
 
@@ -130,3 +130,94 @@ def test_bad_line_after_good_ones_still_names_file_and_line(tmp_path):
     folder = _gsm_folder(tmp_path, [GOOD, "", "[1, 2]"])
     with pytest.raises(DataFormatError, match=r"test\.jsonl: line 3: expected a JSON object, got list"):
         get_benchmark("gsm8k").load(folder)
+
+
+# ---------------------------------------------------------------- bad input that used to get through
+def _good(n: int) -> str:
+    """A valid GSM8K line whose question (hence id) differs for each ``n``."""
+    return json.dumps({"question": f"What is 1 + {n}?", "answer": f"1 + {n} = {n + 1}\n#### {n + 1}"})
+
+
+def test_non_utf8_byte_names_file_and_line(tmp_path):
+    good = (GOOD + "\n").encode()
+    (tmp_path / "test.jsonl").write_bytes(good + (_good(2) + "\n").encode() + b'{"question": "caf\xe9?", "answer": "#### 1"}\n')
+    with pytest.raises(DataFormatError, match=r"test\.jsonl: line 3: not valid UTF-8 \(byte 0xe9 at column 18\)"):
+        get_benchmark("gsm8k").load(tmp_path)
+    svamp = tmp_path / "SVAMP.json"
+    svamp.write_bytes(b'[\n  {"ID": "a",\n   "Body": "caf\xe9"}\n]')
+    with pytest.raises(DataFormatError, match=r"SVAMP\.json: line 3: not valid UTF-8"):
+        get_benchmark("svamp").load(svamp)
+
+
+def test_huge_question_is_rejected_with_file_line_and_limit(tmp_path):
+    from impetus.benchmarks.base import Benchmark
+
+    limit = Benchmark.max_question_chars
+    assert f"{limit:,}" in Benchmark.__doc__  # the limit is stated where users read it
+    huge = json.dumps({"question": "x" * 10_000_000, "answer": "#### 1"})
+    folder = _gsm_folder(tmp_path, [GOOD, huge])
+    with pytest.raises(DataFormatError, match=rf"test\.jsonl: line 2: question has 10,000,000 characters; the limit is {limit:,}"):
+        get_benchmark("gsm8k").load(folder)
+    just_fits = json.dumps({"question": "x" * limit, "answer": "#### 1"})
+    assert len(get_benchmark("gsm8k").load(_gsm_folder(tmp_path, [GOOD, just_fits]))) == 2
+
+
+def test_empty_question_is_rejected(tmp_path):
+    folder = _gsm_folder(tmp_path, [GOOD, json.dumps({"question": "  ", "answer": "#### 1"})])
+    with pytest.raises(DataFormatError, match=r"test\.jsonl: line 2: question is empty"):
+        get_benchmark("gsm8k").load(folder)
+
+
+def _arc_line(texts: list[str], key: str = "A", qid: str = "x") -> str:
+    labels = [chr(ord("A") + i) for i in range(len(texts))]
+    return json.dumps({"id": qid, "question": "q?", "choices": {"text": texts, "label": labels}, "answerKey": key})
+
+
+def test_arc_item_with_one_choice_is_rejected(tmp_path):
+    from impetus.benchmarks.arc import ARCChallenge
+
+    assert "at least 2 choices" in ARCChallenge.__mro__[1].__doc__
+    f = tmp_path / "ARC-Challenge-test.jsonl"
+    f.write_text(_arc_line(["a", "b"], qid="ok") + "\n" + _arc_line(["the answer"], qid="one") + "\n")
+    with pytest.raises(DataFormatError, match=r"ARC-Challenge-test\.jsonl: line 2: 1 choice\(s\); at least 2"):
+        get_benchmark("arc_challenge").load(f)
+    f.write_text(_arc_line(["a", "b"]) + "\n")
+    assert get_benchmark("arc_challenge").load(f).choices.map(len).tolist() == [2]
+
+
+def test_duplicate_problem_ids_name_both_files_and_lines(tmp_path):
+    folder = _gsm_folder(tmp_path, [GOOD, _good(3)])
+    (tmp_path / "train.jsonl").write_text("\n".join([_good(4), _good(5), GOOD]) + "\n")
+    with pytest.raises(DataFormatError, match=(
+        rf"{tmp_path / 'train.jsonl'}: line 3: duplicate problem_id 'gsm8k-\w+' \(first at {tmp_path / 'test.jsonl'}: line 1\)"
+    )):
+        get_benchmark("gsm8k").load(folder)
+
+
+def test_offline_hub_error_names_the_parameter(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(RuntimeError, match=r"set benchmark\.source to a local path, e\.g\. '\.\./shared/data/gsm8k'"):
+        get_benchmark("gsm8k").load("hf")
+
+
+def test_benchmark_modules_import_no_cycle():
+    """No module of impetus.benchmarks imports one that (directly or not) imports it back."""
+    import ast
+    from pathlib import Path
+
+    import impetus.benchmarks as pkg
+
+    folder = Path(pkg.__file__).parent
+    graph = {}
+    for f in folder.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(f.read_text())):  # function-level (lazy) imports count too
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("impetus.benchmarks."):
+                deps.add(node.module.rsplit(".", 1)[1])
+        graph[f.stem] = deps
+
+    def reaches(src, dst, seen=()):
+        return any(d == dst or (d not in seen and reaches(d, dst, (*seen, d))) for d in graph.get(src, ()))
+
+    assert "base" in graph and "_io" in graph
+    assert not [m for m in graph if m != "__init__" and reaches(m, m)]

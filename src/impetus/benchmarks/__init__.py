@@ -4,8 +4,8 @@ Each module registers its class with ``@register("name")``; adding a benchmark i
 plus one import line below.
 """
 
-from impetus.benchmarks._io import DataFormatError, EmptySourceError
 from impetus.benchmarks.base import COLUMNS, Benchmark, get_benchmark, is_missing, list_benchmarks, register
+from impetus.benchmarks.errors import DataFormatError, EmptySourceError
 
 # Imported for their @register side effect.
 from impetus.benchmarks import arc, arith, bbh, gsm8k, math500, svamp  # noqa: E402,F401  isort: skip

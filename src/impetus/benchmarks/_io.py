@@ -14,20 +14,35 @@ from pathlib import Path
 from typing import Any
 
 from impetus.benchmarks.base import is_missing
+from impetus.benchmarks.errors import DataFormatError, EmptySourceError, at
+
+__all__ = [
+    "DataFormatError", "EmptySourceError", "content_hash", "hf_records", "json_array_lines", "read_json",
+    "read_jsonl", "read_text", "require",
+]
 
 logger = logging.getLogger(__name__)
 
 
-class DataFormatError(ValueError):
-    """A source record is malformed or lacks a required field (message names file and line)."""
+def _decode(raw: bytes, where: str, first_line: int = 1) -> str:
+    """``raw`` as UTF-8; a bad byte raises :class:`DataFormatError` with its line and column.
 
-
-class EmptySourceError(DataFormatError):
-    """A source file (or a whole source) holds no usable records; the message names it.
-
-    Without this an empty download surfaced much later as "Asked for 8 eval problems but only 0
-    are available", with no hint of which file was at fault.
+    Python's own UnicodeDecodeError gives only a byte offset into the whole file.
     """
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = first_line + raw.count(b"\n", 0, exc.start)
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise DataFormatError(
+            f"{at(where, line)}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {column}); "
+            "re-save the file as UTF-8"
+        ) from None
+
+
+def read_text(path: Path) -> str:
+    """A whole text file as UTF-8 (errors name the file, line and column of a bad byte)."""
+    return _decode(Path(path).read_bytes(), str(path))
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -41,14 +56,15 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     if path.stat().st_size == 0:
         raise EmptySourceError(f"{path}: file is empty (0 bytes); expected one JSON object per line")
     n = 0
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    with path.open("rb") as fh:  # decoded per line, so a bad byte names its line
+        for lineno, raw in enumerate(fh, start=1):
+            line = _decode(raw, str(path), lineno)
             if not line.strip():
                 continue
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataFormatError(f"{path}: line {lineno}: malformed JSON ({exc.msg})") from exc
+                raise DataFormatError(f"{at(str(path), lineno)}: malformed JSON ({exc.msg})") from exc
             if not isinstance(rec, dict):
                 raise DataFormatError(f"{path}: line {lineno}: expected a JSON object, got {type(rec).__name__}")
             n += 1
@@ -62,7 +78,7 @@ def read_json(path: Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found (expected a JSON file)")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     if not text.strip():
         raise EmptySourceError(f"{path}: file is empty" + (" (0 bytes)" if not text else " (only whitespace)"))
     try:
@@ -80,7 +96,7 @@ def json_array_lines(path: Path, records: list[Any]) -> list[tuple[int, Any]]:
     """
     starts: list[int] = []
     depth = 0
-    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, line in enumerate(read_text(path).splitlines(), start=1):
         stripped = line.strip()
         if depth == 1 and stripped.startswith("{"):
             starts.append(lineno)
@@ -109,8 +125,9 @@ def content_hash(*parts: str, n: int = 12) -> str:
 def hf_records(benchmark: str, hub_id: str, config: str | None, local_hint: str) -> dict[str, list[dict]]:
     """Load ``hub_id`` with :func:`datasets.load_dataset` and return ``{split: [record, ...]}``.
 
-    Any failure (offline, gated, renamed) becomes a RuntimeError that tells the user to pass a
-    local path instead, since that is the only fix available on an air-gapped machine.
+    Any failure (offline, gated, renamed) becomes a RuntimeError that tells the user to set the
+    ``benchmark.source`` parameter to a local path instead (the only fix available on an
+    air-gapped machine), naming the parameter the pipeline user sets as well as ``load()``.
     """
     try:
         import datasets  # imported lazily: slow, and only this code path needs it
@@ -120,8 +137,8 @@ def hf_records(benchmark: str, hub_id: str, config: str | None, local_hint: str)
     except Exception as exc:  # noqa: BLE001 - any hub failure gets the same actionable message
         raise RuntimeError(
             f"{benchmark}: could not load {hub_id!r}{f' ({config})' if config else ''} from the "
-            f"Hugging Face hub: {type(exc).__name__}: {exc}. This machine may be offline; pass a "
-            f"local path to load() instead, e.g. {local_hint!r}."
+            f"Hugging Face hub: {type(exc).__name__}: {exc}. This machine may be offline; set "
+            f"benchmark.source to a local path, e.g. {local_hint!r} (in Python: load(<path>))."
         ) from exc
     logger.info("%s: loaded %s from the hub: %s", benchmark, hub_id, {k: len(v) for k, v in out.items()})
     return out

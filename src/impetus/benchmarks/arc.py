@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 from impetus.benchmarks._io import DataFormatError, hf_records, read_jsonl, require
 from impetus.benchmarks.base import Benchmark, Row, Span, as_text, make_row, meta_of, register
+from impetus.benchmarks.errors import at
 
 DEFAULT_LABELS = ["A", "B", "C", "D", "E", "1", "2", "3", "4", "5"]
 _SPLITS = ("train", "validation", "test")
@@ -55,9 +56,14 @@ def _norm_label(s: str | None) -> str:
 
 
 class _ARC(Benchmark):
-    """Shared ARC logic; subclasses set ``subset`` ("Challenge" or "Easy")."""
+    """Shared ARC logic; subclasses set ``subset`` ("Challenge" or "Easy").
+
+    Besides the limits of :class:`Benchmark`, an item needs at least 2 choices (``min_choices``):
+    with one, its prompt lists the answer alone. Source items have 3 to 5.
+    """
 
     subset: ClassVar[str] = "Challenge"
+    min_choices = 2
     chat_instruction = (
         "Think step by step, then finish with 'The answer is (X).' where X is the label of the correct choice."
     )
@@ -77,7 +83,9 @@ class _ARC(Benchmark):
         if len(labels) != len(texts) or key not in labels:
             raise DataFormatError(f"{where}: line {line}: answerKey {key!r} not among labels {labels}")
         meta = {"labels": labels, "source_id": rec["id"], "answer_text": texts[labels.index(key)]}
-        return make_row(f"{self.name}-{rec['id']}", self.name, split, str(rec["question"]).strip(), key, meta, texts)
+        return make_row(
+            f"{self.name}-{rec['id']}", self.name, split, str(rec["question"]).strip(), key, meta, texts, at(where, line)
+        )
 
     def _load_local(self, path: Path) -> list[dict[str, Any]]:
         if path.is_file():

@@ -18,6 +18,9 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
+from impetus.benchmarks.checks import ORIGIN, check_rows
+from impetus.benchmarks.errors import EmptySourceError
+
 logger = logging.getLogger(__name__)
 
 COLUMNS = ["problem_id", "benchmark", "split", "question", "choices", "gold", "meta"]
@@ -97,10 +100,15 @@ def meta_of(row: Row) -> dict[str, Any]:
 
 def make_row(
     problem_id: str, benchmark: str, split: str, question: str, gold: str,
-    meta: dict[str, Any] | None = None, choices: Sequence[str] | None = None,
+    meta: dict[str, Any] | None = None, choices: Sequence[str] | None = None, origin: str | None = None,
 ) -> dict[str, Any]:
-    """One table row in the fixed schema (meta JSON-encoded, keys sorted for stable bytes)."""
+    """One table row in the fixed schema (meta JSON-encoded, keys sorted for stable bytes).
+
+    ``origin`` ("<file>: line <n>") lets :meth:`Benchmark.load` name where a row that breaks a
+    limit came from; it is not a column and never reaches the table.
+    """
     return {
+        ORIGIN: origin,
         "problem_id": str(problem_id),
         "benchmark": benchmark,
         "split": split,
@@ -125,6 +133,11 @@ class Benchmark(ABC):
 
     Subclasses implement :meth:`_load_local`, :meth:`_load_hf`, :meth:`extract_span`,
     :meth:`grade` and :meth:`format_solution`; the rest has working defaults.
+
+    Limits checked when loading (a record that breaks one fails with its file and line): the
+    question is not empty and has at most 20,000 characters (``max_question_chars``; the longest
+    in the shipped data has 2,482, a BBH task), every problem id is unique, and multiple-choice
+    benchmarks say how many choices an item needs (``min_choices``).
     """
 
     name: ClassVar[str] = "benchmark"
@@ -134,6 +147,8 @@ class Benchmark(ABC):
     local_hint: ClassVar[str] = "../shared/data/<set>"
     answer_prefix: ClassVar[str] = ""  # text after "A:" in the few-shot target (BBH: CoT trigger)
     chat_instruction: ClassVar[str] = "Think step by step, then finish with 'The answer is <answer>.'"
+    max_question_chars: ClassVar[int] = 20_000  # stated in the class docstring; a test keeps them equal
+    min_choices: ClassVar[int | None] = None  # multiple choice: fewest choices an item may have
 
     def __init__(self, n_shots: int | None = None, seed: int = 0) -> None:
         self.n_shots = self.default_n_shots if n_shots is None else int(n_shots)
@@ -146,22 +161,18 @@ class Benchmark(ABC):
 
         Few-shot exemplars are picked here (k = ``n_shots``) and get split ``"fewshot"``, so the
         ingest stage never uses them as train or eval problems. A source without any record
-        raises ``EmptySourceError`` naming it (readers name the empty file itself).
+        raises ``EmptySourceError`` naming it (readers name the empty file itself); a row that
+        breaks a limit of the class docstring raises ``DataFormatError`` naming its file and line.
         """
         rows = self._load_rows(source)
         if not any(r["split"] != "fewshot" for r in rows):
-            from impetus.benchmarks._io import EmptySourceError  # _io imports this module
-
             raise EmptySourceError(
                 f"{self.name}: source {str(source)!r} has no problems"
                 + (f" (only {len(rows)} few-shot exemplars)" if rows else "")
                 + f"; expected {self.expected_layout()}"
             )
-        df = _frame(rows)
-        dups = df.loc[df["problem_id"].duplicated(), "problem_id"]
-        if len(dups):
-            raise ValueError(f"{self.name}: duplicate problem_id values, e.g. {dups.head(5).tolist()}")
-        df = self._select_fewshot(df)
+        check_rows(rows, f"{self.name} source {str(source)!r}", self.max_question_chars, self.min_choices)
+        df = self._select_fewshot(_frame(rows))
         logger.info("%s: loaded %d rows by split %s", self.name, len(df), df["split"].value_counts().to_dict())
         return df.reset_index(drop=True)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from impetus.benchmarks._io import DataFormatError, EmptySourceError, content_hash, hf_records, read_json, require
+from impetus.benchmarks._io import DataFormatError, EmptySourceError, content_hash, hf_records, read_json, read_text, require
 from impetus.benchmarks.base import Benchmark, Row, Span, as_text, make_row, meta_of, register, strip_span
 from impetus.benchmarks.numeric import canonical_number
 
@@ -136,11 +136,14 @@ class BBH(Benchmark):
             # Two tasks repeat an input verbatim; number repeats in file order to keep ids unique.
             seen[h] = seen.get(h, 0) + 1
             pid = f"bbh-{task}-{h}" + (f"-{seen[h]}" if seen[h] > 1 else "")
-            rows.append(make_row(pid, self.name, "test", str(ex["input"]), str(ex["target"]).strip(), {"task": task}))
+            rows.append(make_row(
+                pid, self.name, "test", str(ex["input"]), str(ex["target"]).strip(), {"task": task},
+                origin=f"{where}: example {i}",
+            ))
         return rows
 
     def _shot_rows(self, task: str, cot: Path) -> list[dict[str, Any]]:
-        desc, shots = parse_cot_prompt(cot.read_text(encoding="utf-8"), str(cot))
+        desc, shots = parse_cot_prompt(read_text(cot), str(cot))
         self._descriptions[task] = desc
         rows = []
         for i, (q, a) in enumerate(shots[: self.n_shots]):
@@ -149,7 +152,9 @@ class BBH(Benchmark):
                 raise DataFormatError(f"{cot}: exemplar {i + 1} has no 'So the answer is' sentence")
             # The description travels in meta so a fresh instance can rebuild prompts from saved shots.
             meta = {"task": task, "solution": a, "description": desc}
-            rows.append(make_row(f"bbh-{task}-fewshot-{i}", self.name, "fewshot", q, span[0], meta))
+            rows.append(make_row(
+                f"bbh-{task}-fewshot-{i}", self.name, "fewshot", q, span[0], meta, origin=f"{cot}: exemplar {i + 1}"
+            ))
         return rows
 
     def _load_local(self, path: Path) -> list[dict[str, Any]]:

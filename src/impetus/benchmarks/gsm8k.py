@@ -9,6 +9,7 @@ from typing import Any
 
 from impetus.benchmarks._io import content_hash, hf_records, read_jsonl, require
 from impetus.benchmarks.base import Row, make_row, meta_of, register
+from impetus.benchmarks.errors import at
 from impetus.benchmarks.numeric import NumericBenchmark, canonical_number
 
 logger = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ class GSM8K(NumericBenchmark):
         # No source id: hash the question (unique in both splits, no train/test overlap).
         return make_row(
             f"gsm8k-{content_hash(q)}", self.name, split, q,
-            gold_from_solution(rec["answer"], where, line), {"solution": rec["answer"]},
+            gold_from_solution(rec["answer"], where, line), {"solution": rec["answer"]}, origin=at(where, line),
         )
 
     def _load_local(self, path: Path) -> list[dict[str, Any]]:

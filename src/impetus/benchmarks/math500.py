@@ -10,6 +10,7 @@ from typing import Any
 
 from impetus.benchmarks._io import hf_records, read_jsonl, require
 from impetus.benchmarks.base import Benchmark, Row, Span, as_text, make_row, meta_of, register, strip_span
+from impetus.benchmarks.errors import at
 from impetus.benchmarks.numeric import boxed_spans
 
 logger = logging.getLogger(__name__)
@@ -75,7 +76,8 @@ class MATH500(Benchmark):
         require(rec, _FIELDS, where, line)
         meta = {k: rec.get(k) for k in ("solution", "subject", "level", "unique_id")}
         return make_row(
-            f"math500-{rec['unique_id']}", self.name, split, str(rec["problem"]).strip(), str(rec["answer"]).strip(), meta
+            f"math500-{rec['unique_id']}", self.name, split, str(rec["problem"]).strip(), str(rec["answer"]).strip(), meta,
+            origin=at(where, line),
         )
 
     def _load_local(self, path: Path) -> list[dict[str, Any]]:

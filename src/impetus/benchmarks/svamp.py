@@ -8,6 +8,7 @@ from typing import Any
 
 from impetus.benchmarks._io import DataFormatError, EmptySourceError, hf_records, json_array_lines, read_json, require
 from impetus.benchmarks.base import Row, make_row, meta_of, register
+from impetus.benchmarks.errors import at
 from impetus.benchmarks.numeric import NumericBenchmark, canonical_number, format_equation_steps
 
 logger = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ class SVAMP(NumericBenchmark):
             raise DataFormatError(f"{where}: line {line}: Answer {rec['Answer']!r} is not a number")
         question = f"{str(rec['Body']).strip()} {str(rec['Question']).strip()}"
         meta = {"equation": str(rec["Equation"]).strip(), "type": rec.get("Type"), "id": rec["ID"]}
-        return make_row(f"svamp-{rec['ID']}", self.name, split, question, gold, meta)
+        return make_row(f"svamp-{rec['ID']}", self.name, split, question, gold, meta, origin=at(where, line))
 
     def _load_local(self, path: Path) -> list[dict[str, Any]]:
         if path.is_dir():
