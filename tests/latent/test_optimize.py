@@ -42,7 +42,7 @@ def planted(tok, target: str):
 def test_reinforce_lowers_a_planted_energy_and_changes_the_prefix(setup):
     tok, model, sampler, prompt, start = setup
     target = next(c for c in "abcdefgh" if not start.text.startswith(c))
-    opt = LatentOptimizer(model, tok, sampler, PARAMS, _cfg(lr=2.0, samples=16, steps=8))
+    opt = LatentOptimizer(sampler, tok, PARAMS, _cfg(lr=2.0, samples=16, steps=8))
     res = opt.optimize(prompt, start, planted(tok, target), seed=0)
     assert res.start_energy == 1.0 and res.energy == 0.0 and res.text.startswith(target)
     assert res.prefix_changed and res.generated_tokens > 0
@@ -51,7 +51,7 @@ def test_reinforce_lowers_a_planted_energy_and_changes_the_prefix(setup):
 
 def test_zero_variance_reward_leaves_z_unchanged(setup):
     tok, model, sampler, prompt, start = setup
-    opt = LatentOptimizer(model, tok, sampler, PARAMS, _cfg(steps=3))
+    opt = LatentOptimizer(sampler, tok, PARAMS, _cfg(steps=3))
     res = opt.optimize(prompt, start, lambda gens: np.ones(len(gens)), seed=0)
     # Every sample scored the same: the advantage is zero, z never moves, so the argmax decode is the
     # start prefix and nothing beats the start answer.
@@ -61,7 +61,7 @@ def test_zero_variance_reward_leaves_z_unchanged(setup):
 def test_gradient_mode_descends_a_state_energy_within_the_ball(setup):
     tok, model, sampler, prompt, start = setup
     k = 2
-    z0, states = prefix_states(model, prompt, start.token_ids, k)
+    z0, states = prefix_states(sampler, prompt, start.token_ids, k)
     direction = model.get_output_embeddings().weight[tok.convert_tokens_to_ids("q")].detach()
 
     def state_energy(h: torch.Tensor) -> torch.Tensor:
@@ -69,7 +69,7 @@ def test_gradient_mode_descends_a_state_energy_within_the_ball(setup):
 
     pool = lambda s: s[:k].mean(dim=0)  # noqa: E731  the optimised states alone
     energy = lambda gens: np.array([0.0 if g.text[:2].count("q") else 1.0 for g in gens])  # noqa: E731
-    opt = LatentOptimizer(model, tok, sampler, PARAMS, _cfg(mode="gradient", min_prefix=k, prefix_fraction=0.0,
+    opt = LatentOptimizer(sampler, tok, PARAMS, _cfg(mode="gradient", min_prefix=k, prefix_fraction=0.0,
                                                             steps=10, lr=1.0, radius=2.0))
     res = opt.optimize(prompt, start, energy, seed=0, state_energy=state_energy, pool=pool)
     assert res.prefix_changed and "q" in res.text[:2] and res.energy < res.start_energy
@@ -77,7 +77,7 @@ def test_gradient_mode_descends_a_state_energy_within_the_ball(setup):
 
 def test_same_seed_same_output(setup):
     tok, model, sampler, prompt, start = setup
-    opt = LatentOptimizer(model, tok, sampler, PARAMS, _cfg(steps=3))
+    opt = LatentOptimizer(sampler, tok, PARAMS, _cfg(steps=3))
     energy = lambda gens: np.array([len(g.text) % 3 for g in gens], dtype=float)  # noqa: E731
     a, b = opt.optimize(prompt, start, energy, seed=5), opt.optimize(prompt, start, energy, seed=5)
     assert a.text == b.text and [s["energy"] for s in a.steps] == [s["energy"] for s in b.steps]

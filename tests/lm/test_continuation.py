@@ -3,7 +3,7 @@
 - continuing from a finished row's cache gives exactly the tokens and recorded values that
   re-encoding prompt + prefix gives (same seeds);
 - a continuation's recorded values spliced after the kept prefix's equal a teacher-forced pass
-  over the whole answer (:func:`impetus.lm.trace.encode_traces`), so EBD's energies need no pass;
+  over the whole answer (:meth:`HFSampler.encode_answers`), so EBD's energies need no pass;
 - per-row caps, stop strings straddling the kept prefix, and models that cannot continue.
 """
 
@@ -15,7 +15,8 @@ import torch
 
 from impetus.lm.hf_sampler import HFSampler
 from impetus.lm.sampler import SamplingParams
-from impetus.lm.trace import continued, cut_at_stop, encode_traces, trace_energies
+from impetus.lm.hf_encode import encode_traces
+from impetus.lm.trace import continued, cut_at_stop, trace_energies
 from impetus.testing import tiny_llama, tiny_tokenizer
 
 PARAMS = SamplingParams(n=1, temperature=1.0, top_p=1.0, max_new_tokens=12, batch_size=8, seed=0)
@@ -29,8 +30,8 @@ def setup():
     model.generation_config.eos_token_id = [tok.convert_tokens_to_ids("e")]
     sampler = HFSampler(model, tok)
     prompts = [tok("What is 12 + 7?")["input_ids"], tok("x")["input_ids"], tok("Add 3 and 4, then 5:")["input_ids"]]
-    first = sampler.generate(prompts, PARAMS, [1, 2, 3], keep_past=True, keep_states=True)
-    return tok, model, sampler, prompts, [g for (g,) in first]
+    first = sampler.continue_rows(prompts, PARAMS, [1, 2, 3], [PARAMS.max_new_tokens] * 3, keep_past=True)
+    return tok, model, sampler, prompts, first
 
 
 def _cuts(gens):
@@ -42,10 +43,10 @@ def test_continuing_from_the_cache_equals_reencoding(setup):
     cuts = _cuts(gens)
     heads = [p + g.token_ids[:t] for p, g, t in zip(prompts, gens, cuts)]
     caps = [PARAMS.max_new_tokens - t for t in cuts]
-    cached = sampler.generate(heads, PARAMS, [7, 8, 9], past=[g.past for g in gens], max_new=caps, keep_states=True)
-    fresh = sampler.generate(heads, PARAMS, [7, 8, 9], max_new=caps, keep_states=True)
-    assert any(len(g.token_ids) > 2 for (g,) in cached)  # not vacuous
-    for (a,), (b,) in zip(cached, fresh):
+    cached = sampler.continue_rows(heads, PARAMS, [7, 8, 9], caps, past=[g.past for g in gens])
+    fresh = sampler.continue_rows(heads, PARAMS, [7, 8, 9], caps)
+    assert any(len(g.token_ids) > 2 for g in cached)  # not vacuous
+    for a, b in zip(cached, fresh):
         assert a.token_ids == b.token_ids
         for key in ARRAYS:
             np.testing.assert_allclose(a.record[key], b.record[key], atol=1e-4, rtol=1e-4)
@@ -66,8 +67,8 @@ def test_spliced_record_equals_a_teacher_forced_pass(setup):
         np.testing.assert_allclose(getattr(starts[0], key), gens[0].record[key], atol=1e-4, rtol=1e-4)
     for tr in starts:
         t = min(2, len(tr))
-        (gen,), = sampler.generate([prompts[0] + tr.ids[:t]], PARAMS, [11], past=[tr.past],
-                                  max_new=[PARAMS.max_new_tokens - t], keep_past=True, keep_states=True)
+        (gen,) = sampler.continue_rows([prompts[0] + tr.ids[:t]], PARAMS, [11], [PARAMS.max_new_tokens - t],
+                                       past=[tr.past], keep_past=True)
         spliced = continued(tr, t, gen)
         (ref,) = encode_traces(model, tok, prompts[0], [spliced.ids], keep_past=False)
         assert spliced.ids[:t] == tr.ids[:t] and len(spliced) <= PARAMS.max_new_tokens
@@ -95,10 +96,12 @@ def test_trace_energies_equal_score_candidates(setup):
 
 def test_per_row_caps(setup):
     _, _, sampler, prompts, _ = setup
-    gens = sampler.generate(prompts, PARAMS, [4, 5, 6], max_new=[1, 3, 12])
-    assert [len(g.token_ids) <= c for (g,), c in zip(gens, (1, 3, 12))] == [True] * 3
+    gens = sampler.continue_rows(prompts, PARAMS, [4, 5, 6], [1, 3, 12])
+    assert all(len(g.token_ids) <= c for g, c in zip(gens, (1, 3, 12)))
+    assert all(len(g.token_ids) == c for g, c in zip(gens, (1, 3, 12)) if g.finish_reason == "length")
+    assert any(g.finish_reason == "length" for g in gens[:2])  # a cap was reached: not vacuous
     with pytest.raises(ValueError, match="3 prompts but 3 seeds, 2 caps"):
-        sampler.generate(prompts, PARAMS, [4, 5, 6], max_new=[1, 3])
+        sampler.continue_rows(prompts, PARAMS, [4, 5, 6], [1, 3])
 
 
 def test_stop_string_across_the_kept_prefix_is_cut(setup):
@@ -115,4 +118,4 @@ def test_sliding_window_models_refuse_a_past(setup):
     other = HFSampler(model, tok)
     other.can_continue = lambda: False  # as for a model with sliding-window layers (Gemma 3)
     with pytest.raises(ValueError, match="not supported"):
-        other.generate(prompts[:1], PARAMS, [1], past=[gens[0].past])
+        other.continue_rows(prompts[:1], PARAMS, [1], [4], past=[gens[0].past])

@@ -6,16 +6,17 @@ own conditional), the answer's total length capped as the sampler caps any answe
 an :class:`impetus.lm.trace.Trace`: the sampler continues from its KV cache cropped to the kept
 prefix (no re-encoding of prompt + prefix) and the new state's energies come from the recorded
 values, so no proposal costs a teacher-forced pass. Models whose cache cannot be continued
-(sliding-window layers, :meth:`impetus.lm.hf_sampler.HFSampler.can_continue`) re-encode
-prompt + prefix per proposal instead; nothing else changes.
+(sliding-window layers, :meth:`impetus.lm.sampler.ContinuingSampler.can_continue` False) re-encode
+prompt + prefix per proposal instead; nothing else changes. Only the
+:class:`impetus.lm.sampler.ContinuingSampler` protocol is used, never a backend class.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from impetus.lm.sampler import SamplingParams
-from impetus.lm.trace import Trace, continued, cut_at_stop, encode_traces
+from impetus.lm.sampler import ContinuingSampler, SamplingParams
+from impetus.lm.trace import Trace, continued, cut_at_stop
 
 
 class Proposer:
@@ -27,7 +28,7 @@ class Proposer:
     call is seeded with ``seeds[c] + s``, so it does not depend on the other chains.
     """
 
-    def __init__(self, sampler: Any, tokenizer: Any, params: SamplingParams, prompts: list[list[int]],
+    def __init__(self, sampler: ContinuingSampler, tokenizer: Any, params: SamplingParams, prompts: list[list[int]],
                  seeds: list[int]):
         if params.temperature != 1.0 or params.top_p != 1.0:
             raise ValueError("MH proposals must sample the model's own conditional: temperature 1, top_p 1")
@@ -35,7 +36,7 @@ class Proposer:
             raise ValueError(f"{len(prompts)} chains' prompts but {len(seeds)} seeds")
         self.sampler, self.tok, self.params = sampler, tokenizer, params
         self.prompts, self.seeds = [list(p) for p in prompts], list(seeds)
-        self.reuse_cache = bool(getattr(sampler, "can_continue", lambda: False)())
+        self.reuse_cache = bool(sampler.can_continue())
         self.calls = 0
 
     def start(self, answers: list[list[int]]) -> list[Trace]:
@@ -45,8 +46,7 @@ class Proposer:
             groups.setdefault(tuple(p), []).append(c)
         out: list[Any] = [None] * len(answers)
         for prompt, idx in groups.items():
-            traces = encode_traces(self.sampler.model, self.tok, list(prompt), [answers[c] for c in idx],
-                                   keep_past=self.reuse_cache)
+            traces = self.sampler.encode_answers(list(prompt), [answers[c] for c in idx], keep_past=self.reuse_cache)
             for c, tr in zip(idx, traces):
                 out[c] = tr
         return out
@@ -58,10 +58,10 @@ class Proposer:
         out = list(states)
         if not todo:
             return out
-        kw: dict[str, Any] = {"past": [states[c].past for c in todo], "keep_past": True} if self.reuse_cache else {}
-        gens = self.sampler.generate(
+        gens = self.sampler.continue_rows(
             [self.prompts[c] + states[c].ids[: cuts[c]] for c in todo], self.params,
-            [self.seeds[c] + step for c in todo], max_new=[cap - cuts[c] for c in todo], keep_states=True, **kw)
-        for c, (gen,) in zip(todo, gens):
+            [self.seeds[c] + step for c in todo], max_new=[cap - cuts[c] for c in todo],
+            past=[states[c].past for c in todo] if self.reuse_cache else None, keep_past=self.reuse_cache)
+        for c, gen in zip(todo, gens):
             out[c] = cut_at_stop(continued(states[c], cuts[c], gen), self.tok, self.params.stop)
         return out

@@ -31,15 +31,27 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from impetus.energy.recorded import token_span
+from impetus.lm.hf_encode import answer_states, encode_traces
 from impetus.lm.kv_cache import (GrowLayer, RowPast, compact_layers, forward, mergeable, out_cache, row_past,
                                  stack_caches, stack_pasts)
-from impetus.energy.recorded import token_span
 from impetus.lm.nucleus import sample_tokens as _sample_tokens
 from impetus.lm.recording import RowRecord, char_ends, finalize, last_state_hook
-from impetus.lm.sampler import Generation, ProgressFn, SamplingParams, kept_before, row_seed
+from impetus.lm.sampler import Generation, ProgressFn, Prompt, SamplingParams, kept_before, row_seed
+from impetus.lm.trace import Trace
 
-def _no_hook() -> Any:
-    return nullcontext(lambda: None)
+AnswerSpan = Callable[[int, str], "tuple[int, int] | None"]
+
+
+@dataclass
+class _Call:
+    """The options of one ``generate``/``continue_rows`` call, passed down (never kept on ``self``)."""
+
+    record: bool
+    past: list[RowPast] | None = None  # given caches of the prompts' first tokens
+    keep_past: bool = False  # give each row its cache
+    keep_states: bool = False  # keep each row's per-token states in its record
+    state: Callable[[], torch.Tensor | None] = lambda: None  # the last forward's last-layer states
 
 
 @dataclass
@@ -102,7 +114,6 @@ class HFSampler:
         eos = getattr(model.generation_config, "eos_token_id", None) or tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
         self.device = next(model.parameters()).device
-        self._past, self._keep, self._keep_states = None, False, False  # set per generate() call
 
     # ----------------------------------------------------------------- cache helpers
     def _compact(
@@ -122,7 +133,7 @@ class HFSampler:
 
     # ----------------------------------------------------------------- model calls
     def _prefill(
-        self, prompt_ids: list[list[int]], rows: list[_Row]
+        self, prompt_ids: list[list[int]], rows: list[_Row], call: _Call
     ) -> tuple[DynamicCache, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Prefill the distinct prompts of ``rows`` once; gather cache/logits to one entry per row.
 
@@ -133,9 +144,9 @@ class HFSampler:
         uniq = list(dict.fromkeys(r.prompt_idx for r in rows))
         seqs = [prompt_ids[p] for p in uniq]
         cache = DynamicCache(config=self.model.config)
-        if self._past is not None:  # continuing: the heads are the given caches
-            heads = [min(self._past[p][0][0].shape[-2], len(prompt_ids[p]) - 1) for p in uniq]
-            cache.layers, head_mask = stack_pasts([self._past[p] for p in uniq], heads)
+        if call.past is not None:  # continuing: the heads are the given caches
+            heads = [min(call.past[p][0][0].shape[-2], len(prompt_ids[p]) - 1) for p in uniq]
+            cache.layers, head_mask = stack_pasts([call.past[p] for p in uniq], heads)
         else:  # few-shot prompts share a long token prefix: prefill it once
             common = min(_common_prefix(seqs) if len(seqs) > 1 else 0, min(len(q) for q in seqs) - 1)
             common = common if common >= self.min_shared_prefix else 0
@@ -162,7 +173,7 @@ class HFSampler:
         where = {p: i for i, p in enumerate(uniq)}
         sel = torch.tensor([where[r.prompt_idx] for r in rows], device=self.device)
         cache = out_cache(out)
-        state = self._state() if self.record else None
+        state = call.state() if call.record else None
         if state is not None:
             for r, k in zip(rows, sel.tolist()):
                 r.rec.prompt_state = state[k]
@@ -171,19 +182,9 @@ class HFSampler:
         return cache, mask[sel], next_pos, out.logits[:, -1][sel]
 
     # ----------------------------------------------------------------- main loop
-    @torch.inference_mode()
     def generate(
-        self,
-        prompts: list[str],
-        params: SamplingParams,
-        seeds: list[int],
-        progress: ProgressFn | None = None,
-        first_sample: int = 0,
-        answer_span: Callable[[int, str], tuple[int, int] | None] | None = None,
-        past: list[RowPast] | None = None,
-        max_new: list[int] | None = None,
-        keep_past: bool = False,
-        keep_states: bool = False,
+        self, prompts: list[Prompt], params: SamplingParams, seeds: list[int], progress: ProgressFn | None = None,
+        first_sample: int = 0, answer_span: AnswerSpan | None = None,
     ) -> list[list[Generation]]:
         """Sample ``params.n`` completions per prompt; see ``Sampler.generate``.
 
@@ -191,34 +192,57 @@ class HFSampler:
         prompt (same seeds as in one call of a larger n), so sampling in waves gives a prefix of
         the full-N candidates. ``answer_span(prompt_index, text)``: the answer's character span,
         for the recorded answer-token state (None: the last token's state).
-
-        Continuing sequences (energy-based decoding): ``past[i]`` is a KV cache of the first tokens
-        of prompt ``i`` (token ids), e.g. a finished row's ``Generation.past``; only the rest is
-        encoded. ``max_new[i]`` caps prompt ``i``'s new tokens (default ``params.max_new_tokens``).
-        ``keep_past``: each ``Generation`` gets ``past`` (the KV cache of its prompt and all its
-        tokens but, at most, the last); ``keep_states``: its record gets ``states`` (``[T, H]``).
         """
+        return self._run(prompts, params, seeds, _Call(record=self.record), progress, first_sample, answer_span)
+
+    def continue_rows(
+        self, prompts: list[list[int]], params: SamplingParams, seeds: list[int], max_new: list[int],
+        past: list[RowPast] | None = None, keep_past: bool = False,
+    ) -> list[Generation]:
+        """One recorded row per token-id prompt; see ``ContinuingSampler.continue_rows``. ``past[i]``
+        is a KV cache of prompt ``i``'s first tokens (a ``Generation.past``): only the rest is encoded."""
+        if params.n != 1:
+            raise ValueError(f"continue_rows samples one row per prompt, got n={params.n}")
         if (past is not None or keep_past) and not self.can_continue():
             raise ValueError(f"{type(self.model).__name__} has cache layers other than full attention; "
                              "continuing from a given KV cache is not supported for it")
-        self._past, self._keep, self._keep_states = past, keep_past, keep_states
-        with last_state_hook(self.model) if self.record else _no_hook() as state:
-            self._state = state
-            return self._generate(prompts, params, seeds, progress, first_sample, answer_span, max_new)
+        call = _Call(record=True, past=past, keep_past=keep_past, keep_states=True)
+        return [g for (g,) in self._run(prompts, params, seeds, call, max_new=max_new)]
 
     def can_continue(self) -> bool:
-        """Whether ``generate(past=...)`` works: every cache layer is plain full attention."""
+        """Whether ``continue_rows(past=...)`` works: every cache layer is plain full attention."""
         return all(type(layer) is DynamicLayer for layer in DynamicCache(config=self.model.config).layers)
 
-    def _generate(
-        self, prompts: list[str], params: SamplingParams, seeds: list[int], progress: ProgressFn | None,
-        first_sample: int, answer_span: Callable[[int, str], tuple[int, int] | None] | None,
-        max_new: list[int] | None,
+    def encode_answers(self, prompt: list[int], answers: list[list[int]], keep_past: bool) -> list[Trace]:
+        """Traces of given answers after ``prompt`` (:func:`impetus.lm.hf_encode.encode_traces`)."""
+        return encode_traces(self.model, self.tok, list(prompt), answers, keep_past=keep_past)
+
+    def answer_states(self, prompt: list[int], answer: list[int]) -> torch.Tensor:
+        """States predicting each answer token, then the last one's (:func:`impetus.lm.hf_encode.answer_states`)."""
+        return answer_states(self.model, list(prompt), list(answer))
+
+    def state_logits(self, states: torch.Tensor) -> torch.Tensor:
+        """The LM head on given last-layer states (differentiable)."""
+        return self.model.get_output_embeddings()(states)
+
+    @torch.inference_mode()
+    def _run(
+        self, prompts: list[Prompt], params: SamplingParams, seeds: list[int], call: _Call,
+        progress: ProgressFn | None = None, first_sample: int = 0, answer_span: AnswerSpan | None = None,
+        max_new: list[int] | None = None,
     ) -> list[list[Generation]]:
-        if not (len(seeds) == len(prompts) == len(max_new or prompts) == len(self._past or prompts)):
+        with last_state_hook(self.model) if call.record else nullcontext(lambda: None) as state:
+            call.state = state
+            return self._generate(prompts, params, seeds, call, progress, first_sample, answer_span, max_new)
+
+    def _generate(
+        self, prompts: list[Prompt], params: SamplingParams, seeds: list[int], call: _Call,
+        progress: ProgressFn | None, first_sample: int, answer_span: AnswerSpan | None, max_new: list[int] | None,
+    ) -> list[list[Generation]]:
+        if not (len(seeds) == len(prompts) == len(max_new or prompts) == len(call.past or prompts)):
             raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds"
                              + (f", {len(max_new)} caps" if max_new is not None else "")
-                             + (f", {len(self._past)} caches" if self._past is not None else ""))
+                             + (f", {len(call.past)} caches" if call.past is not None else ""))
         if not prompts:
             return []
         # A prompt may come as token ids (V2 regenerates after a prefix decoded from latents).
@@ -230,7 +254,7 @@ class HFSampler:
             for j in range(first_sample, first_sample + params.n):
                 g = torch.Generator().manual_seed(row_seed(s, j))
                 cap = params.max_new_tokens if max_new is None else int(max_new[i])
-                pending.append(_Row(prompt_idx=i, sample_idx=j, gen=g, rec=RowRecord() if self.record else None,
+                pending.append(_Row(prompt_idx=i, sample_idx=j, gen=g, rec=RowRecord() if call.record else None,
                                     cap=cap))
         all_rows = list(pending)
         bs = params.batch_size
@@ -254,7 +278,7 @@ class HFSampler:
             if refill:
                 new = [pending.popleft() for _ in range(min(free, len(pending)))]
                 t0 = time.perf_counter()
-                c2, m2, p2, l2 = self._prefill(prompt_ids, new)
+                c2, m2, p2, l2 = self._prefill(prompt_ids, new, call)
                 dt = (time.perf_counter() - t0) / len(new)
                 for r in new:
                     r.seconds += dt
@@ -269,7 +293,7 @@ class HFSampler:
             idx = [i for i, r in enumerate(slots) if r is not None]
             rows: list[_Row] = [slots[i] for i in idx]  # type: ignore[misc]
             lg = logits if len(idx) == len(slots) else logits[torch.tensor(idx, device=logits.device)]
-            toks, lps, stats = _sample_tokens(lg, rows, float(params.temperature), float(params.top_p), self.record)
+            toks, lps, stats = _sample_tokens(lg, rows, float(params.temperature), float(params.top_p), call.record)
             stats = stats.tolist() if stats is not None else [None] * len(rows)
             done, tails = 0, {}
             for i, r, t, lp, st in zip(idx, rows, toks.tolist(), lps.tolist(), stats):
@@ -287,9 +311,9 @@ class HFSampler:
                         if len(r.ids) < r.cap:
                             continue
                         self._finish(r, "length", None)
-                        if self.record:  # one more forward of its last token gives lse after it
+                        if call.record:  # one more forward of its last token gives lse after it
                             tails[i] = r
-                if self._keep:  # the cache holds the prompt and every token but this step's
+                if call.keep_past:  # the cache holds the prompt and every token but this step's
                     r.past = row_past(cache.layers, mask, i)
                 slots[i] = None
                 done += 1
@@ -312,7 +336,7 @@ class HFSampler:
             pos = pos + 1
             served = [(k, r) for k, r in enumerate(slots) if r is not None] + list(tails.items())
             dt = (time.perf_counter() - t0) / len(served)
-            state = self._state() if self.record else None
+            state = call.state() if call.record else None
             for k, r in served:
                 r.seconds += dt
                 if state is not None:
@@ -328,17 +352,17 @@ class HFSampler:
         for r in all_rows:
             r.result.seconds = r.seconds  # includes a tail forward after the row finished
             if r.rec is not None:
-                r.result.record = self._pooled(r, answer_span)
+                r.result.record = self._pooled(r, answer_span, call.keep_states)
             r.result.past = r.past
             results[r.prompt_idx].append(r.result)
         return results
 
-    def _pooled(self, r: _Row, answer_span: Callable[[int, str], tuple[int, int] | None] | None) -> dict:
+    def _pooled(self, r: _Row, answer_span: AnswerSpan | None, keep_states: bool) -> dict:
         """The row's stored arrays (:func:`impetus.lm.recording.finalize`)."""
         n = r.result.n_tokens
         ends = r.ends[:n] if len(r.ends) >= n else char_ends(self.tok, r.result.token_ids)
         chars = answer_span(r.prompt_idx, r.result.text) if answer_span is not None and ends else None
-        out = finalize(r.rec, r.result.n_tokens, token_span(ends, chars), keep_states=self._keep_states)
+        out = finalize(r.rec, r.result.n_tokens, token_span(ends, chars), keep_states=keep_states)
         out["char_ends"] = np.asarray(ends, np.int32)  # maps answer char spans to tokens later
         return out
 

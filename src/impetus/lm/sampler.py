@@ -1,7 +1,16 @@
 """Sampler interface, sampling parameters and results, and a backend registry.
 
 Callers (the runner, Kedro nodes, notebooks) only see ``SamplingParams``, ``Generation`` and the
-``Sampler`` protocol, and obtain a backend with ``get_sampler(name, model, tokenizer)``.
+protocols below, and obtain a backend with ``get_sampler(name, model, tokenizer)``:
+
+- :class:`Sampler` generates ``n`` rows per prompt with per-row seeds (the runner, V1);
+- :class:`ContinuingSampler` also continues rows from a kept cache with per-row caps and encodes
+  given answers into continuable :class:`impetus.lm.trace.Trace` s (EBD's proposals);
+- :class:`LatentSampler` also exposes an answer's last-layer states and decodes given states to
+  logits, differentiably (V2's latent optimisation).
+
+EBD and V2 (``impetus.decoding``, ``impetus.latent``) use these protocols only, never a backend
+class, so a new backend serves them by implementing the methods below.
 
 Backends are found through a lazy table of import paths (``"hf"`` ->
 ``"impetus.lm.hf_sampler:HFSampler"``): this module never imports a backend, and no backend
@@ -17,11 +26,18 @@ import importlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol, Sequence, Union, runtime_checkable
+
+if TYPE_CHECKING:
+    import torch
+
+    from impetus.lm.trace import Trace
 
 FinishReason = Literal["stop", "eos", "length"]
 ProgressFn = Callable[[int, int], None]
 """``progress(new_tokens, finished_rows)``, called after every decoding step."""
+Prompt = Union[str, Sequence[int]]
+"""A prompt as text, or as token ids (e.g. a prompt followed by an answer's kept prefix)."""
 
 
 @dataclass(kw_only=True)
@@ -109,7 +125,7 @@ class Generation:
     seconds: float
     sample_idx: int = 0
     record: dict[str, Any] | None = None
-    past: Any = None  # the KV cache of prompt + tokens, when asked for (``HFSampler.generate(keep_past=)``)
+    past: Any = None  # the backend's cache of prompt + tokens (``ContinuingSampler.continue_rows(keep_past=)``)
 
 
 @runtime_checkable
@@ -120,7 +136,7 @@ class Sampler(Protocol):
 
     def generate(
         self,
-        prompts: list[str],
+        prompts: Sequence[Prompt],
         params: SamplingParams,
         seeds: list[int],
         progress: ProgressFn | None = None,
@@ -130,7 +146,51 @@ class Sampler(Protocol):
         """Return ``params.n`` generations for each prompt, in order. ``seeds[i]`` seeds prompt i:
         the same (prompt, params, seed) must give the same generations whatever else is batched.
         Samples are ``first_sample .. first_sample + n - 1`` (so waves are prefixes of one big call);
-        ``answer_span(prompt_index, text)`` locates the answer for the recorded answer state."""
+        ``answer_span(prompt_index, text)`` locates the answer for the recorded answer state.
+        A prompt may be given as token ids."""
+        ...
+
+
+@runtime_checkable
+class ContinuingSampler(Sampler, Protocol):
+    """A backend that continues rows from a kept cache (what EBD's proposals need).
+
+    A row's cache (``Generation.past``, ``Trace.past``) is opaque to callers: they only hand back
+    what the same backend gave them."""
+
+    def can_continue(self) -> bool:
+        """Whether ``continue_rows(past=...)`` works for this model (e.g. not with sliding-window
+        layers); callers then pass ``past=None`` and the backend re-encodes the prompts."""
+        ...
+
+    def continue_rows(
+        self, prompts: Sequence[Sequence[int]], params: SamplingParams, seeds: list[int], max_new: list[int],
+        past: list[Any] | None = None, keep_past: bool = False,
+    ) -> list[Generation]:
+        """One row per token-id prompt, seeded ``row_seed(seeds[i], 0)`` (``params.n`` must be 1),
+        at most ``max_new[i]`` new tokens. ``past[i]``: a cache of the first tokens of prompt ``i``
+        (only the rest is encoded). The row's ``record`` holds the recorded values and ``states``
+        (``[T, H]``) whatever the backend's recording default; ``keep_past``: its ``past`` is the cache
+        of its prompt and all its tokens but, at most, the last."""
+        ...
+
+    def encode_answers(self, prompt: Sequence[int], answers: list[list[int]], keep_past: bool) -> list[Trace]:
+        """Traces of given answers after one token-id prompt (one teacher-forced pass): the values
+        the backend would have recorded had it sampled them, and (``keep_past``) their caches."""
+        ...
+
+
+@runtime_checkable
+class LatentSampler(Sampler, Protocol):
+    """A backend whose last-layer states can be read and decoded (what V2's optimiser needs)."""
+
+    def answer_states(self, prompt: Sequence[int], answer: Sequence[int]) -> torch.Tensor:
+        """``[T + 1, H]`` last-layer (post final norm) states of a teacher-forced pass: row ``i`` is
+        the state that predicted answer token ``i``, the last row the state at the last token."""
+        ...
+
+    def state_logits(self, states: torch.Tensor) -> torch.Tensor:
+        """Next-token logits ``[..., V]`` of given last-layer states, differentiable in ``states``."""
         ...
 
 

@@ -4,9 +4,10 @@ A :class:`Trace` is an answer after a prompt together with what the model comput
 per-token raw-logit statistics of :mod:`impetus.lm.recording`, every token's last-layer state and
 the KV cache of prompt + answer. Energy-based decoding keeps one per chain: a proposal that keeps
 the first ``t`` tokens continues from the cache cropped to them (the prompt and the kept prefix are
-never re-encoded, :meth:`impetus.lm.hf_sampler.HFSampler.generate` ``past=``), and its energies
-come from the kept prefix's recorded values spliced with the new tokens' (no teacher-forced pass).
-Only chain starts that the sampler did not produce are encoded once (:func:`encode_traces`).
+never re-encoded, :meth:`impetus.lm.sampler.ContinuingSampler.continue_rows` ``past=``), and its
+energies come from the kept prefix's recorded values spliced with the new tokens' (no teacher-forced
+pass). Only chain starts that the sampler did not produce are encoded once
+(:meth:`impetus.lm.sampler.ContinuingSampler.encode_answers`). Backend-neutral: the cache is opaque.
 """
 
 from __future__ import annotations
@@ -16,12 +17,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
-from transformers import DynamicCache
 
 from impetus.energy.recorded import energy_table, recorded_row
-from impetus.lm.kv_cache import RowPast, forward, out_cache, row_past
-from impetus.lm.recording import char_ends, last_state_hook, pool_states, step_stats
+from impetus.lm.recording import char_ends, pool_states
 from impetus.lm.sampler import Generation, kept_before
 
 
@@ -37,7 +35,7 @@ class Trace:
     deepconf: np.ndarray
     states: np.ndarray
     prompt_state: np.ndarray
-    past: RowPast | None = None
+    past: Any = None  # the backend's opaque cache (``ContinuingSampler``)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -49,11 +47,11 @@ class Trace:
 
 
 def continued(prefix: Trace, t: int, gen: Generation) -> Trace:
-    """``prefix``'s first ``t`` tokens followed by ``gen``, sampled after them with ``keep_states``
-    (and ``keep_past``): the prefix's recorded values spliced with the continuation's."""
+    """``prefix``'s first ``t`` tokens followed by ``gen``, continued after them
+    (``ContinuingSampler.continue_rows``): the prefix's recorded values spliced with the continuation's."""
     rec = gen.record
     if rec is None or "states" not in rec:
-        raise ValueError("the continuation was sampled without recording its states (keep_states=True)")
+        raise ValueError("the continuation was sampled without recording its states (use continue_rows)")
     return Trace(ids=prefix.ids[:t] + list(gen.token_ids), lse=np.concatenate([prefix.lse[:t], rec["lse"]]),
                  tok_logit=np.concatenate([prefix.tok_logit[:t], rec["tok_logit"]]),
                  deepconf=np.concatenate([prefix.deepconf[:t], rec["deepconf"]]),
@@ -68,37 +66,6 @@ def cut_at_stop(trace: Trace, tokenizer: Any, stops: list[str]) -> Trace:
     text = tokenizer.decode(trace.ids, skip_special_tokens=False)
     hits = [p for p in (text.find(s) for s in stops) if p >= 0]
     return trace.truncate(kept_before(tokenizer, trace.ids, min(hits))) if hits else trace
-
-
-@torch.inference_mode()
-def encode_traces(model: Any, tokenizer: Any, prompt_ids: list[int], answers: list[list[int]],
-                  keep_past: bool) -> list[Trace]:
-    """Traces of given answers after one prompt: one teacher-forced pass (right-padded batch)."""
-    device = next(model.parameters()).device
-    n, P = len(answers), len(prompt_ids)
-    width = max(len(a) for a in answers)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = torch.full((n, P + width), pad, dtype=torch.long)
-    mask = torch.zeros((n, P + width), dtype=torch.long)
-    for j, a in enumerate(answers):
-        ids[j, : P + len(a)] = torch.tensor(prompt_ids + list(a), dtype=torch.long)
-        mask[j, : P + len(a)] = 1
-    cache = DynamicCache(config=model.config)
-    with last_state_hook(model, full=True) as state:
-        # the last width + 1 positions: the rows predicting each answer token and the one after
-        out = forward(model, cache, input_ids=ids.to(device), attention_mask=mask.to(device),
-                      use_cache=True, logits_to_keep=width + 1)
-        h = state()
-    traces = []
-    for j, a in enumerate(answers):
-        T = len(a)
-        rows = out.logits[j, : T + 1].float()
-        stats = step_stats(rows[:T], torch.tensor(a, dtype=torch.long)).cpu().numpy()
-        lse = np.append(stats[:, 0], torch.logsumexp(rows[T], dim=-1).item()).astype(np.float32)
-        traces.append(Trace(ids=list(a), lse=lse, tok_logit=stats[:, 1].copy(), deepconf=stats[:, 2].copy(),
-                            states=h[j, P : P + T].numpy(), prompt_state=h[j, P - 1].numpy(),
-                            past=row_past(out_cache(out).layers, mask.to(device), j) if keep_past else None))
-    return traces
 
 
 def trace_energies(tokenizer: Any, traces: list[Trace], char_spans: list[tuple[int, int] | None]

@@ -60,7 +60,7 @@ def latent_eval(
         cfg = LatentConfig(mode=mode, prefix_fraction=p.prefix_fraction, min_prefix=p.min_prefix, steps=p.steps,
                            lr=p.lr, samples=p.samples, radius=p.radius, stop_energy=p.stop_energy)
         extra = {} if mode == "reinforce" else {"state_energy": scorers.latent_ebm, "pool": _pool_fn(scorers.hidden_source)}
-        optimizers[mode] = (LatentOptimizer(model, tok, sampler, sp, cfg), extra)
+        optimizers[mode] = (LatentOptimizer(sampler, tok, sp, cfg), extra)
     headline = rerank_metrics["headline"]["method"]
     sel = rerank_selections.set_index("problem_id")
     pids = list(problems_eval["problem_id"])[: p.n_problems or None]
