@@ -34,8 +34,8 @@ def client(tmp_path):
 
 def _models() -> tuple[LatentEBM, TextEBM]:
     torch.manual_seed(0)
-    latent = LatentEBM(LatentEBMConfig(input_dim=8, hidden=4, n_layers=1))
-    text = TextEBM(TextEBMConfig(vocab_size=50, d_model=16, n_layers=1, n_heads=2, d_ff=32, max_len=16))
+    latent = LatentEBM(LatentEBMConfig(input_dim=8, hidden=4, n_layers=1, dropout=0.1))
+    text = TextEBM(TextEBMConfig(vocab_size=50, d_model=16, n_layers=1, n_heads=2, d_ff=32, max_len=16, dropout=0.1))
     return latent, text
 
 

@@ -175,6 +175,22 @@ class ScorerParams(_Params):
     latent_ebm: LatentEBMParams = F("LatentEBM.")
     hybrid: HybridParams = F("Hybrid energy.")
 
+    def to_core(self) -> Any:
+        """The core :class:`impetus.learned.fitting.ScorerConfig` (the one conversion from YAML)."""
+        from impetus.learned.fitting import EBMSpec, ScorerConfig
+        from impetus.learned.train import TrainConfig
+
+        def spec(block: TextEBMParams | LatentEBMParams) -> EBMSpec:
+            # The size fields are named as in TextEBMConfig / LatentEBMConfig, so they pass as is.
+            train = TrainConfig(**block.train.model_dump(), seed=self.seed, progress=self.progress)
+            return EBMSpec(model=block.model_dump(exclude={"train", "hidden_source"}), train=train)
+
+        return ScorerConfig(
+            seed=self.seed, progress=self.progress, text_ebm=spec(self.text_ebm), latent_ebm=spec(self.latent_ebm),
+            hidden_source=self.latent_ebm.hidden_source, hybrid_columns=self.hybrid.columns,
+            l2_grid=list(self.hybrid.l2_grid), cross_fit_folds=self.hybrid.cross_fit_folds,
+        )
+
 
 class AdaptiveParams(_Params):
     """Adaptive N (DeepConf online mode), evaluated exactly on the full-N candidates."""

@@ -48,8 +48,8 @@ def catalog(tmp_path) -> DataCatalog:
     fit_df = pd.DataFrame({"problem_id": np.repeat(np.arange(6), 2), "correct": np.tile([True, False], 6),
                            "neg_logprob_mean": rng.normal(size=12), "latent_ebm": rng.normal(size=12)})
     scorers = LearnedScorers(
-        text_ebm=TextEBM(TextEBMConfig(vocab_size=len(tok), d_model=16, n_layers=1, n_heads=2, d_ff=32, max_len=64)),
-        latent_ebm=LatentEBM(LatentEBMConfig(input_dim=128, hidden=8, n_layers=1)), hidden_source="both",
+        text_ebm=TextEBM(TextEBMConfig(vocab_size=len(tok), d_model=16, n_layers=1, n_heads=2, d_ff=32, max_len=64, dropout=0.1)),
+        latent_ebm=LatentEBM(LatentEBMConfig(input_dim=128, hidden=8, n_layers=1, dropout=0.1)), hidden_source="both",
         hybrid=HybridEnergy(HybridConfig(l2=0.1)).fit(fit_df, ["neg_logprob_mean", "latent_ebm"]),
     ).to_records()
     selections = pd.DataFrame({"problem_id": problems["problem_id"], "first": 0, "hybrid": 1})

@@ -65,7 +65,7 @@ def toy_latent(n_groups, n_per=8, dim=16, signal=True, seed=0):
 
 def latent(dim=16, seed=0):
     torch.manual_seed(seed)
-    return LatentEBM(LatentEBMConfig(input_dim=dim, hidden=64))
+    return LatentEBM(LatentEBMConfig(input_dim=dim, hidden=64, n_layers=2, dropout=0.1))
 
 
 def best_val_auroc(res):
@@ -128,7 +128,7 @@ def test_encode_texts_truncates_question_from_left():
     assert tok.decode(ids[1].tolist()) == "w" * 8  # over-long completion keeps its end
     ids2, mask2 = encode_texts(tok, ["Q"], ["a"], max_len=8)
     assert ids2.shape == (1, 3) and mask2.sum() == 3
-    cfg = TextEBMConfig(vocab_size=len(tok))
+    cfg = TextEBMConfig(vocab_size=len(tok), d_model=16, n_layers=1, n_heads=2, d_ff=32, max_len=16, dropout=0.0)
     assert cfg.pad_id == len(tok) and cfg.cls_id == len(tok) + 1
     assert cfg.pad_id not in (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
 
@@ -150,7 +150,7 @@ def test_text_ebm_learns_marker_char():
             gs.append(grp)
     ids, mask = encode_texts(tok, qs, cs, max_len=48)
     torch.manual_seed(0)
-    cfg = TextEBMConfig(vocab_size=len(tok), d_model=32, n_layers=1, n_heads=2, d_ff=64, max_len=48)
+    cfg = TextEBMConfig(vocab_size=len(tok), d_model=32, n_layers=1, n_heads=2, d_ff=64, max_len=48, dropout=0.1)
     res = train_ebm(TextEBM(cfg), (ids, mask), gs, ys, make_cfg(epochs=8, lr=3e-3, patience=2, progress=False))
     assert best_val_auroc(res) > 0.9
     assert score(res.model, TokenInputs(ids, mask)).shape == (len(ys),)
@@ -158,7 +158,7 @@ def test_text_ebm_learns_marker_char():
 
 def test_save_load_round_trip(tmp_path):
     torch.manual_seed(0)
-    t = TextEBM(TextEBMConfig(vocab_size=104, d_model=32, n_layers=1, n_heads=2, d_ff=64, max_len=16)).eval()
+    t = TextEBM(TextEBMConfig(vocab_size=104, d_model=32, n_layers=1, n_heads=2, d_ff=64, max_len=16, dropout=0.1)).eval()
     ids = torch.randint(0, 104, (3, 10))
     mask = torch.ones_like(ids)
     mask[0, 6:] = 0

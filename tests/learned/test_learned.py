@@ -23,7 +23,7 @@ def test_out_of_fold_rows_are_scored_once_by_models_blind_to_them():
     def fit(train_groups: pd.DataFrame) -> LearnedScorers:
         seen.append(set(train_groups["problem_id"]))
         torch.manual_seed(len(seen))
-        return LearnedScorers(latent_ebm=LatentEBM(LatentEBMConfig(input_dim=8, hidden=4)), hidden_source="mean")
+        return LearnedScorers(latent_ebm=LatentEBM(LatentEBMConfig(input_dim=8, hidden=4, n_layers=2, dropout=0.1)), hidden_source="mean")
 
     out = out_of_fold_energies(groups, pd.DataFrame(), hidden, None, fit, folds=3, seed=0)
     assert len(seen) == 3 and all(len(s) == 6 for s in seen)  # 9 problems, 3 folds
@@ -56,3 +56,27 @@ def test_learned_scorers_round_trip_through_plain_records():
     torch.testing.assert_close(back.latent_ebm(x), latent.eval()(x))
     assert back.hidden_source == "answer" and back.text_ebm is None
     np.testing.assert_allclose(back.hybrid.energy(df), hybrid.energy(df))
+
+
+def test_scorer_yaml_block_converts_once_to_the_core_config():
+    """The core configs repeat no YAML default; ScorerParams.to_core carries every YAML value."""
+    import dataclasses
+    from pathlib import Path
+
+    import yaml
+
+    from impetus.config import ScorerParams
+    from impetus.learned.models import TextEBMConfig
+    from impetus.learned.train import TrainConfig
+
+    for cls in (TextEBMConfig, LatentEBMConfig):
+        assert all(f.default is dataclasses.MISSING for f in dataclasses.fields(cls)), cls
+    block = yaml.safe_load((Path(__file__).parents[2] / "conf/base/parameters_scorer.yml").read_text())["scorer"]
+    block["seed"], block["text_ebm"]["d_model"], block["latent_ebm"]["train"]["lr"] = 7, 24, 0.5
+    core = ScorerParams.model_validate(block).to_core()
+    assert core.seed == 7 and core.text_ebm.model["d_model"] == 24
+    assert set(core.text_ebm.model) == {f.name for f in dataclasses.fields(TextEBMConfig)} - {"vocab_size"}
+    assert set(core.latent_ebm.model) == {f.name for f in dataclasses.fields(LatentEBMConfig)} - {"input_dim"}
+    assert isinstance(core.latent_ebm.train, TrainConfig) and core.latent_ebm.train.lr == 0.5
+    assert core.latent_ebm.train.seed == 7 and core.hidden_source == block["latent_ebm"]["hidden_source"]
+    assert core.l2_grid == block["hybrid"]["l2_grid"] and core.cross_fit_folds == block["hybrid"]["cross_fit_folds"]

@@ -1,16 +1,16 @@
 """Fitting and applying the learned energies on candidate tables (Kedro-free glue).
 
 Ties the generic EBM code (:mod:`impetus.learned.models`, :mod:`impetus.learned.train`,
-:mod:`impetus.learned.hybrid`) to the
-project's tables: ``graded`` candidates, ``energies`` (training-free columns, lower = better) and
-the pooled ``hidden`` states from the teacher-forced pass, all aligned by (problem_id, sample_idx).
+:mod:`impetus.learned.hybrid`) to the project's tables: ``graded`` candidates, ``energies``
+(training-free columns, lower = better) and the pooled ``hidden`` states (recorded while decoding,
+or from the teacher-forced pass), all aligned by (problem_id, sample_idx).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -52,7 +52,7 @@ def build_groups(
 ) -> pd.DataFrame:
     """EORM training groups: all candidates of train problems with >=1 right and >=1 wrong one.
 
-    ``mine_groups`` raises :class:`~impetus.energy.mining.LeakageError` if an eval problem is here.
+    Raises :class:`~impetus.learned.mining.LeakageError` if an eval problem is here.
     """
     leaked = set(graded["problem_id"]) & set(eval_ids)
     if leaked:  # checked before joining, so the error names the ids rather than a join mismatch
@@ -221,6 +221,34 @@ def score_split(
     return add_learned_energies(join_candidates(graded, energies, hidden), problems, hidden, tokenizer, scorers)
 
 
+@dataclass(frozen=True)
+class EBMSpec:
+    """One learned energy's size and training loop, as :func:`fit_learned_energies` takes them.
+
+    ``model`` holds the fields of :class:`~impetus.learned.models.TextEBMConfig` (or
+    ``LatentEBMConfig``) except the input size, which the data decides (``vocab_size`` from the
+    tokenizer, ``input_dim`` from the hidden states); ``train`` is the loop's settings.
+    """
+
+    model: dict[str, Any]
+    train: TrainConfig
+
+
+@dataclass(frozen=True)
+class ScorerConfig:
+    """Everything :func:`fit_learned_energies` needs; no defaults (built from ``parameters_scorer.yml``
+    by :meth:`impetus.config.ScorerParams.to_core`, or by hand in a notebook)."""
+
+    seed: int  # weight init, group splits and cross-fitting folds
+    progress: bool
+    text_ebm: EBMSpec
+    latent_ebm: EBMSpec
+    hidden_source: str  # mean | answer | both
+    hybrid_columns: list[str] | None  # None: the energy registry's hybrid inputs
+    l2_grid: list[float]
+    cross_fit_folds: int
+
+
 @dataclass
 class FitReport:
     """What :func:`fit_learned_energies` returns: the scorers and how they were fit."""
@@ -233,33 +261,32 @@ class FitReport:
 
 
 def fit_learned_energies(
-    groups: pd.DataFrame, problems: pd.DataFrame, hidden: dict[str, Any], tokenizer: Any, params: Any,
+    groups: pd.DataFrame, problems: pd.DataFrame, hidden: dict[str, Any], tokenizer: Any, config: ScorerConfig,
 ) -> FitReport:
-    """Fit TextEBM, LatentEBM and the hybrid on train groups only (``params``: ScorerParams).
+    """Fit TextEBM, LatentEBM and the hybrid on train groups only.
 
     The hybrid's learned-energy inputs are cross-fitted (each train problem scored by EBMs fit
     without it), so the combination weighs them as they will behave on new problems; its L2 is
     chosen by group cross-validation on the same out-of-fold table.
     """
-    def train_cfg(p: Any, progress: bool) -> TrainConfig:
-        return TrainConfig(**p.model_dump(), seed=params.seed, progress=progress)
+    def loop(spec: EBMSpec, progress: bool) -> TrainConfig:
+        # The cross-fitting refits stay quiet: one bar per fold and model would bury the log.
+        return replace(spec.train, progress=progress)
 
     def fit(rows: pd.DataFrame, progress: bool) -> tuple[TrainResult, TrainResult]:
-        text = fit_text_ebm(rows, problems, tokenizer, params.text_ebm.model_dump(exclude={"train"}),
-                            train_cfg(params.text_ebm.train, progress))
-        latent = fit_latent_ebm(rows, hidden, params.latent_ebm.hidden_source,
-                                params.latent_ebm.model_dump(exclude={"train", "hidden_source"}),
-                                train_cfg(params.latent_ebm.train, progress))
+        text = fit_text_ebm(rows, problems, tokenizer, config.text_ebm.model, loop(config.text_ebm, progress))
+        latent = fit_latent_ebm(rows, hidden, config.hidden_source, config.latent_ebm.model,
+                                loop(config.latent_ebm, progress))
         return text, latent
 
     def fit_scorers(rows: pd.DataFrame) -> LearnedScorers:
         text, latent = fit(rows, progress=False)
-        return LearnedScorers(text_ebm=text.model, latent_ebm=latent.model, hidden_source=params.latent_ebm.hidden_source)
+        return LearnedScorers(text_ebm=text.model, latent_ebm=latent.model, hidden_source=config.hidden_source)
 
-    text, latent = fit(groups, params.progress)  # the models later stages use: all train groups
-    oof = out_of_fold_energies(groups, problems, hidden, tokenizer, fit_scorers, params.hybrid.cross_fit_folds, params.seed)
-    cols = params.hybrid.columns or hybrid_inputs(list(oof.columns))
-    hybrid, cv_loss = fit_hybrid(oof, cols, params.hybrid.l2_grid, params.hybrid.cross_fit_folds, params.seed)
+    text, latent = fit(groups, config.progress)  # the models later stages use: all train groups
+    oof = out_of_fold_energies(groups, problems, hidden, tokenizer, fit_scorers, config.cross_fit_folds, config.seed)
+    cols = config.hybrid_columns or hybrid_inputs(list(oof.columns))
+    hybrid, cv_loss = fit_hybrid(oof, cols, config.l2_grid, config.cross_fit_folds, config.seed)
     scorers = LearnedScorers(text_ebm=text.model, latent_ebm=latent.model,
-                             hidden_source=params.latent_ebm.hidden_source, hybrid=hybrid)
+                             hidden_source=config.hidden_source, hybrid=hybrid)
     return FitReport(scorers, text, latent, cv_loss, hybrid.cols)

@@ -30,15 +30,17 @@ __all__ = [
 @dataclass
 class TextEBMConfig:
     """TextEBM size. ``vocab_size`` = the base tokenizer's ``len(tokenizer)``; two ids are added:
-    ``pad_id = vocab_size`` and ``cls_id = vocab_size + 1`` so they never clash with BOS/EOS."""
+    ``pad_id = vocab_size`` and ``cls_id = vocab_size + 1`` so they never clash with BOS/EOS.
+
+    No defaults: the sizes come from ``parameters_scorer.yml`` (the one place defaults live)."""
 
     vocab_size: int
-    d_model: int = 128
-    n_layers: int = 2
-    n_heads: int = 4
-    d_ff: int = 256
-    max_len: int = 256
-    dropout: float = 0.1
+    d_model: int
+    n_layers: int
+    n_heads: int
+    d_ff: int
+    max_len: int
+    dropout: float
 
     @property
     def pad_id(self) -> int:
@@ -82,12 +84,14 @@ class TextEBM(nn.Module):
 
 @dataclass
 class LatentEBMConfig:
-    """LatentEBM size: ``input_dim`` = the pooled hidden size of the base LM."""
+    """LatentEBM size: ``input_dim`` = the pooled hidden size of the base LM.
+
+    No defaults: the sizes come from ``parameters_scorer.yml`` (the one place defaults live)."""
 
     input_dim: int
-    hidden: int = 256
-    n_layers: int = 2
-    dropout: float = 0.1
+    hidden: int
+    n_layers: int
+    dropout: float
 
 
 class LatentEBM(nn.Module):
@@ -124,7 +128,7 @@ def encode_texts(
     Only the base tokenizer's ids are used (no special tokens). Truncation is from the LEFT of the
     question so the completion's end — where the final answer is — is always kept; a completion
     longer than ``max_len`` keeps its last ``max_len`` tokens. Right-padded with ``pad_id``
-    (default ``len(tokenizer)``, i.e. ``TextEBMConfig(vocab_size=len(tokenizer)).pad_id``) to the
+    (default ``len(tokenizer)``, the ``pad_id`` of a ``TextEBMConfig`` with that ``vocab_size``) to the
     longest row.
     """
     if len(questions) != len(completions):

@@ -24,7 +24,7 @@ def train_scorers(
     """Fit the learned energies on train groups only; return their plain records (catalog), the two
     EBMs for MLflow's model registry (``{"model": module, "metrics": best epoch's metrics}``) and
     the run's training metrics (per-epoch curves, best epoch)."""
-    fit = fit_learned_energies(ebm_groups, problems_train, hidden_train, load_base_tokenizer(base_lm), scorer)
+    fit = fit_learned_energies(ebm_groups, problems_train, hidden_train, load_base_tokenizer(base_lm), scorer.to_core())
     records = fit.scorers.to_records()
     metrics: dict[str, Any] = {}
     logged: dict[str, dict] = {}
