@@ -78,6 +78,26 @@ def test_other_shards_parquet_in_place_is_resampled(tmp_path, clean, caplog):
     assert not df.duplicated(["problem_id", "sample_idx"]).any()
 
 
+@pytest.mark.parametrize("deleted", ["json", "parquet"])
+def test_shard_with_a_deleted_half_is_resampled_with_a_warning(tmp_path, clean, caplog, deleted):
+    folder = tmp_path / "run"
+    run(folder)
+    stem = folder / "k" / "shard_00002"
+    stem.with_suffix(f".{deleted}").unlink()
+    s = FakeSampler()
+    with caplog.at_level(logging.WARNING, logger="impetus.lm.runner"):
+        df, stats = run(folder, s)
+    assert s.calls == [["Q4", "Q5"]] and stats.problems_reused == 4
+    warn = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    kept = stem.with_suffix(".parquet" if deleted == "json" else ".json")
+    assert len(warn) == 1 and str(kept) in warn[0] and f"no {stem.with_suffix('.' + deleted).name}" in warn[0]
+    pd.testing.assert_frame_equal(df, clean)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="impetus.lm.runner"):
+        run(folder)  # rewritten whole: reused without a word
+    assert not caplog.records
+
+
 @pytest.mark.parametrize(
     "damage, reason",
     [(lambda d: d.iloc[:-1], "5 rows, expected 2 problems x n=3 = 6"),

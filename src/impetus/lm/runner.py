@@ -12,8 +12,8 @@ same table as an uninterrupted one.
 
 Trust but verify: a shard on disk is checked against its manifest before reuse (it must read as
 parquet, hold exactly the manifest's problem ids with ``n`` rows each, sample_idx 0..n-1 once per
-problem, and every candidate column). A truncated file, or a valid parquet of *another* shard
-copied over it, is logged as a WARNING naming the file and the reason, then resampled and
+problem, and every candidate column). A truncated file, a valid parquet of *another* shard
+copied over it, or a shard whose manifest (or parquet) is gone, is logged as a WARNING naming the file and the reason, then resampled and
 overwritten; a disk error therefore never kills a rerun nor leaks wrong rows into the table.
 
 Concurrency: two runs in one project folder share the shard folder. Each shard is sampled under an
@@ -48,6 +48,7 @@ except ImportError:  # pragma: no cover - Windows
 import numpy as np
 import pandas as pd
 
+from impetus.energy.recorded import RECORD_COLUMNS, RECORD_KEYS as _RECORD_KEYS  # the one record schema
 from impetus.lm.sampler import Sampler, SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -55,11 +56,6 @@ logger = logging.getLogger(__name__)
 CANDIDATE_COLUMNS = [
     "problem_id", "sample_idx", "completion", "n_tokens", "finish_reason", "logprob_mean", "seed", "gen_seconds",
 ]
-#: What a recording sampler adds per candidate (``impetus.lm.recording``): per-token arrays
-#: (``rec_lse`` has T + 1 entries) and the pooled last-layer states, stored in the shard itself so
-#: resuming and atomic shards keep working.
-RECORD_COLUMNS = ["rec_lse", "rec_tok_logit", "rec_deepconf", "rec_char_ends", "hidden_mean", "hidden_answer"]
-_RECORD_KEYS = dict(zip(RECORD_COLUMNS, ["lse", "tok_logit", "deepconf", "char_ends", "hidden_mean", "hidden_answer"]))
 
 SpanFn = Callable[[str, str], "tuple[int, int] | None"]
 """``span(problem_id, completion) -> (start, end)`` character span of the answer, or None."""
@@ -164,9 +160,14 @@ def _load_shard(pq: Path, mf: Path, expected: dict[str, Any], n: int) -> pd.Data
     """The shard's table if it exists, matches its manifest and passes ``shard_problem``; else None.
 
     A shard that exists but fails a check is logged as a WARNING (file and reason) so the caller
-    resamples and overwrites it; only "not there yet" is silent.
+    resamples and overwrites it; only "not there yet" (neither file) is silent. One file without
+    the other (a deleted manifest, or a crash between the parquet and manifest writes) is a fault.
     """
+    if not (pq.is_file() or mf.is_file()):
+        return None
     if not (pq.is_file() and mf.is_file()):
+        kept, gone = (pq, mf) if pq.is_file() else (mf, pq)
+        logger.warning("shard %s has no %s beside it; resampling it", kept, gone.name)
         return None
     try:
         found = json.loads(mf.read_text())
