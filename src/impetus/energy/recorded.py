@@ -16,13 +16,23 @@ import torch
 
 from impetus.energy.logit import ENERGY_COLUMNS, FLAG_COLUMNS, candidate_energy_row, per_token_from_record
 
-#: Candidate columns a recording sampler writes (see ``impetus.lm.runner.RECORD_COLUMNS``).
-RECORDED = ("rec_lse", "rec_tok_logit", "rec_deepconf", "rec_char_ends", "hidden_mean", "hidden_answer")
+# The one record schema: what a recording sampler keeps per candidate (``impetus.lm.recording``)
+# and the candidate-table column each value is stored under. Defined here, the lowest layer that
+# reads it, so the sampler (lm) imports it from energy and never the other way round.
+#: Per-token arrays: ``lse`` has T + 1 entries, the others T (float32); ``char_ends`` (int32) is
+#: each token's end offset in the completion text.
+TOKEN_ARRAYS = ("lse", "tok_logit", "deepconf", "char_ends")
+#: Pooled last-layer states (float32, hidden size).
+POOLED_STATES = ("hidden_mean", "hidden_answer")
+#: Candidate column -> record key (per-token arrays get a ``rec_`` prefix, pooled states keep their name).
+RECORD_KEYS: dict[str, str] = {**{f"rec_{k}": k for k in TOKEN_ARRAYS}, **{k: k for k in POOLED_STATES}}
+#: Candidate columns a recording sampler writes, in order.
+RECORD_COLUMNS: list[str] = list(RECORD_KEYS)
 
 
 def has_record(candidates: pd.DataFrame) -> bool:
     """Whether every candidate carries recorded statistics."""
-    return all(c in candidates.columns for c in RECORDED) and not candidates["rec_lse"].isna().any()
+    return all(c in candidates.columns for c in RECORD_COLUMNS) and not candidates["rec_lse"].isna().any()
 
 
 def token_span(ends: list[int], char_span: tuple[int, int] | None) -> tuple[int, int] | None:

@@ -12,7 +12,9 @@ and, after every forward pass, the last-layer state (output of the final norm) o
 fed. These are exactly the quantities :func:`impetus.energy.logit.logit_energies` derives from a
 teacher-forced pass (spilled energy ``lse[i+1] - tok_logit[i]`` and marginal energy
 ``-lse[i+1]``, arXiv:2602.18671; log-prob ``tok_logit[i] - lse[i]``), so
-:func:`impetus.energy.logit.energies_from_record` gives the same numbers without any LM forward.
+:func:`impetus.energy.logit.per_token_from_record` (pooled by
+:func:`impetus.energy.recorded.recorded_energies`) gives the same numbers without any LM forward.
+The stored keys and their candidate columns are one schema, :data:`impetus.energy.recorded.RECORD_KEYS`.
 
 Spilled energy needs ``lse`` *after* the last kept token: a row ending by EOS already has it (the
 step that sampled EOS); a row cut by a stop string has it (its first dropped token's step); a row
@@ -30,12 +32,7 @@ import numpy as np
 import torch
 
 from impetus.energy.logit import DEEPCONF_TOP_K
-
-#: Per-token arrays stored for each candidate: ``lse`` has T + 1 entries, the others T (float32);
-#: ``char_ends`` (int32) is each token's end offset in the completion text.
-TOKEN_ARRAYS = ("lse", "tok_logit", "deepconf", "char_ends")
-#: Pooled last-layer states stored for each candidate (float32, hidden size).
-POOLED_STATES = ("hidden_mean", "hidden_answer")
+from impetus.energy.recorded import POOLED_STATES, RECORD_COLUMNS, RECORD_KEYS, TOKEN_ARRAYS  # noqa: F401 (the record schema)
 
 
 @dataclass
