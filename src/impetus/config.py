@@ -66,6 +66,9 @@ class ModelParams(_Params):
     name_or_path: str = F("Alias (smollm2-135m-instruct), hub id, local HF folder or .gguf file.")
     cache_dir: str | None = F("Where converted models are cached; null = $IMPETUS_CACHE or ~/.cache/impetus/models.")
     trust_remote_code: bool = F("Allow the model repository's own Python code (off unless you trust it).")
+    allow_pickle: bool = F(
+        "Allow a local folder with only a pickle checkpoint (unpickling can run code); off = refuse it."
+    )
     dtype: Literal["float32", "bfloat16", "float16"] = F("Weights dtype for inference.")
     device: str = F("torch device: cpu, cuda, cuda:1, mps.")
 
@@ -171,6 +174,9 @@ class ScorerParams(_Params):
 
     seed: int = F("Seed of weight init, group splits and cross-fitting folds.")
     progress: bool = F("Show progress bars.")
+    allow_pickle: bool = F(
+        "Log an EBM to MLflow in pickle format when torch.export fails (loading it can run code); off = fail."
+    )
     text_ebm: TextEBMParams = F("TextEBM.")
     latent_ebm: LatentEBMParams = F("LatentEBM.")
     hybrid: HybridParams = F("Hybrid energy.")
@@ -193,7 +199,7 @@ class ScorerParams(_Params):
 
 
 class AdaptiveParams(_Params):
-    """Adaptive N (DeepConf online mode), evaluated exactly on the full-N candidates."""
+    """Adaptive N stopping rules (after DeepConf), evaluated offline and exactly on the full-N candidates."""
 
     wave: int = F("Candidates added per problem per wave.", ge=1)
     thresholds: list[float] = F("Consensus thresholds tried; each rule's is chosen on dev.", min_length=1)
@@ -239,6 +245,12 @@ class LatentParams(_Params):
     seed: int = F("Seed of sampling and regeneration.")
     progress: bool = F("Show a progress bar.")
 
+    def to_core(self) -> Any:
+        """The Kedro-free :class:`impetus.latent.evaluate.V2Config` with these values."""
+        from impetus.latent.evaluate import V2Config  # lazy: the schema loads without torch
+
+        return V2Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.model_dump().items()})
+
 
 class EBDParams(_Params):
     """Energy-based decoding (``parameters_ebd.yml``)."""
@@ -252,6 +264,12 @@ class EBDParams(_Params):
     n_boot: int = F("Bootstrap resamples.", ge=100)
     seed: int = F("Seed of the chains.")
     progress: bool = F("Show a progress bar.")
+
+    def to_core(self) -> Any:
+        """The Kedro-free :class:`impetus.decoding.evaluate.EBDConfig` with these values."""
+        from impetus.decoding.evaluate import EBDConfig  # lazy: the schema loads without torch
+
+        return EBDConfig(**self.model_dump())
 
 
 #: Parameter block name -> its class (what ``kedro run`` validates, and what the docs list).

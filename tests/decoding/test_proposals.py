@@ -91,14 +91,13 @@ def test_proposals_must_be_the_models_conditional(setup):
 def test_run_problems_does_not_depend_on_the_batch(setup):
     """Problems chunked 1 per batch or all in one give the same chains (seeds are per chain)."""
     from dataclasses import replace
-    from types import SimpleNamespace
 
-    from impetus.decoding.evaluate import run_problems
+    from impetus.decoding.evaluate import EBDConfig, run_problems
 
     tok, sampler, prompt = setup
     prompts = [prompt, tok("Add 3 and 4:")["input_ids"], tok("x")["input_ids"]]
     starts = [[tok(a, add_special_tokens=False)["input_ids"] for a in pair] for pair in (("19", "1 9"), ("7", "8"), ("", "x"))]
-    ebd = SimpleNamespace(chains=2, steps=4, tau=1.0, block=2, seed=3, progress=False)
+    ebd = EBDConfig(n_problems=None, energy="e", chains=2, steps=4, tau=1.0, block=2, n_boot=100, seed=3, progress=False)
     energy = _energy(tok)
     runs = [run_problems(sampler, tok, replace(PARAMS, batch_size=b), prompts, starts, lambda _k, s: energy(s), ebd)
             for b in (2, 64)]

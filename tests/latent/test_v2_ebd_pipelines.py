@@ -10,7 +10,7 @@ from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
 from impetus.benchmarks.grading import grade_candidates
-from impetus.config import BenchmarkParams, EBDParams, LatentParams, SamplingStageParams
+from impetus.config import BenchmarkParams, EBDParams, EnergyStageParams, LatentParams, SamplingStageParams
 from impetus.energy.recorded import recorded_energies
 from impetus.learned.fitting import LearnedScorers
 from impetus.learned.hybrid import HybridConfig, HybridEnergy
@@ -61,6 +61,8 @@ def catalog(tmp_path) -> DataCatalog:
         "text_ebm": scorers["text_ebm"], "latent_ebm": scorers["latent_ebm"], "hybrid_energy": scorers["hybrid"],
         "params:benchmark": BenchmarkParams(name="arith", source="generated", options={"arith": {"n_problems": 10}}),
         "params:sampling": SamplingStageParams(**SAMPLING),
+        "params:energies": EnergyStageParams(logit_source="auto", batch_size=4, hidden_states=True, embedding_model=None,
+                                             embedding_batch_size=8, progress=False),
         "params:v2_latent": LatentParams(
             n_problems=2, energy="hybrid", starts=["single", "v1"], modes=["reinforce", "gradient"],
             prefix_fraction=0.3, min_prefix=1, steps=2, lr=0.5, samples=2, radius=0.5, stop_energy=None,

@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from impetus.selection.budget import compare_at_equal_tokens, prefix_accuracy, v1_budget_curve
+from impetus.selection.budget import V1Reference, compare_at_equal_tokens, prefix_accuracy, v1_budget_curve, v1_reference
 from impetus.selection.rules import select_first, select_majority
 
 
@@ -27,9 +27,18 @@ def test_new_method_is_matched_at_its_token_budget(v1):
     new = pd.DataFrame({"problem_id": ["a", "b"], "method": "x", "correct": [True, False], "tokens": [25.0, 25.0],
                         "seconds": [1.0, 1.0]})
     methods = {"majority": select_majority, "first": select_first}
-    r = compare_at_equal_tokens(new, v1, methods, ["majority"], "v2", lambda g: {"k": len(g)}, n_boot=200, seed=0,
-                                at_full_n=True)
+    r = compare_at_equal_tokens(new, V1Reference(v1, methods, "majority"), ["majority"], "v2", lambda g: {"k": len(g)},
+                                n_boot=200, seed=0, at_full_n=True)
     assert r["methods"]["x"]["accuracy"] == 0.5 and r["methods"]["x"]["k"] == 2
     assert r["methods"]["majority@3"]["n"] == 3 and r["methods"]["majority@3"]["accuracy"] == 1.0  # 30 >= 25 tokens
     assert r["methods"]["majority"]["n"] == 4
     assert r["comparisons"]["x vs majority@3"]["diff"] == pytest.approx(-0.5)
+
+
+def test_v1_reference_builds_the_dev_chosen_methods(v1):
+    table = v1.assign(hybrid=[0.1, 0.2, 0.3, 0.4] * 2, neg_logprob_mean=0.0)
+    ref = v1_reference(table, {"headline": {"method": "vote_hybrid"}, "taus": {"hybrid": 0.5}}, vote_for=["neg_logprob_mean"])
+    assert {"first", "majority", "hybrid", "vote_hybrid", "neg_logprob_mean", "vote_neg_logprob_mean", "oracle"} <= set(ref.methods)
+    assert "vote_majority" not in ref.methods and ref.headline == "vote_hybrid"
+    assert ref.resolve(["hybrid", "headline", "vote_hybrid"]) == ["hybrid", "vote_hybrid"]
+    assert prefix_accuracy(table, ref.methods["hybrid"], 4).eq(False).all()  # argmin picks sample 0, answer "2"

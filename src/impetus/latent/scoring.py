@@ -3,32 +3,51 @@
 A new answer gets every column the V1 energies table has: logit energies and pooled hidden states
 from one teacher-forced pass (V2: the answer's prefix came from optimised latents, the recording
 sampler did not produce it) or from recorded values (EBD: :meth:`NewAnswerScorer.from_traces`),
-the learned energies, and the consistency energies measured against the
-problem's V1 candidate pool (the N sampled answers): ``answer_agreement`` is minus the share of
-the pool giving the same answer, ``embedding_consistency`` minus the mean cosine similarity to the
-pool's completions. The hybrid then combines them with its fitted weights.
+the learned energies, and the consistency energies against the problem's V1 candidate pool (the
+N sampled answers), computed by the registry's own functions (:mod:`impetus.energy.consistency`)
+with the new answer as one more member of the pool: ``answer_agreement`` is minus the share of
+pool + answer giving its answer, ``embedding_consistency`` minus its mean cosine similarity to the
+pool's completions (embedded with ``energies.embedding_model``). The hybrid then combines them
+with its fitted weights.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 
-from impetus.energy.consistency import embed_texts
+from impetus.energy.consistency import answer_agreement, embed_texts, embedding_consistency
 from impetus.learned.fitting import LearnedScorers, add_learned_energies
 from impetus.lm.sampler import Generation
-from impetus.lm.scoring import score_candidates
 from impetus.lm.trace import Trace, trace_energies
+
+#: ``teacher_forced(prompts, completions, answer char spans) -> scored`` with ``energies``,
+#: ``hidden_mean``, ``hidden_answer`` and ``n_tokens`` (:func:`impetus.lm.scoring.score_candidates`).
+TeacherForced = Callable[[list[str], list[str], list["tuple[int, int] | None"]], Any]
+
+
+def against_pool(pool_answers: list[Any], pool_emb: np.ndarray, answers: list[Any], emb: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """``(answer_agreement, embedding_consistency)`` of each new answer as one more member of the
+    pool (:func:`impetus.energy.consistency.answer_agreement`, :func:`~.embedding_consistency`):
+    each new answer forms its own group with a copy of the pool, so new answers never vote together."""
+    m = len(pool_answers)
+    groups = np.repeat(np.arange(len(answers)), m + 1)
+    last = np.arange(len(answers)) * (m + 1) + m  # each group's new answer
+    agreement = answer_agreement([x for a in answers for x in (*pool_answers, a)], groups)[last]
+    stacked = np.concatenate([np.vstack([pool_emb, e[None]]) for e in emb]) if len(answers) else pool_emb[:0]
+    return agreement, embedding_consistency(stacked, groups)[last]
 
 
 class NewAnswerScorer:
     """``scorer(problem_id, generations) -> energies table`` (one row per generation)."""
 
-    def __init__(self, model: Any, tokenizer: Any, bench: Any, problems: pd.DataFrame, prompts: pd.DataFrame,
-                 pool: pd.DataFrame, scorers: LearnedScorers, embedding_model: str | None):
-        self.model, self.tok, self.bench, self.scorers = model, tokenizer, bench, scorers
+    def __init__(self, tokenizer: Any, bench: Any, problems: pd.DataFrame, prompts: pd.DataFrame,
+                 pool: pd.DataFrame, scorers: LearnedScorers, embedding_model: str | None,
+                 teacher_forced: TeacherForced | None = None):
+        self.tok, self.bench, self.scorers, self.teacher_forced = tokenizer, bench, scorers, teacher_forced
         self.rows = {r["problem_id"]: r for r in problems.to_dict("records")}
         self.prompt = dict(zip(prompts["problem_id"], prompts["prompt"]))
         self.pool = {pid: g for pid, g in pool.groupby("problem_id")}
@@ -49,10 +68,11 @@ class NewAnswerScorer:
 
     def __call__(self, pid: str, gens: list[Generation]) -> pd.DataFrame:
         """Energies of generations from a teacher-forced pass over them."""
+        if self.teacher_forced is None:
+            raise ValueError("scoring generations needs a teacher-forced pass (teacher_forced=)")
         texts = [g.text for g in gens]
         answers, spans = self._answers(pid, texts)
-        scored = score_candidates(self.model, self.tok, [self.prompt[pid]] * len(texts), texts, spans,
-                                  batch_size=16, hidden=True)
+        scored = self.teacher_forced([self.prompt[pid]] * len(texts), texts, spans)
         self.lm_tokens += int(scored.n_tokens.sum())
         hidden = {"hidden_mean": scored.hidden_mean, "hidden_answer": scored.hidden_answer}
         return self._complete(pid, texts, answers, scored.energies, hidden)
@@ -69,11 +89,8 @@ class NewAnswerScorer:
         """Add the consistency energies against the problem's pool and the learned energies."""
         df = energies.reset_index(drop=True).assign(problem_id=pid, sample_idx=np.arange(len(texts)), completion=texts,
                                                     answer=answers, hidden_row=np.arange(len(texts)))
-        pool = self.pool[pid]
-        pool_answers = pool["answer"].astype(object).where(pool["answer"].notna(), None).tolist()
-        df["answer_agreement"] = [-(sum(a == b for b in pool_answers) / max(len(pool_answers), 1)) if a is not None
-                                  else 0.0 for a in answers]
-        sims = embed_texts(texts, self.embedding_model) @ self._pool_embeddings(pid).T
-        df["embedding_consistency"] = -sims.mean(axis=1)
+        df["answer_agreement"], df["embedding_consistency"] = against_pool(
+            self.pool[pid]["answer"].tolist(), self._pool_embeddings(pid), answers,
+            embed_texts(texts, self.embedding_model))
         out, _ = add_learned_energies(df, self.problems, hidden, self.tok, self.scorers)
         return out

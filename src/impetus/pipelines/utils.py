@@ -1,7 +1,7 @@
 """Helpers shared by the stage pipelines."""
 
 from functools import partial, update_wrapper
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from kedro.pipeline import Node, Pipeline
 
@@ -27,11 +27,12 @@ def stage(name: str, nodes: Iterable[Node]) -> Pipeline:
 
 
 def load_base_lm(base_lm: dict) -> tuple:
-    """``(model, tokenizer)`` of the ``base_lm`` record, honouring its device, dtype and trust flag."""
+    """``(model, tokenizer)`` of the ``base_lm`` record, honouring its device, dtype, trust and pickle flags."""
     from impetus.lm.loading import load_model
 
     return load_model(base_lm["path"], device=base_lm["device"], dtype=base_lm["dtype"],
-                      trust_remote_code=base_lm.get("trust_remote_code", False))
+                      trust_remote_code=base_lm.get("trust_remote_code", False),
+                      allow_pickle=base_lm.get("allow_pickle", False))
 
 
 def load_base_tokenizer(base_lm: dict):
@@ -39,3 +40,15 @@ def load_base_tokenizer(base_lm: dict):
     from impetus.lm.loading import load_tokenizer
 
     return load_tokenizer(base_lm["path"], trust_remote_code=base_lm.get("trust_remote_code", False))
+
+
+def sampling_params(sampling: Any, benchmark: Any) -> Any:
+    """The sampler's ``SamplingParams`` from the ``sampling`` and ``benchmark`` parameter blocks
+    (stop strings default to the benchmark's); shared by every stage that samples."""
+    from impetus.lm.sampler import SamplingParams
+
+    stop = sampling.stop if sampling.stop is not None else benchmark.build().stop_strings(sampling.prompt_style)
+    return SamplingParams(
+        n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
+        max_new_tokens=sampling.max_new_tokens, stop=list(stop), batch_size=sampling.batch_size, seed=sampling.seed,
+    )

@@ -3,17 +3,45 @@
 Tokens are the unit of compute. A V1 method is matched to a new method at the number of candidates
 ``n`` whose mean tokens per problem first reach the new method's, using each problem's *first*
 ``n`` candidates, so both are judged on the same problems and the paired bootstrap applies.
+:func:`v1_reference` builds the V1 side once, the same way for V2 and EBD.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
+from impetus.energy.registry import energy_columns
 from impetus.selection.metrics import bootstrap_ci, paired_bootstrap
+from impetus.selection.report import build_methods
 from impetus.selection.rules import Selector, selection_correct
+
+
+@dataclass(frozen=True)
+class V1Reference:
+    """V1 at the same budget: the eval candidates with every energy column (``table``), the V1
+    selection methods over them, and the method chosen on dev (``headline``)."""
+
+    table: pd.DataFrame
+    methods: Mapping[str, Selector]
+    headline: str
+
+    def resolve(self, names: Sequence[str]) -> list[str]:
+        """``names`` with ``"headline"`` replaced by the dev-chosen method, duplicates dropped."""
+        return list(dict.fromkeys(self.headline if n == "headline" else n for n in names))
+
+
+def v1_reference(table: pd.DataFrame, rerank_metrics: Mapping[str, Any], vote_for: Sequence[str] = ()) -> V1Reference:
+    """The V1 methods of ``v1_rerank`` (``rerank_metrics``: its dev-chosen headline and vote
+    temperatures) over ``table``; ``vote_for`` energies also get ``vote_<energy>``, at τ = 1 where
+    dev chose none."""
+    taus = dict(rerank_metrics.get("taus", {}))
+    for name in vote_for:
+        taus.setdefault(name, 1.0)
+    return V1Reference(table, build_methods(energy_columns(table.columns), taus), rerank_metrics["headline"]["method"])
 
 
 def prefix_accuracy(df: pd.DataFrame, method: Selector, n: int) -> pd.Series:
@@ -30,12 +58,13 @@ def v1_budget_curve(df: pd.DataFrame) -> pd.Series:
 
 
 def compare_at_equal_tokens(
-    rows: pd.DataFrame, v1_df: pd.DataFrame, v1_methods: Mapping[str, Selector], compare_to: Sequence[str],
-    family: str, extra: Callable[[pd.DataFrame], dict[str, Any]], n_boot: int, seed: int, at_full_n: bool = False,
+    rows: pd.DataFrame, v1: V1Reference, compare_to: Sequence[str], family: str,
+    extra: Callable[[pd.DataFrame], dict[str, Any]], n_boot: int, seed: int, at_full_n: bool = False,
 ) -> dict[str, Any]:
     """``{"methods", "comparisons", "n_problems", "v1_tokens_by_n"}`` for the new methods in ``rows``
     (problem_id, method, correct, tokens, seconds) against ``compare_to`` V1 methods at their budget
     (``name@n``) and, with ``at_full_n``, at N."""
+    v1_df, v1_methods = v1.table, v1.methods
     problems = sorted(rows["problem_id"].unique())
     v1_sub = v1_df[v1_df["problem_id"].isin(problems)]
     curve = v1_budget_curve(v1_sub)

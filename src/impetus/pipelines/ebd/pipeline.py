@@ -14,7 +14,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             inputs=[
                 "problems_eval", "prompts_eval", "graded_eval", "energies_eval", "hidden_eval", "rerank_metrics",
                 "base_lm", "text_ebm", "latent_ebm", "hybrid_energy", "params:benchmark", "params:sampling",
-                "params:ebd",
+                "params:energies", "params:ebd",
             ],
             outputs=["ebd_metrics", "ebd_report", "ebd_answers", "ebd_plots", "metrics_ebd"],
             name="ebd_eval",

@@ -10,8 +10,8 @@ import pandas as pd
 from impetus.benchmarks.grading import build_prompts, grade_candidates, grading_summary
 from impetus.config import BenchmarkParams, SamplingStageParams
 from impetus.lm.runner import make_run_key, sample_problems
-from impetus.lm.sampler import SamplingParams, get_sampler
-from impetus.pipelines.utils import load_base_lm, load_base_tokenizer
+from impetus.lm.sampler import get_sampler
+from impetus.pipelines.utils import load_base_lm, load_base_tokenizer, sampling_params
 from impetus.tracking import as_mlflow_metrics
 
 logger = logging.getLogger(__name__)
@@ -29,15 +29,6 @@ def make_prompts(
     logger.info("Built %d %s prompts", len(prompts), split)
     return pd.DataFrame({"problem_id": problems["problem_id"].to_numpy(), "prompt": prompts,
                          "n_prompt_tokens": pd.array(n_tokens, dtype="int64")})
-
-
-def sampling_params(sampling: SamplingStageParams, benchmark: BenchmarkParams) -> SamplingParams:
-    """The sampler's parameters from the stage's (stop strings default to the benchmark's)."""
-    stop = sampling.stop if sampling.stop is not None else benchmark.build().stop_strings(sampling.prompt_style)
-    return SamplingParams(
-        n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
-        max_new_tokens=sampling.max_new_tokens, stop=list(stop), batch_size=sampling.batch_size, seed=sampling.seed,
-    )
 
 
 def answer_locator(bench: Any, problems: pd.DataFrame) -> Any:

@@ -14,7 +14,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             inputs=[
                 "problems_eval", "prompts_eval", "graded_eval", "energies_eval", "hidden_eval", "rerank_selections",
                 "rerank_metrics", "base_lm", "text_ebm", "latent_ebm", "hybrid_energy", "params:benchmark",
-                "params:sampling", "params:v2_latent",
+                "params:sampling", "params:energies", "params:v2_latent",
             ],
             outputs=["v2_metrics", "v2_report", "v2_answers", "v2_plots", "metrics_v2_latent"],
             name="latent_eval",
