@@ -1,4 +1,4 @@
-"""Adaptive N: stop sampling a problem once its answer is settled (DeepConf's online mode).
+"""Adaptive N, evaluated offline: when would a problem's sampling have stopped, and at what accuracy?
 
 DeepConf (Fu et al., "Deep Think with Confidence", arXiv:2508.15260) samples traces in waves and
 stops a problem once the weighted consensus on its leading answer passes a threshold, reporting up
