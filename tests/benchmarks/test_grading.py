@@ -104,3 +104,16 @@ def test_truncated_mask_sources():
     assert truncated_mask(df).tolist() == [True, False, False]
     assert truncated_mask(df.assign(truncated=[False, True, None])).tolist() == [False, True, False]
     assert truncated_mask(pd.DataFrame({"x": [1, 2]})).tolist() == [False, False]
+
+
+def test_answer_locator_finds_the_span_grading_reads(arith_case):
+    from impetus.benchmarks.grading import answer_locator
+
+    bench, problems, cands, _ = arith_case
+    graded = grade_candidates(bench, cands, problems)
+    locate = answer_locator(bench, problems)
+    for row in graded.itertuples(index=False):
+        span = locate(row.problem_id, as_text(row.completion))
+        want = None if pd.isna(row.answer_start) else (int(row.answer_start), int(row.answer_end))
+        assert span == want
+    assert sum(s is not None for s in (locate(r.problem_id, as_text(r.completion)) for r in graded.itertuples())) >= 3

@@ -95,3 +95,22 @@ def test_weighted_vote_exact_tie_goes_to_first_answer():
     # summed in different orders; "b" occurs first.
     df = frame([("p", 0, "b", False, 0.1), ("p", 1, "a", True, 0.7), ("p", 2, "a", True, 0.1), ("p", 3, "b", False, 0.7)])
     assert select_weighted_vote(df, "e", tau=0.3)["p"] == 0
+
+
+def test_majority_index_over_a_list_follows_select_majority():
+    from impetus.selection.rules import majority_index
+
+    assert majority_index(["3", None, "5", "5", "3"]) == 0  # 2-2 tie: the answer seen first
+    assert majority_index([None, "7", "8", "8"]) == 2  # first occurrence of the majority
+    assert majority_index([None, None]) == 0 and majority_index([]) == 0
+
+
+def test_vote_winners_weighted_and_counted():
+    from impetus.selection.rules import vote_winners
+
+    d = pd.DataFrame({"problem_id": ["a"] * 4 + ["b"] * 2, "sample_idx": [0, 1, 2, 3, 0, 1],
+                      "answer": ["1", "2", "2", None, None, None]})
+    counted = vote_winners(d)
+    assert counted.set_index("problem_id")["_ans"].to_dict() == {"a": "2"}  # b has no answer
+    weighted = vote_winners(d, np.array([5.0, 1.0, 1.0, 9.0, 1.0, 1.0]))
+    assert weighted.set_index("problem_id")["_ans"].to_dict() == {"a": "1"}  # 5 > 1 + 1; None never votes

@@ -7,7 +7,7 @@ grades a pipeline run used.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 
@@ -43,6 +43,24 @@ def build_prompts(
     ]
 
 
+def problem_rows(problems: pd.DataFrame) -> dict[Any, dict[str, Any]]:
+    """``problem_id -> row`` (a dict) of a problems table: what every grading rule is handed, since
+    ``extract_span``/``grade`` may read more than the text (e.g. an ARC row's choice labels)."""
+    return {r["problem_id"]: r for r in problems.to_dict("records")}
+
+
+def answer_locator(bench: Benchmark, problems: pd.DataFrame) -> Callable[[Any, str], "tuple[int, int] | None"]:
+    """``(problem_id, text) -> (start, end)`` character span of the answer the grader would read,
+    or None: the grading rule for the sampler's recorded answer state."""
+    rows = problem_rows(problems)
+
+    def span(problem_id: Any, text: str) -> tuple[int, int] | None:
+        found = bench.extract_span(text, rows[problem_id])
+        return (found[1], found[2]) if found else None
+
+    return span
+
+
 def grade_candidates(bench: Benchmark, candidates: pd.DataFrame, problems: pd.DataFrame) -> pd.DataFrame:
     """Add ``answer`` (None when not found), ``correct``, the answer's character span and ``truncated``.
 
@@ -52,7 +70,7 @@ def grade_candidates(bench: Benchmark, candidates: pd.DataFrame, problems: pd.Da
     "no answer" and are graded wrong. ``truncated`` is True where ``finish_reason == "length"``:
     the completion hit ``max_new_tokens``, so its "answer" is often just an operand.
     """
-    rows = {r["problem_id"]: r for r in problems.to_dict("records")}
+    rows = problem_rows(problems)
     missing = set(candidates["problem_id"]) - set(rows)
     if missing:
         raise ValueError(
@@ -125,7 +143,7 @@ def grading_summary(graded: pd.DataFrame) -> dict[str, float]:
 def text_grader(bench: Benchmark, problems: pd.DataFrame) -> Any:
     """``grade(problem_id, text) -> (canonical answer or None, correct)`` with the benchmark's rules,
     for answers produced after sampling (V2, EBD) that are graded one at a time."""
-    rows = {r["problem_id"]: r for r in problems.to_dict("records")}
+    rows = problem_rows(problems)
 
     def grade(problem_id: str, text: str) -> tuple[str | None, bool]:
         found = bench.extract_span(text, rows[problem_id])

@@ -15,12 +15,14 @@ from impetus.selection.metrics import (
 from impetus.selection.rules import (
     METHODS,
     get_selector,
+    majority_index,
     oracle,
     select_argmin,
     select_first,
     select_majority,
     select_weighted_vote,
     selection_correct,
+    vote_winners,
 )
 
 __all__ = [
@@ -32,6 +34,7 @@ __all__ = [
     "within_problem_auroc",
     "gap_closure",
     "get_selector",
+    "majority_index",
     "oracle",
     "paired_bootstrap",
     "select_argmin",
@@ -39,4 +42,5 @@ __all__ = [
     "select_majority",
     "select_weighted_vote",
     "selection_correct",
+    "vote_winners",
 ]

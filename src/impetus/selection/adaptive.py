@@ -57,9 +57,14 @@ def _weights(d: pd.DataFrame, spec: RuleSpec) -> np.ndarray:
     return np.exp(-z.to_numpy() / spec.tau)
 
 
-def _vote(prefix: pd.DataFrame, spec: RuleSpec, n_max: int, k: int) -> pd.DataFrame:
-    """Per problem: the leading answer's weight share, whether it is settled by margin, and the
-    chosen candidate (the leading answer's lowest sample_idx; no answer at all: sample 0)."""
+def prefix_consensus(prefix: pd.DataFrame, spec: RuleSpec, n_max: int, k: int) -> pd.DataFrame:
+    """The vote of ``spec`` on each problem's first ``k`` of ``n_max`` candidates (``prefix``).
+
+    Returns, indexed by problem_id: ``share`` (the leading answer's share of the vote weight, what
+    a threshold is compared with), ``settled`` (with ``spec.margin_stop``: the leader can no longer
+    be overtaken by the ``n_max - k`` samples left) and ``chosen`` (the leading answer's lowest
+    sample_idx; no answer at all: sample 0). Ties between answers go to the one seen first.
+    """
     d = prefix.assign(_w=_weights(prefix, spec), _ans=prefix["answer"].astype(object))
     valid = d[d["_ans"].notna()]
     agg = valid.groupby(["problem_id", "_ans"], sort=False).agg(w=("_w", "sum"), c=("_w", "size"),
@@ -89,7 +94,7 @@ def wave_table(df: pd.DataFrame, spec: RuleSpec, wave: int) -> pd.DataFrame:
     parts = []
     for k in ks:
         prefix = df[df["sample_idx"] < k]
-        v = _vote(prefix, spec, n_max, k)
+        v = prefix_consensus(prefix, spec, n_max, k)
         sel = v["chosen"].rename("sample_idx")
         v["correct"] = selection_correct(prefix, sel).reindex(v.index).astype(bool)
         v["tokens"] = prefix.groupby("problem_id")["n_tokens"].sum().reindex(v.index)

@@ -20,7 +20,7 @@ References
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 import pandas as pd
@@ -33,6 +33,8 @@ __all__ = [
     "select_first",
     "select_majority",
     "select_weighted_vote",
+    "majority_index",
+    "vote_winners",
     "oracle",
     "selection_correct",
     "METHODS",
@@ -81,9 +83,14 @@ def select_first(df: pd.DataFrame) -> pd.Series:
     return _as_selection(df.groupby("problem_id", sort=True)["sample_idx"].min())
 
 
-def _vote(d: pd.DataFrame, weight: np.ndarray | None) -> pd.DataFrame:
-    """Per problem, the winning non-None answer: highest total ``weight`` (count if None), ties to
-    the answer occurring first. Returns rows (problem_id, answer) for problems with any answer."""
+def vote_winners(d: pd.DataFrame, weight: np.ndarray | None = None) -> pd.DataFrame:
+    """The (weighted) vote of every problem: its winning non-missing answer.
+
+    ``d`` has ``problem_id``, ``sample_idx`` and ``answer``; ``weight`` is one vote weight per row
+    (None: one vote each, i.e. majority). The winner has the highest total weight; ties go to the
+    answer occurring first (lowest ``sample_idx``). Answers are compared as strings. Returns rows
+    ``(problem_id, _ans)`` (``_ans``: the winning answer as a string) for problems with any answer.
+    """
     valid = d[~_is_missing(d["answer"])].copy()
     valid["_ans"] = valid["answer"].astype(str)
     valid["_w"] = 1.0 if weight is None else weight[~_is_missing(d["answer"]).to_numpy()]
@@ -103,11 +110,19 @@ def select_majority(df: pd.DataFrame) -> pd.Series:
     first sample.
     """
     d = _sorted(df)
-    win = _vote(d, None)
+    win = vote_winners(d)
     d = d.assign(_ans=d["answer"].astype(str).where(~_is_missing(d["answer"])))
     chosen = d.merge(win, on=["problem_id", "_ans"]).groupby("problem_id", sort=True)["sample_idx"].min()
     fallback = select_first(d)
     return _as_selection(chosen.reindex(fallback.index).fillna(fallback))
+
+
+def majority_index(answers: Sequence[Any]) -> int:
+    """Index in ``answers`` of the majority answer's first occurrence (self-consistency over a list,
+    Wang et al., 2203.11171): the same rule as :func:`select_majority` (missing answers never vote,
+    ties to the answer seen first), and 0 when no answer is present."""
+    df = pd.DataFrame({"problem_id": 0, "sample_idx": range(len(answers)), "answer": pd.Series(list(answers), dtype=object)})
+    return int(select_majority(df).iloc[0]) if len(answers) else 0
 
 
 def select_weighted_vote(
@@ -144,7 +159,7 @@ def select_weighted_vote(
         e = ((e - by.transform("mean")) / sd.where(sd > 0)).fillna(0.0)
     e = e - e.groupby(d["problem_id"], sort=False).transform("min")
     d["_e"] = e.to_numpy()
-    win = _vote(d, np.exp(-d["_e"].to_numpy() / tau))
+    win = vote_winners(d, np.exp(-d["_e"].to_numpy() / tau))
     d["_ans"] = d["answer"].astype(str).where(~_is_missing(d["answer"]))
     cand = d.merge(win, on=["problem_id", "_ans"])
     # Problems with no answer at all: argmin over the same (normalized) energies.

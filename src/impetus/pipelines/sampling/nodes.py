@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from impetus.benchmarks.grading import build_prompts, grade_candidates, grading_summary
+from impetus.benchmarks.grading import answer_locator, build_prompts, grade_candidates, grading_summary
 from impetus.config import BenchmarkParams, SamplingStageParams
 from impetus.lm.runner import make_run_key, sample_problems
 from impetus.lm.sampler import get_sampler
@@ -29,17 +29,6 @@ def make_prompts(
     logger.info("Built %d %s prompts", len(prompts), split)
     return pd.DataFrame({"problem_id": problems["problem_id"].to_numpy(), "prompt": prompts,
                          "n_prompt_tokens": pd.array(n_tokens, dtype="int64")})
-
-
-def answer_locator(bench: Any, problems: pd.DataFrame) -> Any:
-    """``(problem_id, text) -> answer char span``: the grading rule, for the recorded answer state."""
-    rows = {r["problem_id"]: r for r in problems.to_dict("records")}
-
-    def span(problem_id: str, text: str) -> tuple[int, int] | None:
-        found = bench.extract_span(text, rows[problem_id])
-        return (found[1], found[2]) if found else None
-
-    return span
 
 
 def sample_candidates(
