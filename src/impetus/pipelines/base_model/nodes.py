@@ -16,11 +16,12 @@ logger = logging.getLogger(__name__)
 def prepare_base_model(model: ModelParams) -> tuple[dict[str, Any], dict]:
     """Return the ``base_lm`` record (local folder + model facts) and the stage's timing metric."""
     start = time.perf_counter()
-    path = resolve_model(model.name_or_path, cache_dir=model.cache_dir, trust_remote_code=model.trust_remote_code)
+    path = resolve_model(model.name_or_path, cache_dir=model.cache_dir, trust_remote_code=model.trust_remote_code,
+                         allow_pickle=model.allow_pickle)
     seconds = time.perf_counter() - start
     record = {
         "name_or_path": model.name_or_path, "path": str(path), "dtype": model.dtype, "device": model.device,
-        "trust_remote_code": model.trust_remote_code, **model_id_info(path),
+        "trust_remote_code": model.trust_remote_code, "allow_pickle": model.allow_pickle, **model_id_info(path),
     }
     logger.info("Base model %s ready at %s (%.1f s)", model.name_or_path, path, seconds)
     return record, as_mlflow_metrics({"base_model/resolve_seconds": seconds})
