@@ -94,16 +94,34 @@ def test_logs_registers_and_round_trips_both_ebms(client):
         assert torch.equal(fresh.load()(h), latent(h))
 
 
-def test_pickle_fallback_when_export_fails(client, monkeypatch, caplog):
-    latent, _ = _models()
-
+def _break_export(monkeypatch) -> None:
     def broken_export(*args, **kwargs):
         raise RuntimeError("cannot trace this")
 
     monkeypatch.setattr(torch.export, "export", broken_export)
+
+
+def test_export_failure_refuses_pickle_and_names_the_parameter(client, monkeypatch):
+    latent, _ = _models()
+    _break_export(monkeypatch)
+    ds = MlflowEBMDataset(name="latent_ebm", registered_model_name="impetus-latent-ebm")
+    with mlflow.start_run():
+        with pytest.raises(DatasetError, match=(
+            r"latent_ebm: torch\.export failed \(RuntimeError: cannot trace this\)[\s\S]*"
+            r"Set scorer\.allow_pickle=true"
+        )):
+            ds.save({"model": latent, "metrics": {"val_loss": 0.5}})
+    assert ds.model_uri is None and client.search_registered_models() == []
+    assert [m.status for m in client.search_logged_models([mlflow.get_experiment_by_name("impetus").experiment_id])
+            ] == ["FAILED"]  # the attempt is marked failed, never left READY with no weights
+
+
+def test_pickle_fallback_when_export_fails_and_pickle_is_allowed(client, monkeypatch, caplog):
+    latent, _ = _models()
+    _break_export(monkeypatch)
     ds = MlflowEBMDataset(name="latent_ebm", registered_model_name="impetus-latent-ebm")
     with mlflow.start_run(), caplog.at_level(logging.WARNING, logger="impetus.mlflow_models"):
-        ds.save({"model": latent, "metrics": {"val_loss": 0.5}})
+        ds.save({"model": latent, "metrics": {"val_loss": 0.5}, "allow_pickle": True})
     assert ds.serialization_format == "pickle"
     assert "torch.export failed (RuntimeError: cannot trace this)" in caplog.text
     model_id = ds.model_uri.removeprefix("models:/")

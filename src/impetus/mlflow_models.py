@@ -5,7 +5,9 @@ Why not ``kedro_mlflow.io.models.MlflowModelTrackingDataset`` (i.e. ``mlflow.pyt
 ``log_model_metrics_for_step``), so each EBM carried the earlier stages' metrics and none of its
 own. Here the LoggedModel is created, filled, linked to the run and registered with the client
 API, and only the given best-epoch metrics are logged with its ``model_id``. The weights go in a
-``torch.export`` "pt2" archive (no pickle); pickle is only a logged fallback.
+``torch.export`` "pt2" archive (no pickle). When export fails the save fails too, unless the
+data carries ``allow_pickle=True`` (the run's ``scorer.allow_pickle``): then the model is logged
+in pickle format with a warning, since loading a pickle can run code.
 """
 
 from __future__ import annotations
@@ -71,10 +73,10 @@ def _clean_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 class MlflowEBMDataset(AbstractDataset[dict[str, Any], nn.Module]):
-    """Save ``{"model": TextEBM | LatentEBM, "metrics": {name: float}}`` as an MLflow model.
+    """Save ``{"model": TextEBM | LatentEBM, "metrics": {name: float}, "allow_pickle": bool}`` as an MLflow model.
 
     On save (inside the run kedro-mlflow started): a LoggedModel named ``name`` in pt2 format
-    (pickle if ``torch.export`` fails), linked to the run as an output, registered as
+    (if ``torch.export`` fails: pickle when ``allow_pickle``, else a DatasetError), linked to the run as an output, registered as
     ``registered_model_name`` and carrying exactly ``metrics``. Load returns the model of the
     last save, else the newest registered version (tests and notebooks only).
 
@@ -103,8 +105,8 @@ class MlflowEBMDataset(AbstractDataset[dict[str, Any], nn.Module]):
         return {"name": self._name, "registered_model_name": self._registered_model_name,
                 "model_uri": self.model_uri, "serialization_format": self.serialization_format}
 
-    def _save_local(self, model: nn.Module, path: Path, mlflow_model: Model) -> str:
-        """Write the MLflow model directory; return the format used ("pt2", else "pickle")."""
+    def _save_local(self, model: nn.Module, path: Path, mlflow_model: Model, allow_pickle: bool = False) -> str:
+        """Write the MLflow model directory; return the format used ("pt2", else "pickle" if allowed)."""
         example, signature = _example_and_signature(model)
 
         def save(fmt: str) -> None:
@@ -119,6 +121,12 @@ class MlflowEBMDataset(AbstractDataset[dict[str, Any], nn.Module]):
             return "pt2"
         except Exception as err:  # torch.export fails with many error types
             reason = (str(err).splitlines() or [""])[0]
+            if not allow_pickle:
+                raise DatasetError(
+                    f"{self._name}: torch.export failed ({type(err).__name__}: {reason}), and logging it "
+                    "in pickle format instead is refused (loading a pickle can run code). Set "
+                    "scorer.allow_pickle=true (e.g. --params scorer.allow_pickle=true) to log it as a pickle."
+                ) from err
             logger.warning("%s: torch.export failed (%s: %s); logging it in pickle format, which needs "
                            "MLFLOW_ALLOW_PICKLE_DESERIALIZATION=true to load", self._name,
                            type(err).__name__, reason)
@@ -148,7 +156,7 @@ class MlflowEBMDataset(AbstractDataset[dict[str, Any], nn.Module]):
                 path = Path(tmp) / "model"
                 mlflow_model = Model(artifact_path=logged.artifact_location, run_id=run_id,
                                      model_uuid=logged.model_id, model_id=logged.model_id)
-                fmt = self._save_local(model, path, mlflow_model)
+                fmt = self._save_local(model, path, mlflow_model, bool(data.get("allow_pickle", False)))
                 client.log_model_artifacts(logged.model_id, str(path))
             client.set_logged_model_tags(logged.model_id, {FORMAT_TAG: fmt})
         except BaseException:

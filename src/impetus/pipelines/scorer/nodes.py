@@ -22,7 +22,8 @@ def train_scorers(
     base_lm: dict[str, Any], scorer: ScorerParams,
 ) -> tuple[dict, dict, dict, dict, dict, dict]:
     """Fit the learned energies on train groups only; return their plain records (catalog), the two
-    EBMs for MLflow's model registry (``{"model": module, "metrics": best epoch's metrics}``) and
+    EBMs for MLflow's model registry (``{"model": module, "metrics": best epoch's metrics,
+    "allow_pickle": scorer.allow_pickle}``) and
     the run's training metrics (per-epoch curves, best epoch)."""
     fit = fit_learned_energies(ebm_groups, problems_train, hidden_train, load_base_tokenizer(base_lm), scorer.to_core())
     records = fit.scorers.to_records()
@@ -33,7 +34,7 @@ def train_scorers(
         # The saved weights are the best epoch's, so its metrics (not the last epoch's) describe them.
         best = result.history[result.best_epoch] if result.best_epoch >= 0 else {}
         metrics |= as_mlflow_metrics({f"scorer/{name}/best_{k}": best.get(k) for k in _CURVES})
-        logged[name] = {"model": result.model,
+        logged[name] = {"model": result.model, "allow_pickle": scorer.allow_pickle,
                         "metrics": {k: best[k] for k in _CURVES if isinstance(best.get(k), float) and best[k] == best[k]}
                         | {"best_epoch": float(result.best_epoch)}}
         metrics |= as_mlflow_metrics({f"scorer/{name}/best_epoch": result.best_epoch,
