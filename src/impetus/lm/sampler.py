@@ -168,8 +168,9 @@ class ContinuingSampler(Sampler, Protocol):
         past: list[Any] | None = None, keep_past: bool = False,
     ) -> list[Generation]:
         """One row per token-id prompt, seeded ``row_seed(seeds[i], 0)`` (``params.n`` must be 1),
-        at most ``max_new[i]`` new tokens. ``past[i]``: a cache of the first tokens of prompt ``i``
-        (only the rest is encoded). The row's ``record`` holds the recorded values and ``states``
+        at most ``max_new[i]`` new tokens. ``past[i]``: a cache whose tokens start like prompt ``i``
+        (it may hold more, e.g. a whole earlier answer: only the shared prefix is used, the rest of
+        the prompt is encoded). The row's ``record`` holds the recorded values and ``states``
         (``[T, H]``) whatever the backend's recording default; ``keep_past``: its ``past`` is the cache
         of its prompt and all its tokens but, at most, the last."""
         ...
