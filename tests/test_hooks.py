@@ -94,8 +94,15 @@ def test_existing_experiment_artifact_folder_is_checked(tmp_path):
         check_tracking_store(uri, artifact_location=str(tmp_path / "new"), experiment_name="impetus")
 
 
-def test_remote_artifact_location_is_not_probed(tmp_path):
+def test_remote_artifact_location_is_not_probed(tmp_path, monkeypatch):
+    import impetus.hooks as hooks
+
+    probed: list = []
+    real = hooks._require_writable_dir
+    monkeypatch.setattr(hooks, "_require_writable_dir", lambda folder, *a: (probed.append(folder), real(folder, *a)))
     check_tracking_store(f"sqlite:///{tmp_path}/mlflow.db", artifact_location="s3://bucket/runs")
+    assert probed == [tmp_path]  # the sqlite folder only; nothing named after the s3 URI
+    assert hooks._local_path("s3://bucket/runs") is None
 
 
 def test_hook_resolves_relative_artifact_location_against_the_project(tmp_path):

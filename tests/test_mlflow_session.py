@@ -9,14 +9,12 @@ without a model.
 from __future__ import annotations
 
 import os
-import shutil
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from kedro.framework.session import KedroSession
-from kedro.framework.startup import bootstrap_project
 from kedro.pipeline import Pipeline, node
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
@@ -30,7 +28,6 @@ from impetus.hooks import (
     PID_TAG,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 class _Pipelines(dict):
@@ -49,13 +46,8 @@ def _fail(sampling: dict) -> None:
 
 
 @pytest.fixture()
-def project(tmp_path, monkeypatch) -> Iterator[Path]:
-    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    shutil.copytree(ROOT / "conf", tmp_path / "conf", ignore=shutil.ignore_patterns("local"))
-    (tmp_path / "conf" / "local").mkdir()
-    (tmp_path / "src").mkdir()  # kedro wants a source dir; the package itself is installed
-    monkeypatch.chdir(tmp_path)
-    bootstrap_project(tmp_path)
+def toy_project(project, monkeypatch) -> Iterator[Path]:
+    """The scratch project of tests/conftest.py with toy pipelines named like the real ones."""
     toy = _Pipelines(
         v1_rerank=Pipeline([node(_seed, ["params:benchmark", "params:sampling"], "seed_out")]),
         sampling=Pipeline([node(_fail, "params:sampling", "nothing")]),
@@ -64,7 +56,7 @@ def project(tmp_path, monkeypatch) -> Iterator[Path]:
     monkeypatch.setattr("kedro.framework.project.pipelines", toy)
     monkeypatch.setattr("kedro.framework.session.session.pipelines", toy)
     with _use_tracking_uri(None):  # kedro-mlflow sets the global URI; put it back afterwards
-        yield tmp_path
+        yield project
 
 
 def _runs(project: Path) -> list[tuple]:
@@ -83,7 +75,8 @@ def test_settings_register_the_mlflow_hooks():
     assert {MlflowStoreCheckHook, MlflowRunLifecycleHook} <= kinds
 
 
-def test_session_run_is_named_tagged_and_failed_on_error(project):
+def test_session_run_is_named_tagged_and_failed_on_error(toy_project):
+    project = toy_project
     with KedroSession.create(project_path=project, env="test") as session:
         session.run(pipeline_names=["v1_rerank"])
     with KedroSession.create(project_path=project) as session:

@@ -23,8 +23,10 @@ Per-token quantities (:func:`logit_energies`)
   arXiv:2508.15260: ``C_i = -(1/k) * sum_{j<=k} log P_i(j)`` over the ``k = 20`` most
   likely tokens of step ``i``. Always ``>= 0``; higher = more peaked = more confident.
 
-Per-candidate columns (:func:`candidate_energy_row`) are oriented so that **lower = better**
-for every float column, as required by the ``energies`` data contract in DESIGN.md.
+Per-candidate columns (:func:`candidate_energy_row`, from the per-token quantities of a
+teacher-forced pass, :func:`logit_energies`, or of the sampler's recording,
+:func:`per_token_from_record`) are oriented so that **lower = better** for every float column
+(the ``energies`` data contract).
 """
 
 from __future__ import annotations
