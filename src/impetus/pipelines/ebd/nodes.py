@@ -1,4 +1,4 @@
-"""ebd_eval: block-wise MH chains per eval problem under an energy; compared at equal tokens."""
+"""run_chains: block-wise MH chains per eval problem under an energy; compared at equal tokens."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from impetus.tracking import as_mlflow_metrics, method_metrics
 logger = logging.getLogger(__name__)
 
 
-def ebd_eval(
+def run_chains(
     problems_eval: pd.DataFrame, prompts_eval: pd.DataFrame, graded_eval: pd.DataFrame, energies_eval: pd.DataFrame,
     hidden_eval: dict[str, Any], rerank_metrics: dict, base_lm: dict[str, Any], text_ebm: dict, latent_ebm: dict,
     hybrid_energy: dict, benchmark: BenchmarkParams, sampling: SamplingStageParams, energies: EnergyStageParams,

@@ -4,19 +4,19 @@ from kedro.pipeline import Pipeline, node
 
 from impetus.pipelines.utils import stage
 
-from .nodes import ebd_eval
+from .nodes import run_chains
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    return stage("ebd_eval", [
+    return stage("ebd", [
         node(
-            ebd_eval,
+            run_chains,
             inputs=[
                 "problems_eval", "prompts_eval", "graded_eval", "energies_eval", "hidden_eval", "rerank_metrics",
                 "base_lm", "text_ebm", "latent_ebm", "hybrid_energy", "params:benchmark", "params:sampling",
                 "params:energies", "params:ebd",
             ],
             outputs=["ebd_metrics", "ebd_report", "ebd_answers", "ebd_plots", "metrics_ebd"],
-            name="ebd_eval",
+            name="run_chains",
         )
     ])

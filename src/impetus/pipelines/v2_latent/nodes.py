@@ -1,4 +1,4 @@
-"""latent_eval: optimise eval answers' latent prefixes under an energy and compare with V1."""
+"""optimize_latents: optimise eval answers' latent prefixes under an energy and compare with V1."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from impetus.tracking import as_mlflow_metrics, method_metrics
 logger = logging.getLogger(__name__)
 
 
-def latent_eval(
+def optimize_latents(
     problems_eval: pd.DataFrame, prompts_eval: pd.DataFrame, graded_eval: pd.DataFrame, energies_eval: pd.DataFrame,
     hidden_eval: dict[str, Any], rerank_selections: pd.DataFrame, rerank_metrics: dict, base_lm: dict[str, Any],
     text_ebm: dict, latent_ebm: dict, hybrid_energy: dict, benchmark: BenchmarkParams, sampling: SamplingStageParams,

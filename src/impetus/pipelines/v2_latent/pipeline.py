@@ -4,19 +4,19 @@ from kedro.pipeline import Pipeline, node
 
 from impetus.pipelines.utils import stage
 
-from .nodes import latent_eval
+from .nodes import optimize_latents
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    return stage("latent_eval", [
+    return stage("v2_latent", [
         node(
-            latent_eval,
+            optimize_latents,
             inputs=[
                 "problems_eval", "prompts_eval", "graded_eval", "energies_eval", "hidden_eval", "rerank_selections",
                 "rerank_metrics", "base_lm", "text_ebm", "latent_ebm", "hybrid_energy", "params:benchmark",
                 "params:sampling", "params:energies", "params:v2_latent",
             ],
             outputs=["v2_metrics", "v2_report", "v2_answers", "v2_plots", "metrics_v2_latent"],
-            name="latent_eval",
+            name="optimize_latents",
         )
     ])
