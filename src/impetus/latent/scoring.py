@@ -18,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from impetus.benchmarks.grading import problem_rows
 from impetus.energy.consistency import answer_agreement, embed_texts, embedding_consistency
 from impetus.learned.fitting import LearnedScorers, add_learned_energies
 from impetus.lm.sampler import Generation
@@ -48,7 +49,7 @@ class NewAnswerScorer:
                  pool: pd.DataFrame, scorers: LearnedScorers, embedding_model: str | None,
                  teacher_forced: TeacherForced | None = None):
         self.tok, self.bench, self.scorers, self.teacher_forced = tokenizer, bench, scorers, teacher_forced
-        self.rows = {r["problem_id"]: r for r in problems.to_dict("records")}
+        self.rows = problem_rows(problems)
         self.prompt = dict(zip(prompts["problem_id"], prompts["prompt"]))
         self.pool = {pid: g for pid, g in pool.groupby("problem_id")}
         self.problems = problems
