@@ -1,5 +1,7 @@
 """Consistency energies on hand-made groups, plus one integration test with the real MiniLM."""
 
+import time
+
 import numpy as np
 import pytest
 
@@ -57,3 +59,37 @@ def test_embed_texts_minilm_paraphrase_closer():
     assert embed_texts([]).shape == (0, 384)
     cons = embedding_consistency(emb, [0, 0, 0])
     assert cons[2] > cons[0]  # the odd one out is least consistent (highest energy)
+
+
+def test_embed_texts_encodes_each_distinct_text_once_and_keeps_row_order(monkeypatch):
+    from impetus.energy import consistency
+
+    model = consistency.load_embedding_model()
+    seen: list[list[str]] = []
+    real = model.encode
+    monkeypatch.setattr(model, "encode", lambda texts, **kw: (seen.append(list(texts)), real(texts, **kw))[1])
+    texts = ["12 + 30 = 42.", "The answer is 7.", "12 + 30 = 42.", None, "", "The answer is 7."]
+    emb = embed_texts(texts)
+    assert len(seen) == 1 and sorted(seen[0]) == sorted({"12 + 30 = 42.", "The answer is 7.", ""})
+    one_by_one = np.stack([real(["" if t is None else t], normalize_embeddings=True)[0] for t in texts])
+    np.testing.assert_allclose(emb, one_by_one, atol=1e-5)
+    assert emb.shape == (6, 384) and np.allclose(emb[0], emb[2]) and not np.allclose(emb[0], emb[1])
+
+
+def test_consistency_energies_time_excludes_loading_the_model(monkeypatch):
+    import pandas as pd
+
+    from impetus.energy import consistency
+
+    graded = pd.DataFrame({"problem_id": ["a", "a", "b"], "completion": ["x", "y", "x"], "answer": ["1", "1", None]})
+    real = consistency.load_embedding_model
+
+    def slow_load(*args, **kwargs):  # stands in for a cold load of the model (seconds)
+        time.sleep(0.5)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(consistency, "load_embedding_model", slow_load)
+    t0 = time.perf_counter()
+    out, seconds = consistency.consistency_energies(graded, None, batch_size=8)
+    assert time.perf_counter() - t0 - seconds >= 0.5  # the load was not charged to the energy
+    assert out["answer_agreement"].tolist() == [-1.0, -1.0, 0.0]
