@@ -1,10 +1,11 @@
 """Typed parameters for every stage: types, bounds and a one-line description per field.
 
 The values live in ``conf/base/parameters_<stage>.yml`` only: no field here has a default, so YAML
-and code can never disagree. Nodes annotate their ``params:`` inputs with these classes; Kedro 1.7
-validates every parameter block a pipeline uses from those type hints *before the first node
-runs* (a misspelt key, ``sampling.n=0`` or ``model.device=cuda`` on a CPU machine fails at once,
-before ingest overwrites anything) and hands the node an instance instead of a dict.
+and code can never disagree. Every block of :data:`PARAMS` is validated as soon as the Kedro
+context exists, whatever pipeline is selected (:mod:`impetus.param_hooks`): a misspelt key,
+``sampling.n=0``, ``v2_latent.lr=-1`` or ``model.device=cuda`` on a CPU machine fails at once with
+one short line, before ingest overwrites anything. Nodes annotate their ``params:`` inputs with
+these classes, so Kedro hands each node an instance instead of a dict.
 Kedro-free: a notebook builds one with ``SamplingStageParams(**yaml_block)`` or :func:`parse`.
 """
 

@@ -36,3 +36,33 @@ def test_switching_benchmark_on_the_command_line_keeps_options_scoped(project):
         params = session.load_context().params
     assert params["benchmark"].benchmark_options() == {}
     assert params["sampling"].n == 4  # the test env's value, as a typed object
+
+
+def test_every_block_is_validated_whatever_pipeline_runs(project):
+    """The hook validates blocks no node of the chosen pipeline uses (Kedro alone would not)."""
+    from impetus.param_hooks import ParameterError, TypedParamsHook
+
+    with KedroSession.create(project_path=project, env="test", runtime_params={"v2_latent": {"lr": -1}}) as session:
+        with pytest.raises(ParameterError, match=r"v2_latent\.lr: Input should be greater than 0 \(got -1\)"):
+            session.run(pipeline_names=["ingest"])
+    assert not list((project / "data").rglob("*.parquet"))  # ingest never ran
+    with KedroSession.create(project_path=project, env="test") as session:
+        context = session.load_context()  # valid parameters: the hook lets the context through
+    TypedParamsHook().after_context_created(context)
+
+
+def test_kedro_run_prints_a_parameter_error_last_and_short(project):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    kedro = Path(sys.executable).with_name("kedro")
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}
+    run = subprocess.run([str(kedro), "run", "-p", "ingest", "--params", "v2_latent.lr=-1"], cwd=project,
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode != 0
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: invalid parameters: v2_latent.lr:") and len(run.stderr.strip().splitlines()) <= 3
+    assert "Traceback" not in run.stderr + run.stdout
+    assert not list((project / "data").rglob("*.parquet"))
