@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from impetus import hooks
-from impetus.hooks import MlflowStoreCheckHook, MlflowStoreError, check_tracking_store
+from impetus.framework import hooks
+from impetus.framework.hooks import MlflowStoreCheckHook, MlflowStoreError, check_tracking_store
 
 
 def _root_writes_anyway(folder: Path) -> bool:
@@ -95,7 +95,7 @@ def test_existing_experiment_artifact_folder_is_checked(tmp_path):
 
 
 def test_remote_artifact_location_is_not_probed(tmp_path, monkeypatch):
-    import impetus.hooks as hooks
+    import impetus.framework.hooks as hooks
 
     probed: list = []
     real = hooks._require_writable_dir

@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
 from impetus.learned.models import LatentEBM, LatentEBMConfig, TextEBM, TextEBMConfig
-from impetus.mlflow_models import FORMAT_TAG, MlflowEBMDataset
+from impetus.framework.mlflow_models import FORMAT_TAG, MlflowEBMDataset
 
 UNRELATED = {"sampler/accuracy": 0.5, "grader/n_graded": 12.0, "scorer/latent/best_val_loss": 0.7}
 LATENT_METRICS = {"train_loss": 0.61, "val_loss": 0.65, "val_auroc": 0.72, "val_pair_acc": 0.68, "best_epoch": 3.0}
@@ -120,7 +120,7 @@ def test_pickle_fallback_when_export_fails_and_pickle_is_allowed(client, monkeyp
     latent, _ = _models()
     _break_export(monkeypatch)
     ds = MlflowEBMDataset(name="latent_ebm", registered_model_name="impetus-latent-ebm")
-    with mlflow.start_run(), caplog.at_level(logging.WARNING, logger="impetus.mlflow_models"):
+    with mlflow.start_run(), caplog.at_level(logging.WARNING, logger="impetus.framework.mlflow_models"):
         ds.save({"model": latent, "metrics": {"val_loss": 0.5}, "allow_pickle": True})
     assert ds.serialization_format == "pickle"
     assert "torch.export failed (RuntimeError: cannot trace this)" in caplog.text
@@ -132,7 +132,7 @@ def test_pickle_fallback_when_export_fails_and_pickle_is_allowed(client, monkeyp
 def test_no_active_run_warns_and_logs_nothing(client, caplog):
     latent, _ = _models()
     ds = MlflowEBMDataset(name="latent_ebm", registered_model_name="impetus-latent-ebm")
-    with caplog.at_level(logging.WARNING, logger="impetus.mlflow_models"):
+    with caplog.at_level(logging.WARNING, logger="impetus.framework.mlflow_models"):
         ds.save({"model": latent, "metrics": {"val_loss": 0.5}})
     assert "no active MLflow run" in caplog.text
     assert mlflow.active_run() is None

@@ -16,8 +16,8 @@ from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 from pydantic import BaseModel
 
-from impetus import hooks
-from impetus.hooks import (
+from impetus.framework import hooks
+from impetus.framework.hooks import (
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
     MlflowRunLifecycleHook,
@@ -185,7 +185,7 @@ def test_finished_run_stays_finished_and_logs_the_runs_table_link(store, hook, c
     run = mlflow.start_run(run_name="v1_rerank")
     hook.before_pipeline_run(RUN_PARAMS, None, _Catalog())
     mlflow.end_run()  # what kedro-mlflow's after_pipeline_run does
-    with caplog.at_level(logging.INFO, logger="impetus.hooks"):
+    with caplog.at_level(logging.INFO, logger="impetus.framework.hooks"):
         hook.after_pipeline_run(RUN_PARAMS, None, None)
     link = f"http://127.0.0.1:5000/#/experiments/{experiment_id}?workflowType=machine_learning"
     assert link in caplog.text
@@ -198,7 +198,7 @@ _CHILD = textwrap.dedent(
     """
     import os, signal, sys, time
     import mlflow
-    from impetus.hooks import MlflowRunLifecycleHook
+    from impetus.framework.hooks import MlflowRunLifecycleHook
 
     mlflow.set_tracking_uri(sys.argv[1])
     mlflow.set_experiment("impetus")

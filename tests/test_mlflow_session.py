@@ -19,7 +19,7 @@ from kedro.pipeline import Pipeline, node
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
 from impetus import settings
-from impetus.hooks import (
+from impetus.framework.hooks import (
     END_REASON_TAG,
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,

@@ -2,7 +2,7 @@
 
 Each ``kedro`` line is parsed by Kedro's own CLI (the options and ``--params`` parser the shell
 command reaches). For ``kedro run`` the configuration its ``--env`` and ``--params`` produce must
-validate against every block of the typed schema (:data:`impetus.config.PARAMS`) and against the
+validate against every block of the typed schema (:data:`impetus.framework.config.PARAMS`) and against the
 nodes' type hints as Kedro checks them; its ``-p``/``--from-nodes``/``--namespaces`` must select
 nodes; and the configured benchmark must yield enough problems for the train + dev + eval splits
 (the check ingest makes before any model is loaded). ``make`` lines must name a Makefile target,
@@ -124,8 +124,8 @@ def run_parameters(conf: Path, env: str | None, params: dict[str, Any]) -> dict[
 
 
 def typed_blocks(raw: dict[str, Any]) -> dict[str, Any]:
-    """Every parameter block parsed by its :mod:`impetus.config` class (unknown blocks fail)."""
-    from impetus.config import PARAMS, parse
+    """Every parameter block parsed by its :mod:`impetus.framework.config` class (unknown blocks fail)."""
+    from impetus.framework.config import PARAMS, parse
 
     unknown = sorted(set(raw) - set(PARAMS))
     assert not unknown, f"parameter blocks without a schema: {unknown}"

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from impetus.config import RerankParams
+from impetus.framework.config import RerankParams
 from impetus.energy.registry import cost_keys, energy_columns, hybrid_inputs, spec
 from impetus.selection.metrics import auroc, within_problem_auroc
 from impetus.selection.report import (
@@ -17,7 +17,7 @@ from impetus.selection.report import (
     method_costs,
     rerank_evaluation,
 )
-from impetus.tracking import as_mlflow_metrics, method_metrics
+from impetus.framework.tracking import as_mlflow_metrics, method_metrics
 
 
 def test_as_mlflow_metrics_skips_undefined_values_and_sanitises_names():

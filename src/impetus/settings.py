@@ -7,8 +7,8 @@ so ``IMPETUS_SHARED_DATA`` can point the benchmarks at another data folder witho
 import os
 from kedro.config import OmegaConfigLoader
 
-from impetus.hooks import MlflowRunLifecycleHook, MlflowStoreCheckHook
-from impetus.param_hooks import TypedParamsHook
+from impetus.framework.hooks import MlflowRunLifecycleHook, MlflowStoreCheckHook
+from impetus.framework.param_hooks import TypedParamsHook
 
 def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(name, default)
@@ -24,7 +24,7 @@ def _abspath(path: str) -> str:
 
 
 # kedro-mlflow's MlflowHook registers itself as a plugin; the order against it is set by
-# tryfirst/trylast in impetus.hooks, not by this tuple.
+# tryfirst/trylast in impetus.framework.hooks, not by this tuple.
 HOOKS = (MlflowStoreCheckHook(), MlflowRunLifecycleHook(), TypedParamsHook())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader

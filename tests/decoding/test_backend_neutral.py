@@ -27,7 +27,10 @@ from impetus.lm.trace import Trace, trace_energies
 from impetus.selection.budget import v1_reference
 from impetus.testing import tiny_tokenizer
 
-FORBIDDEN = ("impetus.lm.hf_sampler", "impetus.lm.hf_encode", "impetus.config", "impetus.pipelines", "kedro", "mlflow")
+FORBIDDEN = ("impetus.lm.hf_sampler", "impetus.lm.hf_encode", "impetus.framework", "impetus.pipelines", "kedro", "mlflow")
+#: The Kedro-free core (DESIGN.md, layer 1): a notebook imports it without Kedro or MLflow.
+CORE = ("benchmarks", "lm", "energy", "learned", "selection", "latent", "decoding")
+GLUE = ("impetus.framework", "impetus.pipelines", "kedro", "mlflow")
 
 
 def _imports(path: Path) -> set[str]:
@@ -45,6 +48,15 @@ def test_core_imports_the_sampler_interface_only(package):
     files = sorted(Path(package.__file__).parent.glob("*.py"))
     assert len(files) >= 4  # not vacuous: the package's modules were found
     bad = {f.name: sorted(n for n in _imports(f) if any(n == x or n.startswith(x + ".") for x in FORBIDDEN))
+           for f in files}
+    assert {k: v for k, v in bad.items() if v} == {}
+
+
+@pytest.mark.parametrize("area", CORE)
+def test_core_area_imports_no_framework(area):
+    files = sorted((Path(impetus.decoding.__file__).parent.parent / area).rglob("*.py"))
+    assert files
+    bad = {f.name: sorted(n for n in _imports(f) if any(n == x or n.startswith(x + ".") for x in GLUE))
            for f in files}
     assert {k: v for k, v in bad.items() if v} == {}
 

@@ -10,7 +10,7 @@ from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
 from impetus.benchmarks.grading import grade_candidates
-from impetus.config import BenchmarkParams, EBDParams, EnergyStageParams, LatentParams, SamplingStageParams
+from impetus.framework.config import BenchmarkParams, EBDParams, EnergyStageParams, LatentParams, SamplingStageParams
 from impetus.energy.recorded import recorded_energies
 from impetus.learned.fitting import LearnedScorers
 from impetus.learned.hybrid import HybridConfig, HybridEnergy

@@ -65,7 +65,7 @@ def test_scorer_yaml_block_converts_once_to_the_core_config():
 
     import yaml
 
-    from impetus.config import ScorerParams
+    from impetus.framework.config import ScorerParams
     from impetus.learned.models import TextEBMConfig
     from impetus.learned.train import TrainConfig
 

@@ -7,7 +7,7 @@ import pytest
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
-from impetus.config import BenchmarkParams, IngestParams, SamplingStageParams
+from impetus.framework.config import BenchmarkParams, IngestParams, SamplingStageParams
 from impetus.pipelines.ingest.pipeline import create_pipeline
 
 ARITH = {"name": "arith", "source": "generated", "options": {"arith": {"n_problems": 80, "digits": 2, "seed": 3}}}

@@ -40,7 +40,7 @@ def test_switching_benchmark_on_the_command_line_keeps_options_scoped(project):
 
 def test_every_block_is_validated_whatever_pipeline_runs(project):
     """The hook validates blocks no node of the chosen pipeline uses (Kedro alone would not)."""
-    from impetus.param_hooks import ParameterError, TypedParamsHook
+    from impetus.framework.param_hooks import ParameterError, TypedParamsHook
 
     with KedroSession.create(project_path=project, env="test", runtime_params={"v2_latent": {"lr": -1}}) as session:
         with pytest.raises(ParameterError, match=r"v2_latent\.lr: Input should be greater than 0 \(got -1\)"):

@@ -13,7 +13,7 @@ import pytest
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
-from impetus.config import MiningParams, RerankParams, ScorerParams
+from impetus.framework.config import MiningParams, RerankParams, ScorerParams
 from impetus.learned.mining import LeakageError
 from impetus.pipelines.mining.pipeline import create_pipeline as mining
 from impetus.pipelines.rerank_eval.pipeline import create_pipeline as rerank_eval

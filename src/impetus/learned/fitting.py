@@ -237,7 +237,7 @@ class EBMSpec:
 @dataclass(frozen=True)
 class ScorerConfig:
     """Everything :func:`fit_learned_energies` needs; no defaults (built from ``parameters_scorer.yml``
-    by :meth:`impetus.config.ScorerParams.to_core`, or by hand in a notebook)."""
+    by :meth:`impetus.framework.config.ScorerParams.to_core`, or by hand in a notebook)."""
 
     seed: int  # weight init, group splits and cross-fitting folds
     progress: bool

@@ -76,7 +76,7 @@ class TrainConfig:
     """Training loop settings. ``batch_groups`` whole groups per step; early stopping on val loss.
 
     The tunable fields have no defaults: their values come from ``parameters_scorer.yml``
-    (:class:`impetus.config.EBMTrainParams`), the one place defaults live.
+    (:class:`impetus.framework.config.EBMTrainParams`), the one place defaults live.
     """
 
     epochs: int

@@ -208,7 +208,7 @@ def rerank_evaluation(
     dev: pd.DataFrame, evals: pd.DataFrame, energy_cols: Sequence[str], hybrid_cols: Sequence[str],
     dev_seconds: Mapping[str, float], eval_seconds: Mapping[str, float], params: Any,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
-    """The whole V1 evaluation (``params``: :class:`impetus.config.RerankParams`).
+    """The whole V1 evaluation (``params``: :class:`impetus.framework.config.RerankParams`).
 
     Vote temperatures and the headline method are chosen on ``dev``; every method is then measured
     once on ``evals``. Returns the result (eval metrics per method, dev accuracies, taus, headline,

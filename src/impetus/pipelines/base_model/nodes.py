@@ -6,9 +6,9 @@ import logging
 import time
 from typing import Any
 
-from impetus.config import ModelParams
+from impetus.framework.config import ModelParams
 from impetus.lm.loading import model_id_info, resolve_model
-from impetus.tracking import as_mlflow_metrics
+from impetus.framework.tracking import as_mlflow_metrics
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from impetus.benchmarks.grading import text_grader
-from impetus.config import BenchmarkParams, EBDParams, EnergyStageParams, SamplingStageParams
+from impetus.framework.config import BenchmarkParams, EBDParams, EnergyStageParams, SamplingStageParams
 from impetus.decoding.evaluate import evaluate_ebd
 from impetus.decoding.report import markdown, plot_tokens
 from impetus.latent.scoring import NewAnswerScorer
@@ -18,7 +18,7 @@ from impetus.lm.sampler import get_sampler
 from impetus.lm.scoring import score_candidates
 from impetus.pipelines.utils import load_base_lm, sampling_params
 from impetus.selection.budget import v1_reference
-from impetus.tracking import as_mlflow_metrics, method_metrics
+from impetus.framework.tracking import as_mlflow_metrics, method_metrics
 
 logger = logging.getLogger(__name__)
 

@@ -13,12 +13,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from impetus.config import EnergyStageParams
+from impetus.framework.config import EnergyStageParams
 from impetus.energy.consistency import consistency_energies
 from impetus.energy.recorded import has_record, recorded_energies
 from impetus.lm.scoring import score_table
 from impetus.pipelines.utils import load_base_lm
-from impetus.tracking import as_mlflow_metrics
+from impetus.framework.tracking import as_mlflow_metrics
 
 logger = logging.getLogger(__name__)
 

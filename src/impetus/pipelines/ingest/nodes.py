@@ -7,8 +7,8 @@ import logging
 import pandas as pd
 
 from impetus.benchmarks.splits import split_problems
-from impetus.config import BenchmarkParams, IngestParams, SamplingStageParams
-from impetus.tracking import as_mlflow_metrics
+from impetus.framework.config import BenchmarkParams, IngestParams, SamplingStageParams
+from impetus.framework.tracking import as_mlflow_metrics
 
 logger = logging.getLogger(__name__)
 

@@ -7,10 +7,10 @@ from typing import Any
 
 import pandas as pd
 
-from impetus.config import MiningParams
+from impetus.framework.config import MiningParams
 from impetus.learned.fitting import build_groups
 from impetus.learned.mining import group_stats, hard_negative_mask
-from impetus.tracking import as_mlflow_metrics
+from impetus.framework.tracking import as_mlflow_metrics
 
 logger = logging.getLogger(__name__)
 

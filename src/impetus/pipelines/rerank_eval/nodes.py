@@ -8,14 +8,14 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from impetus.config import RerankParams
+from impetus.framework.config import RerankParams
 from impetus.energy.registry import EMBEDDING_COST, LM_PASS_COST, energy_columns
 from impetus.learned.fitting import LearnedScorers, score_split
 from impetus.pipelines.utils import load_base_tokenizer
 from impetus.selection.adaptive import adaptive_report, rule_specs
 from impetus.selection.plots import make_plots, plot_adaptive
 from impetus.selection.report import build_methods, markdown_report, rerank_evaluation
-from impetus.tracking import as_mlflow_metrics, method_metrics
+from impetus.framework.tracking import as_mlflow_metrics, method_metrics
 
 logger = logging.getLogger(__name__)
 

@@ -8,11 +8,11 @@ from typing import Any
 import pandas as pd
 
 from impetus.benchmarks.grading import answer_locator, build_prompts, grade_candidates, grading_summary
-from impetus.config import BenchmarkParams, SamplingStageParams
+from impetus.framework.config import BenchmarkParams, SamplingStageParams
 from impetus.lm.runner import make_run_key, sample_problems
 from impetus.lm.sampler import get_sampler
 from impetus.pipelines.utils import load_base_lm, load_base_tokenizer, sampling_params
-from impetus.tracking import as_mlflow_metrics
+from impetus.framework.tracking import as_mlflow_metrics
 
 logger = logging.getLogger(__name__)
 

@@ -7,10 +7,10 @@ from typing import Any
 
 import pandas as pd
 
-from impetus.config import ScorerParams
+from impetus.framework.config import ScorerParams
 from impetus.learned.fitting import fit_learned_energies
 from impetus.pipelines.utils import load_base_tokenizer
-from impetus.tracking import as_mlflow_metrics, series_metrics
+from impetus.framework.tracking import as_mlflow_metrics, series_metrics
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """MLflow run hygiene without Kedro: run names, process tags, and closing runs whose process died.
 
-Used by :class:`impetus.hooks.MlflowRunLifecycleHook`; plain functions over an ``MlflowClient``
+Used by :class:`impetus.framework.hooks.MlflowRunLifecycleHook`; plain functions over an ``MlflowClient``
 so they can be tested (and called from a notebook) without a Kedro session.
 """
 

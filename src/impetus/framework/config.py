@@ -2,7 +2,7 @@
 
 The values live in ``conf/base/parameters_<stage>.yml`` only: no field here has a default, so YAML
 and code can never disagree. Every block of :data:`PARAMS` is validated as soon as the Kedro
-context exists, whatever pipeline is selected (:mod:`impetus.param_hooks`): a misspelt key,
+context exists, whatever pipeline is selected (:mod:`impetus.framework.param_hooks`): a misspelt key,
 ``sampling.n=0``, ``v2_latent.lr=-1`` or ``model.device=cuda`` on a CPU machine fails at once with
 one short line, before ingest overwrites anything. Nodes annotate their ``params:`` inputs with
 these classes, so Kedro hands each node an instance instead of a dict.

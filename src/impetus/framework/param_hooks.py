@@ -2,12 +2,12 @@
 
 Kedro 1.7 validates only the parameter blocks the *selected* pipeline's nodes use, so
 ``kedro run -p ingest --params "v2_latent.lr=-1"`` would pass and fail much later (or never).
-:meth:`TypedParamsHook.after_context_created` validates every block of :data:`impetus.config.PARAMS`
+:meth:`TypedParamsHook.after_context_created` validates every block of :data:`impetus.framework.config.PARAMS`
 as soon as the context exists, whatever pipeline is selected, and raises :class:`ParameterError`:
 a click error, so ``kedro run`` prints one short ``Error: ...`` line (exit status 1) instead of a
 traceback with the sentence in the middle.
 
-Nodes receive their parameter blocks as typed objects (:mod:`impetus.config`); kedro-mlflow
+Nodes receive their parameter blocks as typed objects (:mod:`impetus.framework.config`); kedro-mlflow
 flattens only plain dicts into ``block.field`` params, so it would log each block as one repr
 string. The same hook runs first before each node and hands kedro-mlflow (and any later hook)
 plain dicts in its own shallow copy of the node inputs: the node itself still gets the typed objects.
@@ -21,7 +21,7 @@ import click
 from kedro.framework.hooks import hook_impl
 from pydantic import BaseModel, ValidationError
 
-from impetus.config import PARAMS
+from impetus.framework.config import PARAMS
 
 
 class ParameterError(click.ClickException, ValueError):
@@ -40,7 +40,7 @@ def _describe(block: str, exc: ValidationError) -> list[str]:
 
 
 def validate_all(params: Mapping[str, Any]) -> None:
-    """Validate every parameter block of :data:`impetus.config.PARAMS`; raise :class:`ParameterError`
+    """Validate every parameter block of :data:`impetus.framework.config.PARAMS`; raise :class:`ParameterError`
     naming each wrong field (a missing block counts as wrong)."""
     problems: list[str] = []
     for block, model in PARAMS.items():

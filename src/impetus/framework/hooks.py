@@ -21,7 +21,7 @@ from urllib.request import url2pathname
 
 from kedro.framework.hooks import hook_impl
 
-from impetus.mlflow_runs import (  # noqa: F401  (re-exported: the hook's vocabulary)
+from impetus.framework.mlflow_runs import (  # noqa: F401  (re-exported: the hook's vocabulary)
     END_REASON_TAG,
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
