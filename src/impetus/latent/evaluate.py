@@ -10,7 +10,7 @@ model is reached only through :class:`impetus.lm.sampler.LatentSampler`.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 import numpy as np
@@ -48,9 +48,9 @@ class V2Config:
 
     def optimizer(self, mode: Literal["reinforce", "gradient"]) -> LatentConfig:
         """The optimiser's settings for one update mode."""
-        return LatentConfig(mode=mode, prefix_fraction=self.prefix_fraction, min_prefix=self.min_prefix,
-                            steps=self.steps, lr=self.lr, samples=self.samples, radius=self.radius,
-                            stop_energy=self.stop_energy)
+        # V2Config carries every LatentConfig field but the mode (one optimiser per listed mode)
+        shared = {f.name: getattr(self, f.name) for f in fields(LatentConfig) if f.name != "mode"}
+        return LatentConfig(mode=mode, **shared)
 
 
 def pool_fn(source: str) -> Callable[[torch.Tensor], torch.Tensor]:
