@@ -30,7 +30,7 @@ from impetus.lm.runner import stable_seed
 from impetus.lm.sampler import ContinuingSampler, SamplingParams, row_seed
 from impetus.lm.trace import Trace
 from impetus.selection.budget import V1Reference, compare_at_equal_tokens, prefix_accuracy, v1_budget_curve
-from impetus.selection.rules import select_majority
+from impetus.selection.rules import majority_index
 
 Grade = Callable[[str, str], "tuple[str | None, bool]"]
 #: ``score(problem_id, traces) -> energies table`` (one row per trace, a column per energy).
@@ -52,13 +52,6 @@ class EBDConfig:
     progress: bool
 
 
-def _vote(answers: list[str | None]) -> int:
-    """Index of the majority answer's first occurrence (:func:`impetus.selection.rules.select_majority`:
-    ties to the answer seen first; no answer at all: the first)."""
-    df = pd.DataFrame({"problem_id": 0, "sample_idx": range(len(answers)), "answer": pd.Series(answers, dtype=object)})
-    return int(select_majority(df).iloc[0])
-
-
 def chain_answers(chains: Chains, decode: Callable[[list[int]], str], pid: str, grade: Grade,
                   step: int | None = None) -> dict[str, Any]:
     """The two EBD answers of one problem from its chains (truncated at ``step`` if given)."""
@@ -68,7 +61,7 @@ def chain_answers(chains: Chains, decode: Callable[[list[int]], str], pid: str, 
     lowest = min(flat, key=lambda t: t[0])[1]
     low_answer, low_ok = grade(pid, decode(lowest))
     finals = [grade(pid, decode(s[-1])) for s in states]
-    vote, vote_ok = finals[_vote([a for a, _ in finals])]
+    vote, vote_ok = finals[majority_index([a for a, _ in finals])]
     return {"ebd_lowest": (low_answer, low_ok, decode(lowest)), "ebd_vote": (vote, vote_ok, None)}
 
 
