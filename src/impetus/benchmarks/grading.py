@@ -140,7 +140,11 @@ def grading_summary(graded: pd.DataFrame) -> dict[str, float]:
     }
 
 
-def text_grader(bench: Benchmark, problems: pd.DataFrame) -> Any:
+#: ``grade(problem_id, text) -> (canonical answer or None, correct)`` (what :func:`text_grader` returns).
+Grade = Callable[[Any, str], "tuple[str | None, bool]"]
+
+
+def text_grader(bench: Benchmark, problems: pd.DataFrame) -> Grade:
     """``grade(problem_id, text) -> (canonical answer or None, correct)`` with the benchmark's rules,
     for answers produced after sampling (V2, EBD) that are graded one at a time."""
     rows = problem_rows(problems)

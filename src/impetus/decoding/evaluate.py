@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from impetus.benchmarks.grading import Grade
 from impetus.decoding.mh import Chains, run_chains
 from impetus.decoding.proposals import Proposer
 from impetus.lm.runner import stable_seed
@@ -32,7 +33,6 @@ from impetus.lm.trace import Trace
 from impetus.selection.budget import V1Reference, compare_at_equal_tokens, prefix_accuracy, v1_budget_curve
 from impetus.selection.rules import majority_index
 
-Grade = Callable[[str, str], "tuple[str | None, bool]"]
 #: ``score(problem_id, traces) -> energies table`` (one row per trace, a column per energy).
 ScoreTraces = Callable[[str, "list[Trace]"], pd.DataFrame]
 

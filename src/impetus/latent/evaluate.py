@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from impetus.benchmarks.grading import Grade
 from impetus.latent.optimize import LatentConfig, LatentOptimizer, StateEnergy
 from impetus.lm.sampler import Generation, LatentSampler, SamplingParams
 from impetus.selection.budget import V1Reference, compare_at_equal_tokens
 
-Grade = Callable[[str, str], "tuple[str | None, bool]"]
 #: ``score(problem_id, generations) -> energies table`` (one row per generation, a column per energy).
 ScoreAnswers = Callable[[str, "list[Generation]"], pd.DataFrame]
 
