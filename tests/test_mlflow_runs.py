@@ -11,6 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import mlflow
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri
@@ -28,10 +29,12 @@ from impetus.framework.hooks import (
 )
 
 PARAMS = {
-    "benchmark": {"name": "arith", "source": "generated"},
+    "benchmark": {"name": "arith", "source": "generated", "options": {"arith": {"seed": 7}}},
+    "ingest": {"n_eval": 8, "seed": 7},
     "model": {"name_or_path": "smollm2-135m-instruct", "dtype": "float32"},
     "sampling": {"n": 4, "seed": 0},
 }
+NAME = "v1_rerank · large · arith · smollm2-135m-instruct · data seed 7 · sampling seed 0"
 RUN_PARAMS = {
     "pipeline_names": ["v1_rerank"],
     "env": "large",
@@ -39,10 +42,16 @@ RUN_PARAMS = {
 }
 
 
+PROBLEMS = pd.DataFrame({"problem_id": ["a", "b", "c"], "question": ["1+1", "2+2", "3+3"], "answer": ["2", "4", "6"]})
+
+
 class _Catalog:
-    def load(self, name: str) -> dict:
-        assert name == "parameters"
-        return PARAMS
+    def load(self, name: str) -> dict | pd.DataFrame:
+        assert name in ("parameters", "problems_eval"), name
+        return PARAMS if name == "parameters" else PROBLEMS
+
+    def get(self, name: str) -> SimpleNamespace:
+        return SimpleNamespace(_filepath=f"data/02_intermediate/{name}.parquet")
 
 
 @pytest.fixture()
@@ -74,15 +83,20 @@ def _dead_pid() -> int:
 
 
 def test_run_name_from_params():
-    assert build_run_name("v1_rerank", "large", PARAMS) == (
-        "v1_rerank · large · arith · smollm2-135m-instruct · seed 0"
-    )
-    hub = {**PARAMS, "model": {"name_or_path": "Qwen/Qwen2.5-0.5B-Instruct"}, "sampling": {"seed": 7}}
+    assert build_run_name("v1_rerank", "large", PARAMS) == NAME
+    hub = {**PARAMS, "model": {"name_or_path": "Qwen/Qwen2.5-0.5B-Instruct"}, "sampling": {"seed": 3}}
     assert build_run_name("sampling", "local", hub) == (
-        "sampling · local · arith · Qwen2.5-0.5B-Instruct · seed 7"
+        "sampling · local · arith · Qwen2.5-0.5B-Instruct · data seed 7 · sampling seed 3"
     )
+    split_differs = {**PARAMS, "ingest": {"seed": 2}}
+    assert "· data seed 7/2 · sampling seed 0" in build_run_name("v1_rerank", "base", split_differs)
     flat = {"benchmark.name": "svamp", "model.name_or_path": "/models/tiny.gguf"}
     assert build_run_name("v1_rerank", "svamp", flat) == "v1_rerank · svamp · svamp · tiny"
+    # SVAMP's problems are fixed (no generator seed): the split seed is the data seed.
+    svamp = {**PARAMS, "benchmark": {"name": "svamp", "options": {"arith": {"seed": 7}}}, "ingest": {"seed": 4}}
+    assert "· svamp · smollm2-135m-instruct · data seed 4 · sampling seed 0" in build_run_name("x", "y", svamp)
+    bbh = {"benchmark": {"name": "bbh:navigate", "options": {"bbh": {"seed": 5}}}, "ingest": {"seed": 5}}
+    assert build_run_name("x", "y", bbh) == "x · y · bbh:navigate · data seed 5"
     assert build_run_name("ingest", "base", {}) == "ingest · base"
 
 
@@ -95,10 +109,11 @@ def test_run_name_from_typed_params():
     typed = {
         "benchmark": SimpleNamespace(name="svamp"),
         "model": Model(name_or_path="HuggingFaceTB/SmolLM2-360M-Instruct"),
+        "ingest": SimpleNamespace(seed=1),
         "sampling": SimpleNamespace(seed=3),
     }
     assert build_run_name("v1_rerank", "local", typed) == (
-        "v1_rerank · local · svamp · SmolLM2-360M-Instruct · seed 3"
+        "v1_rerank · local · svamp · SmolLM2-360M-Instruct · data seed 1 · sampling seed 3"
     )
 
 
@@ -126,7 +141,7 @@ def test_hook_names_and_tags_the_run_kedro_mlflow_started(store, hook):
     mlflow.set_tag("runner", RUN_PARAMS["runner"])
     hook.before_pipeline_run(RUN_PARAMS, None, _Catalog())
     logged = client.get_run(run.info.run_id)
-    assert logged.info.run_name == "v1_rerank · large · arith · smollm2-135m-instruct · seed 0"
+    assert logged.info.run_name == NAME
     assert logged.data.tags["mlflow.runName"] == logged.info.run_name
     assert logged.data.tags["runner"] == "SequentialRunner"
     assert logged.data.tags[hooks.PID_TAG] == str(__import__("os").getpid())
@@ -192,6 +207,64 @@ def test_finished_run_stays_finished_and_logs_the_runs_table_link(store, hook, c
     assert client.get_run(run.info.run_id).info.status == "FINISHED"
     hook._at_exit()  # disarmed: a late exit must not turn a finished run KILLED
     assert client.get_run(run.info.run_id).info.status == "FINISHED"
+
+
+def test_child_run_is_linked_to_the_parent_named_in_the_environment(store, hook, monkeypatch):
+    client, experiment_id = store
+    parent = client.create_run(experiment_id, run_name="replicate")
+    monkeypatch.setenv(hooks.PARENT_RUN_ENV, parent.info.run_id)
+    run = mlflow.start_run(run_name="v1_rerank")
+    hook.before_pipeline_run(RUN_PARAMS, None, _Catalog())
+    assert client.get_run(run.info.run_id).data.tags[hooks.PARENT_RUN_TAG] == parent.info.run_id
+    children = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert [c.info.run_id for c in children] == [run.info.run_id]
+    mlflow.end_run()
+    monkeypatch.delenv(hooks.PARENT_RUN_ENV)
+    alone = mlflow.start_run(run_name="v1_rerank")
+    hook.before_pipeline_run(RUN_PARAMS, None, _Catalog())
+    assert hooks.PARENT_RUN_TAG not in client.get_run(alone.info.run_id).data.tags
+
+
+class _Pipeline:
+    def __init__(self, inputs: set[str]) -> None:
+        self._inputs = inputs
+
+    def inputs(self) -> set[str]:
+        return self._inputs
+
+
+def _dataset_inputs(client, run_id: str) -> dict[str, tuple]:
+    inputs = client.get_run(run_id).inputs.dataset_inputs
+    return {
+        {t.key: t.value for t in d.tags}["mlflow.data.context"]: (d.dataset.name, d.dataset.digest, d.dataset.source)
+        for d in inputs
+    }
+
+
+def test_problems_are_logged_as_dataset_inputs(store, hook):
+    """problems_eval read from an earlier run (a pipeline input) and problems_train saved by this one."""
+    client, _ = store
+    run = mlflow.start_run(run_name="v1_rerank")
+    hook.before_pipeline_run(RUN_PARAMS, _Pipeline({"problems_eval", "params:sampling"}), _Catalog())
+    hook.after_dataset_saved("problems_train", PROBLEMS.iloc[:2], None)
+    hook.after_dataset_saved("candidates_train", PROBLEMS, None)  # not a problems table: not logged
+    logged = _dataset_inputs(client, run.info.run_id)
+    assert sorted(logged) == ["eval", "train"]
+    name, digest, source = logged["eval"]
+    assert name == "arith eval · data seed 7"
+    assert logged["train"][0] == "arith train · data seed 7"
+    assert digest != logged["train"][1]  # different rows, different digest
+    assert source.endswith("data/02_intermediate/problems_eval.parquet\"}") and "file:///" in source
+
+
+def test_dataset_input_failure_does_not_fail_the_run(store, hook, caplog):
+    client, _ = store
+    run = mlflow.start_run(run_name="v1_rerank")
+    hook.before_pipeline_run(RUN_PARAMS, _Pipeline(set()), _Catalog())
+    with caplog.at_level(logging.WARNING, logger="impetus.framework.hooks"):
+        hook.after_dataset_saved("problems_dev", "not a data frame", None)
+    assert "log problems_dev as a dataset input" in caplog.text
+    assert client.get_run(run.info.run_id).inputs.dataset_inputs == []
 
 
 _CHILD = textwrap.dedent(

@@ -13,6 +13,7 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from kedro.framework.session import KedroSession
 from kedro.pipeline import Pipeline, node
@@ -25,6 +26,7 @@ from impetus.framework.hooks import (
     EXPERIMENT_KIND_TAG,
     MlflowRunLifecycleHook,
     MlflowStoreCheckHook,
+    PARENT_RUN_ENV,
     PID_TAG,
 )
 
@@ -41,6 +43,10 @@ def _seed(benchmark: dict, sampling: dict) -> int:
     return sampling["seed"]
 
 
+def _problems(ingest: dict) -> pd.DataFrame:
+    return pd.DataFrame({"problem_id": ["p0", "p1"], "question": ["1+1", "2+2"], "answer": ["2", "4"]})
+
+
 def _fail(sampling: dict) -> None:
     raise RuntimeError("node failed on purpose")
 
@@ -49,7 +55,10 @@ def _fail(sampling: dict) -> None:
 def toy_project(project, monkeypatch) -> Iterator[Path]:
     """The scratch project of tests/conftest.py with toy pipelines named like the real ones."""
     toy = _Pipelines(
-        v1_rerank=Pipeline([node(_seed, ["params:benchmark", "params:sampling"], "seed_out")]),
+        v1_rerank=Pipeline([
+            node(_seed, ["params:benchmark", "params:sampling"], "seed_out"),
+            node(_problems, "params:ingest", "problems_eval"),
+        ]),
         sampling=Pipeline([node(_fail, "params:sampling", "nothing")]),
     )
     toy["__default__"] = toy["v1_rerank"]
@@ -84,8 +93,10 @@ def test_session_run_is_named_tagged_and_failed_on_error(toy_project):
             session.run(pipeline_names=["sampling"])
 
     assert _runs(project) == [
-        ("v1_rerank · test · arith · smollm2-135m-instruct · seed 0", "FINISHED", "SequentialRunner"),
-        ("sampling · local · arith · smollm2-135m-instruct · seed 0", "FAILED", "SequentialRunner"),
+        ("v1_rerank · test · arith · smollm2-135m-instruct · data seed 0 · sampling seed 0", "FINISHED",
+         "SequentialRunner"),
+        ("sampling · local · arith · smollm2-135m-instruct · data seed 0 · sampling seed 0", "FAILED",
+         "SequentialRunner"),
     ]
     db = sqlite3.connect(project / "mlruns" / "mlflow.db")
     kind = db.execute("select value from experiment_tags where key = ?", (EXPERIMENT_KIND_TAG,))
@@ -95,3 +106,35 @@ def test_session_run_is_named_tagged_and_failed_on_error(toy_project):
     pids = db.execute("select value from tags where key = ?", (PID_TAG,)).fetchall()
     assert pids == [(str(os.getpid()),)] * 2
     db.close()
+
+
+def test_session_run_logs_its_problems_and_joins_its_parent(toy_project, monkeypatch):
+    """The replication driver's contract: a data seed in the name, a parent from the environment,
+    and the problems the pipeline saved as a dataset input."""
+    from mlflow.tracking import MlflowClient
+
+    project = toy_project
+    uri = f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"
+    with KedroSession.create(project_path=project, env="test") as session:
+        session.load_context()  # creates the store and the experiment
+    client = MlflowClient(uri)
+    experiment_id = client.get_experiment_by_name("impetus").experiment_id
+    parent = client.create_run(experiment_id, run_name="replicate")
+    monkeypatch.setenv(PARENT_RUN_ENV, parent.info.run_id)
+    params = "benchmark.options.arith.seed=7,ingest.seed=7"
+    with KedroSession.create(project_path=project, env="test", runtime_params=_parse(params)) as session:
+        session.run(pipeline_names=["v1_rerank"])
+    (child,) = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert child.info.run_name == "v1_rerank · test · arith · smollm2-135m-instruct · data seed 7 · sampling seed 0"
+    (logged,) = child.inputs.dataset_inputs
+    assert logged.dataset.name == "arith eval · data seed 7"
+    assert {t.key: t.value for t in logged.tags} == {"mlflow.data.context": "eval"}
+    assert "02_intermediate/problems_eval.parquet" in logged.dataset.source
+    assert '"num_rows": 2' in logged.dataset.profile
+
+
+def _parse(text: str) -> dict:
+    """``a.b=1,c=2`` as the nested dict ``kedro run --params`` makes of it."""
+    from kedro.framework.cli.utils import _split_params
+
+    return _split_params(None, None, text)

@@ -26,11 +26,15 @@ from impetus.framework.mlflow_runs import (  # noqa: F401  (re-exported: the hoo
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
     HOST_TAG,
+    PARENT_RUN_ENV,
+    PARENT_RUN_TAG,
     PID_START_TAG,
     PID_TAG,
     build_run_name,
     close_stale_runs,
     ensure_experiment_kind,
+    link_to_parent,
+    log_problems_input,
     pid_alive,
     process_tags,
     runner_class_name,
@@ -39,6 +43,8 @@ from impetus.framework.mlflow_runs import (  # noqa: F401  (re-exported: the hoo
 logger = logging.getLogger(__name__)
 
 _FIX = "Fix: make it writable (chmod u+w, or chown to the user running kedro)"
+#: Catalog entries logged as the run's MLflow dataset inputs, with the split as context.
+PROBLEM_SPLITS = {f"problems_{split}": split for split in ("train", "dev", "eval")}
 
 
 class MlflowStoreError(RuntimeError):
@@ -164,8 +170,12 @@ def _quietly(call: Any, what: str | None = None) -> Any:
 class MlflowRunLifecycleHook:
     """Name, tag and close the MLflow run that kedro-mlflow opens for each ``kedro run``.
 
-    - names the run after pipeline, env, benchmark, model and seed, and makes the ``runner`` tag a
-      class name (Kedro hands kedro-mlflow the runner object's repr);
+    - names the run after pipeline, env, benchmark, model, data seed and sampling seed, and makes
+      the ``runner`` tag a class name (Kedro hands kedro-mlflow the runner object's repr);
+    - makes it a child of ``$IMPETUS_MLFLOW_PARENT_RUN_ID`` when set (``make replicate``);
+    - logs the problems it measures (``problems_train/dev/eval``) as MLflow dataset inputs, when
+      the pipeline saves them (ingest ran) or reads them (ingest ran before), so the runs table's
+      Dataset column says what was measured;
     - tags the experiment as a machine-learning one for the MLflow 3 UI;
     - tags the run with pid and host, and marks earlier RUNNING runs whose process is gone KILLED;
     - on a pipeline error marks the run FAILED (kedro-mlflow does too; this also covers the case
@@ -181,6 +191,8 @@ class MlflowRunLifecycleHook:
         self._experiment_id: str | None = None
         self._tracking_uri: str | None = None
         self._error: BaseException | None = None
+        self._params: dict[str, Any] = {}
+        self._catalog: Any = None
         self._sigterm = False
         self._armed = False
 
@@ -208,11 +220,12 @@ class MlflowRunLifecycleHook:
         if run_params.get("runner"):
             tags["runner"] = runner_class_name(run_params["runner"])
 
+        params = _quietly(lambda: catalog.load("parameters")) or {}
+
         def name_run() -> None:
             # Rename only kedro-mlflow's default name (the pipeline name): a name set in mlflow.yml
             # or by an orchestrator that opened the run itself is kept.
             if active.info.run_name == pipeline_name:
-                params = _quietly(lambda: catalog.load("parameters")) or {}
                 env = run_params.get("env") or self._default_env
                 client.update_run(run_id, name=build_run_name(pipeline_name, env, params))
 
@@ -222,8 +235,33 @@ class MlflowRunLifecycleHook:
         experiment_name = _quietly(lambda: client.get_experiment(experiment_id).name, "read")
         _quietly(lambda: ensure_experiment_kind(client, experiment_name), "set the kind")
         _quietly(lambda: close_stale_runs(client, experiment_id, run_id), "close stale runs")
+        _quietly(lambda: link_to_parent(client, run_id), "link the run to its parent")
         self._experiment_id = experiment_id
         self._arm(run_id, mlflow.get_tracking_uri())
+        self._params, self._catalog = params, catalog
+        # Problems made by an earlier run (ingest not in this pipeline) are logged now; those this
+        # run makes, once saved (after_dataset_saved).
+        inputs = _quietly(lambda: pipeline.inputs()) or set()
+        for name in sorted(set(PROBLEM_SPLITS) & set(inputs)):
+            data = _quietly(lambda: catalog.load(name), f"load {name}")
+            if data is not None:
+                self._log_problems(name, data)
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name: str, data: Any, node: Any) -> None:
+        if self._armed and dataset_name in PROBLEM_SPLITS:
+            self._log_problems(dataset_name, data)
+
+    def _log_problems(self, dataset_name: str, data: Any) -> None:
+        """Log one problems table as a dataset input of the run (a warning if that fails)."""
+        catalog = self._catalog
+        source = _quietly(lambda: str(catalog.get(dataset_name)._filepath))
+        _quietly(
+            lambda: log_problems_input(
+                self._client(), self._run_id, data, PROBLEM_SPLITS[dataset_name], self._params, source
+            ),
+            f"log {dataset_name} as a dataset input",
+        )
 
     @hook_impl(tryfirst=True)
     def on_pipeline_error(

@@ -26,17 +26,40 @@ END_REASON_TAG = "impetus.end_reason"
 
 
 def build_run_name(pipeline: str, env: str, params: dict[str, Any]) -> str:
-    """A run name like ``v1_rerank · large · arith · smollm2-135m-instruct · seed 0``.
+    """A run name like ``v1_rerank · large · arith · smollm2-135m-instruct · data seed 7 · sampling seed 0``.
 
     It tells runs apart in the runs table: pipeline, Kedro env, and the params ``benchmark.name``,
-    ``model.name_or_path`` (basename) and ``sampling.seed``; a missing param is left out.
+    ``model.name_or_path`` (basename), the data seed (:func:`data_seed_label`: which problems were
+    generated and how they were split) and ``sampling.seed``; a missing param is left out.
     """
     model = str(_dig(params, "model", "name_or_path") or "").rstrip("/\\")
     model = re.sub(r"\.gguf$", "", re.split(r"[/\\]", model)[-1])
     seed = _dig(params, "sampling", "seed")
-    seed_part = None if seed is None else f"seed {seed}"
-    parts = [pipeline, env, _dig(params, "benchmark", "name"), model, seed_part]
+    sampling_part = None if seed is None else f"sampling seed {seed}"
+    parts = [pipeline, env, _dig(params, "benchmark", "name"), model, data_seed_label(params), sampling_part]
     return " · ".join(str(p) for p in parts if p not in (None, ""))
+
+
+def data_seeds(params: dict[str, Any]) -> tuple[Any, Any]:
+    """``(generator seed, split seed)``: ``benchmark.options.<name>.seed`` (None for a fixed
+    benchmark such as SVAMP, whose problems do not depend on a seed) and ``ingest.seed``."""
+    name = str(_dig(params, "benchmark", "name"))
+    options = _dig(params, "benchmark", "options") or {}
+    # bbh:<task> takes bbh's options, as BenchmarkParams.benchmark_options does.
+    entry = options.get(name) or options.get(name.split(":", 1)[0]) if isinstance(options, dict) else None
+    generator = None
+    if entry is not None:
+        generator = entry.get("seed") if isinstance(entry, dict) else getattr(entry, "seed", None)
+    return generator, _dig(params, "ingest", "seed")
+
+
+def data_seed_label(params: dict[str, Any]) -> str | None:
+    """``data seed 7`` (generator and split seed equal, or only one set), ``data seed 7/3``
+    (generator 7, split 3) or None when neither is set."""
+    seeds = [s for s in data_seeds(params) if s is not None]
+    if not seeds:
+        return None
+    return f"data seed {seeds[0]}" if len(set(seeds)) == 1 else f"data seed {seeds[0]}/{seeds[1]}"
 
 
 def runner_class_name(runner: Any) -> str:
@@ -149,3 +172,55 @@ def close_stale_runs(
     if closed:
         logger.info("Marked %d stale MLflow run(s) KILLED: %s", len(closed), ", ".join(closed))
     return closed
+
+
+#: Environment variable holding the id of the MLflow run that a ``kedro run`` is a child of: set
+#: by ``impetus.framework.replicate`` for each seed, read by the run lifecycle hook.
+PARENT_RUN_ENV = "IMPETUS_MLFLOW_PARENT_RUN_ID"
+#: The tag the MLflow UI nests runs by (``mlflow.utils.mlflow_tags.MLFLOW_PARENT_RUN_ID``).
+PARENT_RUN_TAG = "mlflow.parentRunId"
+#: Input tag naming the role of a logged dataset (``mlflow.log_input``'s ``context``).
+DATASET_CONTEXT_TAG = "mlflow.data.context"
+
+
+def link_to_parent(client: Any, run_id: str, parent_run_id: str | None = None) -> str | None:
+    """Tag ``run_id`` as a child of ``parent_run_id`` (default: ``$IMPETUS_MLFLOW_PARENT_RUN_ID``).
+
+    Returns the parent's id, or None when there is none (or it is the run itself).
+    """
+    parent = parent_run_id if parent_run_id is not None else os.environ.get(PARENT_RUN_ENV)
+    if not parent or parent == run_id:
+        return None
+    client.set_tag(run_id, PARENT_RUN_TAG, parent)
+    return parent
+
+
+def problems_dataset_name(params: dict[str, Any], split: str) -> str:
+    """``arith eval · data seed 7``: what the runs table's Dataset column shows for a split."""
+    label = data_seed_label(params)
+    name = f"{_dig(params, 'benchmark', 'name') or 'problems'} {split}"
+    return f"{name} · {label}" if label else name
+
+
+def log_problems_input(
+    client: Any, run_id: str, problems: Any, split: str, params: dict[str, Any], source: str | None = None
+) -> Any:
+    """Log a problems table as a dataset input of ``run_id`` with context ``split``.
+
+    MLflow stores its name, digest (of the content), schema and row count, not the rows, so the
+    runs table says which problems a run measured and two runs on the same problems share a digest.
+    ``source`` is the table's file (made absolute, so the UI's link does not depend on the cwd).
+    """
+    import warnings
+    from pathlib import Path
+
+    import mlflow.data
+    from mlflow.entities import DatasetInput, InputTag
+
+    uri = Path(source).resolve().as_uri() if source else None
+    with warnings.catch_warnings():  # "source can be interpreted in multiple ways": both are local
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_pandas(problems, source=uri, name=problems_dataset_name(params, split))
+    entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(DATASET_CONTEXT_TAG, split)])
+    client.log_inputs(run_id, datasets=[entity])
+    return dataset
