@@ -54,7 +54,10 @@ def answer_states(model: Any, prompt_ids: list[int], answer_ids: list[int]) -> t
     """``[T + 1, H]``: the states that predicted answer tokens ``0..T-1``, then the state at the last
     answer token (post final norm), from one teacher-forced pass."""
     with last_state_hook(model, full=True) as state:
-        model(input_ids=torch.tensor([prompt_ids + answer_ids], device=next(model.parameters()).device))
+        # one row of logits: the states come from the hook, and a full [L, V] row block is large
+        # for big vocabularies (Gemma 3: 262k tokens, ~1 MB a position)
+        model(input_ids=torch.tensor([prompt_ids + answer_ids], device=next(model.parameters()).device),
+              logits_to_keep=1)
         h = state()[0]
     p = len(prompt_ids)
     return h[p - 1 : p + len(answer_ids)].clone()

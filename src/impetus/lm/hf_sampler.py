@@ -152,6 +152,11 @@ class HFSampler:
             common = common if common >= self.min_shared_prefix else 0
             if all(type(layer) is DynamicLayer for layer in cache.layers):
                 cache.layers = [GrowLayer() for _ in cache.layers]  # in-place growth, same semantics
+            elif len({len(q) for q in seqs}) > 1:
+                # A sliding-window layer's window counts cache columns, so padding between the
+                # shared head and a shorter rest would push real head tokens out of that row's
+                # window: share the head only when no row needs padding.
+                common = 0
             if common:
                 forward(self.model, cache, input_ids=torch.tensor([seqs[0][:common]], device=self.device),
                         position_ids=torch.arange(common, device=self.device)[None], use_cache=True,
@@ -222,8 +227,12 @@ class HFSampler:
         return answer_states(self.model, list(prompt), list(answer))
 
     def state_logits(self, states: torch.Tensor) -> torch.Tensor:
-        """The LM head on given last-layer states (differentiable)."""
-        return self.model.get_output_embeddings()(states)
+        """The logits the model's forward makes of given last-layer states (differentiable): the LM
+        head, then Gemma 2's final logit soft-capping ``cap * tanh(logits / cap)`` where the config
+        sets it (arXiv:2408.00118, Sec. 2), so V2 decodes the distribution the model samples from."""
+        logits = self.model.get_output_embeddings()(states)
+        cap = getattr(self.model.config.get_text_config(), "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
 
     @torch.inference_mode()
     def _run(
