@@ -1,5 +1,6 @@
-"""Report helpers: dev-chosen headline, registry-driven cost charging, MLflow names, markdown."""
+"""Report helpers: dev- and CV-chosen headline, registry-driven cost charging, MLflow names, markdown."""
 
+import json
 import math
 
 import numpy as np
@@ -9,10 +10,13 @@ import pytest
 from impetus.framework.config import RerankParams
 from impetus.energy.registry import cost_keys, energy_columns, hybrid_inputs, spec
 from impetus.selection.metrics import auroc, within_problem_auroc
+from impetus.learned.mining import LeakageError
+from impetus.selection.crossval import assign_folds, choose_by_cv, cross_validate
 from impetus.selection.report import (
     build_methods,
     choose_on_dev,
     choose_taus,
+    cv_selection,
     markdown_report,
     method_costs,
     rerank_evaluation,
@@ -75,11 +79,16 @@ def _split(prefix: str, n: int, good: str, bad: str) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
+def _params(selection: str, folds: int = 2) -> RerankParams:
+    return RerankParams(selection=selection, cv_folds=folds, tau_grid=[1.0], weighted_vote=[], n_boot=100,
+                        acc_vs_n_subsamples=1, curves=[], seed=0,
+                        adaptive={"wave": 1, "thresholds": [1.0], "max_drop": 0.0, "energy": "x"})
+
+
 def test_headline_is_chosen_on_dev_even_when_another_method_wins_on_eval():
     dev = _split("d", 10, good="spilled_max", bad="neg_logprob_mean")
     evals = _split("e", 10, good="neg_logprob_mean", bad="spilled_max")  # the other way round on eval
-    params = RerankParams(tau_grid=[1.0], weighted_vote=[], n_boot=100, acc_vs_n_subsamples=1, curves=[], seed=0,
-                          adaptive={"wave": 1, "thresholds": [1.0], "max_drop": 0.0, "energy": "x"})
+    params = _params("dev")
     result, selections = rerank_evaluation(dev, evals, ["spilled_max", "neg_logprob_mean"], [], {}, {}, params)
     h = result["headline"]
     assert h["method"] == "spilled_max" and h["selected_on"] == "dev" and h["dev_accuracy"] == 1.0
@@ -101,3 +110,61 @@ def test_dev_choice_breaks_ties_by_cost_and_vote_tau_on_dev():
     dev = _table("p", [True, False, False, False], {"hybrid": [0.0, 1.0, 1.0, 1.0]}, ["5", "7", "7", "7"])
     taus = choose_taus(dev, ["hybrid", "missing"], [0.05, 100.0])
     assert taus == {"hybrid": 0.05}  # a low tau follows the energy; a high one is a majority vote
+
+
+def test_cv_picks_the_method_best_over_all_train_side_problems_where_dev_alone_picks_another():
+    # Dev (10 problems) favours spilled_max; the 30 train problems favour neg_logprob_mean. The dev
+    # rule takes spilled_max; cross-validation over all 40 train-side problems takes neg_logprob_mean.
+    cols = ["spilled_max", "neg_logprob_mean"]
+    dev = _split("d", 10, good="spilled_max", bad="neg_logprob_mean")
+    train = _split("t", 30, good="neg_logprob_mean", bad="spilled_max")
+    evals = _split("e", 10, good="neg_logprob_mean", bad="spilled_max")
+    by_dev, _ = rerank_evaluation(dev, evals, cols, [], {}, {}, _params("dev"))
+    assert by_dev["headline"]["method"] == "spilled_max"
+    train_side = pd.concat([train, dev], ignore_index=True)
+    fold_of = assign_folds(train_side["problem_id"], 2, seed=0, held_out=set(evals["problem_id"]))
+    selection = cv_selection(train_side, fold_of, cols, [], {}, _params("cv"))
+    result, _ = rerank_evaluation(None, evals, cols, [], {}, {}, _params("cv"), selection=selection)
+    h = result["headline"]
+    assert h["method"] == "neg_logprob_mean" and h["accuracy"] == 1.0
+    assert (h["selected_on"], h["folds"], h["n_problems"]) == ("cv", 2, 40)
+    cv = json.loads(json.dumps(result))["selection"]["methods"]  # the JSON the catalog writes
+    assert cv["neg_logprob_mean"]["accuracy"] == pytest.approx(30 / 40)
+    assert cv["spilled_max"]["accuracy"] == pytest.approx(10 / 40)
+    assert cv["neg_logprob_mean"]["se"] == pytest.approx(math.sqrt(0.75 * 0.25 / 40))
+    assert cv["neg_logprob_mean"]["fold_wins"] == 2 and cv["spilled_max"]["fold_wins"] == 0
+    report = markdown_report(result)
+    assert "Chosen by 2-fold cross-validation over 40 train-side problems" in report
+    assert "| neg_logprob_mean ◀ headline | 75.0 | 6.8 |" in report and "| 2/2 |" in report
+
+
+def test_folds_are_whole_problems_and_refuse_eval_problems():
+    ids = [f"t{i}" for i in range(10)]
+    fold_of = assign_folds(ids * 3, 3, seed=1)  # repeated ids (one per candidate) fold as one problem
+    assert sorted(fold_of.index) == sorted(ids) and sorted(fold_of.value_counts()) == [3, 3, 4]
+    assert fold_of.equals(assign_folds(ids, 3, seed=1))
+    with pytest.raises(LeakageError, match="e7"):
+        assign_folds(ids + ["e7"], 3, seed=1, held_out={"e7", "e8"})
+    with pytest.raises(ValueError, match="folds"):
+        assign_folds(ids, 11, seed=1)
+
+
+def test_cv_near_ties_go_to_more_fold_wins_then_the_cheaper_method():
+    summary = {"a": {"accuracy": 0.5, "fold_wins": 1}, "b": {"accuracy": 0.5, "fold_wins": 2},
+               "c": {"accuracy": 0.5, "fold_wins": 2}, "first": {"accuracy": 0.9, "fold_wins": 0}}
+    assert choose_by_cv(summary, {"b": 2.0, "c": 1.0}) == "c"
+    assert choose_by_cv(summary, {"b": 1.0, "c": 2.0}) == "b"
+    summary["a"]["accuracy"] = 0.5 + 1 / 40  # one more problem right beats any fold count or cost
+    assert choose_by_cv(summary, {"a": 9.0}) == "a"
+
+
+def test_cv_vote_temperature_is_chosen_without_the_held_out_fold():
+    # One problem per fold: on each, only a low tau (follow the energy) or only a high one (majority)
+    # is right. Each fold's tau comes from the other fold, so the out-of-fold vote is wrong on both.
+    low = _table("p", [True, False, False, False], {"hybrid": [0.0, 1.0, 1.0, 1.0]}, ["5", "7", "7", "7"])
+    high = _table("q", [False, True, True, True], {"hybrid": [0.0, 1.0, 1.0, 1.0]}, ["5", "7", "7", "7"])
+    df = pd.concat([low, high], ignore_index=True)
+    fold_of = pd.Series({"p": 0, "q": 1}, name="fold")
+    cv = cross_validate(df, fold_of, ["hybrid"], ["hybrid"], [0.05, 100.0], {})
+    assert cv["fold_taus"] == {0: {"hybrid": 100.0}, 1: {"hybrid": 0.05}}
+    assert cv["methods"]["vote_hybrid"]["accuracy"] == 0.0 and cv["methods"]["hybrid"]["accuracy"] == 0.5

@@ -203,15 +203,25 @@ class AdaptiveParams(_Params):
     """Adaptive N stopping rules (after DeepConf), evaluated offline and exactly on the full-N candidates."""
 
     wave: int = F("Candidates added per problem per wave.", ge=1)
-    thresholds: list[float] = F("Consensus thresholds tried; each rule's is chosen on dev.", min_length=1)
-    max_drop: float = F("Most accuracy (fraction) a threshold may lose on dev against the same vote at N_max.", ge=0)
-    energy: str = F("Energy of the energy-weighted-vote rule (its dev-chosen tau is used).")
+    thresholds: list[float] = F(
+        "Consensus thresholds tried; each rule's is chosen on the selection data (rerank_eval.selection).", min_length=1
+    )
+    max_drop: float = F(
+        "Most accuracy (fraction) a threshold may lose on the selection data against the same vote at N_max.", ge=0
+    )
+    energy: str = F("Energy of the energy-weighted-vote rule (its chosen tau is used).")
 
 
 class RerankParams(_Params):
     """Evaluation of every selection method (``parameters_rerank_eval.yml``)."""
 
-    tau_grid: list[float] = F("Temperatures of the energy-weighted vote tried; chosen on dev.", min_length=1)
+    selection: Literal["cv", "dev"] = F(
+        "How the headline method, vote temperatures and adaptive-N thresholds are chosen: cv = K-fold "
+        "cross-validation over train + dev problems (learned energies refit per fold, pooled out-of-fold "
+        "accuracy); dev = on the dev split alone (the old rule)."
+    )
+    cv_folds: int = F("Folds of the cross-validation (selection: cv); each fold refits TextEBM, LatentEBM and the hybrid.", ge=2)
+    tau_grid: list[float] = F("Temperatures of the energy-weighted vote tried; chosen on the selection data.", min_length=1)
     weighted_vote: list[str] = F("Energies that also get an energy-weighted vote method (vote_<energy>).")
     n_boot: int = F("Bootstrap resamples over problems for CIs and paired tests.", ge=100)
     acc_vs_n_subsamples: int = F("Random candidate subsets per N in the accuracy-vs-N curve.", ge=1)

@@ -1,11 +1,12 @@
-"""The V1 evaluation: every selection method on the same candidates, chosen on dev, measured on eval.
+"""The V1 evaluation: every selection method on the same candidates, chosen on train-side data, measured on eval.
 
 Kedro-free so a notebook can rerun it on any candidates table. Two rules keep the numbers honest:
 
-- **Chosen on dev, measured on eval.** The energy-weighted vote's temperature (per energy) and the
-  headline method are picked on the dev split (train-side problems the learned energies were not
-  fit on); eval only measures. Picking the best of ~30 methods on eval would report a winner's
-  curse. The full eval table is still shown, marked post hoc.
+- **Chosen on train-side data, measured on eval.** The energy-weighted vote's temperature (per
+  energy) and the headline method are picked by K-fold cross-validation over every train-side
+  problem (train + dev, :mod:`impetus.selection.crossval`; the default), or on the dev split alone
+  (``selection: dev``, the old rule); eval only measures. Picking the best of ~30 methods on eval
+  would report a winner's curse. The full eval table is still shown, marked post hoc.
 - **Costs where they happen.** A method's seconds per problem include the scoring passes it needs
   (cost keys from :mod:`impetus.energy.registry`), not only the argmin.
 """
@@ -20,35 +21,13 @@ import numpy as np
 import pandas as pd
 
 from impetus.energy.registry import cost_keys
+from impetus.selection.crossval import cross_validate
+from impetus.selection.methods import BASELINES, build_methods, choose_taus
 from impetus.selection.metrics import evaluate_methods, paired_bootstrap
-from impetus.selection.rules import Selector, get_selector, oracle, select_first, select_majority, selection_correct
+from impetus.selection.rules import Selector, selection_correct
 
-BASELINES = ("first", "majority", "oracle")
-
-
-def build_methods(energy_cols: Sequence[str], taus: Mapping[str, float]) -> dict[str, Selector]:
-    """first, majority, argmin of every energy column, ``vote_<col>`` at ``taus[col]``, the oracle."""
-    methods: dict[str, Selector] = {"first": select_first, "majority": select_majority}
-    for col in energy_cols:
-        methods[col] = get_selector("argmin", energy_col=col)
-    for col, tau in taus.items():
-        if col in energy_cols:
-            methods[f"vote_{col}"] = get_selector("weighted_vote", energy_col=col, tau=tau)
-    methods["oracle"] = oracle
-    return methods
-
-
-def choose_taus(dev: pd.DataFrame, vote_cols: Sequence[str], tau_grid: Sequence[float]) -> dict[str, float]:
-    """Per energy, the vote temperature with the best dev accuracy (ties: the larger, closer to majority)."""
-    taus = {}
-    for col in vote_cols:
-        if col not in dev.columns:
-            continue
-        acc = {t: float(selection_correct(dev, get_selector("weighted_vote", energy_col=col, tau=t)(dev)).mean())
-               for t in tau_grid}
-        best = max(acc.values())
-        taus[col] = max(t for t, a in acc.items() if a >= best - 1e-12)
-    return taus
+__all__ = ["BASELINES", "build_methods", "choose_taus", "method_costs", "evaluate_split", "choose_on_dev",
+           "dev_selection", "cv_selection", "headline", "compare_methods", "markdown_report", "rerank_evaluation"]
 
 
 def method_costs(
@@ -96,12 +75,46 @@ def choose_on_dev(dev_result: Mapping[str, Any], exclude: Sequence[str] = ("firs
     return max((c for c in cands if c[0] >= best - 1e-12), key=lambda c: (c[1], c[2]))[2]
 
 
-def headline(dev_result: Mapping[str, Any], eval_result: Mapping[str, Any]) -> dict[str, Any]:
-    """The dev-chosen method's eval accuracy with its CI, gain over one sample and cost."""
-    name = choose_on_dev(dev_result)
+def dev_selection(
+    dev: pd.DataFrame, energy_cols: Sequence[str], hybrid_cols: Sequence[str], dev_seconds: Mapping[str, float],
+    params: Any,
+) -> dict[str, Any]:
+    """The old rule (``selection: dev``): vote temperatures and the headline chosen on the dev split.
+
+    Returns the selection record :func:`rerank_evaluation` takes, shaped as
+    :func:`impetus.selection.crossval.cross_validate`'s (``folds`` None).
+    """
+    taus = choose_taus(dev, params.weighted_vote, params.tau_grid)
+    dev_result, _ = evaluate_split(dev, build_methods(energy_cols, taus), dev_seconds, hybrid_cols,
+                                   _sampling_seconds_per_problem(dev), n_boot=params.n_boot, seed=params.seed)
+    n = max(dev_result["n_problems"], 1)
+    methods = {name: {"accuracy": m["accuracy"], "ci": m["ci"], "se": float(np.sqrt(m["accuracy"] * (1 - m["accuracy"]) / n))}
+               for name, m in dev_result["methods"].items()}
+    return {"selected_on": "dev", "folds": None, "n_problems": dev_result["n_problems"],
+            "method": choose_on_dev(dev_result), "methods": methods, "taus": taus}
+
+
+def cv_selection(
+    train_side: pd.DataFrame, fold_of: pd.Series, energy_cols: Sequence[str], hybrid_cols: Sequence[str],
+    stage_seconds: Mapping[str, float], params: Any,
+) -> dict[str, Any]:
+    """The default rule (``selection: cv``): :func:`impetus.selection.crossval.cross_validate` on the
+    train-side candidates (learned energies already out of fold), near-ties broken by registry cost."""
+    cols = [c for c in energy_cols if c in train_side.columns]
+    n = max(train_side["problem_id"].nunique(), 1)
+    costs = {k: v / n for k, v in method_costs(build_methods(cols, {c: 1.0 for c in params.weighted_vote}),
+                                               stage_seconds, hybrid_cols).items()}
+    return cross_validate(train_side, fold_of, cols, params.weighted_vote, params.tau_grid, costs)
+
+
+def headline(selection: Mapping[str, Any], eval_result: Mapping[str, Any]) -> dict[str, Any]:
+    """The chosen method's eval accuracy with its CI, gain over one sample and cost, and how it was chosen."""
+    name = selection["method"]
     m = eval_result["methods"][name]
-    return {
-        "method": name, "selected_on": "dev", "dev_accuracy": dev_result["methods"][name]["accuracy"],
+    chosen = selection["methods"][name]
+    out = {
+        "method": name, "selected_on": selection["selected_on"], "folds": selection["folds"],
+        "n_problems": selection["n_problems"], "selection_accuracy": chosen["accuracy"], "selection_se": chosen["se"],
         "accuracy": m["accuracy"], "ci": m["ci"], "gain_vs_single": m["gain_vs_single"],
         "gain_vs_single_ci": m["gain_vs_single_ci"], "gain_vs_majority": m["gain_vs_majority"],
         "cost_ratio_vs_sampling": m.get("cost_ratio_vs_sampling"),
@@ -109,6 +122,9 @@ def headline(dev_result: Mapping[str, Any], eval_result: Mapping[str, Any]) -> d
             (n for n in eval_result["methods"] if n not in BASELINES), key=lambda n: eval_result["methods"][n]["accuracy"]
         ),
     }
+    if selection["selected_on"] == "dev":
+        out["dev_accuracy"] = chosen["accuracy"]
+    return out
 
 
 def compare_methods(df: pd.DataFrame, selections: pd.DataFrame, a: str, b: str, n_boot: int, seed: int) -> dict:
@@ -133,7 +149,8 @@ def summary_paragraph(result: Mapping[str, Any]) -> str:
     cost = h.get("cost_ratio_vs_sampling")
     counts = result.get("counts", {})
     return (
-        f"**Chosen on dev ({result.get('n_dev_problems', '?')} problems): `{h['method']}`.** On "
+        f"**{_chosen_on(h)}: `{h['method']}`** (there {_fmt(h['selection_accuracy'])}% ± "
+        f"{_fmt(h['selection_se'])}). On "
         f"{result['n_problems']} held-out eval problems (N = {result['n_candidates']}) it scores "
         f"{_fmt(h['accuracy'])}% [{_fmt(lo)}, {_fmt(hi)}] vs one sample {_fmt(result['single'])}% "
         f"({100 * h['gain_vs_single']:+.1f} points [{100 * glo:+.1f}, {100 * ghi:+.1f}]) and majority vote "
@@ -144,12 +161,43 @@ def summary_paragraph(result: Mapping[str, Any]) -> str:
     )
 
 
-def adaptive_lines(adaptive: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """The adaptive-N table: each rule at its dev-chosen threshold, measured on eval."""
+def _chosen_on(h: Mapping[str, Any]) -> str:
+    """'Chosen on dev (80 problems)' or 'Chosen by 3-fold cross-validation over 240 train-side problems'."""
+    if h.get("selected_on") == "cv":
+        return f"Chosen by {h['folds']}-fold cross-validation over {h['n_problems']} train-side problems"
+    return f"Chosen on dev ({h.get('n_problems', '?')} problems)"
+
+
+def _selection_label(result: Mapping[str, Any]) -> str:
+    return "out of fold on train + dev" if result["headline"].get("selected_on") == "cv" else "on dev"
+
+
+def cv_lines(selection: Mapping[str, Any]) -> list[str]:
+    """The cross-validation table: every method's pooled out-of-fold accuracy, its SE and fold wins."""
+    if selection.get("selected_on") != "cv":
+        return []
+    k = selection["folds"]
+    lines = [
+        "", f"### Selection: {k}-fold cross-validation over {selection['n_problems']} train-side problems", "",
+        "Each method scored on each fold with its learned energies and vote temperature fit on the other "
+        "folds. Headline: the highest pooled out-of-fold accuracy (exact ties: more folds won, then cheaper). "
+        "Folds won: folds where the method had the best accuracy (a tie is a win for each).", "",
+        "| method | out-of-fold acc % | SE (pts) | per fold % | folds won |", "|---|---:|---:|---|---:|",
+    ]
+    for name, m in sorted(selection["methods"].items(), key=lambda kv: -kv[1]["accuracy"]):
+        mark = " ◀ headline" if name == selection["method"] else ""
+        per_fold = " / ".join(_fmt(a) for a in m["fold_accuracy"])
+        wins = "–" if name in ("first", "oracle") else f"{m['fold_wins']}/{k}"
+        lines.append(f"| {name}{mark} | {_fmt(m['accuracy'])} | {_fmt(m['se'])} | {per_fold} | {wins} |")
+    return lines
+
+
+def adaptive_lines(adaptive: Mapping[str, Mapping[str, Any]], chosen_on: str = "on dev") -> list[str]:
+    """The adaptive-N table: each rule at its threshold chosen on the selection data, measured on eval."""
     if not adaptive:
         return []
     lines = [
-        "", "### Adaptive N (thresholds chosen on dev, measured on eval)", "",
+        "", f"### Adaptive N (thresholds chosen {chosen_on}, measured on eval)", "",
         "| rule | threshold | acc % | acc % at N_max (same vote) | tokens/problem | at N_max | tokens saved | mean N |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -165,14 +213,16 @@ def adaptive_lines(adaptive: Mapping[str, Mapping[str, Any]]) -> list[str]:
 def markdown_report(result: Mapping[str, Any], title: str = "V1 reranking") -> str:
     """Summary paragraph first, then every method's eval numbers (post hoc), best first."""
     rows = sorted(result["methods"].items(), key=lambda kv: -kv[1]["accuracy"])
-    dev = result.get("dev_methods", {})
+    selection = result["selection"]
+    chosen_on = _selection_label(result)
     lines = [
         f"## {title}", "", summary_paragraph(result), "",
         f"Every method on eval (**post hoc**: the best row here is not the headline, which was chosen "
-        f"on dev). Sampling: {result['sampling_seconds_per_problem']:.2f} s/problem. Vote temperatures "
-        f"(chosen on dev): {', '.join(f'{k} {v:g}' for k, v in result.get('taus', {}).items()) or '–'}.",
+        f"{chosen_on}). Sampling: {result['sampling_seconds_per_problem']:.2f} s/problem. Vote temperatures "
+        f"(chosen {'on all train-side problems' if selection['selected_on'] == 'cv' else 'on dev'}): "
+        f"{', '.join(f'{k} {v:g}' for k, v in result.get('taus', {}).items()) or '–'}.",
         "",
-        "| method | dev acc % | acc % | 95% CI | vs single (pts) [95% CI] | vs majority (pts) | gap closure "
+        f"| method | {selection['selected_on']} acc % | acc % | 95% CI | vs single (pts) [95% CI] | vs majority (pts) | gap closure "
         "| AUROC | AUROC within | s/problem | cost / sampling |",
         "|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|",
     ]
@@ -182,13 +232,14 @@ def markdown_report(result: Mapping[str, Any], title: str = "V1 reranking") -> s
         ratio = m.get("cost_ratio_vs_sampling")
         mark = " ◀ headline" if name == result["headline"]["method"] else ""
         lines.append(
-            f"| {name}{mark} | {_fmt((dev.get(name) or {}).get('accuracy'))} | {_fmt(m['accuracy'])} | "
+            f"| {name}{mark} | {_fmt((selection['methods'].get(name) or {}).get('accuracy'))} | {_fmt(m['accuracy'])} | "
             f"[{_fmt(lo)}, {_fmt(hi)}] | {100 * m['gain_vs_single']:+.1f} [{100 * glo:+.1f}, {100 * ghi:+.1f}] | "
             f"{100 * m['gain_vs_majority']:+.1f} | {_fmt(m['gap_closure'], pct=False)} | "
             f"{_fmt(m['auroc'], pct=False)} | {_fmt(m.get('auroc_within'), pct=False)} | "
             f"{m['seconds_per_problem']:.4f} | {'–' if ratio is None else f'{100 * ratio:.2f}%'} |"
         )
-    lines += adaptive_lines(result.get("adaptive", {}))
+    lines += cv_lines(selection)
+    lines += adaptive_lines(result.get("adaptive", {}), chosen_on)
     lines += [
         "",
         "Gap closure = (acc − majority) / (oracle − majority). AUROC: the energy as a detector of right vs "
@@ -205,25 +256,25 @@ def _sampling_seconds_per_problem(df: pd.DataFrame) -> float:
 
 
 def rerank_evaluation(
-    dev: pd.DataFrame, evals: pd.DataFrame, energy_cols: Sequence[str], hybrid_cols: Sequence[str],
+    dev: pd.DataFrame | None, evals: pd.DataFrame, energy_cols: Sequence[str], hybrid_cols: Sequence[str],
     dev_seconds: Mapping[str, float], eval_seconds: Mapping[str, float], params: Any,
+    selection: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """The whole V1 evaluation (``params``: :class:`impetus.framework.config.RerankParams`).
 
-    Vote temperatures and the headline method are chosen on ``dev``; every method is then measured
-    once on ``evals``. Returns the result (eval metrics per method, dev accuracies, taus, headline,
-    counts) and the eval selections table.
+    ``selection`` (from :func:`cv_selection`) says which method is the headline and which vote
+    temperatures to use; None chooses both on ``dev`` (:func:`dev_selection`). Every method is then
+    measured once on ``evals``. Returns the result (eval metrics per method, the selection record
+    with its per-method accuracies, taus, headline, counts) and the eval selections table.
     """
-    taus = choose_taus(dev, params.weighted_vote, params.tau_grid)
-    methods = build_methods(energy_cols, taus)
-    dev_result, _ = evaluate_split(dev, methods, dev_seconds, hybrid_cols, _sampling_seconds_per_problem(dev),
-                                   n_boot=params.n_boot, seed=params.seed)
+    if selection is None:
+        selection = dev_selection(dev, energy_cols, hybrid_cols, dev_seconds, params)
+    methods = build_methods(energy_cols, selection["taus"])
     result, selections = evaluate_split(evals, methods, eval_seconds, hybrid_cols,
                                         _sampling_seconds_per_problem(evals), n_boot=params.n_boot, seed=params.seed)
-    result["taus"] = taus
-    result["dev_methods"] = {n: {"accuracy": m["accuracy"], "ci": m["ci"]} for n, m in dev_result["methods"].items()}
-    result["n_dev_problems"] = dev_result["n_problems"]
-    result["headline"] = headline(dev_result, result)
+    result["taus"] = dict(selection["taus"])
+    result["selection"] = dict(selection)
+    result["headline"] = headline(selection, result)
     result["counts"] = {
         "n_no_answer": int(evals["answer"].isna().sum()),
         "n_truncated": int((evals["finish_reason"] == "length").sum()) if "finish_reason" in evals else None,
