@@ -70,7 +70,7 @@ def catalog(tmp_path) -> DataCatalog:
         "graded_train": g_train, "energies_train": e_train, "hidden_train": h_train, "problems_train": p_train,
         "graded_dev": g_dev, "energies_dev": e_dev, "hidden_dev": h_dev, "problems_dev": p_dev,
         "graded_eval": g_eval, "energies_eval": e_eval, "hidden_eval": h_eval, "problems_eval": p_eval,
-        "energies_eval_timing": timing, "energies_dev_timing": timing,
+        "energies_eval_timing": timing, "energies_dev_timing": timing, "energies_train_timing": timing,
         "base_lm": {"path": str(tmp_path / "lm")},
         "params:mining": MiningParams(hard_negative_energy="spilled_max"),
         "params:scorer": ScorerParams.model_validate({
@@ -80,7 +80,7 @@ def catalog(tmp_path) -> DataCatalog:
             "hybrid": {"columns": None, "cross_fit_folds": 2, "l2_grid": [0.01, 1.0]},
         }),
         "params:rerank_eval": RerankParams(
-            tau_grid=[0.5, 1.0], n_boot=200, acc_vs_n_subsamples=3, weighted_vote=["hybrid", "spilled_max"],
+            selection="cv", cv_folds=3, tau_grid=[0.5, 1.0], n_boot=200, acc_vs_n_subsamples=3, weighted_vote=["hybrid", "spilled_max"],
             curves=["first", "majority", "hybrid"], seed=0,
             adaptive={"wave": 2, "thresholds": [0.6, 0.8, 1.0], "max_drop": 0.01, "energy": "hybrid"},
         ),
@@ -106,10 +106,17 @@ def test_mining_scorer_rerank_slice(catalog):
     assert methods["hybrid"]["seconds_per_problem"] >= 2.0 / 40  # its inputs need the LM pass (no embeddings here)
     assert result["sampling_seconds_per_problem"] == pytest.approx(0.5 * N)
     report = catalog["rerank_report"].load()
-    assert "| hybrid" in report and "oracle" in report and "Chosen on dev" in report
+    assert "| hybrid" in report and "oracle" in report
+    assert "Chosen by 3-fold cross-validation over 80 train-side problems" in report and "folds won" in report
     h = result["headline"]
-    assert h["selected_on"] == "dev" and h["method"] in methods and h["accuracy"] == methods[h["method"]]["accuracy"]
-    assert set(result["taus"]) == {"hybrid", "spilled_max"} and result["n_dev_problems"] == 20
+    assert h["method"] in methods and h["accuracy"] == methods[h["method"]]["accuracy"]
+    assert (h["selected_on"], h["folds"], h["n_problems"]) == ("cv", 3, 80)  # train 60 + dev 20
+    assert set(result["taus"]) == {"hybrid", "spilled_max"}
+    cv = result["selection"]["methods"]
+    # Out of fold, the learned energies still pick up the signal and the noise energy does not.
+    assert cv["latent_ebm"]["accuracy"] > cv["marginal_max"]["accuracy"] + 0.2
+    assert cv["hybrid"]["accuracy"] > cv["marginal_max"]["accuracy"] + 0.2
+    assert sum(m["fold_wins"] for m in cv.values()) >= 3
     assert methods["spilled_max"]["auroc_within"] > 0.85
     adaptive = result["adaptive"]
     assert set(adaptive) == {"vote_margin", "energy_vote"}  # no DeepConf column in this table
@@ -137,3 +144,21 @@ def test_mining_refuses_eval_problems_in_train(catalog):
     catalog["graded_train"] = MemoryDataset(leaked)
     with pytest.raises(LeakageError, match="ev000"):
         SequentialRunner().run(mining(), catalog)
+
+
+def test_dev_selection_is_still_available(catalog):
+    params = catalog["params:rerank_eval"].load().model_copy(update={"selection": "dev"})
+    catalog["params:rerank_eval"] = MemoryDataset(params)
+    SequentialRunner().run(mining() + scorer() + rerank_eval(), catalog)
+    h = catalog["rerank_metrics"].load()["headline"]
+    assert (h["selected_on"], h["folds"], h["n_problems"]) == ("dev", None, 20)
+    assert "Chosen on dev (20 problems)" in catalog["rerank_report"].load()
+
+
+def test_cross_validation_refuses_eval_problems_in_train_side_data(catalog):
+    # An eval problem slipped into the dev split (which mining does not read) must stop the CV.
+    leaked = catalog["graded_dev"].load().copy()
+    leaked.loc[leaked["problem_id"] == "dv000", "problem_id"] = "ev000"
+    catalog["graded_dev"] = MemoryDataset(leaked)
+    with pytest.raises(LeakageError, match="ev000"):
+        SequentialRunner().run(mining() + scorer() + rerank_eval(), catalog)

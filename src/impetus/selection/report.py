@@ -149,8 +149,8 @@ def summary_paragraph(result: Mapping[str, Any]) -> str:
     cost = h.get("cost_ratio_vs_sampling")
     counts = result.get("counts", {})
     return (
-        f"**{_chosen_on(h)}: `{h['method']}`** (there {_fmt(h['selection_accuracy'])}% ± "
-        f"{_fmt(h['selection_se'])}). On "
+        f"**{_chosen_on(h)}: `{h['method']}`** ({'out of fold' if h.get('selected_on') == 'cv' else 'on dev'} "
+        f"{_fmt(h['selection_accuracy'])}% ± {_fmt(h['selection_se'])} SE). On "
         f"{result['n_problems']} held-out eval problems (N = {result['n_candidates']}) it scores "
         f"{_fmt(h['accuracy'])}% [{_fmt(lo)}, {_fmt(hi)}] vs one sample {_fmt(result['single'])}% "
         f"({100 * h['gain_vs_single']:+.1f} points [{100 * glo:+.1f}, {100 * ghi:+.1f}]) and majority vote "
