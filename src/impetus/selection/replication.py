@@ -171,7 +171,7 @@ def markdown_report(result: Mapping[str, Any], title: str = "Replication across 
     lines += [
         "",
         f"Per-seed CIs: paired bootstrap over that seed's eval problems. Across seeds: Student t interval "
-        f"over the {k} per-seed gains (sd {_pts(g.get('sd'))} points), which says how much the gain moves "
+        f"over the {k} per-seed gains (sd {_pct(g.get('sd'))} points), which says how much the gain moves "
         "with the problems and the split; a bootstrap over so few seeds would be too narrow. The post-hoc "
         "best is picked on eval itself (biased upwards) and shown only for contrast.",
     ]
