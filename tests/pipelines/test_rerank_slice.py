@@ -117,6 +117,7 @@ def test_mining_scorer_rerank_slice(catalog):
     assert cv["latent_ebm"]["accuracy"] > cv["marginal_max"]["accuracy"] + 0.2
     assert cv["hybrid"]["accuracy"] > cv["marginal_max"]["accuracy"] + 0.2
     assert sum(m["fold_wins"] for m in cv.values()) >= 3
+    assert result["selection"]["seconds"] > 0 and catalog["metrics_rerank_eval"].load()["selection/folds"]["value"] == 3
     assert methods["spilled_max"]["auroc_within"] > 0.85
     adaptive = result["adaptive"]
     assert set(adaptive) == {"vote_margin", "energy_vote"}  # no DeepConf column in this table

@@ -15,7 +15,8 @@ wave, two waves, ... up to ``N_max``) and is paired with the vote it stops:
 Because a problem's k-th candidate is the same row (same seed) with or without adaptive N, the
 adaptive candidates are a prefix of a full-N run, so evaluating a rule offline on full-N
 candidates is exact: :func:`wave_table` computes, per problem and prefix length, the consensus
-share, whether the vote is right and the tokens spent; thresholds are then chosen on dev
+share, whether the vote is right and the tokens spent; thresholds are then chosen on the selection
+data (all train-side problems with out-of-fold learned energies under ``selection: cv``, else dev)
 (:func:`choose_threshold`) and measured on eval (:func:`evaluate_rule`).
 """
 
@@ -121,7 +122,7 @@ def evaluate_rule(table: pd.DataFrame, threshold: float) -> dict[str, float]:
 
 
 def choose_threshold(table: pd.DataFrame, thresholds: Sequence[float], max_drop: float) -> float:
-    """On dev: the threshold saving the most tokens whose accuracy is within ``max_drop`` of the
+    """On the selection data: the threshold saving the most tokens whose accuracy is within ``max_drop`` of the
     same vote at N_max (ties: the stricter threshold); if none is, the strictest threshold."""
     rows = [evaluate_rule(table, t) for t in sorted(thresholds)]
     ok = [r for r in rows if r["accuracy"] >= r["accuracy_full_n"] - max_drop - 1e-12]
@@ -144,10 +145,11 @@ def adaptive_report(
     dev: pd.DataFrame, evals: pd.DataFrame, specs: dict[str, RuleSpec], wave: int,
     thresholds: Sequence[float], max_drop: float,
 ) -> tuple[dict[str, dict], pd.DataFrame]:
-    """Each rule's threshold chosen on ``dev``, then measured on ``evals``.
+    """Each rule's threshold chosen on ``dev`` (the selection data: train + dev out of fold, or dev),
+    then measured on ``evals``.
 
     Returns ``{rule: {threshold, accuracy, accuracy_full_n, tokens_saved, ...}}`` (eval numbers at
-    the dev-chosen threshold) and the eval points of every (rule, threshold) and of every prefix
+    the chosen threshold; ``dev``: the selection data's numbers at it) and the eval points of every (rule, threshold) and of every prefix
     length k without stopping (``rule = "<rule>@k"``), for the accuracy-vs-tokens plot.
     """
     out, points = {}, []

@@ -23,21 +23,21 @@ from impetus.selection.rules import Selector, selection_correct
 @dataclass(frozen=True)
 class V1Reference:
     """V1 at the same budget: the eval candidates with every energy column (``table``), the V1
-    selection methods over them, and the method chosen on dev (``headline``)."""
+    selection methods over them, and the headline method (chosen by cross-validation or on dev)."""
 
     table: pd.DataFrame
     methods: Mapping[str, Selector]
     headline: str
 
     def resolve(self, names: Sequence[str]) -> list[str]:
-        """``names`` with ``"headline"`` replaced by the dev-chosen method, duplicates dropped."""
+        """``names`` with ``"headline"`` replaced by the headline method, duplicates dropped."""
         return list(dict.fromkeys(self.headline if n == "headline" else n for n in names))
 
 
 def v1_reference(table: pd.DataFrame, rerank_metrics: Mapping[str, Any], vote_for: Sequence[str] = ()) -> V1Reference:
-    """The V1 methods of ``v1_rerank`` (``rerank_metrics``: its dev-chosen headline and vote
+    """The V1 methods of ``v1_rerank`` (``rerank_metrics``: its chosen headline and vote
     temperatures) over ``table``; ``vote_for`` energies also get ``vote_<energy>``, at τ = 1 where
-    dev chose none."""
+    the selection chose none."""
     taus = dict(rerank_metrics.get("taus", {}))
     for name in vote_for:
         taus.setdefault(name, 1.0)

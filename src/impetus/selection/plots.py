@@ -145,7 +145,7 @@ def make_plots(
 
 def plot_adaptive(points: pd.DataFrame, chosen: Mapping[str, Mapping[str, float]]) -> Figure:
     """Accuracy against mean sampled tokens per problem: each rule's vote at fixed k = 1..N waves
-    (a line: no stopping), its thresholds (dots) and the dev-chosen threshold (a star)."""
+    (a line: no stopping), its thresholds (dots) and the threshold chosen on the selection data (a star)."""
     fig = Figure(figsize=(7, 4.5))
     ax = fig.add_subplot(1, 1, 1)
     colors = {}
@@ -158,7 +158,7 @@ def plot_adaptive(points: pd.DataFrame, chosen: Mapping[str, Mapping[str, float]
         ax.scatter(pts["tokens_per_problem"], 100 * pts["accuracy"], s=14, color=colors[name])
         c = chosen[name]
         ax.scatter([c["tokens_per_problem"]], [100 * c["accuracy"]], marker="*", s=160, color=colors[name],
-                   edgecolor="black", label=f"{name}, adaptive (threshold {c['threshold']:g} from dev)")
+                   edgecolor="black", label=f"{name}, adaptive (chosen threshold {c['threshold']:g})")
     ax.set_xlabel("mean sampled tokens per problem")
     ax.set_ylabel("accuracy (%)")
     ax.set_title("Adaptive N on eval: accuracy vs sampled tokens")
