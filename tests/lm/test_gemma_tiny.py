@@ -12,9 +12,11 @@ import torch
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
 from impetus.decoding.evaluate import run_problem
+from impetus.energy.logit import ENERGY_COLUMNS, candidate_energy_row, per_token_from_record
 from impetus.decoding.proposals import Proposer
 from impetus.lm.hf_sampler import HFSampler
 from impetus.lm.sampler import SamplingParams
+from impetus.lm.scoring import score_candidates
 from impetus.lm.trace import trace_energies
 from impetus.testing import CHARS, SPECIAL, tiny_tokenizer
 
@@ -101,6 +103,26 @@ def test_same_seed_same_samples(gemma):
     n0 = full.shape[1] - len(g.token_ids)
     want = logp[n0 - 1 : -1].gather(1, full[0, n0:, None])[:, 0].mean().item()
     assert g.logprob_mean == pytest.approx(want, abs=1e-4)
+
+
+def test_recorded_energies_equal_teacher_forced(gemma):
+    """V1's energies come from the sampler's recording; V2 and EBD score with the teacher-forced
+    pass (prompt cache reused across candidates): on sliding layers both must agree."""
+    model, tok = gemma
+    params = SamplingParams(n=3, temperature=1.0, top_p=1.0, max_new_tokens=12, stop=["\n"], batch_size=4)
+    gens = HFSampler(model, tok).generate(PROMPTS, params, [1, 2, 3, 4])
+    flat = [(i, g) for i, row in enumerate(gens) for g in row
+            if tok(g.text, add_special_tokens=False)["input_ids"] == g.token_ids]  # rows that round-trip
+    assert len(flat) >= 8
+    ref = score_candidates(model, tok, prompts=[PROMPTS[i] for i, _ in flat], completions=[g.text for _, g in flat],
+                           answer_spans=[None] * len(flat), batch_size=5, hidden=True)
+    for k, (_, g) in enumerate(flat):
+        r = g.record
+        per_tok = per_token_from_record(torch.tensor(r["lse"]), torch.tensor(r["tok_logit"]), torch.tensor(r["deepconf"]))
+        got = candidate_energy_row(per_tok, None, g.n_tokens)
+        for col in ENERGY_COLUMNS:
+            assert got[col] == pytest.approx(ref.energies.loc[k, col], abs=1e-3), col
+        np.testing.assert_allclose(r["hidden_mean"], ref.hidden_mean[k], atol=1e-4)
 
 
 def test_state_logits_of_answer_states_are_the_models_logits(gemma):
