@@ -74,7 +74,8 @@ run: setup
 	$(VENV)/bin/kedro run --pipeline=$(PIPELINE)
 	@case "$(PIPELINE)" in v1_rerank|rerank_eval) cat data/08_reporting/rerank_report.md;; esac
 
-test: setup
+# The suite's marked integration tests run both model families end to end, so it installs Gemma too.
+test: setup setup-gemma
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test-fast: setup
