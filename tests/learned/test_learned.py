@@ -41,6 +41,13 @@ def test_cross_fitting_needs_two_folds():
         out_of_fold_energies(groups, pd.DataFrame(), hidden, None, lambda g: LearnedScorers(), folds=1, seed=0)
 
 
+def test_cross_fitting_with_fewer_problems_than_folds_names_the_parameters():
+    groups, hidden = _groups()
+    two = groups[groups["problem_id"].isin(sorted(groups["problem_id"].unique())[:2])]
+    with pytest.raises(ValueError, match="cross_fit_folds"):
+        out_of_fold_energies(two, pd.DataFrame(), hidden, None, lambda g: LearnedScorers(), folds=3, seed=0)
+
+
 def test_learned_scorers_round_trip_through_plain_records():
     from impetus.learned.hybrid import HybridConfig, HybridEnergy
 

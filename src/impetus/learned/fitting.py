@@ -188,6 +188,11 @@ def out_of_fold_energies(
     if folds < 2:
         raise ValueError(f"cross-fitting needs at least 2 folds, got {folds}")
     ids = np.random.default_rng(seed).permutation(np.sort(groups["problem_id"].unique()))
+    if len(ids) < folds:  # an empty fold would reach the tokenizer as an empty batch
+        raise ValueError(
+            f"cross-fitting needs at least {folds} training problems with a right and a wrong candidate, "
+            f"got {len(ids)}: raise ingest.n_train or sampling.n, or lower scorer.hybrid.cross_fit_folds"
+        )
     fold_of = pd.Series(np.arange(len(ids)) % folds, index=ids)
     fold = groups["problem_id"].map(fold_of).to_numpy()
     parts = []
