@@ -131,7 +131,19 @@ def test_mining_scorer_rerank_slice(catalog):
     assert len(catalog["rerank_plots"].load()["accuracy_vs_n.png"].axes) == 1
 
 
-def test_mining_refuses_dev_problems_in_train(catalog):
+def test_final_fit_uses_train_and_dev_under_cv_and_train_alone_under_dev(catalog):
+    SequentialRunner().run(mining(), catalog)
+    ids = set(catalog["ebm_groups"].load()["problem_id"])
+    assert {i[:2] for i in ids} == {"tr", "dv"}  # cv: refit on every train-side problem, never eval
+    params = catalog["params:rerank_eval"].load().model_copy(update={"selection": "dev"})
+    catalog["params:rerank_eval"] = MemoryDataset(params)
+    SequentialRunner().run(mining(), catalog)
+    assert {i[:2] for i in catalog["ebm_groups"].load()["problem_id"]} == {"tr"}
+
+
+def test_mining_refuses_dev_problems_in_train_under_dev_selection(catalog):
+    params = catalog["params:rerank_eval"].load().model_copy(update={"selection": "dev"})
+    catalog["params:rerank_eval"] = MemoryDataset(params)
     leaked = catalog["graded_train"].load().copy()
     leaked.loc[0, "problem_id"] = "dv003"
     catalog["graded_train"] = MemoryDataset(leaked)
@@ -157,7 +169,7 @@ def test_dev_selection_is_still_available(catalog):
 
 
 def test_cross_validation_refuses_eval_problems_in_train_side_data(catalog):
-    # An eval problem slipped into the dev split (which mining does not read) must stop the CV.
+    # An eval problem slipped into the dev split (train-side under cv) must stop the run.
     leaked = catalog["graded_dev"].load().copy()
     leaked.loc[leaked["problem_id"] == "dv000", "problem_id"] = "ev000"
     catalog["graded_dev"] = MemoryDataset(leaked)

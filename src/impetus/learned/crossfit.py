@@ -11,9 +11,9 @@ saw fold k: a second-order dependence (stacking's usual shortcut, as in
 nesting would cost K(K-1)/2 more EBM fits.
 
 Cost: K TextEBM and K LatentEBM fits, each on (K-1)/K of the train-side groups, plus K hybrid
-fits (convex, L-BFGS; cheap). With K = 3 over train + dev each fold fits on about as many problems
-as the scorer stage's own models (n_train), so the out-of-fold numbers describe models of the size
-that is measured on eval.
+fits (convex, L-BFGS; cheap). With K = 3 each fold fits on 2/3 of train + dev; the models measured
+on eval are refit on all of it (:func:`final_fit_splits`), so the out-of-fold numbers describe
+slightly smaller models than the ones measured.
 """
 
 from __future__ import annotations
@@ -45,6 +45,22 @@ def concat_hidden(hiddens: Sequence[dict[str, Any] | None]) -> dict[str, Any] | 
         return None
     keys = set.intersection(*(set(h) for h in hiddens))
     return {k: np.concatenate([np.asarray(h[k]) for h in hiddens]) for k in sorted(keys)}
+
+
+def final_fit_splits(selection: str, train: Sequence[Any], dev: Sequence[Any]) -> list[Sequence[Any]]:
+    """The splits the learned energies measured on eval are fit on, per selection rule.
+
+    ``cv``: train + dev. Cross-validation chose the method on out-of-fold energies, so dev is no
+    longer needed as held-out data, and refitting on every train-side problem (as cross-validation
+    prescribes: choose out of fold, refit on all, measure once) gives the eval models the most data.
+    ``dev``: train only, since the method is then chosen on the models' dev scores.
+    ``train``/``dev`` are the per-split tuples a node holds (any fields, same order in both).
+    """
+    if selection == "cv":
+        return [train, dev]
+    if selection == "dev":
+        return [train]
+    raise ValueError(f"rerank_eval.selection must be 'cv' or 'dev', got {selection!r}")
 
 
 def train_side_table(

@@ -119,7 +119,7 @@ def cross_validate(
     """The cross-validated choice: ``{selected_on, folds, n_problems, method, methods, taus, fold_taus}``.
 
     ``methods`` is :func:`cv_summary`; ``taus`` (the temperatures eval uses) are chosen on all
-    train-side problems, as the learned energies measured on eval are fit on train-side data only.
+    train-side problems, on which the learned energies measured on eval are refit.
     """
     correct, fold_taus = out_of_fold_correct(df, fold_of, energy_cols, vote_cols, tau_grid)
     summary = cv_summary(correct, fold_of)

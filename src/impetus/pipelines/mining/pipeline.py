@@ -11,7 +11,8 @@ def create_pipeline(**kwargs) -> Pipeline:
     return stage("mining", [
         node(
             mine_ebm_groups,
-            inputs=["graded_train", "energies_train", "hidden_train", "problems_dev", "problems_eval", "params:mining"],
+            inputs=["graded_train", "energies_train", "hidden_train", "graded_dev", "energies_dev", "hidden_dev",
+                    "problems_dev", "problems_eval", "params:mining", "params:rerank_eval"],
             outputs=["ebm_groups", "metrics_mining"],
             name="mine_ebm_groups",
         )

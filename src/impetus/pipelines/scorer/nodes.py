@@ -1,4 +1,4 @@
-"""scorer: train the learned energies (TextEBM, LatentEBM, hybrid) on the mined train groups."""
+"""scorer: train the learned energies (TextEBM, LatentEBM, hybrid) on the mined train-side groups."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Any
 
 import pandas as pd
 
-from impetus.framework.config import ScorerParams
+from impetus.framework.config import RerankParams, ScorerParams
+from impetus.learned.crossfit import concat_hidden, final_fit_splits
 from impetus.learned.fitting import fit_learned_energies
 from impetus.pipelines.utils import load_base_tokenizer
 from impetus.framework.tracking import as_mlflow_metrics, series_metrics
@@ -19,13 +20,18 @@ _CURVES = ("train_loss", "val_loss", "val_auroc", "val_pair_acc")
 
 def train_scorers(
     ebm_groups: pd.DataFrame, problems_train: pd.DataFrame, hidden_train: dict[str, Any],
-    base_lm: dict[str, Any], scorer: ScorerParams,
+    problems_dev: pd.DataFrame, hidden_dev: dict[str, Any], base_lm: dict[str, Any], scorer: ScorerParams,
+    rerank_eval: RerankParams,
 ) -> tuple[dict, dict, dict, dict, dict, dict]:
-    """Fit the learned energies on train groups only; return their plain records (catalog), the two
+    """Fit the learned energies on the mined train-side groups (train + dev under cross-validated
+    selection, train alone under ``selection: dev``; never eval); return their plain records (catalog), the two
     EBMs for MLflow's model registry (``{"model": module, "metrics": best epoch's metrics,
     "allow_pickle": scorer.allow_pickle}``) and
     the run's training metrics (per-epoch curves, best epoch)."""
-    fit = fit_learned_energies(ebm_groups, problems_train, hidden_train, load_base_tokenizer(base_lm), scorer.to_core())
+    splits = final_fit_splits(rerank_eval.selection, (problems_train, hidden_train), (problems_dev, hidden_dev))
+    problems = pd.concat([p for p, _ in splits], ignore_index=True)
+    hidden = concat_hidden([h for _, h in splits])  # same order as the mining stage, so hidden_row agrees
+    fit = fit_learned_energies(ebm_groups, problems, hidden, load_base_tokenizer(base_lm), scorer.to_core())
     records = fit.scorers.to_records()
     metrics: dict[str, Any] = {}
     logged: dict[str, dict] = {}
