@@ -23,7 +23,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help setup setup-gemma lock run test test-fast bench viz mlflow-ui clean-data replicate
+.PHONY: help setup setup-gemma lock run test test-fast bench viz mlflow-ui clean-data replicate matrix
 
 help:
 	@echo "make run        set up .venv if needed, then kedro run --pipeline=$(PIPELINE)"
@@ -33,7 +33,8 @@ help:
 	@echo "make bench      sampler throughput benchmark (prints ratio vs a naive generate loop)"
 	@echo "make viz        kedro-viz server on http://127.0.0.1:4141 (autoreload)"
 	@echo "make mlflow-ui  MLflow UI over mlruns/ on http://127.0.0.1:5000"
-	@echo "make replicate SEEDS=\"0 1 2\" [ENV=large]  v1_rerank on each data seed, then replication.md"
+	@echo "make replicate SEEDS=\"0 1 2\" [ENV=large] [PARAMS=k=v NAME=folder]  v1_rerank on each data seed, then replication.md"
+	@echo "make matrix     the results matrix (one row per replication) -> data/08_reporting/matrix.md"
 
 # The stamp is rebuilt when a lock changes, so a pulled dependency change is installed. The lock
 # is installed exactly (--no-deps: no resolution at install time, so nothing drifts), hashes checked.
@@ -96,8 +97,16 @@ viz: setup
 # unrelated ENV (their start-up file) that make would otherwise take for the Kedro env.
 SEEDS ?= 0 1 2
 REPLICATE_ENV := $(if $(filter command line,$(origin ENV)),$(ENV),base)
+# PARAMS: more kedro --params for every seed (e.g. the model on a benchmark env); NAME: its folder.
+PARAMS ?=
+NAME ?=
 replicate: setup
-	$(PY) -m impetus.framework.replicate --seeds $(SEEDS) --env $(REPLICATE_ENV)
+	$(PY) -m impetus.framework.replicate --seeds $(SEEDS) --env $(REPLICATE_ENV) \
+		$(if $(PARAMS),--params "$(PARAMS)") $(if $(NAME),--name "$(NAME)")
+
+# One row per replication folder (benchmark x model) -> data/08_reporting/matrix.md
+matrix: setup
+	$(PY) -m impetus.framework.replicate --matrix
 
 mlflow-ui: setup
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \

@@ -17,9 +17,11 @@ from impetus.framework.replicate import (
     aggregate_metrics,
     is_done,
     kedro_command,
+    parse_params,
     replicate,
     seed_dir,
     seed_overrides,
+    write_matrix,
 )
 
 ARITH = {
@@ -138,3 +140,32 @@ def test_a_run_that_writes_no_metrics_fails(tmp_path):
     with pytest.raises(RuntimeError, match="was not written"):
         replicate(tmp_path, "base", [0], ARITH, lambda command, environ: 0, kedro="k")
     assert not seed_dir(tmp_path, "base", 0).exists()
+
+
+def test_extra_params_reach_every_seed_and_the_replication_has_its_own_folder(tmp_path):
+    kedro = FakeKedro(tmp_path, {0: 0.1, 1: 0.05})
+    extra = parse_params("model.name_or_path=gemma3-270m, sampling.n=4")
+    assert extra == {"model.name_or_path": "gemma3-270m", "sampling.n": "4"}
+    params = {**SVAMP, "model": {"name_or_path": "gemma3-270m"}}
+    result = replicate(tmp_path, "svamp", [0, 1], params, kedro, kedro="k", extra=extra, name="svamp-gemma")
+    assert all(c[-1].startswith("model.name_or_path=gemma3-270m,sampling.n=4,ingest.seed=") for c, _ in kedro.calls)
+    assert (seed_dir(tmp_path, "svamp-gemma", 1) / "run.json").exists()
+    assert not (tmp_path / "data/08_reporting/replication/svamp").exists()
+    assert (result["benchmark"], result["model"], result["name"]) == ("svamp", "gemma3-270m", "svamp-gemma")
+    with pytest.raises(ValueError, match="key=value"):
+        parse_params("model.name_or_path")
+
+
+def test_matrix_has_one_row_per_replication_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="make replicate"):
+        write_matrix(tmp_path)
+    replicate(tmp_path, "large", [0, 1, 2], ARITH, FakeKedro(tmp_path, {0: 0.14, 1: 0.11, 2: 0.12}), kedro="k")
+    replicate(tmp_path, "svamp", [0], SVAMP, FakeKedro(tmp_path, {0: 0.02}), kedro="k")
+    text = write_matrix(tmp_path)
+    assert text == (tmp_path / "data/08_reporting/matrix.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| arith") or line.startswith("| svamp")]
+    assert len(rows) == 2
+    arith, svamp = rows
+    # Three seeds: t interval over seeds; one seed: its own bootstrap CI [gain - 5, gain + 5].
+    assert "**+12.3**" in arith and "(t over seeds)" in arith and arith.endswith("| ideal |")
+    assert "**+2.0** [-3.0, +7.0] (bootstrap over problems)" in svamp and svamp.endswith("| none |")

@@ -108,31 +108,51 @@ def run_seed(root: Path, folder: Path, command: list[str], environ: Mapping[str,
 def replicate(
     root: Path, env: str, seeds: Sequence[int], params: Mapping[str, Any], runner: Runner,
     pipeline: str = "v1_rerank", kedro: str = "kedro", parent_run_id: str | None = None, force: bool = False,
+    extra: Mapping[str, Any] | None = None, name: str | None = None,
 ) -> dict[str, Any]:
     """Run the seeds not done yet, then aggregate them all; returns the replication result.
 
-    Writes ``replication.json``/``.md`` to ``data/08_reporting`` and to the env's replication folder.
+    ``extra``: more ``--params`` for every seed (e.g. ``model.name_or_path=gemma3-270m`` on a
+    benchmark env; ``params`` must already include them). ``name``: the replication folder
+    (default: the env). Writes ``replication.json``/``.md`` to ``data/08_reporting`` and to that folder.
     """
+    name = name or env
     per_seed = {}
     environ = dict(os.environ)
     if parent_run_id:
         environ[PARENT_RUN_ENV] = parent_run_id
     for seed in seeds:
-        folder = seed_dir(root, env, seed)
-        command = kedro_command(kedro, pipeline, env, seed_overrides(params, seed))
+        folder = seed_dir(root, name, seed)
+        command = kedro_command(kedro, pipeline, env, dict(extra or {}) | seed_overrides(params, seed))
         if force or not is_done(folder, command):
             logger.info("Data seed %s: %s", seed, " ".join(command))
             run_seed(root, folder, command, environ, runner)
         else:
             logger.info("Data seed %s: done before, reusing %s", seed, folder)
         per_seed[seed] = json.loads((folder / SEED_FILES[0]).read_text())
-    result = aggregate(per_seed) | {"env": env, "pipeline": pipeline}
-    text = markdown_report(result, title=f"Replication across data seeds ({env})")
-    for folder in (root / REPORTING, root / REPORTING / "replication" / env):
+    result = aggregate(per_seed) | {"env": env, "name": name, "extra_params": dict(extra or {}), "pipeline": pipeline,
+                                    "benchmark": _dig(dict(params), "benchmark", "name"),
+                                    "model": _dig(dict(params), "model", "name_or_path")}
+    text = markdown_report(result, title=f"Replication across data seeds ({name})")
+    for folder in (root / REPORTING, root / REPORTING / "replication" / name):
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "replication.json").write_text(json.dumps(result, indent=2))
         (folder / "replication.md").write_text(text)
     return result
+
+
+def write_matrix(root: Path) -> str:
+    """``data/08_reporting/matrix.md``: one row per replication folder (benchmark × model)."""
+    from impetus.selection.matrix import markdown_matrix, matrix_row
+
+    rows = []
+    for path in sorted((root / REPORTING / "replication").glob("*/replication.json")):
+        rows.append(matrix_row(json.loads(path.read_text()), path.parent.name))
+    if not rows:
+        raise FileNotFoundError(f"no {REPORTING}/replication/*/replication.json yet: run make replicate first")
+    text = markdown_matrix(rows)
+    (root / REPORTING / "matrix.md").write_text(text)
+    return text
 
 
 def subprocess_runner(root: Path) -> Runner:
@@ -155,33 +175,48 @@ def aggregate_metrics(result: Mapping[str, Any]) -> dict[str, float]:
     return {k: v for k, v in out.items() if v == v}  # NaN (one seed: no interval) cannot be stored
 
 
-def _load_context(root: Path, env: str) -> Any:
-    """The Kedro context of ``env``: its parameters, and kedro-mlflow's tracking URI and experiment."""
+def parse_params(text: str | None) -> dict[str, str]:
+    """``"a.b=1,c=x"`` as ``{"a.b": "1", "c": "x"}`` (kedro's ``--params`` syntax; values stay text,
+    the seed runs' kedro parses them)."""
+    out: dict[str, str] = {}
+    for item in filter(None, (x.strip() for x in (text or "").split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"--params item {item!r} must be key=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _load_context(root: Path, env: str, extra: Mapping[str, str] | None = None) -> Any:
+    """The Kedro context of ``env`` (plus ``extra`` params, as ``kedro run --params`` would merge
+    them): its parameters, and kedro-mlflow's tracking URI and experiment."""
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
+    from omegaconf import OmegaConf
 
     bootstrap_project(root)
-    session = KedroSession.create(project_path=root, env=env)
+    runtime = OmegaConf.to_container(OmegaConf.from_dotlist([f"{k}={v}" for k, v in (extra or {}).items()]))
+    session = KedroSession.create(project_path=root, env=env, runtime_params=runtime or None)
     return session.load_context()
 
 
-def _parent_run(root: Path, env: str, seeds: Sequence[int], params: Mapping[str, Any]) -> Any:
-    """Start (or reopen, on resume) the env's parent run; its id is kept beside the seed folders."""
+def _parent_run(root: Path, name: str, seeds: Sequence[int], params: Mapping[str, Any]) -> Any:
+    """Start (or reopen, on resume) the replication's parent run; its id is kept beside the seed folders."""
     import mlflow
 
     from impetus.framework.mlflow_runs import build_run_name
 
-    state = root / REPORTING / "replication" / env / "parent_run.json"
+    state = root / REPORTING / "replication" / name / "parent_run.json"
     # The benchmark and model only: the seeds are the children's.
     shown = {"benchmark": {"name": _dig(dict(params), "benchmark", "name")},
              "model": {"name_or_path": _dig(dict(params), "model", "name_or_path")}}
-    name = f"{build_run_name('replicate', env, shown)} · data seeds {','.join(map(str, seeds))}"
+    title = f"{build_run_name('replicate', name, shown)} · data seeds {','.join(map(str, seeds))}"
     try:
         run_id = json.loads(state.read_text())["run_id"]
         mlflow.get_run(run_id)
-        run = mlflow.start_run(run_id=run_id, run_name=name)
+        run = mlflow.start_run(run_id=run_id, run_name=title)
     except Exception:  # no state, or the run is gone from the store: a new parent
-        run = mlflow.start_run(run_name=name)
+        run = mlflow.start_run(run_name=title)
     state.parent.mkdir(parents=True, exist_ok=True)
     state.write_text(json.dumps({"run_id": run.info.run_id}))
     mlflow.set_tags(process_tags() | {REPLICATION_TAG: "parent"})
@@ -195,13 +230,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pipeline", default="v1_rerank")
     parser.add_argument("--force", action="store_true", help="rerun seeds that are already done")
     parser.add_argument("--no-mlflow", action="store_true", help="no parent run (seed runs still log)")
+    parser.add_argument("--params", default="", help="more kedro --params for every seed, e.g. "
+                        "model.name_or_path=gemma3-270m (then --name is required)")
+    parser.add_argument("--name", default=None, help="replication folder under data/08_reporting/replication "
+                        "(default: the env)")
+    parser.add_argument("--matrix", action="store_true", help="only write data/08_reporting/matrix.md from "
+                        "every replication folder, and print it")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     root = Path.cwd()
-    context = _load_context(root, args.env)
+    if args.matrix:
+        print(write_matrix(root))
+        return 0
+    extra = parse_params(args.params)
+    if extra and not args.name:
+        parser.error("--params changes what is measured: give the replication a --name of its own")
+    context = _load_context(root, args.env, extra)
     kedro = str(Path(sys.executable).with_name("kedro"))
     run_args = dict(root=root, env=args.env, seeds=args.seeds, params=context.params,
-                    runner=subprocess_runner(root), pipeline=args.pipeline, kedro=kedro, force=args.force)
+                    runner=subprocess_runner(root), pipeline=args.pipeline, kedro=kedro, force=args.force,
+                    extra=extra, name=args.name)
     if args.no_mlflow:
         replicate(**run_args)
     else:
@@ -214,7 +262,7 @@ def _replicate_tracked(root: Path, args: argparse.Namespace, params: Any, run_ar
     """:func:`replicate` inside the parent run, which gets the aggregate; FAILED/KILLED if it stops."""
     import mlflow
 
-    _parent_run(root, args.env, args.seeds, params)
+    _parent_run(root, args.name or args.env, args.seeds, params)
     status = "FAILED"
     try:
         result = replicate(**run_args, parent_run_id=mlflow.active_run().info.run_id)

@@ -66,6 +66,7 @@ def seed_summary(metrics: Mapping[str, Any]) -> dict[str, Any]:
         "post_hoc_best": best,
         "post_hoc_best_accuracy": metrics["methods"][best]["accuracy"],
         "post_hoc_best_gain_vs_single": metrics["methods"][best]["gain_vs_single"],
+        "cost_ratio_vs_sampling": m.get("cost_ratio_vs_sampling"),
     }
 
 
@@ -108,6 +109,9 @@ def aggregate(
         "gain_vs_single": t_interval([r["gain_vs_single"] for r in rows], alpha),
         "gain_vs_majority": t_interval([r["gain_vs_majority"] for r in rows], alpha),
         "accuracy": t_interval([r["accuracy"] for r in rows], alpha),
+        **{f"{k}_mean": _mean([r[k] for r in rows]) for k in ("single", "majority", "oracle")},
+        "cost_ratio_max": max((r["cost_ratio_vs_sampling"] for r in rows
+                               if r.get("cost_ratio_vs_sampling") is not None), default=None),
         "chosen_methods": dict(chosen.most_common()),
         "most_chosen": most,
         "same_method_count": count,
@@ -120,6 +124,12 @@ def aggregate(
         "seeds_gain_ci_above_0": sum(r["gain_vs_single_ci"][0] > 1e-12 for r in rows),
         "seeds_beating_majority": sum(r["gain_vs_majority_ci"][0] > 1e-12 for r in rows),
     }
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    """Mean of the values present (None when none is)."""
+    x = [float(v) for v in values if v is not None]
+    return float(np.mean(x)) if x else None
 
 
 def _seed_key(seed: Any) -> tuple:
