@@ -104,3 +104,21 @@ def test_registry():
     assert get_benchmark("gsm8k").stop_strings("chat_cot") == []
     with pytest.raises(ValueError, match="style"):
         get_benchmark("gsm8k").stop_strings("zero")
+
+
+def test_arc_answers_named_by_choice_text_or_option_word_map_to_labels():
+    b = get_benchmark("arc_easy")
+    row = {"problem_id": "x", "question": "q", "choices": ["photosynthesis", "dark red", "red", "respiration"],
+           "gold": "A", "meta": '{"labels": ["A", "B", "C", "D"]}'}
+    assert b.extract("The answer is photosynthesis.", row) == "A"
+    assert b.extract("So the answer is dark red.", row) == "B"  # longest choice first: not "red"
+    assert b.extract("Answer: Red.", row) == "C"
+    assert b.extract("Respiration", row) == "D"  # a reply that is exactly one choice
+    assert b.extract("red things are nice", row) is None  # no cue, not a whole choice
+    assert b.extract("I pick option D", row) == "D" and b.extract("C) red", row) == "C"
+    assert b.extract("B. dark red", row) == "B" and b.extract("A planet is big.", row) is None
+    text = "Plants do this. The answer is photosynthesis."
+    span = b.extract_span(text, row)
+    assert text[span[1]:span[2]] == span[0] == "photosynthesis"  # the span is the quoted text itself
+    assert b.grade(b.extract(text, row), row["gold"])
+    assert b.extract("The answer is photosynthesis.") is None  # without the row there are no choice texts

@@ -26,7 +26,8 @@ def _label_alt(labels: list[str]) -> str:
 
 
 def extract_choice_span(text: str | None, labels: list[str] | None = None) -> Span | None:
-    """The chosen label in ``text`` ("The answer is (B)", "answer: C", "(C)", or just "B")."""
+    """The chosen label in ``text``: "The answer is (B)", "answer: C", "option C", "(C)", a line
+    starting "C)" or "C. ", or just "B"; the last match of the first form that matches."""
     text = as_text(text)
     if text is None:
         return None
@@ -35,7 +36,9 @@ def extract_choice_span(text: str | None, labels: list[str] | None = None) -> Sp
     patterns = [
         rf"(?i:answer is)[\s:*]*\(?({alt})\)?(?![\w])",
         rf"(?i:answer)\s*:[\s*]*\(?({alt})\)?(?![\w])",
+        rf"(?i:option|choice)\s+\(?({alt})\)?(?![\w])",
         rf"\(({alt})\)",
+        rf"(?m)^[\s*]*({alt})(?:\)|\.\s)",
         rf"^[\s*]*\(?({alt})\)?[\s.*]*$",
     ]
     for pat in patterns:
@@ -45,6 +48,32 @@ def extract_choice_span(text: str | None, labels: list[str] | None = None) -> Sp
         if last:
             return last.group(1), last.start(1), last.end(1)
     return None
+
+
+def extract_choice_text_span(text: str | None, choices: list[str]) -> Span | None:
+    """A choice quoted by its text after the last "answer is" (or as the whole reply), for replies
+    that name the answer without its label ("The answer is photosynthesis."). Longest choice
+    first, so "red" inside "dark red" is not read as "red"; case is ignored beyond one character."""
+    text = as_text(text)
+    if text is None or not choices:
+        return None
+    cues = list(re.finditer(r"(?i)answer(?: is|:)", text))
+    start = cues[-1].end() if cues else 0
+    if not cues and text.strip().rstrip(".").strip().lower() not in {c.strip().lower() for c in choices}:
+        return None  # without a cue only a reply that is exactly one choice counts
+    for choice in sorted((c.strip() for c in choices if c.strip()), key=len, reverse=True):
+        # Whole words only (the choice "a" must not match inside "was"); case is ignored except for
+        # one-character choices, which would otherwise read a stray label letter as a choice text.
+        found = re.compile(rf"(?<!\w){re.escape(choice)}(?!\w)", re.I if len(choice) > 1 else 0).search(text, start)
+        if found:
+            return found.group(0), found.start(), found.end()
+    return None
+
+
+def is_missing_choices(row: Row) -> bool:
+    """Whether ``row`` has no list of choices (a bare row built by hand, or a non-MC table)."""
+    choices = row.get("choices") if hasattr(row, "get") else None
+    return choices is None or isinstance(choices, str) or len(choices) == 0
 
 
 def _norm_label(s: str | None) -> str:
@@ -113,10 +142,30 @@ class _ARC(Benchmark):
         return f"So the answer is ({row['gold']})."
 
     def extract_span(self, completion: str, row: Row | None = None, labels: list[str] | None = None) -> Span | None:
-        """Chosen label; restricted to the row's labels when ``row`` or ``labels`` is given."""
+        """Chosen label; restricted to the row's labels when ``row`` or ``labels`` is given. With a
+        row, a reply naming no label may quote a choice's text instead (:meth:`answer_of` maps it)."""
         if labels is None and row is not None:
             labels = meta_of(row).get("labels")
-        return extract_choice_span(completion, labels)
+        found = extract_choice_span(completion, labels)
+        if found is None and row is not None and not is_missing_choices(row):
+            found = extract_choice_text_span(completion, list(row["choices"]))
+        return found
+
+    def answer_of(self, span: Span | None, row: Row | None = None) -> str | None:
+        """The label a span stands for: itself, or the label of the choice whose text it quotes."""
+        if span is None:
+            return None
+        label = self.canonical(span[0])
+        if row is None or is_missing_choices(row):
+            return label
+        labels = [_norm_label(x) for x in (meta_of(row).get("labels") or DEFAULT_LABELS)]
+        if label in labels:
+            return label
+        quoted = span[0].strip()
+        for lab, choice in zip(labels, (str(c).strip() for c in row["choices"])):
+            if quoted == choice or (len(choice) > 1 and quoted.lower() == choice.lower()):
+                return lab
+        return None
 
     def _canonical(self, answer: str) -> str:
         return _norm_label(answer)

@@ -303,11 +303,17 @@ class Benchmark(ABC):
     def _canonical(self, answer: str) -> str:
         return answer.strip()
 
+    def answer_of(self, span: Span | None, row: Row | None = None) -> str | None:
+        """The canonical answer an extracted span stands for (None for no span).
+
+        Usually ``canonical(span text)``; ARC overrides it so that a span quoting a choice's text
+        stands for that choice's label (the row says which)."""
+        return None if span is None else self.canonical(span[0])
+
     def extract(self, completion: str | None, row: Row | None = None) -> str | None:
         """The canonical answer in ``completion`` or None when there is none (or no completion)."""
         text = as_text(completion)
-        span = None if text is None else self.extract_span(text, row)
-        return None if span is None else self.canonical(span[0])
+        return self.answer_of(None if text is None else self.extract_span(text, row), row)
 
     @abstractmethod
     def grade(self, answer: str | None, gold: str) -> bool:

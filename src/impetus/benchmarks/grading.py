@@ -84,7 +84,7 @@ def grade_candidates(bench: Benchmark, candidates: pd.DataFrame, problems: pd.Da
     ]
     # Canonical answers (e.g. "7.0" -> "7"), so equal answers vote together. Graded from this
     # list, not from the column read back: pandas would hand NaN back for the None entries.
-    answers = [bench.canonical(s[0]) if s else None for s in spans]
+    answers = [bench.answer_of(s, rows[p]) for s, p in zip(spans, out["problem_id"])]
     out["answer"] = pd.Series(answers, index=out.index, dtype=object)
     out["answer_start"] = pd.array([s[1] if s else None for s in spans], dtype="Int64")
     out["answer_end"] = pd.array([s[2] if s else None for s in spans], dtype="Int64")
@@ -151,7 +151,7 @@ def text_grader(bench: Benchmark, problems: pd.DataFrame) -> Grade:
 
     def grade(problem_id: str, text: str) -> tuple[str | None, bool]:
         found = bench.extract_span(text, rows[problem_id])
-        answer = bench.canonical(found[0]) if found else None
+        answer = bench.answer_of(found, rows[problem_id])
         return answer, bool(answer is not None and bench.grade(answer, rows[problem_id]["gold"]))
 
     return grade

@@ -59,7 +59,7 @@ class NewAnswerScorer:
 
     def _answers(self, pid: str, texts: list[str]) -> tuple[list[str | None], list[tuple[int, int] | None]]:
         found = [self.bench.extract_span(t, self.rows[pid]) for t in texts]
-        return ([self.bench.canonical(f[0]) if f else None for f in found],
+        return ([self.bench.answer_of(f, self.rows[pid]) for f in found],
                 [(f[1], f[2]) if f else None for f in found])
 
     def _pool_embeddings(self, pid: str) -> np.ndarray:
