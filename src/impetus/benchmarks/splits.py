@@ -18,8 +18,9 @@ def split_problems(
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Return ``(train, dev, eval)`` problems, pairwise disjoint by ``problem_id``.
 
-    ``dev`` is cut from the train side first: the headline method is chosen on it, so it must be
-    neither eval (winner's curse) nor the problems the learned energies are fit on.
+    ``dev`` is cut from the train side first, never from eval (winner's curse): under
+    ``rerank_eval.selection: dev`` the headline method is chosen on it, so the learned energies are
+    then fit on train alone; under ``cv`` it joins train in the cross-validation and the final fit.
 
     When the source has its own train split, eval problems come from its test split and train
     problems from its train/validation splits, so a model is never tuned on test questions. Single
