@@ -13,6 +13,7 @@ BAD = [
     ({"model": {"device": "cuda"}}, r"model[\s\S]*no CUDA device"),
     ({"benchmark": {"name": "nope"}}, r"benchmark[\s\S]*nope"),
     ({"rerank_eval": {"tau_grid": [0.0]}}, r"rerank_eval[\s\S]*tau must be > 0"),
+    ({"sampling": {"choice_orders": 3}}, r"sampling[\s\S]*must split evenly over sampling.choice_orders = 3"),
 ]
 
 

@@ -8,9 +8,12 @@ treats validation as train-side data).
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 from typing import Any, ClassVar
+
+import numpy as np
 
 from impetus.benchmarks._io import DataFormatError, hf_records, read_jsonl, require
 from impetus.benchmarks.base import Benchmark, Row, Span, as_text, make_row, meta_of, register
@@ -166,6 +169,39 @@ class _ARC(Benchmark):
             if quoted == choice or (len(choice) > 1 and quoted.lower() == choice.lower()):
                 return lab
         return None
+
+    def choice_order(self, row: Row, order: int) -> list[int]:
+        """Which source choice sits at each displayed position in prompt variant ``order``.
+
+        Order 0 is the source's; any other is a permutation seeded by the problem id and the order
+        alone (not the sampling seed), so grading recomputes it from ``(problem_id, order)``.
+        Showing the N samples of a problem several orders breaks the position bias a vote would
+        otherwise inherit (the model's preference for a position, not a choice).
+        """
+        n = len(row["choices"])
+        if order == 0:
+            return list(range(n))
+        digest = hashlib.blake2b(f"{row['problem_id']}|{int(order)}".encode(), digest_size=8).digest()
+        return [int(i) for i in np.random.default_rng(int.from_bytes(digest, "little")).permutation(n)]
+
+    def permuted(self, row: Row, order: int) -> dict[str, Any]:
+        """The row as prompt variant ``order`` shows it: choices reordered under the same labels,
+        gold the label the right choice now has."""
+        perm = self.choice_order(row, order)
+        labels = meta_of(row).get("labels") or DEFAULT_LABELS[: len(perm)]
+        shown = dict(row)
+        shown["choices"] = [row["choices"][i] for i in perm]
+        gold_index = [_norm_label(x) for x in labels].index(_norm_label(row["gold"]))
+        shown["gold"] = labels[perm.index(gold_index)]
+        return shown
+
+    def original_answer(self, answer: str | None, row: Row, order: int) -> str | None:
+        """The source label of the choice that ``answer`` (a displayed label in variant ``order``) names."""
+        if answer is None:
+            return None
+        labels = [_norm_label(x) for x in (meta_of(row).get("labels") or DEFAULT_LABELS[: len(row["choices"])])]
+        perm = self.choice_order(row, order)
+        return labels[perm[labels.index(answer)]] if answer in labels else None
 
     def _canonical(self, answer: str) -> str:
         return _norm_label(answer)

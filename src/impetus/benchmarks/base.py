@@ -303,6 +303,25 @@ class Benchmark(ABC):
     def _canonical(self, answer: str) -> str:
         return answer.strip()
 
+    def choice_order(self, row: Row, order: int) -> list[int]:
+        """Multiple choice only (ARC): the displayed order of the choices in prompt variant ``order``."""
+        raise ValueError(f"{self.name} is not multiple choice with reorderable choices: "
+                         "sampling.choice_orders must be 1")
+
+    def permuted(self, row: Row, order: int) -> dict[str, Any]:
+        """The row as prompt variant ``order`` shows it (order 0: the row itself)."""
+        if order == 0:
+            return dict(row)
+        self.choice_order(row, order)  # raises for benchmarks without reorderable choices
+        raise NotImplementedError
+
+    def original_answer(self, answer: str | None, row: Row, order: int) -> str | None:
+        """The answer in the source's terms of an answer read in prompt variant ``order``."""
+        if order == 0:
+            return answer
+        self.choice_order(row, order)
+        raise NotImplementedError
+
     def answer_of(self, span: Span | None, row: Row | None = None) -> str | None:
         """The canonical answer an extracted span stands for (None for no span).
 

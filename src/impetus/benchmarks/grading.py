@@ -43,6 +43,44 @@ def build_prompts(
     ]
 
 
+def build_prompt_table(
+    bench: Benchmark, problems: pd.DataFrame, fewshot: pd.DataFrame | None, style: str,
+    tokenizer: Any | None = None, orders: int = 1,
+) -> pd.DataFrame:
+    """``problem_id, prompt`` per problem, or with ``orders > 1`` one row per problem and order
+    (column ``order``, 0 = the source's order of the choices; multiple choice only): the N samples
+    of a problem are then spread over its orders (:mod:`impetus.lm.orders`)."""
+    if orders <= 1:
+        return pd.DataFrame({"problem_id": problems["problem_id"].to_numpy(),
+                             "prompt": build_prompts(bench, problems, fewshot, style, tokenizer)})
+    rows = problems.to_dict("records")
+    parts = []
+    for order in range(orders):
+        shown = pd.DataFrame([bench.permuted(r, order) for r in rows], columns=problems.columns)
+        parts.append(pd.DataFrame({"problem_id": problems["problem_id"].to_numpy(), "order": order,
+                                   "prompt": build_prompts(bench, shown, fewshot, style, tokenizer)}))
+    # Problem-major, order-minor: the rows of one problem sit together, as they are sampled.
+    table = pd.concat(parts, ignore_index=True)
+    return table.sort_values(["problem_id", "order"], kind="stable", key=_input_order(problems)).reset_index(drop=True)
+
+
+def _input_order(problems: pd.DataFrame) -> Callable[[pd.Series], pd.Series]:
+    rank = {pid: i for i, pid in enumerate(problems["problem_id"])}
+    return lambda col: col.map(rank) if col.name == "problem_id" else col
+
+
+def one_prompt_per_problem(prompts: pd.DataFrame, stage: str) -> pd.DataFrame:
+    """``prompts`` itself when it holds one prompt per problem; else a ValueError naming ``stage``,
+    which conditions on a problem's one prompt (V2, EBD, teacher-forced energies)."""
+    if "order" in prompts.columns and prompts["problem_id"].duplicated().any():
+        raise ValueError(
+            f"{stage} needs one prompt per problem, but the candidates were sampled with several orders "
+            "of the answer choices (sampling.choice_orders > 1); run it on candidates sampled with "
+            "sampling.choice_orders=1"
+        )
+    return prompts
+
+
 def problem_rows(problems: pd.DataFrame) -> dict[Any, dict[str, Any]]:
     """``problem_id -> row`` (a dict) of a problems table: what every grading rule is handed, since
     ``extract_span``/``grade`` may read more than the text (e.g. an ARC row's choice labels)."""
@@ -77,14 +115,16 @@ def grade_candidates(bench: Benchmark, candidates: pd.DataFrame, problems: pd.Da
             f"{len(missing)} candidate problem_ids are not in the problems table, e.g. {sorted(missing)[:3]}"
         )
     out = candidates.copy()
+    # A candidate sampled under another order of the choices is read as that prompt showed them,
+    # then its answer is mapped back to the source's label, so votes and grades are over choices.
+    orders = out["order"].astype(int).tolist() if "order" in out.columns else [0] * len(out)
+    shown = [rows[p] if o == 0 else bench.permuted(rows[p], o) for p, o in zip(out["problem_id"], orders)]
     # The row is passed so that e.g. ARC questions with numeric labels extract "2", not "B".
-    spans = [
-        None if is_missing(t) else bench.extract_span(as_text(t), rows[p])
-        for t, p in zip(out["completion"], out["problem_id"])
-    ]
+    spans = [None if is_missing(t) else bench.extract_span(as_text(t), r) for t, r in zip(out["completion"], shown)]
     # Canonical answers (e.g. "7.0" -> "7"), so equal answers vote together. Graded from this
     # list, not from the column read back: pandas would hand NaN back for the None entries.
-    answers = [bench.answer_of(s, rows[p]) for s, p in zip(spans, out["problem_id"])]
+    answers = [bench.original_answer(bench.answer_of(s, r), rows[p], o) if o else bench.answer_of(s, r)
+               for s, r, p, o in zip(spans, shown, out["problem_id"], orders)]
     out["answer"] = pd.Series(answers, index=out.index, dtype=object)
     out["answer_start"] = pd.array([s[1] if s else None for s in spans], dtype="Int64")
     out["answer_end"] = pd.array([s[2] if s else None for s in spans], dtype="Int64")

@@ -104,6 +104,16 @@ class SamplingStageParams(_Params):
     shard_dir: str = F("Folder of the resumable sampling shards.")
     progress: bool = F("Show a progress bar.")
     record: bool = F("Record raw-logit statistics and last-layer states while decoding (no second pass).")
+    choice_orders: int = F(
+        "Multiple choice (ARC) only: orders of the answer choices per problem, the N samples spread evenly "
+        "over them (order 0 = the source's, others seeded by the problem id); breaks the position bias a vote "
+        "inherits. 1 = off. V2, EBD and teacher-forced energies need 1.", ge=1)
+
+    @model_validator(mode="after")
+    def _orders_split_n(self) -> "SamplingStageParams":
+        if self.n % self.choice_orders:
+            raise ValueError(f"sampling.n = {self.n} must split evenly over sampling.choice_orders = {self.choice_orders}")
+        return self
 
 
 class EnergyStageParams(_Params):

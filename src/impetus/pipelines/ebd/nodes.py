@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from impetus.benchmarks.grading import text_grader
+from impetus.benchmarks.grading import one_prompt_per_problem, text_grader
 from impetus.framework.config import BenchmarkParams, EBDParams, EnergyStageParams, SamplingStageParams
 from impetus.decoding.evaluate import evaluate_ebd
 from impetus.decoding.report import markdown, plot_tokens
@@ -31,6 +31,7 @@ def run_chains(
 ) -> tuple[dict, str, pd.DataFrame, dict, dict]:
     """EBD answers for the first ``ebd.n_problems`` eval problems and the comparison with V1
     (:func:`impetus.decoding.evaluate.evaluate_ebd`)."""
+    one_prompt_per_problem(prompts_eval, "ebd")  # before any model is loaded
     cfg = ebd.to_core()
     scorers = LearnedScorers.from_records(text_ebm, latent_ebm, hybrid_energy)
     model, tok = load_base_lm(base_lm)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from impetus.benchmarks.grading import one_prompt_per_problem
 from impetus.framework.config import EnergyStageParams
 from impetus.energy.consistency import consistency_energies
 from impetus.energy.recorded import has_record, recorded_energies
@@ -40,6 +41,7 @@ def compute_energies(
         table, hidden = recorded_energies(graded)  # pooling only: no LM forward
         lm_seconds, source = time.perf_counter() - start, "recorded"
     else:
+        one_prompt_per_problem(prompts, "the teacher-forced energies pass")
         model, tok = load_base_lm(base_lm)
         table, hidden, lm_seconds = score_table(
             model, tok, graded, prompts, batch_size=energies.batch_size, hidden=energies.hidden_states,

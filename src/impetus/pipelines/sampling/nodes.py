@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 import pandas as pd
 
-from impetus.benchmarks.grading import answer_locator, build_prompts, grade_candidates, grading_summary
+from impetus.benchmarks.grading import answer_locator, build_prompt_table, grade_candidates, grading_summary
+from impetus.lm import orders as choice_orders
 from impetus.framework.config import BenchmarkParams, SamplingStageParams
 from impetus.lm.runner import make_run_key, sample_problems
 from impetus.lm.sampler import get_sampler
@@ -22,13 +24,15 @@ def make_prompts(
     sampling: SamplingStageParams, split: str,
 ) -> pd.DataFrame:
     """``prompts_{split}``: problem_id, prompt, n_prompt_tokens — the exact text every later stage
-    conditions on (built here once, with the tokenizer only, before any model is loaded)."""
+    conditions on (built here once, with the tokenizer only, before any model is loaded). With
+    ``sampling.choice_orders > 1`` one row per problem and order of its choices (column ``order``)."""
     tok = load_base_tokenizer(base_lm)
-    prompts = build_prompts(benchmark.build(), problems, fewshot, sampling.prompt_style, tok)
+    choice_orders.per_order(sampling.n, sampling.choice_orders)  # fail before any prompt is built
+    table = build_prompt_table(benchmark.build(), problems, fewshot, sampling.prompt_style, tok, sampling.choice_orders)
+    prompts = table["prompt"].tolist()
     n_tokens = [len(ids) for ids in tok(prompts)["input_ids"]] if prompts else []
     logger.info("Built %d %s prompts", len(prompts), split)
-    return pd.DataFrame({"problem_id": problems["problem_id"].to_numpy(), "prompt": prompts,
-                         "n_prompt_tokens": pd.array(n_tokens, dtype="int64")})
+    return table.assign(n_prompt_tokens=pd.array(n_tokens, dtype="int64"))
 
 
 def sample_candidates(
@@ -38,12 +42,21 @@ def sample_candidates(
     """Sample ``sampling.n`` completions for every prompt of one split."""
     params = sampling_params(sampling, benchmark)
     model, tok = load_base_lm(base_lm)
-    run_key = make_run_key(base_lm["path"], params, prompts["prompt"].tolist())
+    items, locate = prompts[["problem_id", "prompt"]], answer_locator(benchmark.build(), problems)
+    if "order" in prompts.columns:  # several orders of the choices: n / k samples per (problem, order)
+        n_each = choice_orders.per_order(params.n, int(prompts["order"].nunique()))
+        items, params = choice_orders.as_items(prompts), replace(params, n=n_each)
+        # The answer's place in the text does not depend on the order its choices were shown in.
+        by_problem = locate
+        locate = lambda item, text: by_problem(choice_orders.problem_of(item), text)  # noqa: E731
+    run_key = make_run_key(base_lm["path"], params, items["prompt"].tolist())
     candidates, stats = sample_problems(
-        get_sampler(sampling.backend, model, tok, record=sampling.record), prompts[["problem_id", "prompt"]], params,
+        get_sampler(sampling.backend, model, tok, record=sampling.record), items, params,
         shard_dir=sampling.shard_dir, shard_size=sampling.shard_size, run_key=run_key, progress=sampling.progress,
-        answer_span=answer_locator(benchmark.build(), problems),
+        answer_span=locate,
     )
+    if "order" in prompts.columns:
+        candidates = choice_orders.merge(candidates, params.n)
     metrics = {f"sampling/{split}/{k}": v for k, v in stats.to_dict().items()}
     logger.info("Sampled %s: %s", split, metrics)
     return candidates, as_mlflow_metrics(metrics)

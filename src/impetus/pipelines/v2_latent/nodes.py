@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from impetus.benchmarks.grading import text_grader
+from impetus.benchmarks.grading import one_prompt_per_problem, text_grader
 from impetus.framework.config import BenchmarkParams, EnergyStageParams, LatentParams, SamplingStageParams
 from impetus.latent.evaluate import evaluate_v2
 from impetus.latent.report import markdown, plots
@@ -31,6 +31,7 @@ def optimize_latents(
 ) -> tuple[dict, str, pd.DataFrame, dict, dict]:
     """V2 answers for the first ``n_problems`` eval problems, from each start and mode; metrics
     against the V1 methods matched at V2's token budget (:func:`impetus.latent.evaluate.evaluate_v2`)."""
+    one_prompt_per_problem(prompts_eval, "v2_latent")  # before any model is loaded
     scorers = LearnedScorers.from_records(text_ebm, latent_ebm, hybrid_energy)
     model, tok = load_base_lm(base_lm)
     bench = benchmark.build()
