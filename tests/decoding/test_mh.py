@@ -106,7 +106,73 @@ def test_same_seed_same_chain():
 def test_the_test_can_fail_without_the_length_correction(monkeypatch):
     import impetus.decoding.mh as mh
 
-    monkeypatch.setattr(mh, "acceptance", lambda e0, e1, l0, l1, tau, block: min(1.0, float(np.exp((e0 - e1) / tau))))
+    monkeypatch.setattr(mh, "acceptance", lambda e0, e1, l0, l1, tau, block, *_: min(1.0, float(np.exp((e0 - e1) / tau))))
     counts = chain_counts(tau=1e9, block=1, seed=1, steps=800)
     base = np.array([p_answer(y) for y in answers()])
     assert chisquare(counts, base * counts.sum()).pvalue < 1e-3
+
+
+# --- the power target p^alpha * exp(-E/tau) with proposals at temperature 1/alpha (power sampling)
+
+def tempered(prefix: tuple[int, ...], alpha: float) -> np.ndarray:
+    q = next_probs(prefix) ** alpha
+    return q / q.sum()
+
+
+def log_norm_of(alpha: float):
+    """log Z_i = log sum_v p_i(v)^alpha for each step that produced y: its tokens, and the EOS
+    step unless the length cap ended it (what the sampler would record while decoding)."""
+    def log_norm(y) -> np.ndarray:
+        y = tuple(y)
+        steps = len(y) + (1 if len(y) < MAX_LEN else 0)
+        return np.array([np.log((next_probs(y[:i]) ** alpha).sum()) for i in range(steps)])
+    return log_norm
+
+
+def power_counts(alpha: float, tau: float, block: int, log_norm, seed: int = 0, chains: int = 40, steps: int = 600,
+                 burn: int = 50, thin: int = 4) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+
+    def propose(states, cuts):
+        out = []
+        for state, t in zip(states, cuts):
+            y = list(state[:t])
+            while len(y) < MAX_LEN:
+                tok = int(rng.choice(3, p=tempered(tuple(y), alpha)))
+                if tok == EOS:
+                    break
+                y.append(tok)
+            out.append(y)
+        return out
+
+    starts = propose([[] for _ in range(chains)], [0] * chains)
+    res = run_chains(starts, propose, energy_fn, tau=tau, block=block, steps=steps, rng=rng, log_norm=log_norm)
+    index = {y: i for i, y in enumerate(answers())}
+    counts = np.zeros(len(index))
+    for states in res.states:
+        for y in states[burn::thin]:
+            counts[index[tuple(y)]] += 1
+    return counts
+
+
+def power_target(alpha: float, tau: float) -> np.ndarray:
+    w = np.array([p_answer(y) ** alpha * np.exp(-energy_fn([list(y)])[0] / tau) for y in answers()])
+    return w / w.sum()
+
+
+@pytest.mark.parametrize(("alpha", "tau", "block"), [(2.0, 1.0, 1), (3.0, 4.0, 2)])
+def test_power_target_with_tempered_proposals(alpha, tau, block):
+    counts = power_counts(alpha, tau, block, log_norm_of(alpha))
+    want = power_target(alpha, tau)
+    assert chisquare(counts, want * counts.sum()).pvalue > 0.01
+    assert np.abs(counts / counts.sum() - want).max() < 0.03
+
+
+def test_power_target_fails_without_the_proposal_normalisers():
+    # Same tempered proposals, the Z ratio left out: the chain no longer samples p^alpha e^{-E/tau}.
+    counts = power_counts(3.0, 1e9, 1, None, seed=1, steps=800)
+    assert chisquare(counts, power_target(3.0, 1e9) * counts.sum()).pvalue < 1e-3
+
+
+def test_alpha_one_normalisers_are_zero():
+    assert np.allclose(log_norm_of(1.0)((0, 1)), 0.0)

@@ -25,6 +25,23 @@ so ``α = min(1, exp((E(y) − E(y'))/τ) · n(y)/n(y'))``: every p_LM term canc
 ``y'`` differ in length. As ``τ → ∞`` the chain samples ``p_LM`` itself (the factor keeps it
 exact). Several chains per problem start from independent base samples; each reports its final
 state and the lowest-energy state it visited.
+
+**Power target** (power sampling, Karan & Du, arXiv:2510.14901). Target ``π_α(y) ∝ p_LM(y|x)^α
+e^{−E(y)/τ}`` (α ≥ 1 sharpens the model's own distribution), proposals from the model at
+temperature ``1/α``: each regenerated step draws from ``p_i(v)^α / Z_i`` with
+``Z_i = Σ_v p_i(v)^α``, i.e. ``log Z_i = logsumexp(α f_i) − α logsumexp(f_i)`` for the step's raw
+logits ``f_i``, a number the sampler can record while decoding (no extra pass). So
+``q(y'_≥t | y_<t) = p(y'_≥t|·)^α / Π_{i≥t} Z_i(y')``, and
+
+    π_α(y') q(y|y')                                           Π_{i≥t} Z_i(y')
+    --------------- = e^{(E(y)−E(y'))/τ} · n(y)/n(y') · ------------------
+    π_α(y) q(y'|y)                                            Π_{i≥t} Z_i(y)
+
+since every ``p^α`` term cancels: the ratio keeps the proposal's normalisers of the steps each
+answer's suffix was (or would have been) drawn with, those that produced its tokens from ``t`` on
+and, when the model ended it (EOS or a stop string, not the length cap), the ending step. With
+α = 1 every ``Z_i = 1`` and the plain tilt above comes back. The normalisers enter through
+``run_chains(log_norm=...)``; leaving the factor out biases the chain (tests/decoding/test_mh.py).
 """
 
 from __future__ import annotations
@@ -44,6 +61,9 @@ State = Any
 Propose = Callable[[list[State], list[int]], list[State]]
 #: ``energy(states) -> energies`` (lower = better).
 Energy = Callable[[list[State]], np.ndarray]
+#: ``log_norm(state) -> log Z_i`` of each step that produced the answer: one per token, plus the
+#: ending step when the model ended it (not the length cap); see "Power target" above.
+LogNorm = Callable[[State], np.ndarray]
 
 
 def token_ids(state: State) -> list[int]:
@@ -56,10 +76,18 @@ def n_boundaries(length: int, block: int) -> int:
     return length // block + 1
 
 
-def acceptance(e_old: float, e_new: float, len_old: int, len_new: int, tau: float, block: int) -> float:
-    """``min(1, exp((E(y) − E(y'))/τ) · n(y)/n(y'))`` (see the module docstring)."""
-    log_a = (e_old - e_new) / tau + math.log(n_boundaries(len_old, block)) - math.log(n_boundaries(len_new, block))
+def acceptance(e_old: float, e_new: float, len_old: int, len_new: int, tau: float, block: int,
+               log_norm_ratio: float = 0.0) -> float:
+    """``min(1, exp((E(y) − E(y'))/τ) · n(y)/n(y') · Π Z(y')/Π Z(y))`` (see the module docstring;
+    ``log_norm_ratio`` is the log of the last factor, 0 for the plain tilt)."""
+    log_a = ((e_old - e_new) / tau + math.log(n_boundaries(len_old, block)) - math.log(n_boundaries(len_new, block))
+             + log_norm_ratio)
     return 1.0 if log_a >= 0 else math.exp(log_a)
+
+
+def suffix_log_norm(log_norm: LogNorm | None, state: State, cut: int) -> float:
+    """``Σ_{i≥cut} log Z_i`` of a state's answer (0 without a power target)."""
+    return 0.0 if log_norm is None else float(np.sum(np.asarray(log_norm(state), dtype=float)[cut:]))
 
 
 @dataclass
@@ -98,8 +126,12 @@ class Chains:
 def run_chains(
     starts: Sequence[State], propose: Propose, energy: Energy, tau: float, block: int, steps: int,
     rng: np.random.Generator | Sequence[np.random.Generator], on_step: Callable[[], None] | None = None,
+    log_norm: LogNorm | None = None,
 ) -> Chains:
     """Run one MH chain from each start for ``steps`` steps, all chains' proposals in one batch.
+
+    ``log_norm``: the proposal's per-step log-normalisers when it samples at temperature 1/α
+    toward the power target ``p^α e^{−E/τ}`` (module docstring); None for the plain tilt (α = 1).
 
     ``rng``: one generator for all chains, or one per chain (then a chain's cuts and acceptances
     do not depend on which other chains share the batch, e.g. other problems' chains batched
@@ -125,7 +157,8 @@ def run_chains(
             if new[:t] != old[:t]:
                 raise ValueError("a proposal must keep the prefix it was given")
             chains.proposed[c] += len(new) - t
-            ok = bool(u[c] < acceptance(e_cur[c], e_new[c], len(old), len(new), tau, block))
+            ratio = suffix_log_norm(log_norm, y2, t) - suffix_log_norm(log_norm, y, t)
+            ok = bool(u[c] < acceptance(e_cur[c], e_new[c], len(old), len(new), tau, block, ratio))
             if ok:
                 current[c], e_cur[c] = y2, e_new[c]
             chains.states[c].append(token_ids(current[c]))
