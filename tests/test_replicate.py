@@ -163,7 +163,7 @@ def test_matrix_has_one_row_per_replication_folder(tmp_path):
     replicate(tmp_path, "svamp", [0], SVAMP, FakeKedro(tmp_path, {0: 0.02}), kedro="k")
     text = write_matrix(tmp_path)
     assert text == (tmp_path / "data/08_reporting/matrix.md").read_text()
-    rows = [line for line in text.splitlines() if line.startswith("| arith") or line.startswith("| svamp")]
+    rows = [line for line in text.splitlines() if line.startswith("| arith (large)") or line.startswith("| svamp |")]
     assert len(rows) == 2
     arith, svamp = rows
     # Three seeds: t interval over seeds; one seed: its own bootstrap CI [gain - 5, gain + 5].

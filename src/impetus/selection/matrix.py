@@ -73,13 +73,18 @@ def markdown_matrix(rows: Sequence[Mapping[str, Any]]) -> str:
         chosen = ", ".join(f"`{m}` ×{k}" for m, k in r["chosen"].items())
         best = ", ".join(sorted(set(r["post_hoc_best"].values())))
         lines.append(
-            f"| {r['benchmark']} | {r['model']} | {_pct(r['single'])} | {_pct(r['majority'])} | {chosen} | "
+            f"| {_label(r)} | {r['model']} | {_pct(r['single'])} | {_pct(r['majority'])} | {chosen} | "
             f"{_pct(r['accuracy'])} | **{_pts(r['gain'])}** [{_pts(r['gain_ci'][0])}, {_pts(r['gain_ci'][1])}] "
             f"({r['interval']}) | {_pts(r['gain_vs_majority'])} | `{best}` ({_pts(r['post_hoc_gain'])}) | "
             f"{_pct(r['oracle'])} | {_share(r['cost_ratio_max'])} | "
             f"{r['n_seeds']} × {r['n_problems']} × {r['n_candidates']} | {r['bar']} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _label(row: Mapping[str, Any]) -> str:
+    """The benchmark, with the replication's folder when it says more (``arith (large)``)."""
+    return row["benchmark"] if row["name"] == row["benchmark"] else f"{row['benchmark']} ({row['name']})"
 
 
 def _mean(values: Any) -> float | None:

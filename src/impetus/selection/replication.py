@@ -157,7 +157,7 @@ def markdown_report(result: Mapping[str, Any], title: str = "Replication across 
     level = f"{100 * (1 - result['alpha']):.0f}%"
     lines = [
         f"## {title}", "",
-        f"Over **{k} data seeds** the chosen method gains **{_pts(g['mean'])} points** over one sample "
+        f"Over **{k} data seed{'s' if k != 1 else ''}** the chosen method gains **{_pts(g['mean'])} points** over one sample "
         f"({level} t interval over seeds {_ci(g['ci'])}) and {_pts(gm['mean'])} {_ci(gm['ci'])} over "
         f"majority vote. The same method (`{result['most_chosen']}`) was chosen in "
         f"{result['same_method_count']} of {k} seeds; the chosen method was the post-hoc best in "
