@@ -39,13 +39,14 @@ def p_answer(y: tuple[int, ...]) -> float:
     return p * (next_probs(y)[EOS] if len(y) < MAX_LEN else 1.0)  # the cap ends an answer without EOS
 
 
-def make_propose(rng: np.random.Generator):
+def make_propose(rng: np.random.Generator, alpha: float = 1.0):
+    """Regenerate after the cut from the toy model at temperature 1/alpha."""
     def propose(states: list[list[int]], cuts: list[int]) -> list[list[int]]:
         out = []
         for state, t in zip(states, cuts):
             y = list(state[:t])
             while len(y) < MAX_LEN:
-                tok = int(rng.choice(3, p=next_probs(tuple(y))))
+                tok = int(rng.choice(3, p=tempered(tuple(y), alpha)))
                 if tok == EOS:
                     break
                 y.append(tok)
@@ -54,17 +55,22 @@ def make_propose(rng: np.random.Generator):
     return propose
 
 
+def tempered(prefix: tuple[int, ...], alpha: float) -> np.ndarray:
+    q = next_probs(prefix) ** alpha
+    return q / q.sum()
+
+
 def energy_fn(ys: list[list[int]]) -> np.ndarray:
     return np.array([2.0 * sum(y) - 1.5 * (len(y) == 2) for y in ys])  # favours zeros and length 2
 
 
 def chain_counts(tau: float, block: int, seed: int = 0, chains: int = 40, steps: int = 400, burn: int = 50,
-                 thin: int = 4) -> np.ndarray:
+                 thin: int = 4, alpha: float = 1.0, log_norm=None) -> np.ndarray:
     """Visits per answer after burn-in, every ``thin``-th state (consecutive states are correlated)."""
     rng = np.random.default_rng(seed)
-    propose = make_propose(rng)
+    propose = make_propose(rng, alpha)
     starts = propose([[] for _ in range(chains)], [0] * chains)
-    res = run_chains(starts, propose, energy_fn, tau=tau, block=block, steps=steps, rng=rng)
+    res = run_chains(starts, propose, energy_fn, tau=tau, block=block, steps=steps, rng=rng, log_norm=log_norm)
     index = {y: i for i, y in enumerate(answers())}
     counts = np.zeros(len(index))
     for states in res.states:
@@ -114,11 +120,6 @@ def test_the_test_can_fail_without_the_length_correction(monkeypatch):
 
 # --- the power target p^alpha * exp(-E/tau) with proposals at temperature 1/alpha (power sampling)
 
-def tempered(prefix: tuple[int, ...], alpha: float) -> np.ndarray:
-    q = next_probs(prefix) ** alpha
-    return q / q.sum()
-
-
 def log_norm_of(alpha: float):
     """log Z_i = log sum_v p_i(v)^alpha for each step that produced y: its tokens, and the EOS
     step unless the length cap ended it (what the sampler would record while decoding)."""
@@ -129,32 +130,6 @@ def log_norm_of(alpha: float):
     return log_norm
 
 
-def power_counts(alpha: float, tau: float, block: int, log_norm, seed: int = 0, chains: int = 40, steps: int = 600,
-                 burn: int = 50, thin: int = 4) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-
-    def propose(states, cuts):
-        out = []
-        for state, t in zip(states, cuts):
-            y = list(state[:t])
-            while len(y) < MAX_LEN:
-                tok = int(rng.choice(3, p=tempered(tuple(y), alpha)))
-                if tok == EOS:
-                    break
-                y.append(tok)
-            out.append(y)
-        return out
-
-    starts = propose([[] for _ in range(chains)], [0] * chains)
-    res = run_chains(starts, propose, energy_fn, tau=tau, block=block, steps=steps, rng=rng, log_norm=log_norm)
-    index = {y: i for i, y in enumerate(answers())}
-    counts = np.zeros(len(index))
-    for states in res.states:
-        for y in states[burn::thin]:
-            counts[index[tuple(y)]] += 1
-    return counts
-
-
 def power_target(alpha: float, tau: float) -> np.ndarray:
     w = np.array([p_answer(y) ** alpha * np.exp(-energy_fn([list(y)])[0] / tau) for y in answers()])
     return w / w.sum()
@@ -162,7 +137,7 @@ def power_target(alpha: float, tau: float) -> np.ndarray:
 
 @pytest.mark.parametrize(("alpha", "tau", "block"), [(2.0, 1.0, 1), (3.0, 4.0, 2)])
 def test_power_target_with_tempered_proposals(alpha, tau, block):
-    counts = power_counts(alpha, tau, block, log_norm_of(alpha))
+    counts = chain_counts(tau, block, steps=600, alpha=alpha, log_norm=log_norm_of(alpha))
     want = power_target(alpha, tau)
     assert chisquare(counts, want * counts.sum()).pvalue > 0.01
     assert np.abs(counts / counts.sum() - want).max() < 0.03
@@ -170,7 +145,7 @@ def test_power_target_with_tempered_proposals(alpha, tau, block):
 
 def test_power_target_fails_without_the_proposal_normalisers():
     # Same tempered proposals, the Z ratio left out: the chain no longer samples p^alpha e^{-E/tau}.
-    counts = power_counts(3.0, 1e9, 1, None, seed=1, steps=800)
+    counts = chain_counts(1e9, 1, seed=1, steps=800, alpha=3.0)
     assert chisquare(counts, power_target(3.0, 1e9) * counts.sum()).pvalue < 1e-3
 
 
