@@ -123,7 +123,7 @@ def grade_candidates(bench: Benchmark, candidates: pd.DataFrame, problems: pd.Da
     spans = [None if is_missing(t) else bench.extract_span(as_text(t), r) for t, r in zip(out["completion"], shown)]
     # Canonical answers (e.g. "7.0" -> "7"), so equal answers vote together. Graded from this
     # list, not from the column read back: pandas would hand NaN back for the None entries.
-    answers = [bench.original_answer(bench.answer_of(s, r), rows[p], o) if o else bench.answer_of(s, r)
+    answers = [bench.original_answer(bench.answer_of(s, r), rows[p], o)
                for s, r, p, o in zip(spans, shown, out["problem_id"], orders)]
     out["answer"] = pd.Series(answers, index=out.index, dtype=object)
     out["answer_start"] = pd.array([s[1] if s else None for s in spans], dtype="Int64")
