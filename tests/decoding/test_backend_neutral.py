@@ -19,8 +19,8 @@ import torch
 
 import impetus.decoding
 import impetus.latent
-from impetus.decoding.evaluate import EBDConfig, evaluate_ebd
-from impetus.latent.evaluate import V2Config, evaluate_v2
+from impetus.decoding.evaluate import EBDConfig, EBDSplit, evaluate_ebd
+from impetus.latent.evaluate import Split, V2Config, evaluate_v2
 from impetus.lm.recording import step_stats
 from impetus.lm.sampler import ContinuingSampler, Generation, LatentSampler, SamplingParams, kept_before, row_seed
 from impetus.lm.trace import Trace, trace_energies
@@ -97,14 +97,13 @@ class ToySampler:
             out.append(self._row(list(p), params, row_seed(s, 0), cap, 0, keep_past=keep_past))
         return out
 
-    def encode_answers(self, prompt, answers, keep_past):
+    def encode_answers(self, prompt, answers, keep_past, temperature=1.0):
         traces = []
         for a in answers:
             ids = list(prompt) + list(a)
-            lse, tok, conf = self._stats(ids[len(prompt) - 1 : -1], list(a))
-            last = torch.logsumexp(self.state_logits(self.emb[ids[-1]]), dim=-1).item()
-            traces.append(Trace(ids=list(a), lse=np.append(lse, last).astype(np.float32), tok_logit=tok,
-                                deepconf=conf, states=self.emb[list(a)].numpy().reshape(len(a), -1),
+            lse, tok, conf, lse_t = self._stats(ids[len(prompt) - 1 :], list(a), temperature)
+            traces.append(Trace(ids=list(a), lse=lse, tok_logit=tok, deepconf=conf, lse_temp=lse_t,
+                                states=self.emb[list(a)].numpy().reshape(len(a), -1),
                                 prompt_state=self.emb[prompt[-1]].numpy(), past=ids if keep_past else None))
         return traces
 
@@ -120,11 +119,13 @@ class ToySampler:
     def _ids(self, prompt):
         return self.tok(prompt)["input_ids"] if isinstance(prompt, str) else list(prompt)
 
-    def _stats(self, context, tokens):
-        if not tokens:
-            return np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32)
-        st = step_stats(self.state_logits(self.emb[context]), torch.tensor(tokens)).numpy()
-        return st[:, 0], st[:, 1], st[:, 2]
+    def _stats(self, context, tokens, temperature):
+        """(lse, tok_logit, deepconf, lse_temp) of ``tokens`` after ``context`` (its last T + 1 tokens)."""
+        logits = self.state_logits(self.emb[context])  # [T + 1, V]
+        pad = torch.tensor(list(tokens) + [0])
+        st = step_stats(logits, pad, temperature=temperature).numpy()
+        T = len(tokens)
+        return st[:, 0], st[:T, 1], st[:T, 2], st[:, 3]
 
     def _row(self, ids, params, seed, cap, j, keep_past=False):
         g, new, logps = torch.Generator().manual_seed(seed), [], []
@@ -141,9 +142,8 @@ class ToySampler:
         if hits:
             new = new[: kept_before(self.tok, new, min(hits))]
             text = self.tok.decode(new)
-        lse, tok, conf = self._stats((ids + new)[len(ids) - 1 : -1], new)
-        after = torch.logsumexp(self.state_logits(self.emb[(ids + new)[-1]]), -1).item()
-        record = {"lse": np.append(lse, after).astype(np.float32), "tok_logit": tok, "deepconf": conf,
+        lse, tok, conf, lse_t = self._stats((ids + new)[len(ids) - 1 :], new, params.temperature)
+        record = {"lse": lse, "tok_logit": tok, "deepconf": conf, "lse_temp": lse_t,
                   "states": self.emb[new].numpy().reshape(len(new), -1)}
         return Generation(text=text, token_ids=new, n_tokens=len(new), finish_reason="length",
                           logprob_mean=float(np.mean(logps)) if logps else float("nan"), seconds=0.0, sample_idx=j,
@@ -177,15 +177,16 @@ def test_toy_implements_both_protocols(toy):
 
 def test_ebd_core_runs_on_a_second_backend(toy):
     tok, sampler, prompts, cands = toy
-    cfg = EBDConfig(n_problems=None, energy="neg_logprob_mean", tau=1.0, block=2, chains=2, steps=3, n_boot=100,
-                    seed=0, progress=False)
+    cfg = EBDConfig(n_problems=None, energy="neg_logprob_mean", tau=1.0, alpha=2.0, block=2, chains=2, n_init=1,
+                    steps=3, grid={}, dev_problems=None, n_boot=100, seed=0, progress=False)
     table = cands.assign(neg_logprob_mean=np.linspace(0, 1, len(cands)))
     v1 = v1_reference(table, {"headline": {"method": "majority"}}, vote_for=[cfg.energy])
 
     def score(_pid, traces):
         return trace_energies(tok, traces, [None] * len(traces))[0]
 
-    runs = [evaluate_ebd(sampler, tok, PARAMS, prompts, cands, score, grade, v1, cfg) for _ in range(2)]
+    split = EBDSplit(prompts, table, score, grade)
+    runs = [evaluate_ebd(sampler, tok, PARAMS, split, v1, cfg) for _ in range(2)]
     (result, answers), (again, answers2) = runs
     assert result["reuse_cache"] is True and sampler.continued_from_cache > 0
     assert {"ebd_lowest", "ebd_vote"} <= set(result["methods"])
@@ -199,8 +200,9 @@ def test_ebd_core_runs_on_a_second_backend(toy):
 def test_v2_core_runs_on_a_second_backend(toy):
     tok, sampler, prompts, cands = toy
     cfg = V2Config(n_problems=None, energy="planted", starts=("single", "v1"), modes=("reinforce", "gradient"),
-                   prefix_fraction=0.5, min_prefix=1, steps=4, lr=1.0, samples=6, radius=2.0, stop_energy=None,
-                   compare_to=("headline",), n_boot=100, seed=0, progress=False)
+                   positions="prefix", prefix_fraction=0.5, window=1, steps=4, lr=1.0, samples=6, radius=2.0,
+                   patience=None, grid={"lr": [1.0, 2.0]}, dev_problems=None, compare_to=("headline",), n_boot=100,
+                   seed=0, progress=False)
     v1 = v1_reference(cands.assign(planted=0.0), {"headline": {"method": "majority"}})
     selections = pd.DataFrame({"problem_id": ["p0", "p1"], "first": 0, "majority": 1})
     # the likeliest first character that no start answer has: reachable by sampling prefixes
@@ -208,15 +210,19 @@ def test_v2_core_runs_on_a_second_backend(toy):
     target = next(c for c in (tok.convert_ids_to_tokens(int(i)) for i in first.argsort(descending=True))
                   if len(c) == 1 and c.isalnum() and not any(cands["completion"].str.startswith(c)))
 
-    def score(_pid, gens: list[Generation]):  # lowest for answers starting with ``target``
+    def score(_pids, gens: list[Generation]):  # lowest for answers starting with ``target``
         return pd.DataFrame({"planted": [0.0 if g.text.startswith(target) else 1.0 for g in gens]})
 
     direction = sampler.head[tok.convert_tokens_to_ids(target)]  # raises the target's logit
-    result, v2 = evaluate_v2(sampler, tok, PARAMS, prompts, cands, selections, score, grade, v1, cfg,
+    split = Split(prompts, cands, score, grade)
+    result, v2 = evaluate_v2(sampler, tok, PARAMS, split, selections, v1, cfg, dev=split,
                              state_energy=lambda h: -(h @ direction), hidden_source="mean")
-    assert len(v2) == 2 * 4 and {"v2_reinforce_single", "v2_gradient_v1", "majority"} <= set(result["methods"])
+    assert len(v2) == 2 * 4 * 2 and {"v2_reinforce_single", "v2_gradient_v1", "majority"} <= set(result["methods"])
+    assert result["methods"]["v2_reinforce_v1_control"]["family"] == "v2_control"
+    assert result["chosen_on"] == "dev" and set(result["settings"]) == {"reinforce", "gradient"}
+    assert {p["settings"]["lr"] for p in result["grid_dev_accuracy"]["reinforce"]} == {1.0, 2.0}
     assert (v2["energy_after"] <= v2["energy_before"]).all() and (v2["energy_before"] == 1.0).all()
     assert (v2["energy_after"] == 0.0).any() and v2["text"].str.startswith(target).any()  # V2 moved answers
-    _, again = evaluate_v2(sampler, tok, PARAMS, prompts, cands, selections, score, grade, v1, cfg,
+    _, again = evaluate_v2(sampler, tok, PARAMS, split, selections, v1, cfg, dev=split,
                            state_energy=lambda h: -(h @ direction), hidden_source="mean")
     assert v2["text"].tolist() == again["text"].tolist()

@@ -84,8 +84,33 @@ def test_batching_problems_together_changes_no_chain(setup):
 
 def test_proposals_must_be_the_models_conditional(setup):
     tok, sampler, prompt = setup
-    with pytest.raises(ValueError, match="temperature 1, top_p 1"):
-        Proposer(sampler, tok, SamplingParams(n=1, temperature=0.8, top_p=1.0, max_new_tokens=4), [prompt], [0])
+    with pytest.raises(ValueError, match="top_p 1"):
+        Proposer(sampler, tok, SamplingParams(n=1, temperature=0.8, top_p=0.9, max_new_tokens=4), [prompt], [0])
+    with pytest.raises(ValueError, match="temperature > 0"):
+        Proposer(sampler, tok, SamplingParams(n=1, temperature=0.0, top_p=1.0, max_new_tokens=4), [prompt], [0])
+
+
+def test_power_target_normalisers_recorded_while_decoding_equal_a_teacher_forced_pass(setup):
+    """A proposal at temperature 1/alpha records lse(alpha f) beside lse(f); the chain start encoded at the
+    same temperature gives the same log Z per step, and Z = sum_v p(v)^alpha checks by brute force."""
+    from dataclasses import replace
+
+    from impetus.decoding.proposals import trace_log_norm
+
+    tok, sampler, prompt = setup
+    params = replace(PARAMS, temperature=0.5)
+    prop = Proposer(sampler, tok, params, [prompt], [4])
+    (start,) = prop.start([tok("19", add_special_tokens=False)["input_ids"]])
+    (new,) = prop([start], [1])
+    (again,) = sampler.encode_answers(prompt, [new.ids], keep_past=False, temperature=0.5)
+    z_new, z_again = trace_log_norm(new, 2.0, params.max_new_tokens), trace_log_norm(again, 2.0, params.max_new_tokens)
+    np.testing.assert_allclose(z_new, z_again, atol=1e-4)
+    assert len(z_new) == len(new) + (len(new) < params.max_new_tokens)  # the ending step, unless the cap ended it
+    with torch.no_grad():
+        logits = sampler.model(torch.tensor([prompt + new.ids])).logits[0, len(prompt) - 1:].float()
+    brute = torch.log((torch.softmax(logits, -1) ** 2).sum(-1)).numpy()[: len(z_new)]
+    np.testing.assert_allclose(z_new, brute, atol=1e-4)
+    assert (z_new <= 1e-6).all()  # sum_v p^2 <= 1
 
 
 def test_run_problems_does_not_depend_on_the_batch(setup):
@@ -97,10 +122,13 @@ def test_run_problems_does_not_depend_on_the_batch(setup):
     tok, sampler, prompt = setup
     prompts = [prompt, tok("Add 3 and 4:")["input_ids"], tok("x")["input_ids"]]
     starts = [[tok(a, add_special_tokens=False)["input_ids"] for a in pair] for pair in (("19", "1 9"), ("7", "8"), ("", "x"))]
-    ebd = EBDConfig(n_problems=None, energy="e", chains=2, steps=4, tau=1.0, block=2, n_boot=100, seed=3, progress=False)
     energy = _energy(tok)
-    runs = [run_problems(sampler, tok, replace(PARAMS, batch_size=b), prompts, starts, lambda _k, s: energy(s), ebd)
-            for b in (2, 64)]
-    (small, reuse), (big, _) = runs
-    assert reuse and [c.states for c in small] == [c.states for c in big]
-    assert [c.proposed for c in small] == [c.proposed for c in big] and sum(c.proposed_tokens for c in big) > 0
+    for alpha in (1.0, 2.0):  # the plain tilt, and the power target with proposals at temperature 1/2
+        ebd = EBDConfig(n_problems=None, energy="e", chains=2, steps=4, tau=1.0, alpha=alpha, block=2, n_init=1, grid={},
+                        dev_problems=None, n_boot=100, seed=3, progress=False)
+        params = replace(PARAMS, temperature=1 / alpha)
+        runs = [run_problems(sampler, tok, replace(params, batch_size=b), prompts, starts, lambda _k, s: energy(s), ebd)
+                for b in (2, 64)]
+        (small, reuse), (big, _) = runs
+        assert reuse and [c.states for c in small] == [c.states for c in big]
+        assert [c.proposed for c in small] == [c.proposed for c in big] and sum(c.proposed_tokens for c in big) > 0

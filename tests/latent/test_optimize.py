@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
-from impetus.latent.optimize import LatentConfig, LatentOptimizer, prefix_states
+from impetus.latent.optimize import LatentConfig, LatentOptimizer, choose_window, token_signals
 from impetus.lm.hf_sampler import HFSampler
-from impetus.lm.sampler import SamplingParams
+from impetus.lm.sampler import Generation, SamplingParams
 from impetus.testing import tiny_llama, tiny_tokenizer
 
 PARAMS = SamplingParams(n=1, temperature=0.0, top_p=1.0, max_new_tokens=8, stop=["\n"], batch_size=8, seed=0)
 
 
 def _cfg(**kw) -> LatentConfig:
-    base = dict(mode="reinforce", prefix_fraction=0.25, min_prefix=1, steps=6, lr=0.5, samples=8, radius=1.0,
-                stop_energy=None)
+    base = dict(mode="reinforce", positions="prefix", prefix_fraction=0.25, window=1, steps=6, lr=0.5, samples=8,
+                radius=1.0, patience=None)
     return LatentConfig(**{**base, **kw})
 
 
@@ -60,19 +62,71 @@ def test_zero_variance_reward_leaves_z_unchanged(setup):
 
 def test_gradient_mode_descends_a_state_energy_within_the_ball(setup):
     tok, model, sampler, prompt, start = setup
-    k = 2
-    z0, states = prefix_states(sampler, prompt, start.token_ids, k)
     direction = model.get_output_embeddings().weight[tok.convert_tokens_to_ids("q")].detach()
 
     def state_energy(h: torch.Tensor) -> torch.Tensor:
         return -(h @ direction)  # lowest along the embedding of "q"
 
-    pool = lambda s: s[:k].mean(dim=0)  # noqa: E731  the optimised states alone
-    energy = lambda gens: np.array([0.0 if g.text[:2].count("q") else 1.0 for g in gens])  # noqa: E731
-    opt = LatentOptimizer(sampler, tok, PARAMS, _cfg(mode="gradient", min_prefix=k, prefix_fraction=0.0,
-                                                            steps=10, lr=1.0, radius=2.0))
+    # window = the states predicting answer tokens 0..2; those predicting tokens 1 and 2 sit at tokens 0 and 1,
+    # the first two pooled answer states
+    pool = lambda s: s[:2].mean(dim=0)  # noqa: E731
+    energy = lambda gens: np.array([0.0 if g.text[1:3].count("q") else 1.0 for g in gens])  # noqa: E731
+    frac = 3 / len(start.token_ids)
+    opt = LatentOptimizer(sampler, tok, PARAMS, _cfg(mode="gradient", prefix_fraction=frac, steps=10, lr=1.0,
+                                                            radius=2.0))
     res = opt.optimize(prompt, start, energy, seed=0, state_energy=state_energy, pool=pool)
-    assert res.prefix_changed and "q" in res.text[:2] and res.energy < res.start_energy
+    assert res.window == (0, 3) and res.moved
+    assert res.prefix_changed and "q" in res.text[1:3] and res.energy < res.start_energy
+
+
+def test_the_signal_rules_pick_a_planted_unlikely_token(setup):
+    """An answer whose token 3 is the model's least likely one there: surprisal and spilled energy peak
+    at it, so the window starts there; the prefix rule starts at 0."""
+    tok, model, sampler, prompt, start = setup
+    greedy = sampler.generate([prompt], dataclasses.replace(PARAMS, stop=[]), [0])[0][0].token_ids
+    assert len(greedy) >= 6
+    with torch.no_grad():
+        logits = sampler.state_logits(sampler.answer_states(prompt, greedy[:3]))
+    planted = greedy[:3] + [int(logits[3].argmin())] + greedy[4:]
+    with torch.no_grad():
+        signals = token_signals(sampler.state_logits(sampler.answer_states(prompt, planted)), planted)
+    assert int(np.argmax(signals["surprisal"])) == 3 and int(np.argmax(signals["spilled"])) == 3
+    assert choose_window(signals, "spilled", len(planted), 0.2, 2) == (3, 2)
+    assert choose_window(signals, "prefix", len(planted), 0.25, 2) == (0, 2)
+    ans = Generation(text=tok.decode(planted), token_ids=planted, n_tokens=len(planted), finish_reason="length",
+                     logprob_mean=0.0, seconds=0.0)
+    opt = LatentOptimizer(sampler, tok, PARAMS, _cfg(positions="surprisal", window=2, steps=0))
+    res = opt.optimize(prompt, ans, lambda gens: np.ones(len(gens)), seed=0)
+    assert res.window == (3, 2)
+    # The control keeps tokens 0..2 and re-decodes the window from the unoptimised states: the greedy token
+    # comes back at position 3 (energies tie, so the start answer stays chosen, and the control is it).
+    assert res.control_text == res.text == ans.text
+
+
+def test_zero_steps_is_the_control(setup):
+    tok, model, sampler, prompt, start = setup
+    energy = lambda gens: np.array([len(g.text) % 3 for g in gens], dtype=float)  # noqa: E731
+    res = LatentOptimizer(sampler, tok, PARAMS, _cfg(steps=0, positions="spilled", window=2)).optimize(
+        prompt, start, energy, seed=3)
+    assert (res.text, res.energy, res.generated_tokens) == (res.control_text, res.control_energy, res.control_tokens)
+    assert not res.moved and len(res.steps) == 1
+    # With steps, step 0 is the same control, and the answer is never worse than it.
+    more = LatentOptimizer(sampler, tok, PARAMS, _cfg(steps=3, positions="spilled", window=2)).optimize(
+        prompt, start, energy, seed=3)
+    assert (more.control_text, more.control_energy) == (res.control_text, res.control_energy)
+    assert more.energy <= more.control_energy and more.generated_tokens > more.control_tokens
+
+
+def test_batched_answers_equal_one_at_a_time(setup):
+    tok, model, sampler, prompt, start = setup
+    other = sampler.generate([tok("Q: 3+5?\nA:")["input_ids"]], PARAMS, [1])[0][0]
+    items = [(prompt, start), (tok("Q: 3+5?\nA:")["input_ids"], other)]
+    energy = lambda gens: np.array([len(g.text) % 3 for g in gens], dtype=float)  # noqa: E731
+    opt = LatentOptimizer(sampler, tok, PARAMS, _cfg(steps=3, samples=4))
+    together = opt.optimize_many(items, lambda owners, gens: energy(gens), [7, 8])
+    alone = [opt.optimize(p, a, energy, seed=s) for (p, a), s in zip(items, [7, 8])]
+    assert [r.text for r in together] == [r.text for r in alone]
+    assert [[s["energy"] for s in r.steps] for r in together] == [[s["energy"] for s in r.steps] for r in alone]
 
 
 def test_same_seed_same_output(setup):

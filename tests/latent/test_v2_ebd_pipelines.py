@@ -56,6 +56,9 @@ def catalog(tmp_path) -> DataCatalog:
     data = {
         "problems_eval": problems, "prompts_eval": prompts, "graded_eval": graded, "energies_eval": energies,
         "hidden_eval": hidden, "rerank_selections": selections,
+        # the dev split: the same three problems (a tiny grid runs on them)
+        "problems_dev": problems, "prompts_dev": prompts, "graded_dev": graded, "energies_dev": energies,
+        "hidden_dev": hidden,
         "rerank_metrics": {"headline": {"method": "hybrid"}, "taus": {"hybrid": 1.0}},
         "base_lm": {"path": str(tmp_path / "lm"), "device": "cpu", "dtype": "float32"},
         "text_ebm": scorers["text_ebm"], "latent_ebm": scorers["latent_ebm"], "hybrid_energy": scorers["hybrid"],
@@ -65,11 +68,12 @@ def catalog(tmp_path) -> DataCatalog:
                                              embedding_batch_size=8, progress=False),
         "params:v2_latent": LatentParams(
             n_problems=2, energy="hybrid", starts=["single", "v1"], modes=["reinforce", "gradient"],
-            prefix_fraction=0.3, min_prefix=1, steps=2, lr=0.5, samples=2, radius=0.5, stop_energy=None,
-            compare_to=["majority", "headline"], n_boot=100, seed=0, progress=False,
+            positions="spilled", prefix_fraction=0.3, window=2, steps=2, lr=0.5, samples=2, radius=0.5, patience=None,
+            grid={"positions": ["spilled", "prefix"]}, dev_problems=2, compare_to=["majority", "headline"], n_boot=100,
+            seed=0, progress=False,
         ),
-        "params:ebd": EBDParams(n_problems=2, energy="hybrid", tau=1.0, block=2, chains=2, steps=3, n_boot=100, seed=0,
-                                progress=False),
+        "params:ebd": EBDParams(n_problems=2, energy="hybrid", tau=1.0, alpha=2.0, block=2, chains=2, n_init=2, steps=3,
+                                grid={"tau": [1.0, 0.5]}, dev_problems=2, n_boot=100, seed=0, progress=False),
     }
     return DataCatalog({k: MemoryDataset(v) for k, v in data.items()})
 
@@ -81,14 +85,20 @@ def test_latent_eval_slice(catalog):
     assert result["n_problems"] == 2
     assert {"v2_reinforce_single", "v2_reinforce_v1", "v2_gradient_single", "v2_gradient_v1", "majority", "hybrid"} <= set(methods)
     for name, m in methods.items():
-        assert m["family"] in ("v1", "v2") and 0.0 <= m["accuracy"] <= 1.0 and m["tokens_per_problem"] > 0
+        assert m["family"] in ("v1", "v2", "v2_control") and 0.0 <= m["accuracy"] <= 1.0 and m["tokens_per_problem"] > 0
         if m["family"] == "v2":
             assert m["energy_after"] <= m["energy_before"] + 1e-9  # the best answer visited, start included
+            control = methods[f"{name}_control"]
+            assert m["control_accuracy"] == control["accuracy"] and 0.0 <= m["changed_share"] <= 1.0
+            assert m["energy_after"] <= control["energy_after"] + 1e-9  # the control is step 0 of the same run
+            assert f"{name} vs {name}_control" in result["comparisons"]
+    assert result["chosen_on"] == "dev" and len(result["grid_dev_accuracy"]["reinforce"]) == 2
+    assert result["settings"]["gradient"]["positions"] in ("spilled", "prefix")
     # A V2 answer from the V1 choice costs all N candidates' tokens plus its own.
     assert methods["v2_reinforce_v1"]["tokens_per_problem"] > methods["hybrid"]["tokens_per_problem"]
     assert any(" vs " in k for k in result["comparisons"])
     answers = catalog["v2_answers"].load()
-    assert len(answers) == 2 * 4 and set(answers["method"]) >= {"v2_reinforce_single"}
+    assert len(answers) == 2 * 4 * 2 and set(answers["method"]) >= {"v2_reinforce_single", "v2_reinforce_single_control"}
     assert "V2: latent optimisation" in catalog["v2_report"].load()
     assert set(catalog["v2_plots"].load()) == {"v2_accuracy_vs_step.png", "v2_accuracy_vs_tokens.png",
                                                "v2_energy_before_after.png"}
@@ -103,11 +113,13 @@ def test_ebd_slice(catalog):
     assert {"ebd_lowest", "ebd_vote"} <= set(methods)
     for name in ("ebd_lowest", "ebd_vote"):
         m = methods[name]
-        assert m["family"] == "ebd" and 0.0 <= m["acceptance_rate"] <= 1.0
-    # Two chains start from two candidates, then every step proposes new tokens: more than 2 candidates' worth.
+        assert m["family"] == "ebd" and 0.0 <= m["acceptance"] <= 1.0
+    assert result["chosen_on"] == "dev" and result["settings"]["alpha"] == 2.0 and result["settings"]["tau"] in (1.0, 0.5)
+    assert [p["settings"] for p in result["grid_dev_accuracy"]] == [{"tau": 1.0}, {"tau": 0.5}]
+    # Two chains start from the best of two candidates each (all four), then every step proposes new tokens.
     answers = catalog["ebd_answers"].load()
     graded = catalog["graded_eval"].load()
-    start_tokens = graded[graded.sample_idx < 2].groupby("problem_id")["n_tokens"].sum()
+    start_tokens = graded[graded.sample_idx < 4].groupby("problem_id")["n_tokens"].sum()
     assert (answers.set_index("problem_id")["tokens"] >= start_tokens.reindex(answers["problem_id"]).to_numpy()).all()
     assert any(k.startswith("ebd_lowest vs hybrid@") for k in result["comparisons"])  # best-of-N, same energy
     assert set(pd.DataFrame(result["ebd_curve"])["step"]) == {0, 1, 2, 3}

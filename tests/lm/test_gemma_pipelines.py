@@ -44,6 +44,6 @@ def test_ebd_reencodes_on_gemma(catalog):
     assert result["reuse_cache"] is False
     assert "proposals re-encode prompt + prefix" in catalog["ebd_report"].load()
     assert {"ebd_lowest", "ebd_vote"} <= set(result["methods"])
-    assert 0.0 <= result["methods"]["ebd_lowest"]["acceptance_rate"] <= 1.0
+    assert 0.0 <= result["methods"]["ebd_lowest"]["acceptance"] <= 1.0
     answers = catalog["ebd_answers"].load()
     assert len(answers) == 2 * 2 and answers["tokens"].gt(0).all()

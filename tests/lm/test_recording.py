@@ -120,9 +120,13 @@ def test_sampling_statistics_equal_the_reference_step_stats():
 
     logits = torch.randn(5, 300) * 3
     rows = [type("R", (), {"gen": torch.Generator().manual_seed(i)})() for i in range(5)]
-    for temperature, top_p in ((0.0, 1.0), (0.8, 1.0), (0.8, 0.9)):
+    for temperature, top_p in ((0.0, 1.0), (0.8, 1.0), (0.8, 0.9), (0.5, 1.0)):
         tok, lp, stats = _sample_tokens(logits, rows, temperature, top_p, record=True)
-        torch.testing.assert_close(stats, step_stats(logits, tok))
+        torch.testing.assert_close(stats, step_stats(logits, tok, temperature=temperature))
+        # the tempered normaliser: log sum_v p(v)^(1/T) = lse(f/T) - lse(f)/T, checked by brute force
+        if temperature:
+            log_z = torch.log((torch.softmax(logits, -1) ** (1 / temperature)).sum(-1))
+            torch.testing.assert_close(stats[:, 3] - stats[:, 0] / temperature, log_z, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(lp, torch.log_softmax(logits, -1).gather(1, tok[:, None])[:, 0])
 
 

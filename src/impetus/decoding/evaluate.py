@@ -1,15 +1,18 @@
 """EBD against best-of-N and V1 at equal generated tokens (Kedro-free).
 
-Per problem, ``chains`` MH chains start from the problem's first ``chains`` V1 candidates (any start
-is allowed: the stationary distribution does not depend on it) and propose from the base model at
-temperature 1 without truncation, as the derivation in :mod:`impetus.decoding.mh` requires. Two
-EBD answers per problem: ``ebd_lowest`` (the lowest-energy state any chain visited) and
-``ebd_vote`` (majority over the chains' final states, i.e. over samples of the tilted
-distribution). The chains of many problems are proposed in one batch (:func:`run_problems`).
-Tokens = the starts' tokens + every proposed token; after ``s`` steps the same
-accounting gives the accuracy-vs-tokens curve. V1 is matched at that budget by
-:func:`impetus.selection.budget.compare_at_equal_tokens`. :func:`evaluate_ebd` does all of it;
-the model is reached only through :class:`impetus.lm.sampler.ContinuingSampler`.
+Per problem, ``chains`` MH chains run toward ``p_LM^α · exp(−E/τ)`` (:mod:`impetus.decoding.mh`).
+Chain ``c`` starts from the lowest-energy of its own ``n_init`` V1 candidates (``c·n_init ..``; the
+EBD paper starts from the best of 4 by its reward; any start is allowed, the stationary
+distribution does not depend on it) and proposes from the base model at temperature ``1/α``
+without truncation. Two EBD answers per problem: ``ebd_lowest`` (the lowest-energy state any
+chain visited) and ``ebd_vote`` (majority over the chains' final states, i.e. over samples of the
+tilted distribution). The chains of many problems are proposed in one batch (:func:`run_problems`).
+Tokens = the ``chains · n_init`` candidates' tokens + every proposed token; after ``s`` steps the
+same accounting gives the accuracy-vs-tokens curve. V1 is matched at that budget by
+:func:`impetus.selection.budget.compare_at_equal_tokens`. The settings in ``grid`` (τ, α, block,
+steps, n_init, chains) are chosen on the dev split by ``ebd_lowest``'s accuracy, then run once on
+eval. :func:`evaluate_ebd` does all of it; the model is reached only through
+:class:`impetus.lm.sampler.ContinuingSampler`.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -26,11 +30,12 @@ import pandas as pd
 
 from impetus.benchmarks.grading import Grade
 from impetus.decoding.mh import Chains, run_chains
-from impetus.decoding.proposals import Proposer
+from impetus.decoding.proposals import Proposer, trace_log_norm
 from impetus.lm.runner import stable_seed
 from impetus.lm.sampler import ContinuingSampler, SamplingParams, row_seed
 from impetus.lm.trace import Trace
 from impetus.selection.budget import V1Reference, compare_at_equal_tokens, prefix_accuracy, v1_budget_curve
+from impetus.selection.grid import choose_on_dev
 from impetus.selection.rules import majority_index
 
 #: ``score(problem_id, traces) -> energies table`` (one row per trace, a column per energy).
@@ -44,12 +49,31 @@ class EBDConfig:
     n_problems: int | None
     energy: str
     tau: float
+    alpha: float
     block: int
     chains: int
+    n_init: int
     steps: int
+    grid: Mapping[str, Sequence[Any]]
+    dev_problems: int | None
     n_boot: int
     seed: int
     progress: bool
+
+    def settings(self) -> dict[str, Any]:
+        """The values a dev grid can choose."""
+        return {k: getattr(self, k) for k in ("tau", "alpha", "block", "chains", "n_init", "steps")}
+
+
+@dataclass(frozen=True)
+class EBDSplit:
+    """One split's problems for EBD: prompts (problem_id, prompt), graded candidates with the energy
+    column (chain starts are chosen by it), how chain states are scored and graded."""
+
+    prompts: pd.DataFrame
+    candidates: pd.DataFrame
+    score: "ScoreTraces"
+    grade: Grade
 
 
 def chain_answers(chains: Chains, decode: Callable[[list[int]], str], pid: str, grade: Grade,
@@ -104,9 +128,11 @@ def run_problems(sampler: ContinuingSampler, tokenizer: Any, params: SamplingPar
     them all: on a CPU a forward costs about as much for 2 rows as for 60); chunks bound the memory
     the chains' caches take. Per-chain seeds (``row_seed(stable_seed(seed, key), chain)``, as the
     sampler seeds a problem's rows) and random generators make every chain independent of which
-    chains share its batch.
+    chains share its batch. Proposals sample at temperature ``params.temperature`` (``1/ebd.alpha``),
+    toward the power target when ``ebd.alpha`` > 1.
     """
     keys = list(range(len(prompts))) if keys is None else keys
+    log_norm = None if ebd.alpha == 1 else partial(trace_log_norm, alpha=ebd.alpha, cap=params.max_new_tokens)
     size = max(1, params.batch_size // ebd.chains)
     chunks = [list(range(i, min(i + size, len(prompts)))) for i in range(0, len(prompts), size)]
     bar = None
@@ -123,7 +149,8 @@ def run_problems(sampler: ContinuingSampler, tokenizer: Any, params: SamplingPar
         propose = Proposer(sampler, tokenizer, params, [prompts[k] for k in owners], seeds)
         every = run_chains(propose.start([a for k in chunk for a in starts[k]]), propose,
                            grouped_energy(owners, energy), ebd.tau, ebd.block, ebd.steps,
-                           rng=chain_rngs(ebd.seed, owners), on_step=bar.update if bar is not None else None)
+                           rng=chain_rngs(ebd.seed, owners), on_step=bar.update if bar is not None else None,
+                           log_norm=log_norm)
         out += [every.subset([c for c, o in enumerate(owners) if o == k]) for k in chunk]
         reuse = propose.reuse_cache
     if bar is not None:
@@ -136,7 +163,7 @@ def summarize(
 ) -> dict[str, Any]:
     """``ebd_metrics.json``: EBD methods, V1 methods at EBD's token budget, and the curves."""
     result = compare_at_equal_tokens(rows, v1, compare_to, "ebd",
-                                     lambda g: {"acceptance_rate": float(g["acceptance_rate"].mean())}, n_boot, seed)
+                                     lambda g: {"acceptance": float(g["acceptance"].mean())}, n_boot, seed)
     problems = sorted(rows["problem_id"].unique())
     v1_sub, v1_methods = v1.table[v1.table["problem_id"].isin(problems)], v1.methods
     curve = v1_budget_curve(v1_sub)
@@ -149,17 +176,17 @@ def summarize(
     return result
 
 
-def answer_rows(pids: list[str], chains_of: list[Chains], candidates: dict[str, pd.DataFrame], steps: int,
+def answer_rows(pids: list[str], chains_of: list[Chains], base_tokens_of: Mapping[str, int], steps: int,
                 decode: Callable[[list[int]], str], grade: Grade, seconds: float) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(answers, curve)``: both EBD answers per problem with their tokens, and accuracy and mean
     tokens per problem after each MH step (the starts' tokens + the proposals' so far)."""
     out, curve = [], []
     for pid, chains in zip(pids, chains_of):
-        base_tokens = int(candidates[pid]["n_tokens"].sum())
+        base_tokens = int(base_tokens_of[pid])
         for name, (answer, ok, text) in chain_answers(chains, decode, pid, grade).items():
             out.append({"problem_id": pid, "method": name, "answer": answer, "correct": ok, "text": text,
                         "tokens": base_tokens + chains.proposed_tokens, "seconds": seconds,
-                        "acceptance_rate": chains.acceptance_rate()})
+                        "acceptance": chains.acceptance_rate()})
         per_step = chains.proposed_tokens / max(steps, 1)
         for s in range(steps + 1):
             for name, (_, ok, _) in chain_answers(chains, decode, pid, grade, step=s).items():
@@ -170,30 +197,65 @@ def answer_rows(pids: list[str], chains_of: list[Chains], candidates: dict[str, 
     return pd.DataFrame(out), curve_df
 
 
-def evaluate_ebd(
-    sampler: ContinuingSampler, tokenizer: Any, params: SamplingParams, prompts: pd.DataFrame,
-    candidates: pd.DataFrame, score: ScoreTraces, grade: Grade, v1: V1Reference, cfg: EBDConfig,
-) -> tuple[dict[str, Any], pd.DataFrame]:
-    """EBD on the first ``cfg.n_problems`` problems of ``prompts`` (problem_id, prompt), chains
-    started from each problem's first ``cfg.chains`` ``candidates`` (graded V1 candidates), states
-    scored by ``score`` (column ``cfg.energy``); returns ``(ebd_metrics, answers)``.
+def chain_starts(candidates: pd.DataFrame, energy: str, chains: int, n_init: int) -> tuple[list[int], int]:
+    """One problem's chain starts (sample_idx): chain ``c`` takes the lowest-``energy`` of candidates
+    ``c·n_init .. (c+1)·n_init − 1``; and the tokens of all of them (what the starts cost)."""
+    g = candidates.sort_values("sample_idx")
+    if len(g) < chains * n_init:
+        raise ValueError(f"EBD needs chains x n_init = {chains} x {n_init} candidates per problem, "
+                         f"problem {g['problem_id'].iloc[0]!r} has {len(g)} (sampling.n)")
+    g = g.head(chains * n_init)
+    e = g[energy].to_numpy(float)
+    starts = [int(g["sample_idx"].iloc[c * n_init + int(np.argmin(e[c * n_init: (c + 1) * n_init]))])
+              for c in range(chains)]
+    return starts, int(g["n_tokens"].sum())
 
-    ``params`` are the sampler's for the stage; proposals override them to one row at temperature
-    1 without truncation, the model's own conditional (:mod:`impetus.decoding.mh`)."""
-    params = dataclasses.replace(params, n=1, temperature=1.0, top_p=1.0)
-    prompt_of = dict(zip(prompts["problem_id"], prompts["prompt"]))
-    pids = list(prompts["problem_id"])[: cfg.n_problems or None]
+
+def decode_split(sampler: ContinuingSampler, tokenizer: Any, params: SamplingParams, split: EBDSplit,
+                 pids: list[str], cfg: EBDConfig) -> tuple[pd.DataFrame, pd.DataFrame, bool]:
+    """``(answers, curve, reuse_cache)`` of EBD on ``pids`` of one split with ``cfg``'s settings."""
+    params = dataclasses.replace(params, n=1, temperature=1.0 / cfg.alpha, top_p=1.0)
+    prompt_of = dict(zip(split.prompts["problem_id"], split.prompts["prompt"]))
+    by_pid = {pid: g for pid, g in split.candidates.groupby("problem_id")}
+    picked = {pid: chain_starts(by_pid[pid], cfg.energy, cfg.chains, cfg.n_init) for pid in pids}
+    text_of = split.candidates.set_index(["problem_id", "sample_idx"])["completion"]
     t0 = time.perf_counter()
-    cands = {pid: g.sort_values("sample_idx").head(cfg.chains) for pid, g in candidates.groupby("problem_id")}
     chains_of, reuse_cache = run_problems(
         sampler, tokenizer, params, [tokenizer(prompt_of[pid])["input_ids"] for pid in pids],
-        [[tokenizer(t, add_special_tokens=False)["input_ids"] for t in cands[pid]["completion"]] for pid in pids],
-        lambda k, traces: score(pids[k], traces)[cfg.energy].to_numpy(float), cfg, keys=pids)
+        [[tokenizer(text_of[(pid, i)], add_special_tokens=False)["input_ids"] for i in picked[pid][0]] for pid in pids],
+        lambda k, traces: split.score(pids[k], traces)[cfg.energy].to_numpy(float), cfg, keys=pids)
     seconds = (time.perf_counter() - t0) / max(len(pids), 1)
-    answers, curve = answer_rows(pids, chains_of, cands, cfg.steps,
-                                 lambda ids: tokenizer.decode(ids, skip_special_tokens=False), grade, seconds)
+    answers, curve = answer_rows(pids, chains_of, {pid: t for pid, (_, t) in picked.items()}, cfg.steps,
+                                 lambda ids: tokenizer.decode(ids, skip_special_tokens=False), split.grade, seconds)
+    return answers, curve, reuse_cache
+
+
+def evaluate_ebd(
+    sampler: ContinuingSampler, tokenizer: Any, params: SamplingParams, eval_split: EBDSplit, v1: V1Reference,
+    cfg: EBDConfig, dev: EBDSplit | None = None,
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """EBD on the first ``cfg.n_problems`` eval problems, settings chosen on ``dev`` when
+    ``cfg.grid`` lists any; returns ``(ebd_metrics, answers)``.
+
+    ``params`` are the sampler's for the stage; proposals override them to one row at temperature
+    ``1/α`` without truncation, the model's own (tempered) conditional (:mod:`impetus.decoding.mh`)."""
+    tables: list[dict] = []
+    if cfg.grid:
+        if dev is None:
+            raise ValueError("ebd.grid lists settings to choose but no dev split was given")
+        dev_pids = list(dev.prompts["problem_id"])[: cfg.dev_problems or None]
+
+        def dev_accuracy(point: dict[str, Any]) -> float:
+            answers, _, _ = decode_split(sampler, tokenizer, params, dev, dev_pids, dataclasses.replace(cfg, **point))
+            return float(answers.loc[answers["method"] == "ebd_lowest", "correct"].mean())
+
+        chosen, tables = choose_on_dev(cfg.grid, dev_accuracy)
+        cfg = dataclasses.replace(cfg, **chosen)
+    pids = list(eval_split.prompts["problem_id"])[: cfg.n_problems or None]
+    answers, curve, reuse_cache = decode_split(sampler, tokenizer, params, eval_split, pids, cfg)
     compare_to = v1.resolve([cfg.energy, "majority", f"vote_{cfg.energy}", "headline"])
     result = summarize(answers, curve, v1, compare_to, cfg.n_boot, cfg.seed)
-    result |= {"energy": cfg.energy, "tau": cfg.tau, "block": cfg.block, "steps": cfg.steps, "chains": cfg.chains,
-               "headline_v1": v1.headline, "reuse_cache": reuse_cache}
+    result |= {"energy": cfg.energy, **cfg.settings(), "headline_v1": v1.headline, "reuse_cache": reuse_cache,
+               "chosen_on": "dev" if cfg.grid else "config", "settings": cfg.settings(), "grid": dict(cfg.grid),
+               "grid_dev_accuracy": tables, "dev_problems": cfg.dev_problems}
     return result, answers

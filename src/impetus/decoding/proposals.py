@@ -1,8 +1,9 @@
 """MH proposals from the base model that reuse the chain's KV cache and recorded values.
 
 A proposal keeps a chain state's first ``t`` tokens and regenerates the rest with the model at
-temperature 1 without truncation (the derivation in :mod:`impetus.decoding.mh` needs the model's
-own conditional), the answer's total length capped as the sampler caps any answer. The state is
+temperature ``1/α`` without truncation (the derivation in :mod:`impetus.decoding.mh` needs the
+model's own conditional, tempered for the power target, whose normalisers the sampler records as
+``lse_temp``: :func:`trace_log_norm`), the answer's total length capped as the sampler caps any answer. The state is
 an :class:`impetus.lm.trace.Trace`: the sampler continues from its KV cache cropped to the kept
 prefix (no re-encoding of prompt + prefix) and the new state's energies come from the recorded
 values, so no proposal costs a teacher-forced pass. Models whose cache cannot be continued
@@ -15,8 +16,21 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from impetus.lm.sampler import ContinuingSampler, SamplingParams
 from impetus.lm.trace import Trace, continued, cut_at_stop
+
+
+def trace_log_norm(trace: Trace, alpha: float, cap: int) -> np.ndarray:
+    """``log Z_i = lse_temp_i − α·lse_i`` of each step that produced ``trace``'s answer at temperature
+    1/α: one per token, plus the ending step unless the length cap ended it (``len == cap``): the
+    :data:`impetus.decoding.mh.LogNorm` of a power-target chain. Exact for answers ended by EOS or a
+    one-token stop string; for a longer stop string the steps after its first token are left out."""
+    if trace.lse_temp is None:
+        raise ValueError("this trace has no tempered log-normalisers (lse_temp): its backend did not record them")
+    z = np.asarray(trace.lse_temp, float) - alpha * np.asarray(trace.lse, float)
+    return z[: len(trace)] if len(trace) >= cap else z
 
 
 class Proposer:
@@ -30,8 +44,9 @@ class Proposer:
 
     def __init__(self, sampler: ContinuingSampler, tokenizer: Any, params: SamplingParams, prompts: list[list[int]],
                  seeds: list[int]):
-        if params.temperature != 1.0 or params.top_p != 1.0:
-            raise ValueError("MH proposals must sample the model's own conditional: temperature 1, top_p 1")
+        if params.temperature <= 0 or params.top_p != 1.0:
+            raise ValueError("MH proposals must sample the model's own (tempered) conditional: temperature > 0, "
+                             "top_p 1")
         if len(prompts) != len(seeds):
             raise ValueError(f"{len(prompts)} chains' prompts but {len(seeds)} seeds")
         self.sampler, self.tok, self.params = sampler, tokenizer, params
@@ -46,7 +61,8 @@ class Proposer:
             groups.setdefault(tuple(p), []).append(c)
         out: list[Any] = [None] * len(answers)
         for prompt, idx in groups.items():
-            traces = self.sampler.encode_answers(list(prompt), [answers[c] for c in idx], keep_past=self.reuse_cache)
+            traces = self.sampler.encode_answers(list(prompt), [answers[c] for c in idx], keep_past=self.reuse_cache,
+                                                 temperature=self.params.temperature)
             for c, tr in zip(idx, traces):
                 out[c] = tr
         return out

@@ -9,12 +9,23 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 
+def _chosen(result: Mapping[str, Any]) -> str:
+    """On what the settings were chosen."""
+    if result.get("chosen_on") != "dev":
+        return "Settings as configured (no grid)."
+    points = ", ".join(f"{p['settings']} {100 * p['dev_score']:.1f}%" for p in result["grid_dev_accuracy"])
+    return (f"Settings chosen on {result.get('dev_problems') or 'all'} dev problems by `ebd_lowest`'s accuracy "
+            f"({len(result['grid_dev_accuracy'])}-point grid: {points}).")
+
+
 def markdown(result: Mapping[str, Any]) -> str:
     """Methods by accuracy and paired comparisons with CIs."""
     lines = [
         "## EBD: block-wise Metropolis–Hastings vs best-of-N and V1 at equal tokens", "",
-        f"{result['n_problems']} eval problems; energy `{result['energy']}`, τ = {result['tau']:g}, block "
-        f"{result['block']} tokens, {result['chains']} chains × {result['steps']} steps. `name@n`: the V1 method on "
+        f"{result['n_problems']} eval problems; target p_LM^α·exp(−E/τ) with energy `{result['energy']}`, "
+        f"τ = {result['tau']:g}, α = {result['alpha']:g} (proposals at temperature {1 / result['alpha']:.2g}), block "
+        f"{result['block']} tokens, {result['chains']} chains × {result['steps']} steps, each chain started from the "
+        f"lowest-energy of {result['n_init']} candidates. {_chosen(result)} `name@n`: the V1 method on "
         "each problem's first n candidates, n the smallest whose tokens reach EBD's (best-of-N = argmin of the same "
         "energy). " + ("Proposals continue each chain's KV cache and are scored from recorded values."
                        if result.get("reuse_cache") else
@@ -23,7 +34,7 @@ def markdown(result: Mapping[str, Any]) -> str:
         "|---|---|---:|---|---:|---:|---:|",
     ]
     for name, m in sorted(result["methods"].items(), key=lambda kv: -kv[1]["accuracy"]):
-        sec, acc = m.get("seconds_per_problem"), m.get("acceptance_rate")
+        sec, acc = m.get("seconds_per_problem"), m.get("acceptance")
         lines.append(f"| {name} | {m['family']} | {100 * m['accuracy']:.1f} | [{100 * m['ci'][0]:.1f}, "
                      f"{100 * m['ci'][1]:.1f}] | {m['tokens_per_problem']:.0f} | {'–' if sec is None else f'{sec:.2f}'} | "
                      f"{'–' if acc is None else f'{acc:.2f}'} |")

@@ -247,24 +247,46 @@ class RerankParams(_Params):
         return taus
 
 
+def _grid_keys(grid: dict[str, list[Any]], allowed: tuple[str, ...], block: str) -> dict[str, list[Any]]:
+    """A dev grid's keys must be settings of the stage, each with at least one value."""
+    bad = [k for k in grid if k not in allowed]
+    if bad:
+        raise ValueError(f"{block}.grid: {bad} are not settings the grid can choose; allowed: {list(allowed)}")
+    empty = [k for k, v in grid.items() if not v]
+    if empty:
+        raise ValueError(f"{block}.grid: {empty} list no values")
+    return grid
+
+
 class LatentParams(_Params):
     """V2 latent optimisation (``parameters_v2_latent.yml``)."""
 
     n_problems: int | None = F("First eval problems optimised; null = all.", ge=1)
-    energy: str = F("Energy (registry name) the reinforce mode minimises.")
+    energy: str = F("Energy (registry name) V2 minimises and picks its answer by.")
     starts: list[Literal["single", "v1"]] = F("Start answers: the first sample and/or the V1 headline's choice.", min_length=1)
     modes: list[Literal["reinforce", "gradient"]] = F("Update modes.", min_length=1)
-    prefix_fraction: float = F("Share of the answer's first tokens whose latents are optimised.", ge=0, le=1)
-    min_prefix: int = F("At least this many latent tokens.", ge=1)
-    steps: int = F("Optimisation steps.", ge=0)
-    lr: float = F("Adam learning rate on the latents.", gt=0)
-    samples: int = F("Prefixes sampled per reinforce step (baseline = their mean reward).", ge=2)
+    positions: Literal["prefix", "spilled", "surprisal", "entropy"] = F(
+        "Which states are optimised: the answer's first tokens (prefix, LatentSeek) or a window from the token "
+        "with the largest per-token signal.")
+    prefix_fraction: float = F("positions=prefix: share of the answer's first tokens optimised.", gt=0, le=1)
+    window: int = F("Signal rules: tokens optimised from the chosen position on.", ge=1)
+    steps: int = F("Optimisation steps (0 = the control alone).", ge=0)
+    lr: float = F("Adam step relative to the states' RMS coordinate (0.5: each coordinate moves ~half of it).", gt=0)
+    samples: int = F("Windows sampled per reinforce step (baseline = their mean reward).", ge=2)
     radius: float = F("Gradient mode: largest |z - z0| relative to |z0| per token.", gt=0)
-    stop_energy: float | None = F("Stop early at or below this energy; null = run every step.")
+    patience: int | None = F("Stop an answer after this many steps without a lower energy; null = every step.", ge=1)
+    grid: dict[str, list[Any]] = F("Settings chosen on dev per mode (name -> values, cheaper first); {} = as set.")
+    dev_problems: int | None = F("Dev problems the grid is scored on; null = all.", ge=1)
     compare_to: list[str] = F("V1 methods matched at V2's token budget ('headline' = the dev-chosen one).")
     n_boot: int = F("Bootstrap resamples.", ge=100)
     seed: int = F("Seed of sampling and regeneration.")
     progress: bool = F("Show a progress bar.")
+
+    @field_validator("grid")
+    @classmethod
+    def _grid(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        return _grid_keys(grid, ("positions", "prefix_fraction", "window", "steps", "lr", "samples", "radius",
+                                 "patience"), "v2_latent")
 
     def to_core(self) -> Any:
         """The Kedro-free :class:`impetus.latent.evaluate.V2Config` with these values."""
@@ -277,14 +299,24 @@ class EBDParams(_Params):
     """Energy-based decoding (``parameters_ebd.yml``)."""
 
     n_problems: int | None = F("First eval problems decoded; null = all.", ge=1)
-    energy: str = F("Energy (registry name) E of the target p_LM · exp(-E/tau).")
-    tau: float = F("Temperature of the tilt.", gt=0)
+    energy: str = F("Energy (registry name) E of the target p_LM^alpha · exp(-E/tau).")
+    tau: float = F("Temperature of the tilt (EBD's beta = 1/tau; the paper's ~3.5 is tau ~0.3).", gt=0)
+    alpha: float = F("Power of p_LM in the target; proposals sample at temperature 1/alpha (1 = plain tilt).", ge=1)
     block: int = F("Tokens per block (proposals regenerate from a block boundary on).", ge=1)
-    chains: int = F("Chains per problem (started from the first V1 candidates).", ge=1)
+    chains: int = F("Chains per problem.", ge=1)
+    n_init: int = F("Each chain starts from the lowest-energy of its own n_init V1 candidates (1 = a plain sample).",
+                    ge=1)
     steps: int = F("MH steps per chain.", ge=0)
+    grid: dict[str, list[Any]] = F("Settings chosen on dev (name -> values, cheaper first); {} = as set.")
+    dev_problems: int | None = F("Dev problems the grid is scored on; null = all.", ge=1)
     n_boot: int = F("Bootstrap resamples.", ge=100)
     seed: int = F("Seed of the chains.")
     progress: bool = F("Show a progress bar.")
+
+    @field_validator("grid")
+    @classmethod
+    def _grid(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        return _grid_keys(grid, ("tau", "alpha", "block", "chains", "n_init", "steps"), "ebd")
 
     def to_core(self) -> Any:
         """The Kedro-free :class:`impetus.decoding.evaluate.EBDConfig` with these values."""

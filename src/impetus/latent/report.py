@@ -13,21 +13,40 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f}"
 
 
+def _settings(result: Mapping[str, Any]) -> str:
+    """Which settings ran, and on what they were chosen."""
+    keys = ("positions", "prefix_fraction", "window", "steps", "lr", "samples", "radius", "patience")
+    per_mode = "; ".join(f"{mode}: " + ", ".join(f"{k} {c[k]}" for k in keys) for mode, c in result["settings"].items())
+    if result.get("chosen_on") != "dev":
+        return f"Settings as configured (no grid): {per_mode}."
+    size = len(next(iter(result["grid_dev_accuracy"].values()), []))
+    scores = "; ".join(f"{mode}: " + ", ".join(f"{p['settings']} {100 * p['dev_score']:.1f}%" for p in table)
+                       for mode, table in result["grid_dev_accuracy"].items())
+    return (f"Settings chosen per mode on {result.get('dev_problems') or 'all'} dev problems by V2's accuracy from "
+            f"the first sample ({size}-point grid: {scores}). Chosen: {per_mode}.")
+
+
 def markdown(result: Mapping[str, Any], v2: pd.DataFrame, examples: int = 3) -> str:
     """Methods by accuracy (V1 at N and at V2's budget), comparisons with CIs, example flips."""
     lines = [
-        "## V2: latent optimisation vs V1 at equal tokens", "",
-        f"{result['n_problems']} eval problems. V1 methods are evaluated on each problem's first n candidates, with n "
-        "the smallest whose mean tokens reach the V2 method's (`name@n`).", "",
-        "| method | family | acc % | 95% CI | tokens/problem | s/problem | energy before → after | flips ✗→✓ / ✓→✗ |",
-        "|---|---|---:|---|---:|---:|---|---|",
+        "## V2: latent optimisation vs its zero-step control and V1 at equal tokens", "",
+        f"{result['n_problems']} eval problems. Each V2 method's `_control` twin runs the same pipeline with zero "
+        "optimisation steps (the window re-decoded from the unoptimised states); `changed` is the share of answers "
+        "whose window some update decoded to other tokens. V1 methods are evaluated on each problem's first n "
+        "candidates, with n the smallest whose mean tokens reach the V2 method's (`name@n`).", "",
+        _settings(result), "",
+        "| method | family | acc % | 95% CI | control acc % | changed | tokens/problem | s/problem "
+        "| energy before → after | flips ✗→✓ / ✓→✗ |",
+        "|---|---|---:|---|---:|---:|---:|---:|---|---|",
     ]
     for name, m in sorted(result["methods"].items(), key=lambda kv: -kv[1]["accuracy"]):
         sec = m.get("seconds_per_problem")
         energy = (f"{m['energy_before']:.3f} → {m['energy_after']:.3f}" if "energy_before" in m else "–")
         flips = f"{m['flips_wrong_to_right']} / {m['flips_right_to_wrong']}" if "flips_wrong_to_right" in m else "–"
+        changed = f"{100 * m['changed_share']:.0f}%" if "changed_share" in m else "–"
         lines.append(f"| {name} | {m['family']} | {_pct(m['accuracy'])} | [{_pct(m['ci'][0])}, {_pct(m['ci'][1])}] | "
-                     f"{m['tokens_per_problem']:.0f} | {'–' if sec is None else f'{sec:.2f}'} | {energy} | {flips} |")
+                     f"{_pct(m.get('control_accuracy'))} | {changed} | {m['tokens_per_problem']:.0f} | "
+                     f"{'–' if sec is None else f'{sec:.2f}'} | {energy} | {flips} |")
     lines += ["", "| comparison (paired bootstrap) | diff (pts) | 95% CI | p |", "|---|---:|---|---:|"]
     for name, c in result["comparisons"].items():
         lines.append(f"| {name} | {100 * c['diff']:+.1f} | [{100 * c['ci'][0]:+.1f}, {100 * c['ci'][1]:+.1f}] | "

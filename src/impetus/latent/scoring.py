@@ -69,14 +69,20 @@ class NewAnswerScorer:
 
     def __call__(self, pid: str, gens: list[Generation]) -> pd.DataFrame:
         """Energies of generations from a teacher-forced pass over them."""
+        return self.score_many([pid] * len(gens), gens)
+
+    def score_many(self, pids: list[str], gens: list[Generation]) -> pd.DataFrame:
+        """Energies of generations of many problems (``pids[i]`` is generation ``i``'s), in order, from
+        one teacher-forced pass over all of them (V2 batches its answers across problems)."""
         if self.teacher_forced is None:
             raise ValueError("scoring generations needs a teacher-forced pass (teacher_forced=)")
         texts = [g.text for g in gens]
-        answers, spans = self._answers(pid, texts)
-        scored = self.teacher_forced([self.prompt[pid]] * len(texts), texts, spans)
+        found = [self._answers(pid, [t]) for pid, t in zip(pids, texts)]
+        answers, spans = [a[0] for a, _ in found], [s[0] for _, s in found]
+        scored = self.teacher_forced([self.prompt[pid] for pid in pids], texts, spans)
         self.lm_tokens += int(scored.n_tokens.sum())
         hidden = {"hidden_mean": scored.hidden_mean, "hidden_answer": scored.hidden_answer}
-        return self._complete(pid, texts, answers, scored.energies, hidden)
+        return self._complete(list(pids), texts, answers, scored.energies, hidden)
 
     def from_traces(self, pid: str, traces: list[Trace]) -> pd.DataFrame:
         """Energies of traces from their recorded values (no LM pass, :func:`impetus.lm.trace.trace_energies`)."""
@@ -85,13 +91,17 @@ class NewAnswerScorer:
         table, hidden = trace_energies(self.tok, traces, spans)
         return self._complete(pid, texts, answers, table, hidden)
 
-    def _complete(self, pid: str, texts: list[str], answers: list[str | None], energies: pd.DataFrame,
+    def _complete(self, pids: str | list[str], texts: list[str], answers: list[str | None], energies: pd.DataFrame,
                   hidden: dict[str, np.ndarray]) -> pd.DataFrame:
-        """Add the consistency energies against the problem's pool and the learned energies."""
-        df = energies.reset_index(drop=True).assign(problem_id=pid, sample_idx=np.arange(len(texts)), completion=texts,
+        """Add the consistency energies against each row's problem's pool and the learned energies."""
+        pids = [pids] * len(texts) if isinstance(pids, str) else pids
+        df = energies.reset_index(drop=True).assign(problem_id=pids, sample_idx=np.arange(len(texts)), completion=texts,
                                                     answer=answers, hidden_row=np.arange(len(texts)))
-        df["answer_agreement"], df["embedding_consistency"] = against_pool(
-            self.pool[pid]["answer"].tolist(), self._pool_embeddings(pid), answers,
-            embed_texts(texts, self.embedding_model))
+        df["answer_agreement"], df["embedding_consistency"] = 0.0, 0.0
+        emb = embed_texts(texts, self.embedding_model)
+        for pid, idx in df.groupby("problem_id", sort=False).indices.items():
+            agreement, consistency = against_pool(self.pool[pid]["answer"].tolist(), self._pool_embeddings(pid),
+                                                  [answers[i] for i in idx], emb[idx])
+            df.loc[idx, "answer_agreement"], df.loc[idx, "embedding_consistency"] = agreement, consistency
         out, _ = add_learned_energies(df, self.problems, hidden, self.tok, self.scorers)
         return out

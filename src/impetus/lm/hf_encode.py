@@ -14,14 +14,15 @@ import torch
 from transformers import DynamicCache
 
 from impetus.lm.kv_cache import forward, out_cache, row_past
-from impetus.lm.recording import last_state_hook, step_stats
+from impetus.lm.recording import last_state_hook, step_stats, tempered_lse
 from impetus.lm.trace import Trace
 
 
 @torch.inference_mode()
 def encode_traces(model: Any, tokenizer: Any, prompt_ids: list[int], answers: list[list[int]],
-                  keep_past: bool) -> list[Trace]:
-    """Traces of given answers after one prompt: one teacher-forced pass (right-padded batch)."""
+                  keep_past: bool, temperature: float = 1.0) -> list[Trace]:
+    """Traces of given answers after one prompt: one teacher-forced pass (right-padded batch);
+    ``lse_temp`` at ``temperature``, as a sampler at that temperature records it."""
     device = next(model.parameters()).device
     n, P = len(answers), len(prompt_ids)
     width = max(len(a) for a in answers)
@@ -41,9 +42,11 @@ def encode_traces(model: Any, tokenizer: Any, prompt_ids: list[int], answers: li
     for j, a in enumerate(answers):
         T = len(a)
         rows = out.logits[j, : T + 1].float()
-        stats = step_stats(rows[:T], torch.tensor(a, dtype=torch.long)).cpu().numpy()
+        stats = step_stats(rows[:T], torch.tensor(a, dtype=torch.long), temperature=temperature).cpu().numpy()
         lse = np.append(stats[:, 0], torch.logsumexp(rows[T], dim=-1).item()).astype(np.float32)
+        lse_temp = np.append(stats[:, 3], tempered_lse(rows[T], temperature).item()).astype(np.float32)
         traces.append(Trace(ids=list(a), lse=lse, tok_logit=stats[:, 1].copy(), deepconf=stats[:, 2].copy(),
+                            lse_temp=lse_temp,
                             states=h[j, P : P + T].numpy(), prompt_state=h[j, P - 1].numpy(),
                             past=row_past(out_cache(out).layers, mask.to(device), j) if keep_past else None))
     return traces

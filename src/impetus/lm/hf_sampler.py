@@ -36,7 +36,7 @@ from impetus.lm.hf_encode import answer_states, encode_traces
 from impetus.lm.kv_cache import (GrowLayer, RowPast, compact_layers, forward, mergeable, out_cache, row_past,
                                  stack_caches, stack_pasts)
 from impetus.lm.nucleus import sample_tokens as _sample_tokens
-from impetus.lm.recording import RowRecord, char_ends, finalize, last_state_hook
+from impetus.lm.recording import RowRecord, char_ends, finalize, last_state_hook, tempered_lse
 from impetus.lm.sampler import Generation, ProgressFn, Prompt, SamplingParams, kept_before, row_seed
 from impetus.lm.trace import Trace
 
@@ -218,9 +218,10 @@ class HFSampler:
         """Whether ``continue_rows(past=...)`` works: every cache layer is plain full attention."""
         return all(type(layer) is DynamicLayer for layer in DynamicCache(config=self.model.config).layers)
 
-    def encode_answers(self, prompt: list[int], answers: list[list[int]], keep_past: bool) -> list[Trace]:
+    def encode_answers(self, prompt: list[int], answers: list[list[int]], keep_past: bool,
+                       temperature: float = 1.0) -> list[Trace]:
         """Traces of given answers after ``prompt`` (:func:`impetus.lm.hf_encode.encode_traces`)."""
-        return encode_traces(self.model, self.tok, list(prompt), answers, keep_past=keep_past)
+        return encode_traces(self.model, self.tok, list(prompt), answers, keep_past=keep_past, temperature=temperature)
 
     def answer_states(self, prompt: list[int], answer: list[int]) -> torch.Tensor:
         """States predicting each answer token, then the last one's (:func:`impetus.lm.hf_encode.answer_states`)."""
@@ -308,6 +309,7 @@ class HFSampler:
             for i, r, t, lp, st in zip(idx, rows, toks.tolist(), lps.tolist(), stats):
                 if st is not None:
                     r.rec.lse.append(st[0])
+                    r.rec.lse_temp.append(st[3])
                 if t in self.eos_ids:
                     self._finish(r, "eos", None)
                 else:
@@ -351,9 +353,12 @@ class HFSampler:
                 if state is not None:
                     r.rec.states.append(state[k])
             if tails:
-                tail_lse = torch.logsumexp(logits[torch.tensor(list(tails), device=logits.device)].float(), dim=-1)
-                for r, v in zip(tails.values(), tail_lse.tolist()):
+                rows_logits = logits[torch.tensor(list(tails), device=logits.device)].float()
+                tail_lse = torch.logsumexp(rows_logits, dim=-1)
+                tail_t = tempered_lse(rows_logits, float(params.temperature))
+                for r, v, vt in zip(tails.values(), tail_lse.tolist(), tail_t.tolist()):
                     r.rec.lse.append(v)
+                    r.rec.lse_temp.append(vt)
             if not live:
                 cache, slots = None, []
 

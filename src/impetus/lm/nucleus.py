@@ -21,7 +21,7 @@ def sample_tokens(
     logits: torch.Tensor, rows: list[Any], temperature: float, top_p: float, record: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Pick one token per row; return (tokens, log-prob of each token under softmax(raw logits),
-    and when ``record`` the ``[B, 3]`` step statistics of :func:`impetus.lm.recording.step_stats`).
+    and when ``record`` the ``[B, 4]`` step statistics of :func:`impetus.lm.recording.step_stats`).
 
     The statistics reuse what sampling computes anyway (the raw log-normaliser and, under top-p,
     the tokens sorted by probability, whose first 20 are the raw top-20), so recording costs
@@ -56,5 +56,6 @@ def sample_tokens(
         k = min(DEEPCONF_TOP_K, logits.shape[-1])
         # Probabilities and raw logits order tokens alike, so the nucleus's sorted ids give the top-k.
         top = logits.gather(1, idx[:, :k]) if idx is not None and idx.shape[1] >= k else logits.topk(k, dim=-1).values
-        stats = torch.stack([lse, chosen, lse - top.mean(dim=-1)], dim=1)
+        lse_t = lse if temperature in (0, 1) else torch.logsumexp(logits / temperature, dim=-1)
+        stats = torch.stack([lse, chosen, lse - top.mean(dim=-1), lse_t], dim=1)
     return tok, chosen - lse, stats

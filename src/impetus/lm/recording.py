@@ -7,6 +7,9 @@ the next-token distribution; per row we keep, for that step:
 - ``tok_logit``: the raw logit of the token the row sampled (``f_i[x_i]``);
 - ``deepconf``: DeepConf token confidence ``-(1/k) sum_{j<=k} log p_i(j)`` over the top ``k = 20``
   (arXiv:2508.15260);
+- ``lse_temp``: ``logsumexp`` of the logits divided by the sampling temperature, so the tempered
+  proposal's log-normaliser ``log Σ_v p_i(v)^α = lse_temp − α·lse`` (α = 1/temperature) is known
+  without another pass (power-sampling EBD, :mod:`impetus.decoding.mh`; kept with the states only);
 
 and, after every forward pass, the last-layer state (output of the final norm) of the token just
 fed. These are exactly the quantities :func:`impetus.energy.logit.logit_energies` derives from a
@@ -42,18 +45,27 @@ class RowRecord:
     lse: list[float] = field(default_factory=list)
     tok_logit: list[float] = field(default_factory=list)
     deepconf: list[float] = field(default_factory=list)
+    lse_temp: list[float] = field(default_factory=list)  # logsumexp(logits / temperature), T + 1 like lse
     states: list[torch.Tensor] = field(default_factory=list)  # state of each fed token, in order
     prompt_state: torch.Tensor | None = None  # last prompt token's state (fallback for T = 0)
 
 
-def step_stats(logits: torch.Tensor, tokens: torch.Tensor, top_k: int = DEEPCONF_TOP_K) -> torch.Tensor:
-    """``[B, 3]`` float32: (lse, raw logit of ``tokens``, DeepConf confidence) of one step's raw logits."""
+def step_stats(logits: torch.Tensor, tokens: torch.Tensor, top_k: int = DEEPCONF_TOP_K,
+               temperature: float = 1.0) -> torch.Tensor:
+    """``[B, 4]`` float32: (lse, raw logit of ``tokens``, DeepConf confidence, lse of the logits over
+    ``temperature``) of one step's raw logits."""
     logits = logits.float()
     lse = torch.logsumexp(logits, dim=-1)
     chosen = logits.gather(1, tokens[:, None].to(logits.device))[:, 0]
     top = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values
     conf = -(top.mean(dim=-1) - lse)  # top-k of log_softmax = top-k of logits minus lse
-    return torch.stack([lse, chosen, conf], dim=1)
+    return torch.stack([lse, chosen, conf, tempered_lse(logits, temperature)], dim=1)
+
+
+def tempered_lse(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``logsumexp(logits / temperature)`` (the raw one at temperature 0 or 1)."""
+    logits = logits.float()
+    return torch.logsumexp(logits if temperature in (0, 1) else logits / temperature, dim=-1)
 
 
 def char_ends(tokenizer: Any, ids: list[int]) -> list[int]:
@@ -82,6 +94,7 @@ def finalize(rec: RowRecord, n_tokens: int, answer_span: tuple[int, int] | None,
     if T or rec.prompt_state is not None:
         out["hidden_mean"], out["hidden_answer"] = pool_states(states, rec.prompt_state, answer_span)
     if keep_states:
+        out["lse_temp"] = np.asarray(rec.lse_temp[: T + 1], np.float32)
         width = rec.prompt_state.shape[-1] if rec.prompt_state is not None else 0
         out["states"] = states.float().numpy() if T else np.zeros((0, width), np.float32)
     return out

@@ -170,14 +170,17 @@ class ContinuingSampler(Sampler, Protocol):
         """One row per token-id prompt, seeded ``row_seed(seeds[i], 0)`` (``params.n`` must be 1),
         at most ``max_new[i]`` new tokens. ``past[i]``: a cache whose tokens start like prompt ``i``
         (it may hold more, e.g. a whole earlier answer: only the shared prefix is used, the rest of
-        the prompt is encoded). The row's ``record`` holds the recorded values and ``states``
-        (``[T, H]``) whatever the backend's recording default; ``keep_past``: its ``past`` is the cache
+        the prompt is encoded). The row's ``record`` holds the recorded values, ``states``
+        (``[T, H]``) and ``lse_temp`` (``logsumexp(logits / temperature)``, T + 1) whatever the
+        backend's recording default; ``keep_past``: its ``past`` is the cache
         of its prompt and all its tokens but, at most, the last."""
         ...
 
-    def encode_answers(self, prompt: Sequence[int], answers: list[list[int]], keep_past: bool) -> list[Trace]:
+    def encode_answers(self, prompt: Sequence[int], answers: list[list[int]], keep_past: bool,
+                       temperature: float = 1.0) -> list[Trace]:
         """Traces of given answers after one token-id prompt (one teacher-forced pass): the values
-        the backend would have recorded had it sampled them, and (``keep_past``) their caches."""
+        the backend would have recorded had it sampled them at ``temperature`` (``lse_temp``), and
+        (``keep_past``) their caches."""
         ...
 
 

@@ -36,6 +36,7 @@ class Trace:
     states: np.ndarray
     prompt_state: np.ndarray
     past: Any = None  # the backend's opaque cache (``ContinuingSampler``)
+    lse_temp: np.ndarray | None = None  # T + 1: logsumexp(logits / sampling temperature) (power-target EBD)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -43,7 +44,8 @@ class Trace:
     def truncate(self, m: int) -> Trace:
         """The first ``m`` tokens (``lse`` keeps the step after them; the cache may stay longer)."""
         return replace(self, ids=self.ids[:m], lse=self.lse[: m + 1], tok_logit=self.tok_logit[:m],
-                       deepconf=self.deepconf[:m], states=self.states[:m])
+                       deepconf=self.deepconf[:m], states=self.states[:m],
+                       lse_temp=None if self.lse_temp is None else self.lse_temp[: m + 1])
 
 
 def continued(prefix: Trace, t: int, gen: Generation) -> Trace:
@@ -56,7 +58,8 @@ def continued(prefix: Trace, t: int, gen: Generation) -> Trace:
                  tok_logit=np.concatenate([prefix.tok_logit[:t], rec["tok_logit"]]),
                  deepconf=np.concatenate([prefix.deepconf[:t], rec["deepconf"]]),
                  states=np.concatenate([prefix.states[:t], rec["states"]]), prompt_state=prefix.prompt_state,
-                 past=gen.past)
+                 past=gen.past, lse_temp=(np.concatenate([prefix.lse_temp[:t], rec["lse_temp"]])
+                                          if prefix.lse_temp is not None and "lse_temp" in rec else None))
 
 
 def cut_at_stop(trace: Trace, tokenizer: Any, stops: list[str]) -> Trace:

@@ -10,7 +10,7 @@ import pandas as pd
 
 from impetus.benchmarks.grading import one_prompt_per_problem, text_grader
 from impetus.framework.config import BenchmarkParams, EBDParams, EnergyStageParams, SamplingStageParams
-from impetus.decoding.evaluate import evaluate_ebd
+from impetus.decoding.evaluate import EBDSplit, evaluate_ebd
 from impetus.decoding.report import markdown, plot_tokens
 from impetus.latent.scoring import NewAnswerScorer
 from impetus.learned.fitting import LearnedScorers, score_split
@@ -23,26 +23,38 @@ from impetus.framework.tracking import as_mlflow_metrics, method_metrics
 logger = logging.getLogger(__name__)
 
 
+def _split(problems: pd.DataFrame, prompts: pd.DataFrame, graded: pd.DataFrame, energies_df: pd.DataFrame,
+           hidden: dict[str, Any], model: Any, tok: Any, bench: Any, scorers: LearnedScorers,
+           energies: EnergyStageParams) -> EBDSplit:
+    """One split's EBD inputs: candidates with every energy (chain starts), chain states scored
+    against the split's candidate pool from their recorded values, graded against its problems."""
+    scorer = NewAnswerScorer(tok, bench, problems, prompts, graded, scorers, energies.embedding_model,
+                             teacher_forced=partial(score_candidates, model, tok, batch_size=16, hidden=True))
+    table = score_split(graded, energies_df, hidden, problems, tok, scorers)[0]
+    return EBDSplit(prompts, table, scorer.from_traces, text_grader(bench, problems))
+
+
 def run_chains(
     problems_eval: pd.DataFrame, prompts_eval: pd.DataFrame, graded_eval: pd.DataFrame, energies_eval: pd.DataFrame,
-    hidden_eval: dict[str, Any], rerank_metrics: dict, base_lm: dict[str, Any], text_ebm: dict, latent_ebm: dict,
-    hybrid_energy: dict, benchmark: BenchmarkParams, sampling: SamplingStageParams, energies: EnergyStageParams,
-    ebd: EBDParams,
+    hidden_eval: dict[str, Any], problems_dev: pd.DataFrame, prompts_dev: pd.DataFrame, graded_dev: pd.DataFrame,
+    energies_dev: pd.DataFrame, hidden_dev: dict[str, Any], rerank_metrics: dict, base_lm: dict[str, Any],
+    text_ebm: dict, latent_ebm: dict, hybrid_energy: dict, benchmark: BenchmarkParams, sampling: SamplingStageParams,
+    energies: EnergyStageParams, ebd: EBDParams,
 ) -> tuple[dict, str, pd.DataFrame, dict, dict]:
-    """EBD answers for the first ``ebd.n_problems`` eval problems and the comparison with V1
-    (:func:`impetus.decoding.evaluate.evaluate_ebd`)."""
+    """EBD answers for the first ``ebd.n_problems`` eval problems, settings chosen on the dev split,
+    and the comparison with V1 (:func:`impetus.decoding.evaluate.evaluate_ebd`)."""
     one_prompt_per_problem(prompts_eval, "ebd")  # before any model is loaded
     cfg = ebd.to_core()
     scorers = LearnedScorers.from_records(text_ebm, latent_ebm, hybrid_energy)
     model, tok = load_base_lm(base_lm)
     bench = benchmark.build()
-    scorer = NewAnswerScorer(tok, bench, problems_eval, prompts_eval, graded_eval, scorers, energies.embedding_model,
-                             teacher_forced=partial(score_candidates, model, tok, batch_size=16, hidden=True))
-    v1 = v1_reference(score_split(graded_eval, energies_eval, hidden_eval, problems_eval, tok, scorers)[0],
-                      rerank_metrics, vote_for=[cfg.energy])
-    result, answers = evaluate_ebd(
-        get_sampler(sampling.backend, model, tok, record=True), tok, sampling_params(sampling, benchmark),
-        prompts_eval, graded_eval, scorer.from_traces, text_grader(bench, problems_eval), v1, cfg)
+    eval_split = _split(problems_eval, prompts_eval, graded_eval, energies_eval, hidden_eval, model, tok, bench,
+                        scorers, energies)
+    dev_split = _split(problems_dev, prompts_dev, graded_dev, energies_dev, hidden_dev, model, tok, bench, scorers,
+                       energies) if cfg.grid else None
+    v1 = v1_reference(eval_split.candidates, rerank_metrics, vote_for=[cfg.energy])
+    result, answers = evaluate_ebd(get_sampler(sampling.backend, model, tok, record=True), tok,
+                                   sampling_params(sampling, benchmark), eval_split, v1, cfg, dev=dev_split)
     report = markdown(result)
     logger.info("EBD report:\n%s", report)
     flat = method_metrics({k: {kk: vv for kk, vv in m.items() if kk != "family"} for k, m in result["methods"].items()},

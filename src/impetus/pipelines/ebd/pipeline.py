@@ -12,7 +12,8 @@ def create_pipeline(**kwargs) -> Pipeline:
         node(
             run_chains,
             inputs=[
-                "problems_eval", "prompts_eval", "graded_eval", "energies_eval", "hidden_eval", "rerank_metrics",
+                "problems_eval", "prompts_eval", "graded_eval", "energies_eval", "hidden_eval", "problems_dev",
+                "prompts_dev", "graded_dev", "energies_dev", "hidden_dev", "rerank_metrics",
                 "base_lm", "text_ebm", "latent_ebm", "hybrid_energy", "params:benchmark", "params:sampling",
                 "params:energies", "params:ebd",
             ],

@@ -10,7 +10,7 @@ import pandas as pd
 
 from impetus.benchmarks.grading import one_prompt_per_problem, text_grader
 from impetus.framework.config import BenchmarkParams, EnergyStageParams, LatentParams, SamplingStageParams
-from impetus.latent.evaluate import evaluate_v2
+from impetus.latent.evaluate import Split, evaluate_v2
 from impetus.latent.report import markdown, plots
 from impetus.latent.scoring import NewAnswerScorer
 from impetus.learned.fitting import LearnedScorers, score_split
@@ -23,31 +23,41 @@ from impetus.framework.tracking import as_mlflow_metrics, method_metrics
 logger = logging.getLogger(__name__)
 
 
+def _split(problems: pd.DataFrame, prompts: pd.DataFrame, graded: pd.DataFrame, model: Any, tok: Any, bench: Any,
+           scorers: LearnedScorers, energies: EnergyStageParams) -> tuple[Split, NewAnswerScorer]:
+    """One split's V2 inputs: new answers scored against its candidate pool, graded against its problems."""
+    scorer = NewAnswerScorer(tok, bench, problems, prompts, graded, scorers, energies.embedding_model,
+                             teacher_forced=partial(score_candidates, model, tok, batch_size=16, hidden=True))
+    return Split(prompts, graded, scorer.score_many, text_grader(bench, problems)), scorer
+
+
 def optimize_latents(
     problems_eval: pd.DataFrame, prompts_eval: pd.DataFrame, graded_eval: pd.DataFrame, energies_eval: pd.DataFrame,
-    hidden_eval: dict[str, Any], rerank_selections: pd.DataFrame, rerank_metrics: dict, base_lm: dict[str, Any],
-    text_ebm: dict, latent_ebm: dict, hybrid_energy: dict, benchmark: BenchmarkParams, sampling: SamplingStageParams,
-    energies: EnergyStageParams, v2_latent: LatentParams,
+    hidden_eval: dict[str, Any], problems_dev: pd.DataFrame, prompts_dev: pd.DataFrame, graded_dev: pd.DataFrame,
+    rerank_selections: pd.DataFrame, rerank_metrics: dict, base_lm: dict[str, Any], text_ebm: dict, latent_ebm: dict,
+    hybrid_energy: dict, benchmark: BenchmarkParams, sampling: SamplingStageParams, energies: EnergyStageParams,
+    v2_latent: LatentParams,
 ) -> tuple[dict, str, pd.DataFrame, dict, dict]:
-    """V2 answers for the first ``n_problems`` eval problems, from each start and mode; metrics
-    against the V1 methods matched at V2's token budget (:func:`impetus.latent.evaluate.evaluate_v2`)."""
+    """V2 answers for the first ``n_problems`` eval problems, from each start and mode, settings
+    chosen on the dev split; metrics against the zero-step controls and the V1 methods matched at
+    V2's token budget (:func:`impetus.latent.evaluate.evaluate_v2`)."""
     one_prompt_per_problem(prompts_eval, "v2_latent")  # before any model is loaded
     scorers = LearnedScorers.from_records(text_ebm, latent_ebm, hybrid_energy)
     model, tok = load_base_lm(base_lm)
+    model.requires_grad_(False)  # gradients flow to the latents only, not into the LM's weights
     bench = benchmark.build()
-    grade = text_grader(bench, problems_eval)
-    scorer = NewAnswerScorer(tok, bench, problems_eval, prompts_eval, graded_eval, scorers, energies.embedding_model,
-                             teacher_forced=partial(score_candidates, model, tok, batch_size=16, hidden=True))
+    eval_split, scorer = _split(problems_eval, prompts_eval, graded_eval, model, tok, bench, scorers, energies)
+    dev_split, dev_scorer = _split(problems_dev, prompts_dev, graded_dev, model, tok, bench, scorers, energies)
     v1 = v1_reference(score_split(graded_eval, energies_eval, hidden_eval, problems_eval, tok, scorers)[0],
                       rerank_metrics)
     result, v2 = evaluate_v2(
         get_sampler(sampling.backend, model, tok, record=False), tok, sampling_params(sampling, benchmark),
-        prompts_eval, graded_eval, rerank_selections, scorer, grade, v1, v2_latent.to_core(),
+        eval_split, rerank_selections, v1, v2_latent.to_core(), dev=dev_split,
         state_energy=scorers.latent_ebm, hidden_source=scorers.hidden_source)
-    result["scoring_lm_tokens"] = scorer.lm_tokens
+    result["scoring_lm_tokens"] = scorer.lm_tokens + dev_scorer.lm_tokens
     report = markdown(result, v2)
     logger.info("V2 report:\n%s", report)
-    figures = plots(result, v2, lambda pid, text: grade(pid, text)[1])
+    figures = plots(result, v2, lambda pid, text: eval_split.grade(pid, text)[1])
     flat = method_metrics({k: {kk: vv for kk, vv in m.items() if kk != "family"} for k, m in result["methods"].items()},
                           prefix="v2/")
     answers = v2.drop(columns=["trace"]).assign(steps=[len(t) - 1 for t in v2["trace"]])

@@ -12,7 +12,8 @@ def create_pipeline(**kwargs) -> Pipeline:
         node(
             optimize_latents,
             inputs=[
-                "problems_eval", "prompts_eval", "graded_eval", "energies_eval", "hidden_eval", "rerank_selections",
+                "problems_eval", "prompts_eval", "graded_eval", "energies_eval", "hidden_eval", "problems_dev", "prompts_dev",
+                "graded_dev", "rerank_selections",
                 "rerank_metrics", "base_lm", "text_ebm", "latent_ebm", "hybrid_energy", "params:benchmark",
                 "params:sampling", "params:energies", "params:v2_latent",
             ],
