@@ -86,7 +86,7 @@ class ToySampler:
     def can_continue(self) -> bool:
         return True
 
-    def continue_rows(self, prompts, params, seeds, max_new, past=None, keep_past=False):
+    def continue_rows(self, prompts, params, seeds, max_new, past=None, keep_past=False, forced=None):
         assert params.n == 1
         out = []
         for i, (p, s, cap) in enumerate(zip(prompts, seeds, max_new)):
@@ -94,7 +94,8 @@ class ToySampler:
                 n = min(len(past[i]), len(p) - 1)  # a chain's cache may run past the kept prefix
                 assert n > 0 and past[i][:n] == list(p[:n]), "a cache must hold the prompt's first tokens"
                 self.continued_from_cache += 1
-            out.append(self._row(list(p), params, row_seed(s, 0), cap, 0, keep_past=keep_past))
+            out.append(self._row(list(p), params, row_seed(s, 0), cap, 0, keep_past=keep_past,
+                                 forced=forced[i] if forced else ()))
         return out
 
     def encode_answers(self, prompt, answers, keep_past, temperature=1.0):
@@ -108,10 +109,6 @@ class ToySampler:
         return traces
 
     # ----- LatentSampler
-    def answer_states(self, prompt, answer):
-        ids = list(prompt) + list(answer)
-        return self.emb[ids[len(prompt) - 1 :]].clone()
-
     def state_logits(self, states):
         return states @ self.head.T
 
@@ -127,11 +124,11 @@ class ToySampler:
         T = len(tokens)
         return st[:, 0], st[:T, 1], st[:T, 2], st[:, 3]
 
-    def _row(self, ids, params, seed, cap, j, keep_past=False):
-        g, new, logps = torch.Generator().manual_seed(seed), [], []
+    def _row(self, ids, params, seed, cap, j, keep_past=False, forced=()):
+        g, new, logps, forced = torch.Generator().manual_seed(seed), [], [], list(forced)
         while len(new) < cap:
             logits = self.state_logits(self.emb[(ids + new)[-1]])
-            t = (int(logits.argmax()) if params.temperature == 0 else
+            t = (forced.pop(0) if forced else int(logits.argmax()) if params.temperature == 0 else
                  int(torch.multinomial(torch.softmax(logits / params.temperature, -1), 1, generator=g)))
             if t == self.eos:
                 break
@@ -210,8 +207,8 @@ def test_v2_core_runs_on_a_second_backend(toy):
     target = next(c for c in (tok.convert_ids_to_tokens(int(i)) for i in first.argsort(descending=True))
                   if len(c) == 1 and c.isalnum() and not any(cands["completion"].str.startswith(c)))
 
-    def score(_pids, gens: list[Generation]):  # lowest for answers starting with ``target``
-        return pd.DataFrame({"planted": [0.0 if g.text.startswith(target) else 1.0 for g in gens]})
+    def score(_pids, traces):  # lowest for answers starting with ``target``
+        return pd.DataFrame({"planted": [0.0 if tok.decode(t.ids).startswith(target) else 1.0 for t in traces]})
 
     direction = sampler.head[tok.convert_tokens_to_ids(target)]  # raises the target's logit
     split = Split(prompts, cands, score, grade)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from impetus.latent.optimize import LatentConfig, LatentOptimizer, choose_window, token_signals
+from impetus.latent.optimize import LatentConfig, LatentOptimizer, choose_window, token_signals, trace_states
 from impetus.lm.hf_sampler import HFSampler
-from impetus.lm.sampler import Generation, SamplingParams
+from impetus.lm.sampler import SamplingParams
 from impetus.testing import tiny_llama, tiny_tokenizer
 
 PARAMS = SamplingParams(n=1, temperature=0.0, top_p=1.0, max_new_tokens=8, stop=["\n"], batch_size=8, seed=0)
@@ -38,14 +38,19 @@ def setup():
 
 def planted(tok, target: str):
     """Energy 0 when the answer starts with ``target``, else 1: its minimum is known."""
-    return lambda gens: np.array([0.0 if g.text.startswith(target) else 1.0 for g in gens])
+    return by_text(tok, lambda text: 0.0 if text.startswith(target) else 1.0)
+
+
+def by_text(tok, fn):
+    """An energy of answer traces from their decoded text."""
+    return lambda traces: np.array([fn(tok.decode(t.ids)) for t in traces], dtype=float)
 
 
 def test_reinforce_lowers_a_planted_energy_and_changes_the_prefix(setup):
     tok, model, sampler, prompt, start = setup
     target = next(c for c in "abcdefgh" if not start.text.startswith(c))
     opt = LatentOptimizer(sampler, tok, PARAMS, _cfg(lr=2.0, samples=16, steps=8))
-    res = opt.optimize(prompt, start, planted(tok, target), seed=0)
+    res = opt.optimize(prompt, start.token_ids, planted(tok, target), seed=0)
     assert res.start_energy == 1.0 and res.energy == 0.0 and res.text.startswith(target)
     assert res.prefix_changed and res.generated_tokens > 0
     assert [s["step"] for s in res.steps][:2] == [0, 1]
@@ -54,7 +59,7 @@ def test_reinforce_lowers_a_planted_energy_and_changes_the_prefix(setup):
 def test_zero_variance_reward_leaves_z_unchanged(setup):
     tok, model, sampler, prompt, start = setup
     opt = LatentOptimizer(sampler, tok, PARAMS, _cfg(steps=3))
-    res = opt.optimize(prompt, start, lambda gens: np.ones(len(gens)), seed=0)
+    res = opt.optimize(prompt, start.token_ids, lambda gens: np.ones(len(gens)), seed=0)
     # Every sample scored the same: the advantage is zero, z never moves, so the argmax decode is the
     # start prefix and nothing beats the start answer.
     assert not res.prefix_changed and res.text == start.text and res.energy == 1.0
@@ -70,11 +75,11 @@ def test_gradient_mode_descends_a_state_energy_within_the_ball(setup):
     # window = the states predicting answer tokens 0..2; those predicting tokens 1 and 2 sit at tokens 0 and 1,
     # the first two pooled answer states
     pool = lambda s: s[:2].mean(dim=0)  # noqa: E731
-    energy = lambda gens: np.array([0.0 if g.text[1:3].count("q") else 1.0 for g in gens])  # noqa: E731
+    energy = by_text(tok, lambda text: 0.0 if text[1:3].count("q") else 1.0)
     frac = 3 / len(start.token_ids)
     opt = LatentOptimizer(sampler, tok, PARAMS, _cfg(mode="gradient", prefix_fraction=frac, steps=10, lr=1.0,
                                                             radius=2.0))
-    res = opt.optimize(prompt, start, energy, seed=0, state_energy=state_energy, pool=pool)
+    res = opt.optimize(prompt, start.token_ids, energy, seed=0, state_energy=state_energy, pool=pool)
     assert res.window == (0, 3) and res.moved
     assert res.prefix_changed and "q" in res.text[1:3] and res.energy < res.start_energy
 
@@ -85,34 +90,34 @@ def test_the_signal_rules_pick_a_planted_unlikely_token(setup):
     tok, model, sampler, prompt, start = setup
     greedy = sampler.generate([prompt], dataclasses.replace(PARAMS, stop=[]), [0])[0][0].token_ids
     assert len(greedy) >= 6
+    states = lambda ids: trace_states(sampler.encode_answers(prompt, [ids], keep_past=False)[0])  # noqa: E731
     with torch.no_grad():
-        logits = sampler.state_logits(sampler.answer_states(prompt, greedy[:3]))
+        logits = sampler.state_logits(states(greedy[:3]))
     planted = greedy[:3] + [int(logits[3].argmin())] + greedy[4:]
     with torch.no_grad():
-        signals = token_signals(sampler.state_logits(sampler.answer_states(prompt, planted)), planted)
+        signals = token_signals(sampler.state_logits(states(planted)), planted)
     assert int(np.argmax(signals["surprisal"])) == 3 and int(np.argmax(signals["spilled"])) == 3
     assert choose_window(signals, "spilled", len(planted), 0.2, 2) == (3, 2)
     assert choose_window(signals, "prefix", len(planted), 0.25, 2) == (0, 2)
-    ans = Generation(text=tok.decode(planted), token_ids=planted, n_tokens=len(planted), finish_reason="length",
-                     logprob_mean=0.0, seconds=0.0)
     opt = LatentOptimizer(sampler, tok, PARAMS, _cfg(positions="surprisal", window=2, steps=0))
-    res = opt.optimize(prompt, ans, lambda gens: np.ones(len(gens)), seed=0)
-    assert res.window == (3, 2)
-    # The control keeps tokens 0..2 and re-decodes the window from the unoptimised states: the greedy token
-    # comes back at position 3 (energies tie, so the start answer stays chosen, and the control is it).
-    assert res.control_text == res.text == ans.text
+    # energy: 0 for the answers that do not carry the planted token at 3, so the control (which re-decodes the
+    # window from the unoptimised states: the greedy token comes back) wins over the start
+    res = opt.optimize(prompt, planted, lambda traces: np.array([float(t.ids[3:4] == planted[3:4]) for t in traces]),
+                       seed=0)
+    assert res.window == (3, 2) and res.token_ids[:3] == planted[:3] and res.token_ids[3] == greedy[3]
+    assert res.control_text == res.text and res.energy == 0.0 and res.start_energy == 1.0
 
 
 def test_zero_steps_is_the_control(setup):
     tok, model, sampler, prompt, start = setup
-    energy = lambda gens: np.array([len(g.text) % 3 for g in gens], dtype=float)  # noqa: E731
+    energy = by_text(tok, lambda text: len(text) % 3)
     res = LatentOptimizer(sampler, tok, PARAMS, _cfg(steps=0, positions="spilled", window=2)).optimize(
-        prompt, start, energy, seed=3)
+        prompt, start.token_ids, energy, seed=3)
     assert (res.text, res.energy, res.generated_tokens) == (res.control_text, res.control_energy, res.control_tokens)
     assert not res.moved and len(res.steps) == 1
     # With steps, step 0 is the same control, and the answer is never worse than it.
     more = LatentOptimizer(sampler, tok, PARAMS, _cfg(steps=3, positions="spilled", window=2)).optimize(
-        prompt, start, energy, seed=3)
+        prompt, start.token_ids, energy, seed=3)
     assert (more.control_text, more.control_energy) == (res.control_text, res.control_energy)
     assert more.energy <= more.control_energy and more.generated_tokens > more.control_tokens
 
@@ -120,8 +125,8 @@ def test_zero_steps_is_the_control(setup):
 def test_batched_answers_equal_one_at_a_time(setup):
     tok, model, sampler, prompt, start = setup
     other = sampler.generate([tok("Q: 3+5?\nA:")["input_ids"]], PARAMS, [1])[0][0]
-    items = [(prompt, start), (tok("Q: 3+5?\nA:")["input_ids"], other)]
-    energy = lambda gens: np.array([len(g.text) % 3 for g in gens], dtype=float)  # noqa: E731
+    items = [(prompt, start.token_ids), (tok("Q: 3+5?\nA:")["input_ids"], other.token_ids)]
+    energy = by_text(tok, lambda text: len(text) % 3)
     opt = LatentOptimizer(sampler, tok, PARAMS, _cfg(steps=3, samples=4))
     together = opt.optimize_many(items, lambda owners, gens: energy(gens), [7, 8])
     alone = [opt.optimize(p, a, energy, seed=s) for (p, a), s in zip(items, [7, 8])]
@@ -132,6 +137,6 @@ def test_batched_answers_equal_one_at_a_time(setup):
 def test_same_seed_same_output(setup):
     tok, model, sampler, prompt, start = setup
     opt = LatentOptimizer(sampler, tok, PARAMS, _cfg(steps=3))
-    energy = lambda gens: np.array([len(g.text) % 3 for g in gens], dtype=float)  # noqa: E731
-    a, b = opt.optimize(prompt, start, energy, seed=5), opt.optimize(prompt, start, energy, seed=5)
+    energy = by_text(tok, lambda text: len(text) % 3)
+    a, b = opt.optimize(prompt, start.token_ids, energy, seed=5), opt.optimize(prompt, start.token_ids, energy, seed=5)
     assert a.text == b.text and [s["energy"] for s in a.steps] == [s["energy"] for s in b.steps]

@@ -80,6 +80,25 @@ def test_spliced_record_equals_a_teacher_forced_pass(setup):
         np.testing.assert_allclose(h1["hidden_answer"], h2["hidden_answer"], atol=1e-4)
 
 
+def test_forced_tokens_are_recorded_as_a_teacher_forced_pass_records_them(setup):
+    """V2's answers: keep 2 tokens, emit 2 forced window tokens, then decode greedily; the spliced trace
+    equals a teacher-forced pass over the result, so V2's energies need no pass either."""
+    tok, model, sampler, prompts, gens = setup
+    (tr,) = encode_traces(model, tok, prompts[2], [gens[2].token_ids], keep_past=True)
+    window = tok("zz", add_special_tokens=False)["input_ids"]
+    greedy = SamplingParams(**{**PARAMS.to_dict(), "temperature": 0.0})
+    (gen,) = sampler.continue_rows([prompts[2] + tr.ids[:2]], greedy, [5], [PARAMS.max_new_tokens - 2],
+                                   past=[tr.past], forced=[window])
+    spliced = continued(tr, 2, gen)
+    assert spliced.ids[:4] == tr.ids[:2] + window and len(spliced) > 4
+    (ref,) = encode_traces(model, tok, prompts[2], [spliced.ids], keep_past=False)
+    for key in ("lse", "tok_logit", "deepconf", "states"):
+        np.testing.assert_allclose(getattr(spliced, key), getattr(ref, key), atol=1e-4, rtol=1e-4)
+    # after the window, the tokens are the greedy continuation of prompt + kept + window
+    (plain,) = sampler.continue_rows([prompts[2] + spliced.ids[:4]], greedy, [5], [PARAMS.max_new_tokens - 4])
+    assert spliced.ids[4:] == plain.token_ids
+
+
 def test_trace_energies_equal_score_candidates(setup):
     from impetus.lm.scoring import score_candidates
 

@@ -125,13 +125,15 @@ def test_recorded_energies_equal_teacher_forced(gemma):
         np.testing.assert_allclose(r["hidden_mean"], ref.hidden_mean[k], atol=1e-4)
 
 
-def test_state_logits_of_answer_states_are_the_models_logits(gemma):
-    """V2 decodes ``state_logits(answer_states)``: it must be what the forward gives, soft-capping
-    included (the bare LM head is not)."""
+def test_state_logits_of_an_answers_states_are_the_models_logits(gemma):
+    """V2 decodes ``state_logits`` of an encoded answer's states: it must be what the forward gives,
+    soft-capping included (the bare LM head is not)."""
+    from impetus.latent.optimize import trace_states
+
     model, tok = gemma
     s = HFSampler(model, tok)
     prompt, answer = tok(PROMPTS[0])["input_ids"], tok("7. The answer", add_special_tokens=False)["input_ids"]
-    h = s.answer_states(prompt, answer)
+    h = trace_states(s.encode_answers(prompt, [answer], keep_past=False)[0])
     assert h.shape == (len(answer) + 1, 64)
     with torch.no_grad():
         want = model(torch.tensor([prompt + answer])).logits[0, len(prompt) - 1 :]

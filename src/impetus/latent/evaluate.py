@@ -26,13 +26,14 @@ import torch
 from impetus.benchmarks.grading import Grade
 from impetus.latent.optimize import LatentConfig, LatentOptimizer, LatentResult, StateEnergy
 from impetus.lm.runner import stable_seed
-from impetus.lm.sampler import Generation, LatentSampler, SamplingParams
+from impetus.lm.sampler import LatentSampler, SamplingParams
+from impetus.lm.trace import Trace
 from impetus.selection.budget import V1Reference, compare_at_equal_tokens
 from impetus.selection.grid import choose_on_dev
 from impetus.selection.metrics import paired_bootstrap
 
-#: ``score(problem_ids, generations) -> energies table`` (row i: generation i of problem_ids[i]).
-ScoreAnswers = Callable[[list[str], "list[Generation]"], pd.DataFrame]
+#: ``score(problem_ids, traces) -> energies table`` (row i: trace i, an answer to problem_ids[i]).
+ScoreAnswers = Callable[[list[str], "list[Trace]"], pd.DataFrame]
 Mode = Literal["reinforce", "gradient"]
 
 
@@ -86,12 +87,6 @@ def pool_fn(source: str) -> Callable[[torch.Tensor], torch.Tensor]:
     return pool
 
 
-def _generation(row: Mapping[str, Any], tok: Any) -> Generation:
-    ids = tok(row["completion"], add_special_tokens=False)["input_ids"]
-    return Generation(text=row["completion"], token_ids=ids, n_tokens=len(ids), finish_reason=row["finish_reason"],
-                      logprob_mean=float("nan"), seconds=0.0)
-
-
 def _rows(pid: str, method: str, res: LatentResult, cand: Mapping[str, Any], base_tokens: int, grade: Grade
           ) -> list[dict[str, Any]]:
     """The V2 row and its zero-step control's."""
@@ -122,7 +117,8 @@ def optimize_split(
     prompt_of = dict(zip(split.prompts["problem_id"], split.prompts["prompt"]))
     keys = [(pid, s) for pid in pids for s in starts]
     cands = {(pid, s): by_key.loc[(pid, int(starts[s][pid]))] for pid, s in keys}
-    items = [(tok(prompt_of[pid])["input_ids"], _generation(cands[(pid, s)], tok)) for pid, s in keys]
+    items = [(tok(prompt_of[pid])["input_ids"], tok(cands[(pid, s)]["completion"], add_special_tokens=False)["input_ids"])
+             for pid, s in keys]
     energy_of = lambda owners, gens: split.score([keys[o][0] for o in owners], gens)[energy].to_numpy(float)  # noqa: E731
     rows = []
     for mode, cfg in configs.items():

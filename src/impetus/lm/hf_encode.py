@@ -1,8 +1,7 @@
 """Teacher-forced passes of the HF backend for EBD and V2 (behind :mod:`impetus.lm.sampler`'s protocols).
 
-- :func:`encode_traces`: continuable :class:`impetus.lm.trace.Trace` s of given answers (EBD chain
-  starts the sampler did not produce), the values the sampler would have recorded;
-- :func:`answer_states`: an answer's last-layer states (V2's latents and its pooled states).
+:func:`encode_traces`: continuable :class:`impetus.lm.trace.Trace` s of given answers (EBD chain
+starts and V2 start answers the sampler did not produce), the values the sampler would have recorded.
 """
 
 from __future__ import annotations
@@ -50,17 +49,3 @@ def encode_traces(model: Any, tokenizer: Any, prompt_ids: list[int], answers: li
                             states=h[j, P : P + T].numpy(), prompt_state=h[j, P - 1].numpy(),
                             past=row_past(out_cache(out).layers, mask.to(device), j) if keep_past else None))
     return traces
-
-
-@torch.no_grad()
-def answer_states(model: Any, prompt_ids: list[int], answer_ids: list[int]) -> torch.Tensor:
-    """``[T + 1, H]``: the states that predicted answer tokens ``0..T-1``, then the state at the last
-    answer token (post final norm), from one teacher-forced pass."""
-    with last_state_hook(model, full=True) as state:
-        # one row of logits: the states come from the hook, and a full [L, V] row block is large
-        # for big vocabularies (Gemma 3: 262k tokens, ~1 MB a position)
-        model(input_ids=torch.tensor([prompt_ids + answer_ids], device=next(model.parameters()).device),
-              logits_to_keep=1)
-        h = state()[0]
-    p = len(prompt_ids)
-    return h[p - 1 : p + len(answer_ids)].clone()

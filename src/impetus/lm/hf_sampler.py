@@ -32,7 +32,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from impetus.energy.recorded import token_span
-from impetus.lm.hf_encode import answer_states, encode_traces
+from impetus.lm.hf_encode import encode_traces
 from impetus.lm.kv_cache import (GrowLayer, RowPast, compact_layers, forward, mergeable, out_cache, row_past,
                                  stack_caches, stack_pasts)
 from impetus.lm.nucleus import sample_tokens as _sample_tokens
@@ -51,6 +51,7 @@ class _Call:
     past: list[RowPast] | None = None  # given caches of the prompts' first tokens
     keep_past: bool = False  # give each row its cache
     keep_states: bool = False  # keep each row's per-token states in its record
+    forced: list[list[int]] | None = None  # per prompt: tokens its row emits first, recorded as if sampled
     state: Callable[[], torch.Tensor | None] = lambda: None  # the last forward's last-layer states
 
 
@@ -70,6 +71,22 @@ class _Row:
     rec: RowRecord | None = None  # raw-logit statistics and states, when recording
     cap: int = 0  # max new tokens of this row
     past: RowPast | None = None  # its KV cache when it finished (``keep_past``)
+    forced: list[int] = field(default_factory=list)  # tokens still to emit before sampling (``forced=``)
+
+
+def _force(logits: torch.Tensor, rows: list[_Row], toks: torch.Tensor, lps: torch.Tensor,
+           stats: torch.Tensor | None) -> None:
+    """Rows with forced tokens left emit the next one instead of their draw (in place): its log-prob
+    and raw logit are recorded as a sampled token's would be (the row still drew its uniform, so
+    what it samples afterwards does not depend on being forced)."""
+    for k, r in enumerate(rows):
+        if r.forced:
+            t = r.forced.pop(0)
+            f = logits[k].float()
+            toks[k] = t
+            lps[k] = f[t] - torch.logsumexp(f, dim=-1)
+            if stats is not None:
+                stats[k, 1] = f[t]
 
 
 def _common_prefix(seqs: list[list[int]]) -> int:
@@ -202,7 +219,7 @@ class HFSampler:
 
     def continue_rows(
         self, prompts: list[list[int]], params: SamplingParams, seeds: list[int], max_new: list[int],
-        past: list[RowPast] | None = None, keep_past: bool = False,
+        past: list[RowPast] | None = None, keep_past: bool = False, forced: list[list[int]] | None = None,
     ) -> list[Generation]:
         """One recorded row per token-id prompt; see ``ContinuingSampler.continue_rows``. ``past[i]``
         is a KV cache of prompt ``i``'s first tokens (a ``Generation.past``): only the rest is encoded."""
@@ -211,7 +228,9 @@ class HFSampler:
         if (past is not None or keep_past) and not self.can_continue():
             raise ValueError(f"{type(self.model).__name__} has cache layers other than full attention; "
                              "continuing from a given KV cache is not supported for it")
-        call = _Call(record=True, past=past, keep_past=keep_past, keep_states=True)
+        if forced is not None and len(forced) != len(prompts):
+            raise ValueError(f"got {len(prompts)} prompts but {len(forced)} forced token lists")
+        call = _Call(record=True, past=past, keep_past=keep_past, keep_states=True, forced=forced)
         return [g for (g,) in self._run(prompts, params, seeds, call, max_new=max_new)]
 
     def can_continue(self) -> bool:
@@ -222,10 +241,6 @@ class HFSampler:
                        temperature: float = 1.0) -> list[Trace]:
         """Traces of given answers after ``prompt`` (:func:`impetus.lm.hf_encode.encode_traces`)."""
         return encode_traces(self.model, self.tok, list(prompt), answers, keep_past=keep_past, temperature=temperature)
-
-    def answer_states(self, prompt: list[int], answer: list[int]) -> torch.Tensor:
-        """States predicting each answer token, then the last one's (:func:`impetus.lm.hf_encode.answer_states`)."""
-        return answer_states(self.model, list(prompt), list(answer))
 
     def state_logits(self, states: torch.Tensor) -> torch.Tensor:
         """The logits the model's forward makes of given last-layer states (differentiable): the LM
@@ -265,7 +280,7 @@ class HFSampler:
                 g = torch.Generator().manual_seed(row_seed(s, j))
                 cap = params.max_new_tokens if max_new is None else int(max_new[i])
                 pending.append(_Row(prompt_idx=i, sample_idx=j, gen=g, rec=RowRecord() if call.record else None,
-                                    cap=cap))
+                                    cap=cap, forced=list(call.forced[i]) if call.forced else []))
         all_rows = list(pending)
         bs = params.batch_size
         refill_at = max(1, int(bs * self.refill_fraction))
@@ -304,6 +319,8 @@ class HFSampler:
             rows: list[_Row] = [slots[i] for i in idx]  # type: ignore[misc]
             lg = logits if len(idx) == len(slots) else logits[torch.tensor(idx, device=logits.device)]
             toks, lps, stats = _sample_tokens(lg, rows, float(params.temperature), float(params.top_p), call.record)
+            if call.forced:
+                _force(lg, rows, toks, lps, stats)
             stats = stats.tolist() if stats is not None else [None] * len(rows)
             done, tails = 0, {}
             for i, r, t, lp, st in zip(idx, rows, toks.tolist(), lps.tolist(), stats):

@@ -6,8 +6,8 @@ protocols below, and obtain a backend with ``get_sampler(name, model, tokenizer)
 - :class:`Sampler` generates ``n`` rows per prompt with per-row seeds (the runner, V1);
 - :class:`ContinuingSampler` also continues rows from a kept cache with per-row caps and encodes
   given answers into continuable :class:`impetus.lm.trace.Trace` s (EBD's proposals);
-- :class:`LatentSampler` also exposes an answer's last-layer states and decodes given states to
-  logits, differentiably (V2's latent optimisation).
+- :class:`LatentSampler` also decodes given last-layer states to logits, differentiably (V2's
+  latent optimisation).
 
 EBD and V2 (``impetus.decoding``, ``impetus.latent``) use these protocols only, never a backend
 class, so a new backend serves them by implementing the methods below.
@@ -165,7 +165,7 @@ class ContinuingSampler(Sampler, Protocol):
 
     def continue_rows(
         self, prompts: Sequence[Sequence[int]], params: SamplingParams, seeds: list[int], max_new: list[int],
-        past: list[Any] | None = None, keep_past: bool = False,
+        past: list[Any] | None = None, keep_past: bool = False, forced: list[list[int]] | None = None,
     ) -> list[Generation]:
         """One row per token-id prompt, seeded ``row_seed(seeds[i], 0)`` (``params.n`` must be 1),
         at most ``max_new[i]`` new tokens. ``past[i]``: a cache whose tokens start like prompt ``i``
@@ -173,7 +173,8 @@ class ContinuingSampler(Sampler, Protocol):
         the prompt is encoded). The row's ``record`` holds the recorded values, ``states``
         (``[T, H]``) and ``lse_temp`` (``logsumexp(logits / temperature)``, T + 1) whatever the
         backend's recording default; ``keep_past``: its ``past`` is the cache
-        of its prompt and all its tokens but, at most, the last."""
+        of its prompt and all its tokens but, at most, the last. ``forced[i]``: tokens row ``i`` emits
+        first (counted in its cap, recorded as sampled ones: V2's decoded window), then it samples."""
         ...
 
     def encode_answers(self, prompt: Sequence[int], answers: list[list[int]], keep_past: bool,
@@ -185,13 +186,10 @@ class ContinuingSampler(Sampler, Protocol):
 
 
 @runtime_checkable
-class LatentSampler(Sampler, Protocol):
-    """A backend whose last-layer states can be read and decoded (what V2's optimiser needs)."""
-
-    def answer_states(self, prompt: Sequence[int], answer: Sequence[int]) -> torch.Tensor:
-        """``[T + 1, H]`` last-layer (post final norm) states of a teacher-forced pass: row ``i`` is
-        the state that predicted answer token ``i``, the last row the state at the last token."""
-        ...
+class LatentSampler(ContinuingSampler, Protocol):
+    """A continuing backend whose last-layer states can be decoded (what V2's optimiser needs: it
+    reads an answer's states from its :class:`impetus.lm.trace.Trace` and continues the answer after
+    decoding them, ``continue_rows(forced=...)``)."""
 
     def state_logits(self, states: torch.Tensor) -> torch.Tensor:
         """Next-token logits ``[..., V]`` of given last-layer states, differentiable in ``states``."""

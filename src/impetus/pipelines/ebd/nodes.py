@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from functools import partial
 from typing import Any
 
 import pandas as pd
@@ -15,7 +14,6 @@ from impetus.decoding.report import markdown, plot_tokens
 from impetus.latent.scoring import NewAnswerScorer
 from impetus.learned.fitting import LearnedScorers, score_split
 from impetus.lm.sampler import get_sampler
-from impetus.lm.scoring import score_candidates
 from impetus.pipelines.utils import load_base_lm, sampling_params
 from impetus.selection.budget import v1_reference
 from impetus.framework.tracking import as_mlflow_metrics, method_metrics
@@ -24,12 +22,11 @@ logger = logging.getLogger(__name__)
 
 
 def _split(problems: pd.DataFrame, prompts: pd.DataFrame, graded: pd.DataFrame, energies_df: pd.DataFrame,
-           hidden: dict[str, Any], model: Any, tok: Any, bench: Any, scorers: LearnedScorers,
+           hidden: dict[str, Any], tok: Any, bench: Any, scorers: LearnedScorers,
            energies: EnergyStageParams) -> EBDSplit:
     """One split's EBD inputs: candidates with every energy (chain starts), chain states scored
     against the split's candidate pool from their recorded values, graded against its problems."""
-    scorer = NewAnswerScorer(tok, bench, problems, prompts, graded, scorers, energies.embedding_model,
-                             teacher_forced=partial(score_candidates, model, tok, batch_size=16, hidden=True))
+    scorer = NewAnswerScorer(tok, bench, problems, graded, scorers, energies.embedding_model)
     table = score_split(graded, energies_df, hidden, problems, tok, scorers)[0]
     return EBDSplit(prompts, table, scorer.from_traces, text_grader(bench, problems))
 
@@ -48,9 +45,9 @@ def run_chains(
     scorers = LearnedScorers.from_records(text_ebm, latent_ebm, hybrid_energy)
     model, tok = load_base_lm(base_lm)
     bench = benchmark.build()
-    eval_split = _split(problems_eval, prompts_eval, graded_eval, energies_eval, hidden_eval, model, tok, bench,
-                        scorers, energies)
-    dev_split = _split(problems_dev, prompts_dev, graded_dev, energies_dev, hidden_dev, model, tok, bench, scorers,
+    eval_split = _split(problems_eval, prompts_eval, graded_eval, energies_eval, hidden_eval, tok, bench, scorers,
+                        energies)
+    dev_split = _split(problems_dev, prompts_dev, graded_dev, energies_dev, hidden_dev, tok, bench, scorers,
                        energies) if cfg.grid else None
     v1 = v1_reference(eval_split.candidates, rerank_metrics, vote_for=[cfg.energy])
     result, answers = evaluate_ebd(get_sampler(sampling.backend, model, tok, record=True), tok,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from functools import partial
 from typing import Any
 
 import pandas as pd
@@ -15,7 +14,6 @@ from impetus.latent.report import markdown, plots
 from impetus.latent.scoring import NewAnswerScorer
 from impetus.learned.fitting import LearnedScorers, score_split
 from impetus.lm.sampler import get_sampler
-from impetus.lm.scoring import score_candidates
 from impetus.pipelines.utils import load_base_lm, sampling_params
 from impetus.selection.budget import v1_reference
 from impetus.framework.tracking import as_mlflow_metrics, method_metrics
@@ -23,12 +21,12 @@ from impetus.framework.tracking import as_mlflow_metrics, method_metrics
 logger = logging.getLogger(__name__)
 
 
-def _split(problems: pd.DataFrame, prompts: pd.DataFrame, graded: pd.DataFrame, model: Any, tok: Any, bench: Any,
-           scorers: LearnedScorers, energies: EnergyStageParams) -> tuple[Split, NewAnswerScorer]:
-    """One split's V2 inputs: new answers scored against its candidate pool, graded against its problems."""
-    scorer = NewAnswerScorer(tok, bench, problems, prompts, graded, scorers, energies.embedding_model,
-                             teacher_forced=partial(score_candidates, model, tok, batch_size=16, hidden=True))
-    return Split(prompts, graded, scorer.score_many, text_grader(bench, problems)), scorer
+def _split(problems: pd.DataFrame, prompts: pd.DataFrame, graded: pd.DataFrame, tok: Any, bench: Any,
+           scorers: LearnedScorers, energies: EnergyStageParams) -> Split:
+    """One split's V2 inputs: new answers scored against its candidate pool from their recorded
+    values, graded against its problems."""
+    scorer = NewAnswerScorer(tok, bench, problems, graded, scorers, energies.embedding_model)
+    return Split(prompts, graded, scorer.traces_many, text_grader(bench, problems))
 
 
 def optimize_latents(
@@ -46,15 +44,14 @@ def optimize_latents(
     model, tok = load_base_lm(base_lm)
     model.requires_grad_(False)  # gradients flow to the latents only, not into the LM's weights
     bench = benchmark.build()
-    eval_split, scorer = _split(problems_eval, prompts_eval, graded_eval, model, tok, bench, scorers, energies)
-    dev_split, dev_scorer = _split(problems_dev, prompts_dev, graded_dev, model, tok, bench, scorers, energies)
+    eval_split = _split(problems_eval, prompts_eval, graded_eval, tok, bench, scorers, energies)
+    dev_split = _split(problems_dev, prompts_dev, graded_dev, tok, bench, scorers, energies)
     v1 = v1_reference(score_split(graded_eval, energies_eval, hidden_eval, problems_eval, tok, scorers)[0],
                       rerank_metrics)
     result, v2 = evaluate_v2(
-        get_sampler(sampling.backend, model, tok, record=False), tok, sampling_params(sampling, benchmark),
+        get_sampler(sampling.backend, model, tok, record=True), tok, sampling_params(sampling, benchmark),
         eval_split, rerank_selections, v1, v2_latent.to_core(), dev=dev_split,
         state_energy=scorers.latent_ebm, hidden_source=scorers.hidden_source)
-    result["scoring_lm_tokens"] = scorer.lm_tokens + dev_scorer.lm_tokens
     report = markdown(result, v2)
     logger.info("V2 report:\n%s", report)
     figures = plots(result, v2, lambda pid, text: eval_split.grade(pid, text)[1])
