@@ -35,6 +35,7 @@ from impetus.energy.recorded import token_span
 from impetus.lm.hf_encode import encode_traces
 from impetus.lm.kv_cache import (GrowLayer, RowPast, compact_layers, forward, mergeable, out_cache, row_past,
                                  stack_caches, stack_pasts)
+from impetus.lm.nucleus import force_tokens
 from impetus.lm.nucleus import sample_tokens as _sample_tokens
 from impetus.lm.recording import RowRecord, char_ends, finalize, last_state_hook, tempered_lse
 from impetus.lm.sampler import Generation, ProgressFn, Prompt, SamplingParams, kept_before, row_seed
@@ -72,21 +73,6 @@ class _Row:
     cap: int = 0  # max new tokens of this row
     past: RowPast | None = None  # its KV cache when it finished (``keep_past``)
     forced: list[int] = field(default_factory=list)  # tokens still to emit before sampling (``forced=``)
-
-
-def _force(logits: torch.Tensor, rows: list[_Row], toks: torch.Tensor, lps: torch.Tensor,
-           stats: torch.Tensor | None) -> None:
-    """Rows with forced tokens left emit the next one instead of their draw (in place): its log-prob
-    and raw logit are recorded as a sampled token's would be (the row still drew its uniform, so
-    what it samples afterwards does not depend on being forced)."""
-    for k, r in enumerate(rows):
-        if r.forced:
-            t = r.forced.pop(0)
-            f = logits[k].float()
-            toks[k] = t
-            lps[k] = f[t] - torch.logsumexp(f, dim=-1)
-            if stats is not None:
-                stats[k, 1] = f[t]
 
 
 def _common_prefix(seqs: list[list[int]]) -> int:
@@ -320,7 +306,7 @@ class HFSampler:
             lg = logits if len(idx) == len(slots) else logits[torch.tensor(idx, device=logits.device)]
             toks, lps, stats = _sample_tokens(lg, rows, float(params.temperature), float(params.top_p), call.record)
             if call.forced:
-                _force(lg, rows, toks, lps, stats)
+                force_tokens(lg, rows, toks, lps, stats)
             stats = stats.tolist() if stats is not None else [None] * len(rows)
             done, tails = 0, {}
             for i, r, t, lp, st in zip(idx, rows, toks.tolist(), lps.tolist(), stats):

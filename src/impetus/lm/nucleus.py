@@ -1,4 +1,5 @@
-"""One decoding step's token choice: seeded inverse-CDF nucleus sampling over raw logits.
+"""One decoding step's token choice: seeded inverse-CDF nucleus sampling over raw logits, or a
+forced token (:func:`force_tokens`, V2's decoded window).
 
 Also returns the raw-logit statistics the sampler records while decoding
 (:mod:`impetus.lm.recording`), computed from what the choice needs anyway.
@@ -59,3 +60,18 @@ def sample_tokens(
         lse_t = lse if temperature in (0, 1) else torch.logsumexp(logits / temperature, dim=-1)
         stats = torch.stack([lse, chosen, lse - top.mean(dim=-1), lse_t], dim=1)
     return tok, chosen - lse, stats
+
+
+def force_tokens(logits: torch.Tensor, rows: list[Any], toks: torch.Tensor, lps: torch.Tensor,
+                 stats: torch.Tensor | None) -> None:
+    """Rows with ``forced`` tokens left emit the next one instead of their choice (in place): its log-prob
+    and raw logit are recorded as a sampled token's would be (the row still drew its uniform, so
+    what it samples afterwards does not depend on being forced)."""
+    for k, r in enumerate(rows):
+        if r.forced:
+            t = r.forced.pop(0)
+            f = logits[k].float()
+            toks[k] = t
+            lps[k] = f[t] - torch.logsumexp(f, dim=-1)
+            if stats is not None:
+                stats[k, 1] = f[t]
