@@ -42,3 +42,16 @@ def test_v1_reference_builds_the_dev_chosen_methods(v1):
     assert "vote_majority" not in ref.methods and ref.headline == "vote_hybrid"
     assert ref.resolve(["hybrid", "headline", "vote_hybrid"]) == ["hybrid", "vote_hybrid"]
     assert prefix_accuracy(table, ref.methods["hybrid"], 4).eq(False).all()  # argmin picks sample 0, answer "2"
+
+
+def test_over_budget_note_names_methods_beyond_v1s_n():
+    from impetus.selection.budget import over_budget_note
+
+    result = {"v1_tokens_by_n": {1: 20.0, 2: 41.0},
+              "methods": {"ebd_lowest": {"family": "ebd", "tokens_per_problem": 60.0},
+                          "ebd_vote": {"family": "ebd", "tokens_per_problem": 30.0},
+                          "hybrid@2": {"family": "v1", "tokens_per_problem": 41.0}}}
+    note = over_budget_note(result, ["ebd"])
+    assert "41 tokens" in note and "ebd_lowest" in note and "ebd_vote" not in note
+    result["methods"]["ebd_lowest"]["tokens_per_problem"] = 41.0
+    assert over_budget_note(result, ["ebd"]) == ""

@@ -8,6 +8,8 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
+from impetus.selection.budget import over_budget_note
+
 
 def _chosen(result: Mapping[str, Any]) -> str:
     """On what the settings were chosen."""
@@ -29,7 +31,8 @@ def markdown(result: Mapping[str, Any]) -> str:
         "each problem's first n candidates, n the smallest whose tokens reach EBD's (best-of-N = argmin of the same "
         "energy). " + ("Proposals continue each chain's KV cache and are scored from recorded values."
                        if result.get("reuse_cache") else
-                       "This model's cache cannot be continued: proposals re-encode prompt + prefix."), "",
+                       "This model's cache cannot be continued: proposals re-encode prompt + prefix.")
+        + (" " + over_budget_note(result, ["ebd"])).rstrip(), "",
         "| method | family | acc % | 95% CI | tokens/problem | s/problem | MH acceptance |",
         "|---|---|---:|---|---:|---:|---:|",
     ]

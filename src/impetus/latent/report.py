@@ -8,6 +8,8 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
+from impetus.selection.budget import over_budget_note
+
 
 def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f}"
@@ -33,7 +35,8 @@ def markdown(result: Mapping[str, Any], v2: pd.DataFrame, examples: int = 3) -> 
         f"{result['n_problems']} eval problems. Each V2 method's `_control` twin runs the same pipeline with zero "
         "optimisation steps (the window re-decoded from the unoptimised states); `changed` is the share of answers "
         "whose window some update decoded to other tokens. V1 methods are evaluated on each problem's first n "
-        "candidates, with n the smallest whose mean tokens reach the V2 method's (`name@n`).", "",
+        "candidates, with n the smallest whose mean tokens reach the V2 method's (`name@n`). "
+        + over_budget_note(result, ["v2", "v2_control"]), "",
         _settings(result), "",
         "| method | family | acc % | 95% CI | control acc % | changed | tokens/problem | s/problem "
         "| energy before → after | flips ✗→✓ / ✓→✗ |",

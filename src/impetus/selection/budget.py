@@ -96,3 +96,14 @@ def compare_at_equal_tokens(
             comparisons[f"{name} vs {v1}@{n}"] = {"diff": pb["mean_diff"], "ci": [pb["lo"], pb["hi"]], "p_value": pb["p_value"]}
     return {"methods": methods, "n_problems": len(problems), "comparisons": comparisons,
             "v1_tokens_by_n": {int(k): v for k, v in curve.items()}}
+
+
+def over_budget_note(result: Mapping[str, Any], families: Sequence[str]) -> str:
+    """A sentence naming the new methods that spend more tokens than V1's N candidates (then
+    ``name@N`` gives V1 *fewer* tokens), or ``""``."""
+    v1_max = max(result["v1_tokens_by_n"].values())
+    over = [n for n, m in result["methods"].items() if m["family"] in families and m["tokens_per_problem"] > v1_max]
+    if not over:
+        return ""
+    return (f"V1's N candidates spend {v1_max:.0f} tokens per problem, fewer than {', '.join(over)}: there V1 is "
+            "compared at N, with fewer tokens.")
