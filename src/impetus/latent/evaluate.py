@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from impetus.benchmarks.grading import Grade
-from impetus.latent.optimize import LatentConfig, LatentOptimizer, LatentResult, StateEnergy
+from impetus.latent.optimize import LatentConfig, LatentOptimizer, LatentResult, StateEnergy, encode_starts
 from impetus.lm.runner import stable_seed
 from impetus.lm.sampler import LatentSampler, SamplingParams
 from impetus.lm.trace import Trace
@@ -120,6 +120,7 @@ def optimize_split(
     items = [(tok(prompt_of[pid])["input_ids"], tok(cands[(pid, s)]["completion"], add_special_tokens=False)["input_ids"])
              for pid, s in keys]
     energy_of = lambda owners, gens: split.score([keys[o][0] for o in owners], gens)[energy].to_numpy(float)  # noqa: E731
+    traces = encode_starts(sampler, items)  # once for every mode
     rows = []
     for mode, cfg in configs.items():
         bar = None
@@ -129,7 +130,7 @@ def optimize_split(
             bar = tqdm(total=cfg.steps, unit="step", desc=f"V2 {mode}: {len(keys)} answers, steps")
         results = LatentOptimizer(sampler, tok, params, cfg).optimize_many(
             items, energy_of, [stable_seed(seed, f"{pid}:{s}") for pid, s in keys], on_step=bar.update if bar else None,
-            **extra.get(mode, {}))
+            starts=traces, **extra.get(mode, {}))
         if bar is not None:
             bar.close()
         for (pid, s), res in zip(keys, results):

@@ -153,6 +153,21 @@ class _Job:
         return self.z is not None
 
 
+def encode_starts(sampler: LatentSampler, items: list[tuple[list[int], list[int]]]) -> list[Trace]:
+    """Continuable traces of the start answers ``(prompt ids, answer ids)``: one teacher-forced pass
+    per distinct prompt (encode once, optimise in as many modes as wanted)."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for k, (prompt, _) in enumerate(items):
+        groups.setdefault(tuple(prompt), []).append(k)
+    out: list[Any] = [None] * len(items)
+    for prompt, idx in groups.items():
+        traces = sampler.encode_answers(list(prompt), [list(items[k][1]) for k in idx],
+                                        keep_past=bool(sampler.can_continue()))
+        for k, tr in zip(idx, traces):
+            out[k] = tr
+    return out
+
+
 class LatentOptimizer:
     """Optimises answers with one sampler: new answers continue each start answer's cache after its
     kept tokens, emit the window, then decode greedily (the sampler's stop strings apply)."""
@@ -161,19 +176,6 @@ class LatentOptimizer:
         self.tok, self.sampler, self.cfg = tokenizer, sampler, config
         self.params = SamplingParams(**{**params.to_dict(), "n": 1, "temperature": 0.0})  # greedy rest
         self.reuse_cache = bool(sampler.can_continue())
-
-    def encode(self, items: list[tuple[list[int], list[int]]]) -> list[Trace]:
-        """Traces of the start answers ``(prompt ids, answer ids)``: one teacher-forced pass per prompt."""
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for k, (prompt, _) in enumerate(items):
-            groups.setdefault(tuple(prompt), []).append(k)
-        out: list[Any] = [None] * len(items)
-        for prompt, idx in groups.items():
-            traces = self.sampler.encode_answers(list(prompt), [list(items[k][1]) for k in idx],
-                                                 keep_past=self.reuse_cache)
-            for k, tr in zip(idx, traces):
-                out[k] = tr
-        return out
 
     def _regenerate(self, jobs: list[_Job], windows: list[list[int]]) -> list[Trace]:
         """Each job's start answer cut before its window, the ``windows`` tokens, then greedy."""
@@ -251,12 +253,14 @@ class LatentOptimizer:
     def optimize_many(
         self, items: list[tuple[list[int], list[int]]], energy: BatchEnergy, seeds: list[int],
         state_energy: StateEnergy | None = None, pool: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        on_step: Callable[[], None] | None = None,
+        on_step: Callable[[], None] | None = None, starts: list[Trace] | None = None,
     ) -> list[LatentResult]:
         """Optimise every ``(prompt ids, answer ids)`` of ``items`` together (see the module
-        docstring); ``seeds[k]`` seeds answer ``k``'s draws."""
+        docstring); ``seeds[k]`` seeds answer ``k``'s draws; ``starts``: the answers already encoded
+        (:func:`encode_starts`), else they are encoded here."""
         t0, cfg = time.perf_counter(), self.cfg
-        jobs = [_Job(prompt=list(p), start=tr, seed=s) for (p, _), tr, s in zip(items, self.encode(items), seeds)]
+        starts = encode_starts(self.sampler, items) if starts is None else starts
+        jobs = [_Job(prompt=list(p), start=tr, seed=s) for (p, _), tr, s in zip(items, starts, seeds)]
         start_e = self._score(energy, list(range(len(jobs))), [j.start for j in jobs])
         for k, job in enumerate(jobs):
             job.start_energy = float(start_e[k])
