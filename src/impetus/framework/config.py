@@ -91,7 +91,9 @@ class ModelParams(_Params):
 class SamplingStageParams(_Params):
     """Candidate generation (``parameters_sampling.yml``)."""
 
-    backend: str = F("Sampler registry key (impetus.lm.sampler): hf.")
+    backend: str = F("Sampler registry key (impetus.lm.sampler): hf; or an import path 'package.module:attr'.")
+    executor: Literal["local", "ray"] = F(
+        "Where shards are sampled: local (this process) or ray (actors on a Ray cluster; the `ray` block).")
     prompt_style: Literal["fewshot", "chat_cot"] = F("fewshot (needs exemplars) or chat_cot (chat template).")
     n: int = F("Candidates per problem.", ge=1)
     temperature: float = F("Sampling temperature; 0 = greedy.", ge=0.0)
@@ -114,6 +116,27 @@ class SamplingStageParams(_Params):
         if self.n % self.choice_orders:
             raise ValueError(f"sampling.n = {self.n} must split evenly over sampling.choice_orders = {self.choice_orders}")
         return self
+
+
+class RayParams(_Params):
+    """The Ray cluster of ``sampling.executor: ray`` (``parameters_sampling.yml``)."""
+
+    address: str = F("Empty = $RAY_ADDRESS, else the Ray started on this machine, else a new local one; "
+                     "'auto' = an existing cluster only; 'ray://host:10001' = Ray Client.")
+    workers: int | None = F("Sampler actors (each loads the model once); null = as many as the cluster's "
+                            "CPUs (GPUs if gpus_per_worker > 0) allow.", ge=1)
+    cpus_per_worker: float = F("CPUs per actor, also its torch threads.", gt=0)
+    gpus_per_worker: float = F("GPUs per actor (0 = CPU workers); > 0 samples on the actor's CUDA device.", ge=0)
+    device: str | None = F("Actors' torch device; null = model.device (cuda when gpus_per_worker > 0). Not "
+                           "checked on the driver, which may have no GPU.")
+    max_retries: int = F("Times a shard is resubmitted (and a dead actor restarted) after its worker died.", ge=0)
+    dashboard: bool = F("Start Ray's dashboard with a Ray this run starts itself (an existing cluster keeps its own).")
+
+    def to_core(self) -> Any:
+        """The Kedro-free :class:`impetus.lm.ray_executor.RayConfig` with these values."""
+        from impetus.lm.ray_executor import RayConfig  # lazy: the schema loads without Ray
+
+        return RayConfig(**self.model_dump())
 
 
 class EnergyStageParams(_Params):
@@ -331,6 +354,7 @@ PARAMS: dict[str, type[_Params]] = {
     "ingest": IngestParams,
     "model": ModelParams,
     "sampling": SamplingStageParams,
+    "ray": RayParams,
     "energies": EnergyStageParams,
     "mining": MiningParams,
     "scorer": ScorerParams,

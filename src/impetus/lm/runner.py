@@ -24,7 +24,12 @@ while another process waits on it would let a third process lock a different ino
 
 ``gen_seconds`` of a candidate is the wall time the sampler attributes to its row (each forward
 pass's time split equally over the rows it served); the per-problem latency used in the stats is
-the sum over the problem's rows.
+the sum over the problem's rows. ``seconds`` of the stats is the wall time from the first shard
+handed to a worker to the last one written, so ``tokens_per_s`` is the throughput of all workers.
+
+Executors (:mod:`impetus.lm.executors`): the shards are sampled in this process (``local``) or by
+Ray actors (``ray``); either way this module alone decides reuse, checks what comes back and
+writes the files, so the guarantees above do not depend on who sampled a shard.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 try:  # POSIX only; elsewhere shards are not locked (one run per folder, as before)
     import fcntl
@@ -48,17 +53,16 @@ except ImportError:  # pragma: no cover - Windows
 import numpy as np
 import pandas as pd
 
-from impetus.energy.recorded import RECORD_COLUMNS, RECORD_KEYS as _RECORD_KEYS  # the one record schema
+from impetus.energy.recorded import RECORD_COLUMNS  # the one record schema
+from impetus.lm.executors import (
+    CANDIDATE_COLUMNS, LocalExecutor, ShardExecutor, ShardTask, SpanFn, as_frame, tasks_of,
+)
 from impetus.lm.sampler import Sampler, SamplingParams
 
 logger = logging.getLogger(__name__)
 
-CANDIDATE_COLUMNS = [
-    "problem_id", "sample_idx", "completion", "n_tokens", "finish_reason", "logprob_mean", "seed", "gen_seconds",
-]
-
-SpanFn = Callable[[str, str], "tuple[int, int] | None"]
-"""``span(problem_id, completion) -> (start, end)`` character span of the answer, or None."""
+__all__ = ["CANDIDATE_COLUMNS", "RECORD_COLUMNS", "SpanFn", "IncompleteCandidatesError", "SamplingStats",
+           "check_complete", "make_run_key", "sample_problems", "shard_problem", "stable_seed"]
 
 
 class IncompleteCandidatesError(RuntimeError):
@@ -218,36 +222,8 @@ def check_complete(table: pd.DataFrame, problem_ids: list[str], n: int) -> None:
         )
 
 
-def _sample_shard(sampler: Sampler, chunk: pd.DataFrame, params: SamplingParams,
-                  progress: Any, answer_span: SpanFn | None = None, first_sample: int = 0) -> pd.DataFrame:
-    """Sample one shard (samples ``first_sample .. first_sample + n - 1``) and return its rows."""
-    seeds = [stable_seed(params.seed, pid) for pid in chunk["problem_id"]]
-    ids = list(chunk["problem_id"])
-    kwargs: dict[str, Any] = {"progress": progress}
-    if first_sample:
-        kwargs["first_sample"] = first_sample
-    if answer_span is not None:
-        kwargs["answer_span"] = lambda i, text: answer_span(ids[i], text)
-    gens = sampler.generate(list(chunk["prompt"].astype(str)), params, seeds, **kwargs)
-    rows = []
-    for pid, seed, cands in zip(ids, seeds, gens):
-        for j, g in enumerate(cands, start=first_sample):
-            row = {
-                "problem_id": pid, "sample_idx": j, "completion": g.text, "n_tokens": g.n_tokens,
-                "finish_reason": g.finish_reason, "logprob_mean": g.logprob_mean, "seed": seed,
-                "gen_seconds": g.seconds,
-            }
-            if g.record is not None:
-                row |= {col: np.asarray(g.record[key]) for col, key in _RECORD_KEYS.items() if key in g.record}
-            rows.append(row)
-    recorded = bool(rows) and all(c in rows[0] for c in RECORD_COLUMNS)
-    df = pd.DataFrame(rows, columns=CANDIDATE_COLUMNS + (RECORD_COLUMNS if recorded else []))
-    return df.astype({"sample_idx": "int64", "n_tokens": "int64", "seed": "int64",
-                      "logprob_mean": "float64", "gen_seconds": "float64"})
-
-
 def sample_problems(
-    sampler: Sampler,
+    sampler: Sampler | None,
     problems: pd.DataFrame,
     params: SamplingParams,
     shard_dir: str | Path,
@@ -256,6 +232,7 @@ def sample_problems(
     progress: bool = True,
     model_id: str = "model",
     answer_span: SpanFn | None = None,
+    executor: ShardExecutor | None = None,
 ) -> tuple[pd.DataFrame, SamplingStats]:
     """Sample ``params.n`` candidates for every row of ``problems`` (columns problem_id, prompt).
 
@@ -265,7 +242,33 @@ def sample_problems(
     module docstring); ``IncompleteCandidatesError`` is raised if the final table still lacks a
     (problem, sample) pair or holds one twice. With a recording sampler the table also has
     ``RECORD_COLUMNS`` (``answer_span`` locates each answer for the recorded answer state).
+    ``executor`` samples the shards (:mod:`impetus.lm.executors`; default: ``sampler`` in this
+    process); whatever samples them, this function alone reuses, checks and writes shard files.
     """
+    _check_problems(problems, shard_size)
+    run_key = run_key or make_run_key(model_id, params, problems)
+    out_dir = Path(shard_dir) / run_key
+    out_dir.mkdir(parents=True, exist_ok=True)
+    problems = problems.reset_index(drop=True)
+    executor = executor or LocalExecutor(sampler)
+    record = bool(executor.record)
+    all_tasks = tasks_of(problems, shard_size, (stable_seed(params.seed, p) for p in problems["problem_id"]))
+    run = _Run(out_dir, run_key, params, len(all_tasks), record, _bar(progress, len(problems), run_key),
+               source=f"sampler {getattr(sampler, 'name', sampler)!r}" if sampler is not None else executor.name)
+    run.stats.problems = len(problems)
+    try:
+        with contextlib.ExitStack() as held:
+            for task, table in executor.run(run.pending(all_tasks, held), params, answer_span, run.on_tokens):
+                run.write(task, as_frame(table))
+    finally:  # also on errors, so a failed run does not leave a dangling bar
+        run.close()
+    result = run.result(all_tasks)
+    check_complete(result, [str(x) for x in problems["problem_id"]], params.n)
+    logger.info("sampling %s: %s", run_key, run.stats.to_dict())
+    return result, run.stats
+
+
+def _check_problems(problems: pd.DataFrame, shard_size: int) -> None:
     missing = {"problem_id", "prompt"} - set(problems.columns)
     if missing:
         raise ValueError(f"problems table lacks columns {sorted(missing)}")
@@ -274,70 +277,101 @@ def sample_problems(
         raise ValueError(f"duplicate problem_id {dup!r}: ids must be unique for seeding and resume")
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-    run_key = run_key or make_run_key(model_id, params, problems)
-    out_dir = Path(shard_dir) / run_key
-    out_dir.mkdir(parents=True, exist_ok=True)
-    problems = problems.reset_index(drop=True)
-    n_shards = (len(problems) + shard_size - 1) // shard_size
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(problems), desc=f"sampling {run_key[:8]}", unit="problem")
-    stats = SamplingStats(problems=len(problems))
-    per_problem: list[float] = []
-    tok_counter = [0, time.perf_counter()]
+def _bar(progress: bool, total: int, run_key: str) -> Any:
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
 
-    def on_step(new_tokens: int, _done: int) -> None:
-        tok_counter[0] += new_tokens
-        if bar is not None:
-            dt = time.perf_counter() - tok_counter[1]
-            bar.set_postfix(tok_s=f"{tok_counter[0] / max(dt, 1e-9):.0f}", refresh=False)
+    return tqdm(total=total, desc=f"sampling {run_key[:8]}", unit="problem")
 
-    tables = []
-    try:
-        for s in range(n_shards):
-            chunk = problems.iloc[s * shard_size:(s + 1) * shard_size]
-            ids = [str(x) for x in chunk["problem_id"]]
-            stem = out_dir / f"shard_{s:05d}"
-            pq, mf = stem.with_suffix(".parquet"), stem.with_suffix(".json")
-            expected = _manifest(run_key, params, ids, s, record=bool(getattr(sampler, "record", False)))
-            with _shard_lock(stem.with_suffix(".lock")):
-                # Checked under the lock: another process may have finished it while we waited.
-                df = _load_shard(pq, mf, expected, params.n)
-                if df is not None:
-                    stats.problems_reused += len(chunk)
-                else:
-                    t0 = time.perf_counter()
-                    df = _sample_shard(sampler, chunk, params, on_step, answer_span)
-                    why = shard_problem(df, ids, params.n)
-                    if why is not None:  # a sampler bug: never write (and later trust) such a shard
-                        raise IncompleteCandidatesError(f"sampler {getattr(sampler, 'name', sampler)!r} "
-                                                        f"returned a bad shard {s}: {why}")
-                    stats.seconds += time.perf_counter() - t0
-                    stats.tokens += int(df["n_tokens"].sum())
-                    per_problem += df.groupby("problem_id", sort=False)["gen_seconds"].sum().tolist()
-                    # The manifest is removed first and written last: a shard counts as done only once
-                    # its manifest exists, so a crash between the two writes never pairs new rows
-                    # with a stale manifest (or old rows with a new one).
-                    mf.unlink(missing_ok=True)
-                    _write_atomic(pq, lambda p: df.to_parquet(p, index=False))
-                    _write_atomic(mf, lambda p: p.write_text(json.dumps(expected, indent=1)))
-                    logger.info("shard %d/%d: %d problems in %.1f s", s + 1, n_shards, len(chunk),
-                                time.perf_counter() - t0)
-            tables.append(df)
-            if bar is not None:
-                bar.update(len(chunk))
-    finally:  # also on errors, so a failed run does not leave a dangling bar
-        if bar is not None:
-            bar.close()
 
-    stats.tokens_per_s = stats.tokens / stats.seconds if stats.seconds > 0 else 0.0
-    if per_problem:
-        stats.p50_seconds_per_problem = float(np.percentile(per_problem, 50))
-        stats.p95_seconds_per_problem = float(np.percentile(per_problem, 95))
-    logger.info("sampling %s: %s", run_key, stats.to_dict())
-    result = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=CANDIDATE_COLUMNS)
-    check_complete(result, [str(x) for x in problems["problem_id"]], params.n)
-    return result, stats
+class _Run:
+    """The driver's side of one ``sample_problems`` call: shard reuse, locks, writes and stats."""
+
+    def __init__(self, out_dir: Path, run_key: str, params: SamplingParams, n_shards: int, record: bool,
+                 bar: Any, source: str = "sampler") -> None:
+        self.source = source  # who samples, for errors
+        self.out_dir, self.run_key, self.params, self.n_shards = out_dir, run_key, params, n_shards
+        self.record, self.bar = record, bar
+        self.stats, self.tables = SamplingStats(), {}
+        self.locks: dict[int, contextlib.ExitStack] = {}
+        self.per_problem: list[float] = []
+        self.tokens, self.t0, self.t_first = 0, time.perf_counter(), None
+
+    def _paths(self, s: int) -> tuple[Path, Path, Path]:
+        stem = self.out_dir / f"shard_{s:05d}"
+        return stem.with_suffix(".parquet"), stem.with_suffix(".json"), stem.with_suffix(".lock")
+
+    def expected(self, task: ShardTask) -> dict[str, Any]:
+        return _manifest(self.run_key, self.params, task.problem_ids, task.index, record=self.record)
+
+    def pending(self, tasks: list[ShardTask], held: contextlib.ExitStack) -> Iterator[ShardTask]:
+        """The tasks whose shard is not on disk, each locked when handed out (reused ones skipped).
+
+        Pulled lazily by the executor, so a shard is locked only once a worker is free for it and
+        another process that shares the folder waits for that shard alone."""
+        for task in tasks:
+            pq, mf, lock = self._paths(task.index)
+            stack = held.enter_context(contextlib.ExitStack())
+            stack.enter_context(_shard_lock(lock))
+            # Checked under the lock: another process may have finished it while we waited.
+            df = _load_shard(pq, mf, self.expected(task), self.params.n)
+            if df is not None:
+                stack.close()
+                self.stats.problems_reused += len(task.problem_ids)
+                self.tables[task.index] = df
+                self._advance(len(task.problem_ids))
+                continue
+            self.locks[task.index] = stack
+            if self.t_first is None:
+                self.t_first = time.perf_counter()
+            yield task
+
+    def on_tokens(self, new_tokens: int) -> None:
+        self.tokens += new_tokens
+        if self.bar is not None:
+            dt = time.perf_counter() - (self.t_first or self.t0)
+            self.bar.set_postfix(tok_s=f"{self.tokens / max(dt, 1e-9):.0f}", refresh=False)
+
+    def write(self, task: ShardTask, df: pd.DataFrame) -> None:
+        """Check a sampled shard, then write it (parquet, then its manifest) and release its lock."""
+        s = task.index
+        why = shard_problem(df, task.problem_ids, self.params.n)
+        if why is not None:  # a sampler bug: never write (and later trust) such a shard
+            raise IncompleteCandidatesError(f"{self.source} returned a bad shard {s}: {why}")
+        pq, mf, _ = self._paths(s)
+        # The manifest is removed first and written last: a shard counts as done only once its
+        # manifest exists, so a crash between the two writes never pairs new rows with a stale
+        # manifest (or old rows with a new one).
+        mf.unlink(missing_ok=True)
+        _write_atomic(pq, lambda p: df.to_parquet(p, index=False))
+        _write_atomic(mf, lambda p: p.write_text(json.dumps(self.expected(task), indent=1)))
+        self.locks.pop(s).close()
+        self.tables[s] = _in_order(df, task.problem_ids)
+        self.stats.tokens += int(df["n_tokens"].sum())
+        self.stats.seconds = time.perf_counter() - (self.t_first or self.t0)
+        self.per_problem += df.groupby("problem_id", sort=False)["gen_seconds"].sum().tolist()
+        logger.info("shard %d/%d: %d problems, %.1f s since sampling began", s + 1, self.n_shards,
+                    len(task.problem_ids), self.stats.seconds)
+        self._advance(len(task.problem_ids))
+
+    def _advance(self, k: int) -> None:
+        if self.bar is not None:
+            self.bar.update(k)
+            if self.stats.seconds > 0:  # tokens/s over every worker, from the finished shards
+                self.bar.set_postfix(tok_s=f"{self.stats.tokens / self.stats.seconds:.0f}", refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        st = self.stats
+        st.tokens_per_s = st.tokens / st.seconds if st.seconds > 0 else 0.0
+        if self.per_problem:
+            st.p50_seconds_per_problem = float(np.percentile(self.per_problem, 50))
+            st.p95_seconds_per_problem = float(np.percentile(self.per_problem, 95))
+
+    def result(self, tasks: list[ShardTask]) -> pd.DataFrame:
+        tables = [self.tables[t.index] for t in tasks if t.index in self.tables]
+        return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=CANDIDATE_COLUMNS)

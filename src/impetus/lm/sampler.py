@@ -264,10 +264,15 @@ def _resolve(name: str) -> SamplerFactory:
 
 
 def get_sampler(name: str, model: Any, tokenizer: Any, **kwargs: Any) -> Sampler:
-    """Build the sampler backend registered as ``name`` (``"hf"``; ``"vllm"`` once it exists).
+    """Build the sampler backend registered as ``name`` (``"hf"``; ``"vllm"`` once it exists), or
+    named by its import path ``"package.module:attribute"``: a registration made in the driver does
+    not reach Ray workers, an import path does.
 
     Raises ``KeyError`` naming the known backends when ``name`` is not registered.
     """
     if name not in _REGISTRY:
-        raise KeyError(f"Unknown sampler backend {name!r}. Known: {known_samplers()}")
+        if ":" not in name:
+            raise KeyError(f"Unknown sampler backend {name!r}. Known: {known_samplers()}, or an import path "
+                           "'package.module:attribute'")
+        register_sampler(name, name)  # an import path names itself (what a Ray worker can import)
     return _resolve(name)(model, tokenizer, **kwargs)

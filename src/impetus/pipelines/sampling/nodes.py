@@ -10,7 +10,8 @@ import pandas as pd
 
 from impetus.benchmarks.grading import answer_locator, build_prompt_table, grade_candidates, grading_summary
 from impetus.lm import orders as choice_orders
-from impetus.framework.config import BenchmarkParams, SamplingStageParams
+from impetus.framework.config import BenchmarkParams, RayParams, SamplingStageParams
+from impetus.lm.executors import LocalExecutor, SamplerSpec, ShardExecutor, executor_class
 from impetus.lm.runner import make_run_key, sample_problems
 from impetus.lm.sampler import get_sampler
 from impetus.pipelines.utils import load_base_lm, load_base_tokenizer, sampling_params
@@ -37,11 +38,11 @@ def make_prompts(
 
 def sample_candidates(
     prompts: pd.DataFrame, problems: pd.DataFrame, base_lm: dict[str, Any], benchmark: BenchmarkParams,
-    sampling: SamplingStageParams, split: str,
+    sampling: SamplingStageParams, ray: RayParams | None, split: str,
 ) -> tuple[pd.DataFrame, dict]:
-    """Sample ``sampling.n`` completions for every prompt of one split."""
+    """Sample ``sampling.n`` completions for every prompt of one split, in this process or on Ray."""
     params = sampling_params(sampling, benchmark)
-    model, tok = load_base_lm(base_lm)
+    executor = make_executor(sampling, ray, base_lm)
     items, locate = prompts[["problem_id", "prompt"]], answer_locator(benchmark.build(), problems)
     if "order" in prompts.columns:  # several orders of the choices: n / k samples per (problem, order)
         n_each = choice_orders.per_order(params.n, int(prompts["order"].nunique()))
@@ -51,15 +52,53 @@ def sample_candidates(
         locate = lambda item, text: by_problem(choice_orders.problem_of(item), text)  # noqa: E731
     run_key = make_run_key(base_lm["path"], params, items["prompt"].tolist())
     candidates, stats = sample_problems(
-        get_sampler(sampling.backend, model, tok, record=sampling.record), items, params,
-        shard_dir=sampling.shard_dir, shard_size=sampling.shard_size, run_key=run_key, progress=sampling.progress,
-        answer_span=locate,
+        None, items, params, shard_dir=sampling.shard_dir, shard_size=sampling.shard_size, run_key=run_key,
+        progress=sampling.progress, answer_span=locate, executor=executor,
     )
     if "order" in prompts.columns:
         candidates = choice_orders.merge(candidates, params.n)
     metrics = {f"sampling/{split}/{k}": v for k, v in stats.to_dict().items()}
     logger.info("Sampled %s: %s", split, metrics)
     return candidates, as_mlflow_metrics(metrics)
+
+
+_EXECUTORS: dict[tuple, ShardExecutor] = {}
+
+
+def make_executor(sampling: SamplingStageParams, ray: RayParams | None, base_lm: dict[str, Any]) -> ShardExecutor:
+    """The configured executor. A Ray executor is kept for the process, so its actors load the model
+    once for all three splits; the local one loads the model here (the driver is the worker)."""
+    if sampling.executor == "local":
+        model, tok = load_base_lm(base_lm)
+        return LocalExecutor(get_sampler(sampling.backend, model, tok, record=sampling.record))
+    if ray is None:
+        raise ValueError(f"sampling.executor={sampling.executor!r} needs the `ray` parameter block")
+    spec = SamplerSpec(dict(base_lm), sampling.backend, sampling.record)
+    key = (sampling.executor, repr(spec), ray)
+    if key not in _EXECUTORS:
+        _EXECUTORS[key] = executor_class(sampling.executor)(spec, ray.to_core(), metadata=_tracking_ids())
+        _tag_run(_EXECUTORS[key].describe())
+    return _EXECUTORS[key]
+
+
+def _tracking_ids() -> dict[str, str]:
+    """The MLflow run this sampling belongs to (shown as the Ray job's metadata in its dashboard)."""
+    import mlflow
+
+    run = mlflow.active_run()
+    if run is None:
+        return {"impetus": "sampling"}
+    return {"impetus": "sampling", "mlflow_run_id": run.info.run_id, "mlflow_experiment_id": run.info.experiment_id,
+            "mlflow_tracking_uri": mlflow.get_tracking_uri()}
+
+
+def _tag_run(tags: dict[str, str]) -> None:
+    """Tag the MLflow run with the Ray job id, nodes, workers and dashboard (if a run is active)."""
+    import mlflow
+
+    if tags and mlflow.active_run() is not None:
+        mlflow.set_tags(tags)
+    logger.info("Sampling on Ray: %s", tags)
 
 
 def grade_split(
@@ -70,3 +109,9 @@ def grade_split(
     summary = grading_summary(graded)
     logger.info("Graded %s: %s", split, summary)
     return graded, as_mlflow_metrics({f"grading/{split}/{k}": v for k, v in summary.items()})
+
+
+def close_executors() -> None:
+    """Release the kept Ray executors (their actors, and a Ray this process started)."""
+    while _EXECUTORS:
+        _EXECUTORS.popitem()[1].close()

@@ -19,7 +19,8 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             node(
                 for_split(sample_candidates, split),
-                inputs=[f"prompts_{split}", f"problems_{split}", "base_lm", "params:benchmark", "params:sampling"],
+                inputs=[f"prompts_{split}", f"problems_{split}", "base_lm", "params:benchmark", "params:sampling",
+                        "params:ray"],
                 outputs=[f"candidates_{split}", f"metrics_sampling_{split}"],
                 name=f"sample_{split}",
             ),
