@@ -3,10 +3,17 @@
 Usage::
 
     python benchmarks/bench_sampling.py [--problems 16 --n 8 --max-new-tokens 48 --batch-size 32]
+    python benchmarks/bench_sampling.py --skip-naive --device cuda --dtype bfloat16 --compare-cpu
 
 Both sides sample the same few-shot arithmetic prompts with the same N / temperature / top_p /
 stop strings; we report generated tokens per second (tokens kept up to the stop string, as each
 method would hand them to the rest of the pipeline) and the ratio. Timings on shared CPUs are noisy.
+
+``--compare-cpu`` (with ``--device cuda``) samples the same prompts and seeds on the CPU in fp32
+and prints the agreement: the share of identical completions, and over those the largest
+difference of the recorded per-token log-normaliser (``lse``) and mean log-prob. Tolerance: 1e-3
+in fp32, 5e-2 in bf16/fp16 (rounding differs between devices, so a sampled token can flip where
+two tokens are near-tied; after a flip the rows differ by construction).
 """
 
 from __future__ import annotations
@@ -86,14 +93,17 @@ def main() -> None:
     ap.add_argument("--record", choices=["on", "off", "both"], default="both",
                     help="record energies while decoding (on), not (off), or both, alternating")
     ap.add_argument("--repeats", type=int, default=1, help="timed runs per setting (the median is printed)")
+    ap.add_argument("--device", default="cpu", help="torch device (cuda for the GPU path)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--compare-cpu", action="store_true", help="also sample on the CPU (fp32) and print the agreement")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
-    model, tok = load_model(resolve_model(args.model))
+    model, tok = load_model(resolve_model(args.model), device=args.device, dtype=args.dtype)
     prompts = make_prompts(args.problems)
     base = dict(n=args.n, temperature=0.8, top_p=0.95, max_new_tokens=args.max_new_tokens, stop=STOP, seed=0)
     print(f"model={args.model} problems={args.problems} n={args.n} max_new_tokens={args.max_new_tokens} "
-          f"T=0.8 top_p=0.95 stop={STOP!r} threads={torch.get_num_threads()} "
+          f"T=0.8 top_p=0.95 stop={STOP!r} threads={torch.get_num_threads()} device={args.device} dtype={args.dtype} "
           f"attn={model.config._attn_implementation}")
 
     # warm-up (first-call allocations / kernel selection) so neither side pays it in the timing
@@ -125,6 +135,25 @@ def main() -> None:
             off = sorted(x[0] for x in speed[False])[len(speed[False]) // 2]
             print(f"recording overhead: {100 * (off / on - 1):+.1f}% time (median of {args.repeats})")
     print("example completions:", [g.text for g in res[0][:3]])
+    if args.compare_cpu:
+        compare_cpu(args, prompts, SamplingParams(**base, batch_size=args.batch_size[-1]), res)
+
+
+def compare_cpu(args: argparse.Namespace, prompts: list[str], params: SamplingParams, res: list) -> None:
+    """Sample the same prompts and seeds on the CPU in fp32; print how far ``res`` agrees with it."""
+    import numpy as np
+
+    cpu_model, tok = load_model(resolve_model(args.model), device="cpu", dtype="float32")
+    _, _, ref = ours(cpu_model, tok, prompts, params, record=True)
+    pairs = [(a, b) for ra, rb in zip(res, ref) for a, b in zip(ra, rb)]
+    same = [(a, b) for a, b in pairs if a.token_ids == b.token_ids]
+    d_lse = max((float(np.abs(np.asarray(a.record["lse"], float) - np.asarray(b.record["lse"], float)).max())
+                 for a, b in same if a.record and len(a.record["lse"])), default=float("nan"))
+    d_lp = max((abs(a.logprob_mean - b.logprob_mean) for a, b in same if a.n_tokens), default=float("nan"))
+    tol = 1e-3 if args.dtype == "float32" else 5e-2
+    print(f"agreement with CPU fp32: {len(same)}/{len(pairs)} identical completions "
+          f"({100 * len(same) / max(len(pairs), 1):.1f}%); over those max |d lse| = {d_lse:.2e}, "
+          f"max |d logprob_mean| = {d_lp:.2e} (tolerance {tol:g}: {'within' if max(d_lse, d_lp) <= tol else 'OUTSIDE'})")
 
 
 if __name__ == "__main__":

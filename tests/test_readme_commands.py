@@ -49,11 +49,23 @@ def shell_commands(body: str) -> list[list[str]]:
 
 
 def _commands() -> list[list[str]]:
-    return [cmd for lang, body in readme_blocks(README.read_text()) if lang in _SHELL for cmd in shell_commands(body)]
+    return [_without_env(cmd) for lang, body in readme_blocks(README.read_text()) if lang in _SHELL
+            for cmd in shell_commands(body) if cmd[0] != "export"]
+
+
+_ENV_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
 
 def _program(argv: list[str]) -> str:
     return Path(argv[0]).name
+
+
+def _without_env(argv: list[str]) -> list[str]:
+    """``VAR=value cmd ...`` -> ``cmd ...`` (the shell's per-command environment)."""
+    i = 0
+    while i < len(argv) - 1 and _ENV_ASSIGNMENT.match(argv[i]):
+        i += 1
+    return argv[i:]
 
 
 KEDRO = [c for c in _commands() if _program(c) == "kedro"]

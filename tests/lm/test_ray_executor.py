@@ -48,6 +48,7 @@ def model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def cluster():
     """Two 1-CPU nodes on this machine; the test process is the driver."""
+    os.environ.setdefault("RAY_worker_niceness", "0")
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     c.add_node(num_cpus=1)
     c.wait_for_nodes()

@@ -79,7 +79,7 @@ class RayExecutor:
         self.metadata = dict(metadata or {})
         self._started_ray = _connect(config, self.metadata)
         self._actors: list[Any] = []
-        self._infos: dict[int, dict[str, Any]] = {}
+        self._seen: set[int] = set()  # actor pids already announced
 
     # -- actors -------------------------------------------------------------------------------------
     def _device(self) -> str | None:
@@ -130,8 +130,8 @@ class RayExecutor:
 
         self._start_actors()
         try:
-            yield from _Dispatch(self._actors, ray.put(answer_span), params, self.config.max_retries).run(
-                tasks, on_tokens)
+            yield from _Dispatch(self._actors, ray.put(answer_span), params, self.config.max_retries,
+                                 self._seen).run(tasks, on_tokens)
         except BaseException:
             self.close()  # Ctrl-C or an error: leave no actor (nor a Ray we started) behind
             raise
@@ -165,8 +165,9 @@ class RayExecutor:
 class _Dispatch:
     """One ``run``: keeps every live actor busy with one shard, resubmits shards of dead actors."""
 
-    def __init__(self, actors: list[Any], span_ref: Any, params: SamplingParams, max_retries: int) -> None:
-        self.params, self.span_ref, self.max_retries = params, span_ref, max_retries
+    def __init__(self, actors: list[Any], span_ref: Any, params: SamplingParams, max_retries: int,
+                 seen: set[int]) -> None:
+        self.params, self.span_ref, self.max_retries, self.seen = params, span_ref, max_retries, seen
         self.idle: deque[Any] = deque()
         self.waking = {a.info.remote(): a for a in actors}  # an actor is free once it answers
         self.inflight: dict[Any, tuple[ShardTask, Any]] = {}
@@ -222,7 +223,9 @@ class _Dispatch:
         except ray.exceptions.RayActorError as exc:  # could not (re)start: leave it out
             logger.warning("Ray sampler actor is gone for good: %s", exc)
             return
-        logger.info("Ray sampler actor ready: pid %s on %s", info["pid"], info["host"])
+        if info["pid"] not in self.seen:  # new, or restarted after a fault (a new process)
+            self.seen.add(info["pid"])
+            logger.info("Ray sampler actor ready: pid %s on %s", info["pid"], info["host"])
         self.idle.append(actor)
 
     def _finished(self, ref: Any) -> tuple[ShardTask, pa.Table] | None:
@@ -254,6 +257,9 @@ def _connect(config: RayConfig, metadata: dict[str, str]) -> bool:
         return False
     address = config.address or None
     local = address is None and not os.environ.get("RAY_ADDRESS")
+    # Ray starts workers at niceness 15, so its own daemons and this driver preempt the samplers;
+    # measured (docs/benchmarks.md) that cost 11% on one node. Samplers are the work: run them at 0.
+    os.environ.setdefault("RAY_worker_niceness", "0")  # read by a raylet this process starts
     ctx = ray.init(address=address, include_dashboard=config.dashboard if local else None,
                    job_config=JobConfig(metadata={k: str(v) for k, v in metadata.items()}),
                    log_to_driver=True, configure_logging=False)
