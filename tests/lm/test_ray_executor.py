@@ -205,3 +205,14 @@ def test_ctrl_c_of_the_driver_leaves_no_actor(cluster, model_dir, tmp_path):
         proc.kill()
     assert proc.returncode != 0 and "KeyboardInterrupt" in out
     wait_until(lambda: cpus_free() == 2.0, 30, "the interrupted driver's actors to go")
+
+
+def test_a_model_no_worker_can_load_fails_with_the_reason(cluster, tmp_path):
+    lm = {"path": str(tmp_path / "gone"), "name_or_path": str(tmp_path / "gone"), "device": "cpu", "dtype": "float32"}
+    ex = RayExecutor(SamplerSpec(lm, "hf", record=True), RayConfig(**{**CONFIG.__dict__, "workers": 1, "max_retries": 0}))
+    try:
+        with pytest.raises(RuntimeError, match=r"every Ray sampler actor is dead.*last error: .*gone"):
+            run_ray(tmp_path / "shards", ex)
+    finally:
+        ex.close()
+    assert not list((tmp_path / "shards" / "k").glob("shard_*.parquet"))

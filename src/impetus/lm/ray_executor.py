@@ -173,6 +173,7 @@ class _Dispatch:
         self.inflight: dict[Any, tuple[ShardTask, Any]] = {}
         self.retry: deque[ShardTask] = deque()
         self.attempts: dict[int, int] = {}
+        self.last_error: BaseException | None = None  # why the last actor was dropped
 
     def _next_task(self, tasks: Iterator[ShardTask]) -> ShardTask | None:
         if self.retry:
@@ -202,7 +203,8 @@ class _Dispatch:
                 return
             if not self.inflight and not self.waking and not self.idle:
                 raise RuntimeError("every Ray sampler actor is dead and none is restarting; shards left: "
-                                   f"{sorted(t.index for t in self.retry)}")
+                                   f"{sorted(t.index for t in self.retry) or 'not started'}; last error: "
+                                   f"{self.last_error}") from self.last_error
             # A short timeout keeps the driver responsive to Ctrl-C while it waits.
             ready, _ = ray.wait(list(self.inflight) + list(self.waking), num_returns=1, timeout=1.0)
             for ref in ready:
@@ -220,8 +222,9 @@ class _Dispatch:
         actor = self.waking.pop(ref)
         try:
             info = ray.get(ref)
-        except ray.exceptions.RayActorError as exc:  # could not (re)start: leave it out
+        except ray.exceptions.RayActorError as exc:  # could not (re)start, e.g. the model failed to load
             logger.warning("Ray sampler actor is gone for good: %s", exc)
+            self.last_error = exc
             return
         if info["pid"] not in self.seen:  # new, or restarted after a fault (a new process)
             self.seen.add(info["pid"])
