@@ -207,7 +207,10 @@ def test_ctrl_c_of_the_driver_leaves_no_actor(cluster, model_dir, tmp_path):
         out, _ = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode != 0 and "KeyboardInterrupt" in out, out[-3000:]
+    # Interrupted, not finished (usually a KeyboardInterrupt traceback; a signal inside Ray's C++
+    # code may end the process otherwise): what matters is that it stops and leaves no actor.
+    assert proc.returncode != 0, out[-3000:]
+    assert len(list((shards / "k").glob("shard_*.json"))) < N_PROBLEMS // SHARD
     wait_until(lambda: cpus_free() == 2.0, 30, "the interrupted driver's actors to go")
 
 
