@@ -21,9 +21,12 @@ is attached to the Ray job, so the dashboard's job and the tracking run name eac
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import socket
+import threading
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -193,6 +196,11 @@ class _Dispatch:
         return more
 
     def run(self, tasks: Iterator[ShardTask], on_tokens: TokensFn) -> Iterator[tuple[ShardTask, pa.Table]]:
+        with _interrupts() as hit:
+            yield from self._loop(tasks, on_tokens, hit)
+
+    def _loop(self, tasks: Iterator[ShardTask], on_tokens: TokensFn,
+              hit: list[bool]) -> Iterator[tuple[ShardTask, pa.Table]]:
         import ray
 
         more = True
@@ -207,6 +215,8 @@ class _Dispatch:
                                    f"{self.last_error}") from self.last_error
             # A short timeout keeps the driver responsive to Ctrl-C while it waits.
             ready, _ = ray.wait(list(self.inflight) + list(self.waking), num_returns=1, timeout=1.0)
+            if hit[0]:  # a Ctrl-C whose KeyboardInterrupt Ray's wait swallowed
+                raise KeyboardInterrupt
             for ref in ready:
                 if ref in self.waking:
                     self._woke(ref)
@@ -249,6 +259,33 @@ class _Dispatch:
             return None
         self.idle.append(actor)
         return task, table
+
+
+@contextlib.contextmanager
+def _interrupts() -> Iterator[list[bool]]:
+    """Remember a Ctrl-C (SIGINT) while Ray is waited on.
+
+    Ray's blocking calls check for signals themselves and can drop the KeyboardInterrupt the
+    handler raises (seen: an interrupted driver that went on to finish with exit 0), so the handler
+    also sets a flag the dispatch loop checks. Main thread only (where Python handles signals)."""
+    hit = [False]
+    if threading.current_thread() is not threading.main_thread():
+        yield hit
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum: int, frame: Any) -> None:
+        hit[0] = True
+        if callable(previous):
+            previous(signum, frame)  # Python's default raises KeyboardInterrupt
+        else:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield hit
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _connect(config: RayConfig, metadata: dict[str, str]) -> bool:
