@@ -272,7 +272,8 @@ def _interrupts() -> Iterator[list[bool]]:
     if threading.current_thread() is not threading.main_thread():
         yield hit
         return
-    previous = signal.getsignal(signal.SIGINT)
+    # None: a handler installed outside Python, which cannot be restored; Python's default then.
+    previous = signal.getsignal(signal.SIGINT) or signal.default_int_handler
 
     def handler(signum: int, frame: Any) -> None:
         hit[0] = True
