@@ -77,7 +77,7 @@ def make_executor(sampling: SamplingStageParams, ray: RayParams | None, base_lm:
     key = (sampling.executor, repr(spec), ray)
     if key not in _EXECUTORS:
         _EXECUTORS[key] = executor_class(sampling.executor)(spec, ray.to_core(), metadata=_tracking_ids())
-        _tag_run(_EXECUTORS[key].describe())
+    _tag_run(_EXECUTORS[key].describe())  # every call: a later run in this process reuses the actors
     return _EXECUTORS[key]
 
 
