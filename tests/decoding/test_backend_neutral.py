@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,8 @@ import torch
 
 import impetus.decoding
 import impetus.latent
-from impetus.decoding.evaluate import EBDConfig, EBDSplit, evaluate_ebd
+from impetus.decoding.evaluate import EBDConfig, EBDSplit, evaluate_ebd, run_problems
+from impetus.latent.optimize import LatentConfig, LatentOptimizer
 from impetus.latent.evaluate import Split, V2Config, evaluate_v2
 from impetus.lm.recording import step_stats
 from impetus.lm.sampler import ContinuingSampler, Generation, LatentSampler, SamplingParams, kept_before, row_seed
@@ -175,7 +177,7 @@ def test_toy_implements_both_protocols(toy):
 def test_ebd_core_runs_on_a_second_backend(toy):
     tok, sampler, prompts, cands = toy
     cfg = EBDConfig(n_problems=None, energy="neg_logprob_mean", tau=1.0, alpha=2.0, block=2, chains=2, n_init=1,
-                    steps=3, grid={}, dev_problems=None, n_boot=100, seed=0, progress=False)
+                    steps=3, grid={}, search="product", dev_problems=None, n_boot=100, seed=0, progress=False)
     table = cands.assign(neg_logprob_mean=np.linspace(0, 1, len(cands)))
     v1 = v1_reference(table, {"headline": {"method": "majority"}}, vote_for=[cfg.energy])
 
@@ -198,7 +200,7 @@ def test_v2_core_runs_on_a_second_backend(toy):
     tok, sampler, prompts, cands = toy
     cfg = V2Config(n_problems=None, energy="planted", starts=("single", "v1"), modes=("reinforce", "gradient"),
                    positions="prefix", prefix_fraction=0.5, window=1, steps=4, lr=1.0, samples=6, radius=2.0,
-                   patience=None, grid={"lr": [1.0, 2.0]}, dev_problems=None, compare_to=("headline",), n_boot=100,
+                   patience=None, grid={"lr": [1.0, 2.0]}, search="product", dev_problems=None, compare_to=("headline",), n_boot=100,
                    seed=0, progress=False)
     v1 = v1_reference(cands.assign(planted=0.0), {"headline": {"method": "majority"}})
     selections = pd.DataFrame({"problem_id": ["p0", "p1"], "first": 0, "majority": 1})
@@ -223,3 +225,47 @@ def test_v2_core_runs_on_a_second_backend(toy):
     _, again = evaluate_v2(sampler, tok, PARAMS, split, selections, v1, cfg, dev=split,
                            state_energy=lambda h: -(h @ direction), hidden_source="mean")
     assert v2["text"].tolist() == again["text"].tolist()
+
+
+def _ebd_inputs(toy):
+    tok, sampler, prompts, cands = toy
+    prompt_ids = [tok(p)["input_ids"] for p in prompts["prompt"]]
+    starts = [[tok(c, add_special_tokens=False)["input_ids"] for c in cands.loc[cands.problem_id == pid, "completion"][:2]]
+              for pid in prompts["problem_id"]]
+
+    def energy(_k, traces):
+        return trace_energies(tok, traces, [None] * len(traces))[0]["neg_logprob_mean"].to_numpy(float)
+
+    return prompt_ids, starts, energy
+
+
+def test_an_ebd_chain_after_s_of_k_steps_is_the_s_step_chain(toy):
+    """What lets the dev grid read every listed ``steps`` off one run at the largest."""
+    tok, sampler, _, _ = toy
+    cfg = EBDConfig(n_problems=None, energy="neg_logprob_mean", tau=0.5, alpha=2.0, block=2, chains=2, n_init=1,
+                    steps=5, grid={}, search="product", dev_problems=None, n_boot=100, seed=0, progress=False)
+    prompt_ids, starts, energy = _ebd_inputs(toy)
+    params = dataclasses.replace(PARAMS, n=1, temperature=0.5)
+    long, _ = run_problems(sampler, tok, params, prompt_ids, starts, energy, cfg)
+    short, _ = run_problems(sampler, tok, params, prompt_ids, starts, energy, dataclasses.replace(cfg, steps=2))
+    assert any(acc for c in long for a in c.accepted for acc in a[2:])  # the later steps moved some chain
+    for a, b in zip(long, short):
+        assert [s[:3] for s in a.states] == b.states and [e[:3] for e in a.energies] == b.energies
+
+
+def test_v2_answer_after_s_of_k_steps_is_the_s_step_answer(toy):
+    """What lets V2's dev grid read every listed ``steps`` off one run at the largest."""
+    tok, sampler, prompts, cands = toy
+
+    def energy(_owners, traces):  # lower for answers of lower character codes: improvable step after step
+        return np.array([float(sum(map(ord, tok.decode(t.ids)))) for t in traces])
+
+    items = [(tok(p)["input_ids"], tok(c, add_special_tokens=False)["input_ids"])
+             for p, c in zip(prompts["prompt"], cands.groupby("problem_id")["completion"].first())]
+    cfg = LatentConfig(mode="reinforce", positions="prefix", prefix_fraction=1.0, window=1, steps=4, lr=1.0,
+                       samples=4, radius=1.0, patience=None)
+    runs = {k: LatentOptimizer(sampler, tok, PARAMS, dataclasses.replace(cfg, steps=k)).optimize_many(items, energy, [3, 4])
+            for k in (1, 4)}
+    assert any(r.steps[4]["best_text"] != r.steps[1]["best_text"] for r in runs[4])  # steps 2-4 improved some answer
+    for a, b in zip(runs[4], runs[1]):
+        assert a.steps[1]["best_text"] == b.text and a.steps[:2] == b.steps

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -140,3 +141,14 @@ def test_same_seed_same_output(setup):
     energy = by_text(tok, lambda text: len(text) % 3)
     a, b = opt.optimize(prompt, start.token_ids, energy, seed=5), opt.optimize(prompt, start.token_ids, energy, seed=5)
     assert a.text == b.text and [s["energy"] for s in a.steps] == [s["energy"] for s in b.steps]
+
+
+def test_accuracy_after_reads_each_answer_at_the_step_or_where_patience_stopped_it():
+    from impetus.latent.evaluate import accuracy_after
+
+    rows = pd.DataFrame({"problem_id": ["a", "b"], "trace": [
+        [{"best_text": "1"}, {"best_text": "2"}, {"best_text": "7"}],  # right from step 2 on
+        [{"best_text": "7"}, {"best_text": "3"}],  # right at step 0, stopped after step 1
+    ]})
+    acc = accuracy_after(rows, [0, 1, 2, 5], lambda _pid, text: (text, text == "7"))
+    assert acc == {0: 0.5, 1: 0.0, 2: 0.5, 5: 0.5}

@@ -69,11 +69,12 @@ def catalog(tmp_path) -> DataCatalog:
         "params:v2_latent": LatentParams(
             n_problems=2, energy="hybrid", starts=["single", "v1"], modes=["reinforce", "gradient"],
             positions="spilled", prefix_fraction=0.3, window=2, steps=2, lr=0.5, samples=2, radius=0.5, patience=None,
-            grid={"positions": ["spilled", "prefix"]}, dev_problems=2, compare_to=["majority", "headline"], n_boot=100,
+            grid={"positions": ["spilled", "prefix"]}, search="product", dev_problems=2, compare_to=["majority", "headline"], n_boot=100,
             seed=0, progress=False,
         ),
         "params:ebd": EBDParams(n_problems=2, energy="hybrid", tau=1.0, alpha=2.0, block=2, chains=2, n_init=2, steps=3,
-                                grid={"tau": [1.0, 0.5]}, dev_problems=2, n_boot=100, seed=0, progress=False),
+                                grid={"steps": [1, 3], "tau": [1.0, 0.5]}, search="coordinate", dev_problems=2,
+                                n_boot=100, seed=0, progress=False),
     }
     return DataCatalog({k: MemoryDataset(v) for k, v in data.items()})
 
@@ -109,20 +110,24 @@ def test_ebd_slice(catalog):
     SequentialRunner().run(ebd_pipeline(), catalog)
     result = catalog["ebd_metrics"].load()
     methods = result["methods"]
-    assert result["n_problems"] == 2 and result["steps"] == 3
+    assert result["n_problems"] == 2 and result["steps"] in (1, 3)
     assert {"ebd_lowest", "ebd_vote"} <= set(methods)
     for name in ("ebd_lowest", "ebd_vote"):
         m = methods[name]
         assert m["family"] == "ebd" and 0.0 <= m["acceptance"] <= 1.0
     assert result["chosen_on"] == "dev" and result["settings"]["alpha"] == 2.0 and result["settings"]["tau"] in (1.0, 0.5)
-    assert [p["settings"] for p in result["grid_dev_accuracy"]] == [{"tau": 1.0}, {"tau": 0.5}]
+    # coordinate search, steps first: both step counts read off one 3-step run, then tau at the chosen steps
+    steps = result["steps"]
+    assert [p["settings"] for p in result["grid_dev_accuracy"]] == [{"steps": 1, "tau": 1.0}, {"steps": 3, "tau": 1.0},
+                                                                    {"steps": steps, "tau": 0.5}]
+    assert "coordinate search over steps [1, 3]; tau [1.0, 0.5]" in catalog["ebd_report"].load()
     # Two chains start from the best of two candidates each (all four), then every step proposes new tokens.
     answers = catalog["ebd_answers"].load()
     graded = catalog["graded_eval"].load()
     start_tokens = graded[graded.sample_idx < 4].groupby("problem_id")["n_tokens"].sum()
     assert (answers.set_index("problem_id")["tokens"] >= start_tokens.reindex(answers["problem_id"]).to_numpy()).all()
     assert any(k.startswith("ebd_lowest vs hybrid@") for k in result["comparisons"])  # best-of-N, same energy
-    assert set(pd.DataFrame(result["ebd_curve"])["step"]) == {0, 1, 2, 3}
+    assert set(pd.DataFrame(result["ebd_curve"])["step"]) == set(range(steps + 1))
     assert "EBD" in catalog["ebd_report"].load()
     assert result["reuse_cache"] is True and "continue each chain's KV cache" in catalog["ebd_report"].load()
     assert set(catalog["ebd_plots"].load()) == {"ebd_accuracy_vs_tokens.png"}

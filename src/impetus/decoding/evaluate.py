@@ -10,8 +10,10 @@ tilted distribution). The chains of many problems are proposed in one batch (:fu
 Tokens = the ``chains · n_init`` candidates' tokens + every proposed token; after ``s`` steps the
 same accounting gives the accuracy-vs-tokens curve. V1 is matched at that budget by
 :func:`impetus.selection.budget.compare_at_equal_tokens`. The settings in ``grid`` (τ, α, block,
-steps, n_init, chains) are chosen on the dev split by ``ebd_lowest``'s accuracy, then run once on
-eval. :func:`evaluate_ebd` does all of it; the model is reached only through
+steps, n_init, chains) are chosen on the dev split by ``ebd_lowest``'s accuracy (``search``:
+:func:`impetus.selection.grid.choose_on_dev`), then run once on eval. The listed ``steps`` are read
+off one dev run at the largest: a chain's first ``s`` steps draw the same cuts, proposals and
+uniforms whatever its length (per-chain generators and seeds), so they *are* an ``s``-step chain. :func:`evaluate_ebd` does all of it; the model is reached only through
 :class:`impetus.lm.sampler.ContinuingSampler`.
 """
 
@@ -35,7 +37,7 @@ from impetus.lm.runner import stable_seed
 from impetus.lm.sampler import ContinuingSampler, SamplingParams, row_seed
 from impetus.lm.trace import Trace
 from impetus.selection.budget import V1Reference, compare_at_equal_tokens, prefix_accuracy, v1_budget_curve
-from impetus.selection.grid import choose_on_dev
+from impetus.selection.grid import Search, choose_on_dev, read_off_one_run
 from impetus.selection.rules import majority_index
 
 #: ``score(problem_id, traces) -> energies table`` (one row per trace, a column per energy).
@@ -55,6 +57,7 @@ class EBDConfig:
     n_init: int
     steps: int
     grid: Mapping[str, Sequence[Any]]
+    search: Search
     dev_problems: int | None
     n_boot: int
     seed: int
@@ -245,11 +248,14 @@ def evaluate_ebd(
             raise ValueError("ebd.grid lists settings to choose but no dev split was given")
         dev_pids = list(dev.prompts["problem_id"])[: cfg.dev_problems or None]
 
-        def dev_accuracy(point: dict[str, Any]) -> float:
-            answers, _, _ = decode_split(sampler, tokenizer, params, dev, dev_pids, dataclasses.replace(cfg, **point))
-            return float(answers.loc[answers["method"] == "ebd_lowest", "correct"].mean())
+        def dev_accuracy(point: dict[str, Any], steps: list[int]) -> dict[int, float]:
+            """``ebd_lowest``'s dev accuracy after each of ``steps`` MH steps of one run."""
+            _, curve, _ = decode_split(sampler, tokenizer, params, dev, dev_pids, dataclasses.replace(cfg, **point))
+            lowest = curve[curve["method"] == "ebd_lowest"].set_index("step")["accuracy"]
+            return {s: float(lowest.loc[s]) for s in steps}
 
-        chosen, tables = choose_on_dev(cfg.grid, dev_accuracy)
+        chosen, tables = choose_on_dev(cfg.grid, read_off_one_run(cfg.grid, "steps", cfg.steps, dev_accuracy),
+                                       cfg.search)
         cfg = dataclasses.replace(cfg, **chosen)
     pids = list(eval_split.prompts["problem_id"])[: cfg.n_problems or None]
     answers, curve, reuse_cache = decode_split(sampler, tokenizer, params, eval_split, pids, cfg)
@@ -257,5 +263,5 @@ def evaluate_ebd(
     result = summarize(answers, curve, v1, compare_to, cfg.n_boot, cfg.seed)
     result |= {"energy": cfg.energy, **cfg.settings(), "headline_v1": v1.headline, "reuse_cache": reuse_cache,
                "chosen_on": "dev" if cfg.grid else "config", "settings": cfg.settings(), "grid": dict(cfg.grid),
-               "grid_dev_accuracy": tables, "dev_problems": cfg.dev_problems}
+               "search": cfg.search, "grid_dev_accuracy": tables, "dev_problems": cfg.dev_problems}
     return result, answers

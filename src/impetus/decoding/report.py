@@ -9,6 +9,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from impetus.selection.budget import over_budget_note
+from impetus.selection.grid import grid_note
 
 
 def _chosen(result: Mapping[str, Any]) -> str:
@@ -17,7 +18,7 @@ def _chosen(result: Mapping[str, Any]) -> str:
         return "Settings as configured (no grid)."
     points = ", ".join(f"{p['settings']} {100 * p['dev_score']:.1f}%" for p in result["grid_dev_accuracy"])
     return (f"Settings chosen on {result.get('dev_problems') or 'all'} dev problems by `ebd_lowest`'s accuracy "
-            f"({len(result['grid_dev_accuracy'])}-point grid: {points}).")
+            f"({len(result['grid_dev_accuracy'])} points scored, {grid_note(result)}: {points}).")
 
 
 def markdown(result: Mapping[str, Any]) -> str:

@@ -299,6 +299,9 @@ class LatentParams(_Params):
     radius: float = F("Gradient mode: largest |z - z0| relative to |z0| per token.", gt=0)
     patience: int | None = F("Stop an answer after this many steps without a lower energy; null = every step.", ge=1)
     grid: dict[str, list[Any]] = F("Settings chosen on dev per mode (name -> values, cheaper first); {} = as set.")
+    search: Literal["product", "coordinate"] = F(
+        "How the grid is searched: every combination, or one setting at a time in the grid's order "
+        "(impetus.selection.grid); steps are read off one run at the largest listed.")
     dev_problems: int | None = F("Dev problems the grid is scored on; null = all.", ge=1)
     compare_to: list[str] = F("V1 methods matched at V2's token budget ('headline' = the dev-chosen one).")
     n_boot: int = F("Bootstrap resamples.", ge=100)
@@ -331,6 +334,9 @@ class EBDParams(_Params):
                     ge=1)
     steps: int = F("MH steps per chain.", ge=0)
     grid: dict[str, list[Any]] = F("Settings chosen on dev (name -> values, cheaper first); {} = as set.")
+    search: Literal["product", "coordinate"] = F(
+        "How the grid is searched: every combination, or one setting at a time in the grid's order "
+        "(impetus.selection.grid); steps are read off one run at the largest listed.")
     dev_problems: int | None = F("Dev problems the grid is scored on; null = all.", ge=1)
     n_boot: int = F("Bootstrap resamples.", ge=100)
     seed: int = F("Seed of the chains.")

@@ -9,6 +9,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from impetus.selection.budget import over_budget_note
+from impetus.selection.grid import grid_note
 
 
 def _pct(x: float | None) -> str:
@@ -25,7 +26,7 @@ def _settings(result: Mapping[str, Any]) -> str:
     scores = "; ".join(f"{mode}: " + ", ".join(f"{p['settings']} {100 * p['dev_score']:.1f}%" for p in table)
                        for mode, table in result["grid_dev_accuracy"].items())
     return (f"Settings chosen per mode on {result.get('dev_problems') or 'all'} dev problems by V2's accuracy from "
-            f"the first sample ({size}-point grid: {scores}). Chosen: {per_mode}.")
+            f"the first sample ({size} points scored per mode, {grid_note(result)}: {scores}). Chosen: {per_mode}.")
 
 
 def markdown(result: Mapping[str, Any], v2: pd.DataFrame, examples: int = 3) -> str:
