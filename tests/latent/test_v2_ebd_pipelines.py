@@ -121,6 +121,8 @@ def test_ebd_slice(catalog):
     assert [p["settings"] for p in result["grid_dev_accuracy"]] == [{"steps": 1, "tau": 1.0}, {"steps": 3, "tau": 1.0},
                                                                     {"steps": steps, "tau": 0.5}]
     assert "coordinate search over steps [1, 3]; tau [1.0, 0.5]" in catalog["ebd_report"].load()
+    acc = [p["dev_acceptance"] for p in result["grid_dev_accuracy"]]
+    assert acc[0] == acc[1] and all(0.0 <= a <= 1.0 for a in acc)  # steps 1 and 3: one run, one acceptance
     # Two chains start from the best of two candidates each (all four), then every step proposes new tokens.
     answers = catalog["ebd_answers"].load()
     graded = catalog["graded_eval"].load()

@@ -233,6 +233,11 @@ def decode_split(sampler: ContinuingSampler, tokenizer: Any, params: SamplingPar
     return answers, curve, reuse_cache
 
 
+def _others(point: Mapping[str, Any]) -> str:
+    """A dev run's key: its settings but the steps read off it."""
+    return repr(sorted((k, v) for k, v in point.items() if k != "steps"))
+
+
 def evaluate_ebd(
     sampler: ContinuingSampler, tokenizer: Any, params: SamplingParams, eval_split: EBDSplit, v1: V1Reference,
     cfg: EBDConfig, dev: EBDSplit | None = None,
@@ -248,14 +253,20 @@ def evaluate_ebd(
             raise ValueError("ebd.grid lists settings to choose but no dev split was given")
         dev_pids = list(dev.prompts["problem_id"])[: cfg.dev_problems or None]
 
+        accepted: dict[str, float] = {}  # MH acceptance of each dev run (all its steps), by its other settings
+
         def dev_accuracy(point: dict[str, Any], steps: list[int]) -> dict[int, float]:
             """``ebd_lowest``'s dev accuracy after each of ``steps`` MH steps of one run."""
-            _, curve, _ = decode_split(sampler, tokenizer, params, dev, dev_pids, dataclasses.replace(cfg, **point))
+            answers, curve, _ = decode_split(sampler, tokenizer, params, dev, dev_pids,
+                                             dataclasses.replace(cfg, **point))
+            accepted[_others(point)] = float(answers["acceptance"].mean())
             lowest = curve[curve["method"] == "ebd_lowest"].set_index("step")["accuracy"]
             return {s: float(lowest.loc[s]) for s in steps}
 
         chosen, tables = choose_on_dev(cfg.grid, read_off_one_run(cfg.grid, "steps", cfg.steps, dev_accuracy),
                                        cfg.search)
+        for row in tables:  # how far each setting is from the acceptance it is meant to have, on dev
+            row["dev_acceptance"] = accepted[_others(row["settings"])]
         cfg = dataclasses.replace(cfg, **chosen)
     pids = list(eval_split.prompts["problem_id"])[: cfg.n_problems or None]
     answers, curve, reuse_cache = decode_split(sampler, tokenizer, params, eval_split, pids, cfg)

@@ -16,7 +16,9 @@ def _chosen(result: Mapping[str, Any]) -> str:
     """On what the settings were chosen."""
     if result.get("chosen_on") != "dev":
         return "Settings as configured (no grid)."
-    points = ", ".join(f"{p['settings']} {100 * p['dev_score']:.1f}%" for p in result["grid_dev_accuracy"])
+    points = ", ".join(f"{p['settings']} {100 * p['dev_score']:.1f}%"
+                       + (f" (acceptance {100 * p['dev_acceptance']:.0f}%)" if "dev_acceptance" in p else "")
+                       for p in result["grid_dev_accuracy"])
     return (f"Settings chosen on {result.get('dev_problems') or 'all'} dev problems by `ebd_lowest`'s accuracy "
             f"({len(result['grid_dev_accuracy'])} points scored, {grid_note(result)}: {points}).")
 
