@@ -13,7 +13,8 @@ same accounting gives the accuracy-vs-tokens curve. V1 is matched at that budget
 steps, n_init, chains) are chosen on the dev split by ``ebd_lowest``'s accuracy (``search``:
 :func:`impetus.selection.grid.choose_on_dev`), then run once on eval. The listed ``steps`` are read
 off one dev run at the largest: a chain's first ``s`` steps draw the same cuts, proposals and
-uniforms whatever its length (per-chain generators and seeds), so they *are* an ``s``-step chain. :func:`evaluate_ebd` does all of it; the model is reached only through
+uniforms whatever its length (per-chain generators and seeds), so they *are* an ``s``-step chain.
+:func:`evaluate_ebd` does all of it; the model is reached only through
 :class:`impetus.lm.sampler.ContinuingSampler`.
 """
 
