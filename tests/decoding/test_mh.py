@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy.stats import chisquare
 
-from impetus.decoding.mh import acceptance, n_boundaries, run_chains
+from impetus.decoding.mh import Chains, acceptance, n_boundaries, run_chains
 
 EOS, MAX_LEN = 2, 3
 
@@ -151,3 +151,11 @@ def test_power_target_fails_without_the_proposal_normalisers():
 
 def test_alpha_one_normalisers_are_zero():
     assert np.allclose(log_norm_of(1.0)((0, 1)), 0.0)
+
+
+def test_move_counts_separate_moves_from_identical_proposals_and_rejections():
+    a, b, c = [1, 2], [1, 3], [4]
+    chains = Chains(states=[[a, a, b, b], [c, c]], energies=[[0.0] * 4, [0.0] * 2],
+                    accepted=[[True, True, False], [True]])  # chain 0: identical, a move, a rejection
+    assert chains.move_counts() == (4, 1, 1)
+    assert chains.acceptance_rate() == 0.75  # the identical proposals count as accepted

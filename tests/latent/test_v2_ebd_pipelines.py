@@ -122,6 +122,7 @@ def test_ebd_slice(catalog):
                                                                     {"steps": steps, "tau": 0.5}]
     assert "coordinate search over steps [1, 3]; tau [1.0, 0.5]" in catalog["ebd_report"].load()
     acc = [p["dev_acceptance"] for p in result["grid_dev_accuracy"]]
+    assert all(0.0 <= p["dev_changed_proposals"] <= 1.0 for p in result["grid_dev_accuracy"])
     assert acc[0] == acc[1] and all(0.0 <= a <= 1.0 for a in acc)  # steps 1 and 3: one run, one acceptance
     # Two chains start from the best of two candidates each (all four), then every step proposes new tokens.
     answers = catalog["ebd_answers"].load()
@@ -134,3 +135,7 @@ def test_ebd_slice(catalog):
     assert result["reuse_cache"] is True and "continue each chain's KV cache" in catalog["ebd_report"].load()
     assert set(catalog["ebd_plots"].load()) == {"ebd_accuracy_vs_tokens.png"}
     assert len(answers) == 2 * 2 and answers["tokens"].gt(0).all()
+    # every rejected proposal differed from the chain's answer; the rest were accepted
+    assert (answers["acceptance"] - (1 - answers["rejections"] / answers["proposals"])).abs().max() < 1e-12
+    assert answers["proposals"].eq(2 * steps).all() and (answers["moves"] + answers["rejections"]).le(2 * steps).all()
+    assert 0.0 <= methods["ebd_lowest"]["changed_proposals"] <= 1.0

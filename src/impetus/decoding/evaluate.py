@@ -162,12 +162,21 @@ def run_problems(sampler: ContinuingSampler, tokenizer: Any, params: SamplingPar
     return out, reuse
 
 
+def mh_stats(rows: pd.DataFrame) -> dict[str, Any]:
+    """MH acceptance (mean per problem), the share of proposals that differ from the chain's answer,
+    and the acceptance of those (pooled; None without any): :meth:`Chains.move_counts`."""
+    proposals, moves, rejections = (int(rows[c].sum()) for c in ("proposals", "moves", "rejections"))
+    changed = moves + rejections
+    return {"acceptance": float(rows["acceptance"].mean()),
+            "changed_proposals": changed / proposals if proposals else None,
+            "acceptance_of_changes": moves / changed if changed else None}
+
+
 def summarize(
     rows: pd.DataFrame, curve_rows: pd.DataFrame, v1: V1Reference, compare_to: list[str], n_boot: int, seed: int,
 ) -> dict[str, Any]:
     """``ebd_metrics.json``: EBD methods, V1 methods at EBD's token budget, and the curves."""
-    result = compare_at_equal_tokens(rows, v1, compare_to, "ebd",
-                                     lambda g: {"acceptance": float(g["acceptance"].mean())}, n_boot, seed)
+    result = compare_at_equal_tokens(rows, v1, compare_to, "ebd", mh_stats, n_boot, seed)
     problems = sorted(rows["problem_id"].unique())
     v1_sub, v1_methods = v1.table[v1.table["problem_id"].isin(problems)], v1.methods
     curve = v1_budget_curve(v1_sub)
@@ -190,7 +199,8 @@ def answer_rows(pids: list[str], chains_of: list[Chains], base_tokens_of: Mappin
         for name, (answer, ok, text) in chain_answers(chains, decode, pid, grade).items():
             out.append({"problem_id": pid, "method": name, "answer": answer, "correct": ok, "text": text,
                         "tokens": base_tokens + chains.proposed_tokens, "seconds": seconds,
-                        "acceptance": chains.acceptance_rate()})
+                        "acceptance": chains.acceptance_rate(),
+                        **dict(zip(("proposals", "moves", "rejections"), chains.move_counts()))})
         per_step = chains.proposed_tokens / max(steps, 1)
         for s in range(steps + 1):
             for name, (_, ok, _) in chain_answers(chains, decode, pid, grade, step=s).items():
@@ -254,20 +264,20 @@ def evaluate_ebd(
             raise ValueError("ebd.grid lists settings to choose but no dev split was given")
         dev_pids = list(dev.prompts["problem_id"])[: cfg.dev_problems or None]
 
-        accepted: dict[str, float] = {}  # MH acceptance of each dev run (all its steps), by its other settings
+        accepted: dict[str, dict] = {}  # MH statistics of each dev run (all its steps), by its other settings
 
         def dev_accuracy(point: dict[str, Any], steps: list[int]) -> dict[int, float]:
             """``ebd_lowest``'s dev accuracy after each of ``steps`` MH steps of one run."""
             answers, curve, _ = decode_split(sampler, tokenizer, params, dev, dev_pids,
                                              dataclasses.replace(cfg, **point))
-            accepted[_others(point)] = float(answers["acceptance"].mean())
+            accepted[_others(point)] = mh_stats(answers[answers["method"] == "ebd_lowest"])
             lowest = curve[curve["method"] == "ebd_lowest"].set_index("step")["accuracy"]
             return {s: float(lowest.loc[s]) for s in steps}
 
         chosen, tables = choose_on_dev(cfg.grid, read_off_one_run(cfg.grid, "steps", cfg.steps, dev_accuracy),
                                        cfg.search)
         for row in tables:  # how far each setting is from the acceptance it is meant to have, on dev
-            row["dev_acceptance"] = accepted[_others(row["settings"])]
+            row |= {f"dev_{k}": v for k, v in accepted[_others(row["settings"])].items()}
         cfg = dataclasses.replace(cfg, **chosen)
     pids = list(eval_split.prompts["problem_id"])[: cfg.n_problems or None]
     answers, curve, reuse_cache = decode_split(sampler, tokenizer, params, eval_split, pids, cfg)

@@ -12,12 +12,17 @@ from impetus.selection.budget import over_budget_note
 from impetus.selection.grid import grid_note
 
 
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.0f}%"
+
+
 def _chosen(result: Mapping[str, Any]) -> str:
     """On what the settings were chosen."""
     if result.get("chosen_on") != "dev":
         return "Settings as configured (no grid)."
     points = ", ".join(f"{p['settings']} {100 * p['dev_score']:.1f}%"
-                       + (f" (acceptance {100 * p['dev_acceptance']:.0f}%)" if "dev_acceptance" in p else "")
+                       + (f" (acceptance {_pct(p['dev_acceptance'])}, of changed proposals "
+                          f"{_pct(p.get('dev_acceptance_of_changes'))})" if "dev_acceptance" in p else "")
                        for p in result["grid_dev_accuracy"])
     return (f"Settings chosen on {result.get('dev_problems') or 'all'} dev problems by `ebd_lowest`'s accuracy "
             f"({len(result['grid_dev_accuracy'])} points scored, {grid_note(result)}: {points}).")
@@ -36,14 +41,18 @@ def markdown(result: Mapping[str, Any]) -> str:
                        if result.get("reuse_cache") else
                        "This model's cache cannot be continued: proposals re-encode prompt + prefix.")
         + (" " + over_budget_note(result, ["ebd"])).rstrip(), "",
-        "| method | family | acc % | 95% CI | tokens/problem | s/problem | MH acceptance |",
-        "|---|---|---:|---|---:|---:|---:|",
+        "`changed`: the share of proposals that differ from the chain's answer; `accepted of changed`: their "
+        "acceptance (an identical proposal is always accepted, so only these show the tilt at work).", "",
+        "| method | family | acc % | 95% CI | tokens/problem | s/problem | MH acceptance | changed "
+        "| accepted of changed |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     for name, m in sorted(result["methods"].items(), key=lambda kv: -kv[1]["accuracy"]):
         sec, acc = m.get("seconds_per_problem"), m.get("acceptance")
         lines.append(f"| {name} | {m['family']} | {100 * m['accuracy']:.1f} | [{100 * m['ci'][0]:.1f}, "
                      f"{100 * m['ci'][1]:.1f}] | {m['tokens_per_problem']:.0f} | {'–' if sec is None else f'{sec:.2f}'} | "
-                     f"{'–' if acc is None else f'{acc:.2f}'} |")
+                     f"{'–' if acc is None else f'{acc:.2f}'} | {_pct(m.get('changed_proposals'))} | "
+                     f"{_pct(m.get('acceptance_of_changes'))} |")
     lines += ["", "| comparison (paired bootstrap) | diff (pts) | 95% CI | p |", "|---|---:|---|---:|"]
     for name, c in result["comparisons"].items():
         lines.append(f"| {name} | {100 * c['diff']:+.1f} | [{100 * c['ci'][0]:+.1f}, {100 * c['ci'][1]:+.1f}] | "
