@@ -125,7 +125,8 @@ class Chains:
     def move_counts(self) -> tuple[int, int, int]:
         """``(proposals, moves, rejections)``: moves are accepted proposals that changed the chain's
         answer. A proposal identical to the current answer has ratio 1 (same energy, blocks and
-        normalisers) and is always accepted, so only moves and rejections show the tilt at work:
+        normalisers, up to float rounding) and is accepted, so a rejection is a proposal that
+        differed, and only moves and rejections show the tilt at work:
         ``moves / (moves + rejections)`` is the acceptance of proposals that change the answer."""
         moves = sum(ok and s[t + 1] != s[t] for s, acc in zip(self.states, self.accepted) for t, ok in enumerate(acc))
         rejections = sum(not ok for acc in self.accepted for ok in acc)
