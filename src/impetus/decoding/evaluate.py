@@ -38,7 +38,7 @@ from impetus.lm.runner import stable_seed
 from impetus.lm.sampler import ContinuingSampler, SamplingParams, row_seed
 from impetus.lm.trace import Trace
 from impetus.selection.budget import V1Reference, compare_at_equal_tokens, prefix_accuracy, v1_budget_curve
-from impetus.selection.grid import Search, choose_on_dev, read_off_one_run
+from impetus.selection.grid import Search, choose_on_dev, read_off_one_run, run_key
 from impetus.selection.rules import majority_index
 
 #: ``score(problem_id, traces) -> energies table`` (one row per trace, a column per energy).
@@ -244,11 +244,6 @@ def decode_split(sampler: ContinuingSampler, tokenizer: Any, params: SamplingPar
     return answers, curve, reuse_cache
 
 
-def _others(point: Mapping[str, Any]) -> str:
-    """A dev run's key: its settings but the steps read off it."""
-    return repr(sorted((k, v) for k, v in point.items() if k != "steps"))
-
-
 def evaluate_ebd(
     sampler: ContinuingSampler, tokenizer: Any, params: SamplingParams, eval_split: EBDSplit, v1: V1Reference,
     cfg: EBDConfig, dev: EBDSplit | None = None,
@@ -270,14 +265,14 @@ def evaluate_ebd(
             """``ebd_lowest``'s dev accuracy after each of ``steps`` MH steps of one run."""
             answers, curve, _ = decode_split(sampler, tokenizer, params, dev, dev_pids,
                                              dataclasses.replace(cfg, **point))
-            accepted[_others(point)] = mh_stats(answers[answers["method"] == "ebd_lowest"])
+            accepted[run_key(point, "steps")] = mh_stats(answers[answers["method"] == "ebd_lowest"])
             lowest = curve[curve["method"] == "ebd_lowest"].set_index("step")["accuracy"]
             return {s: float(lowest.loc[s]) for s in steps}
 
         chosen, tables = choose_on_dev(cfg.grid, read_off_one_run(cfg.grid, "steps", cfg.steps, dev_accuracy),
                                        cfg.search)
         for row in tables:  # how far each setting is from the acceptance it is meant to have, on dev
-            row |= {f"dev_{k}": v for k, v in accepted[_others(row["settings"])].items()}
+            row |= {f"dev_{k}": v for k, v in accepted[run_key(row["settings"], "steps")].items()}
         cfg = dataclasses.replace(cfg, **chosen)
     pids = list(eval_split.prompts["problem_id"])[: cfg.n_problems or None]
     answers, curve, reuse_cache = decode_split(sampler, tokenizer, params, eval_split, pids, cfg)

@@ -63,16 +63,21 @@ def read_off_one_run(grid: Mapping[str, Sequence[int]], key: str, default: int,
     grid does not list it) can be read off one run at the largest: ``run(point with key = largest,
     values) -> {value: dev score}``. Runs are cached by the point's other settings."""
     values = sorted(int(v) for v in grid.get(key, [default]))
-    cache: dict[tuple, Mapping[int, float]] = {}
+    cache: dict[str, Mapping[int, float]] = {}
 
     def score(point: dict[str, Any]) -> float:
-        rest = {k: v for k, v in point.items() if k != key}
-        tag = tuple((k, repr(v)) for k, v in sorted(rest.items()))
+        tag = run_key(point, key)
         if tag not in cache:
+            rest = {k: v for k, v in point.items() if k != key}
             cache[tag] = run(rest | {key: values[-1]}, values)
         return float(cache[tag][int(point.get(key, default))])
 
     return score
+
+
+def run_key(point: Mapping[str, Any], key: str) -> str:
+    """Which run of :func:`read_off_one_run` scored ``point``: its settings but ``key``."""
+    return repr(sorted((k, repr(v)) for k, v in point.items() if k != key))
 
 
 def grid_note(result: Mapping[str, Any]) -> str:
