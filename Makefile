@@ -24,7 +24,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help setup setup-gemma lock run test test-fast bench viz mlflow-ui clean-data replicate matrix
+.PHONY: help setup setup-gemma lock run test test-fast bench lmeval-check viz mlflow-ui clean-data replicate matrix
 
 help:
 	@echo "make run        set up .venv if needed, then kedro run --pipeline=$(PIPELINE)"
@@ -32,6 +32,7 @@ help:
 	@echo "make setup-gemma  also install the Gemma-3-270M model wheels (~240 MB; for --env gemma)"
 	@echo "make lock       re-resolve requirements*.lock from pyproject.toml (then commit them)"
 	@echo "make bench      sampler throughput benchmark (prints ratio vs a naive generate loop)"
+	@echo "make lmeval-check  ARC choice log-likelihoods vs lm-evaluation-harness (own venv $(LMEVAL_VENV); LMEVAL_ARGS=\"$(LMEVAL_ARGS)\")"
 	@echo "make viz        kedro-viz server on http://127.0.0.1:4141 (autoreload)"
 	@echo "make mlflow-ui  MLflow UI over mlruns/ on http://127.0.0.1:5000"
 	@echo "make replicate SEEDS=\"0 1 2\" [ENV=large] [PARAMS=k=v NAME=folder]  v1_rerank on each data seed, then replication.md"
@@ -86,6 +87,30 @@ test-fast: setup
 
 bench: setup
 	$(PY) benchmarks/bench_sampling.py
+
+# Cross-check of the multiple-choice scoring (impetus.lm.hf_choices) against lm-evaluation-harness
+# (benchmarks/lmeval_check.py). lm-eval gets a venv of its own, so its requirements never move a
+# pin of .venv; it takes the lock's transformers/tokenizers/hub/accelerate/datasets, so both tools
+# score with the very same library code. The model folder is resolved by .venv (whose cache entry
+# is keyed on its own copy of the GGUF wheel), so both venvs read one fp32 folder. The check runs
+# one torch thread. LMEVAL_ARGS: e.g. "--limit 1000 --task arc_challenge".
+LMEVAL_VENV ?= .venv-lmeval
+LMEVAL_PY := $(LMEVAL_VENV)/bin/python
+LMEVAL_SPEC ?= lm-eval[hf]==0.4.13
+LMEVAL_MODEL ?= smollm2-135m-instruct
+LMEVAL_ARGS ?= --limit 200
+LMEVAL_PINS = $(shell sed -n -E 's/^(transformers|tokenizers|huggingface-hub|accelerate|datasets)==([^ ]+).*/\1==\2/p' requirements.lock)
+
+$(LMEVAL_VENV)/.installed: requirements.lock pyproject.toml
+	@test -x $(LMEVAL_PY) || $(PYTHON) -m venv $(LMEVAL_VENV)
+	$(LMEVAL_PY) -m pip install -q $(PIP_TORCH_ARGS) "$(TORCH_SPEC)"
+	$(LMEVAL_PY) -m pip install -q "$(LMEVAL_SPEC)" $(LMEVAL_PINS)
+	$(LMEVAL_PY) -m pip install -q --no-deps -e .
+	@touch $@
+
+lmeval-check: setup $(LMEVAL_VENV)/.installed
+	$(LMEVAL_PY) benchmarks/lmeval_check.py --threads 1 $(LMEVAL_ARGS) \
+		--model "$$($(PY) -c 'from impetus.lm.loading import resolve_model; print(resolve_model("$(LMEVAL_MODEL)"))')"
 
 # The kedro-viz server, not a static `kedro viz build` behind http.server: that one 404s on
 # /api/metadata and on any reloaded in-app route. --autoreload follows code and YAML edits.

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from impetus.benchmarks._io import DataFormatError, hf_records, read_jsonl, require
-from impetus.benchmarks.base import Benchmark, Row, Span, as_text, make_row, meta_of, register
+from impetus.benchmarks.base import Benchmark, Row, Span, as_text, is_missing_choices, make_row, meta_of, register
 from impetus.benchmarks.errors import at
 
 DEFAULT_LABELS = ["A", "B", "C", "D", "E", "1", "2", "3", "4", "5"]
@@ -71,12 +71,6 @@ def extract_choice_text_span(text: str | None, choices: list[str]) -> Span | Non
         if found:
             return found.group(0), found.start(), found.end()
     return None
-
-
-def is_missing_choices(row: Row) -> bool:
-    """Whether ``row`` has no list of choices (a bare row built by hand, or a non-MC table)."""
-    choices = row.get("choices") if hasattr(row, "get") else None
-    return choices is None or isinstance(choices, str) or len(choices) == 0
 
 
 def _norm_label(s: str | None) -> str:

@@ -90,6 +90,12 @@ def as_text(value: Any) -> str | None:
     return value if isinstance(value, str) else str(value)
 
 
+def is_missing_choices(row: Row) -> bool:
+    """Whether ``row`` has no list of choices (a bare row built by hand, or a non-MC table)."""
+    choices = row.get("choices") if hasattr(row, "get") else None
+    return choices is None or isinstance(choices, str) or len(choices) == 0
+
+
 def meta_of(row: Row) -> dict[str, Any]:
     """The row's ``meta`` as a dict (it is stored JSON-encoded so it survives parquet)."""
     meta = row.get("meta") if hasattr(row, "get") else row["meta"]
@@ -286,6 +292,38 @@ class Benchmark(ABC):
         if style == "chat_cot":
             return []
         raise ValueError(f"Unknown prompt style {style!r}; use one of {STYLES}")
+
+    # ------------------------------------------------------- scored choices
+    #: lm-evaluation-harness's ``target_delimiter``: what joins the context and a choice's text.
+    choice_delimiter: ClassVar[str] = " "
+
+    def choice_texts(self, row: Row) -> list[str] | None:
+        """The texts scored as candidates when ``sampling.candidates: choices`` (None: the problem
+        has none). Default: the row's own ``choices`` (ARC)."""
+        return None if is_missing_choices(row) else [str(c) for c in row["choices"]]
+
+    def choice_labels(self, row: Row) -> list[str]:
+        """What each choice stands for when graded against ``gold`` (ARC: its label)."""
+        texts = self.choice_texts(row) or []
+        return [str(x) for x in (meta_of(row).get("labels") or texts)]
+
+    def choice_question(self, row: Row) -> str:
+        """lm-evaluation-harness's ``doc_to_text`` for this benchmark (ARC: its task files)."""
+        return f"Question: {row['question']}\nAnswer:"
+
+    def choice_target(self, row: Row) -> str:
+        """A few-shot exemplar's answer: the text of its right choice (lm-eval's ``doc_to_target``)."""
+        texts, labels = self.choice_texts(row) or [], self.choice_labels(row)
+        gold = [i for i, lab in enumerate(labels) if self.grade(lab, str(row["gold"]))]
+        if not gold:
+            raise ValueError(f"{self.name}: problem {row.get('problem_id')!r}: gold {row['gold']!r} is none of {labels}")
+        return texts[gold[0]]
+
+    def choice_context(self, row: Row, shots: Sequence[Row] = ()) -> str:
+        """The context every choice of ``row`` is scored after: lm-eval's prompt, zero-shot by default;
+        exemplars come first as ``question + delimiter + right choice``, joined by a blank line."""
+        blocks = [f"{self.choice_question(s)}{self.choice_delimiter}{self.choice_target(s)}" for s in shots]
+        return "\n\n".join([*blocks, self.choice_question(row)])
 
     # ------------------------------------------------------- extract and grade
     @abstractmethod

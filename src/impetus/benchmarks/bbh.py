@@ -10,7 +10,7 @@ import logging
 import math
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pandas as pd
 
@@ -206,6 +206,35 @@ class BBH(Benchmark):
     def format_solution(self, row: Row) -> str:
         """The CoT exemplar answer verbatim from the cot-prompts file (it starts with the trigger)."""
         return meta_of(row).get("solution") or f"{COT_TRIGGER} So the answer is {row['gold']}."
+
+    # Scored choices (``sampling.candidates: choices``): the options an input lists ("(A) text" or
+    # "- text" lines), else the fixed answers of the binary tasks whose inputs list none.
+    _FIXED_CHOICES: ClassVar[dict[str, list[str]]] = {
+        "boolean_expressions": ["True", "False"], "sports_understanding": ["yes", "no"], "web_of_lies": ["Yes", "No"],
+    }
+
+    def _options(self, row: Row) -> list[tuple[str, str]]:
+        """``(label, text)`` of each choice; [] for a free-form task (dyck_languages, word_sorting ...)."""
+        q = str(row["question"])
+        lettered = re.findall(r"(?m)^\(([A-R])\)\s*(.+?)\s*$", q)
+        if lettered:
+            return [(f"({x})", t) for x, t in lettered]
+        _, _, tail = q.partition("Options:")
+        dashed = re.findall(r"(?m)^-\s*(.+?)\s*$", tail)
+        fixed = dashed or self._FIXED_CHOICES.get(meta_of(row).get("task", ""), [])
+        return [(t, t) for t in fixed]
+
+    def choice_texts(self, row: Row) -> list[str] | None:
+        """The option texts of the input (or the task's fixed answers); None for a free-form task."""
+        return [t for _, t in self._options(row)] or None
+
+    def choice_labels(self, row: Row) -> list[str]:
+        """"(A)"... for lettered options (the gold's form), else the texts themselves."""
+        return [lab for lab, _ in self._options(row)]
+
+    def choice_question(self, row: Row) -> str:
+        """The task's own Q/A layout, without the chain-of-thought trigger."""
+        return f"Q: {row['question']}\nA:"
 
     def extract_span(self, completion: str, row: Row | None = None) -> Span | None:
         """See :func:`extract_bbh_span`."""

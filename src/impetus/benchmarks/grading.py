@@ -64,6 +64,48 @@ def build_prompt_table(
     return table.sort_values(["problem_id", "order"], kind="stable", key=_input_order(problems)).reset_index(drop=True)
 
 
+def build_choice_table(bench: Benchmark, problems: pd.DataFrame, fewshot: pd.DataFrame | None, shots: int) -> pd.DataFrame:
+    """``problem_id, prompt, choices`` for ``sampling.candidates: choices``: the context every choice
+    is scored after (lm-eval's prompt, after ``shots`` exemplars from ``fewshot``) and the
+    continuations (delimiter + choice text). A problem without choices fails, naming it."""
+    exemplars = [] if shots == 0 else (fewshot.to_dict("records") if fewshot is not None else [])
+    if len(exemplars) < shots:
+        raise ValueError(f"sampling.choice_shots={shots} but only {len(exemplars)} few-shot exemplars were reserved "
+                         f"({bench.name}: n_shots={bench.n_shots})")
+    rows, contexts, continuations = problems.to_dict("records"), [], []
+    for row in rows:
+        texts = bench.choice_texts(row)
+        if not texts:
+            raise ValueError(f"{bench.name}: problem {row['problem_id']!r} has no choices to score; "
+                             "use sampling.candidates=sampled for a free-form benchmark or task")
+        contexts.append(bench.choice_context(row, exemplars[:shots]))
+        continuations.append([bench.choice_delimiter + t for t in texts])
+    return pd.DataFrame({"problem_id": problems["problem_id"].to_numpy(), "prompt": contexts,
+                         "choices": pd.Series(continuations, dtype=object)})
+
+
+def grade_choices(bench: Benchmark, candidates: pd.DataFrame, problems: pd.DataFrame) -> pd.DataFrame:
+    """Exact grading of scored choices: a row's answer is its choice's label, right iff it is the gold.
+    The answer span is the choice's text (the completion after the delimiter)."""
+    rows = problem_rows(problems)
+    missing = set(candidates["problem_id"]) - set(rows)
+    if missing:
+        raise ValueError(f"{len(missing)} candidate problem_ids are not in the problems table, e.g. {sorted(missing)[:3]}")
+    out = candidates.copy()
+    labels = {p: bench.choice_labels(r) for p, r in rows.items()}
+    answers = [labels[p][int(j)] for p, j in zip(out["problem_id"], out["sample_idx"])]
+    out["answer"] = pd.Series(answers, index=out.index, dtype=object)
+    start = len(bench.choice_delimiter)
+    out["answer_start"] = pd.array([start] * len(out), dtype="Int64")
+    out["answer_end"] = pd.array([len(str(t)) for t in out["completion"]], dtype="Int64")
+    out["correct"] = [bool(bench.grade(a, rows[p]["gold"])) for a, p in zip(answers, out["problem_id"])]
+    out["truncated"] = False
+    no_gold = sorted(set(out["problem_id"]) - set(out.loc[out["correct"], "problem_id"]))
+    if no_gold:  # kept (wrong for every method), never dropped: e.g. a BBH target that is no listed option
+        logger.warning("%d problems have no choice equal to their gold, e.g. %s", len(no_gold), no_gold[:3])
+    return out
+
+
 def _input_order(problems: pd.DataFrame) -> Callable[[pd.Series], pd.Series]:
     rank = {pid: i for i, pid in enumerate(problems["problem_id"])}
     return lambda col: col.map(rank) if col.name == "problem_id" else col

@@ -28,6 +28,42 @@ POOLED_STATES = ("hidden_mean", "hidden_answer")
 RECORD_KEYS: dict[str, str] = {**{f"rec_{k}": k for k in TOKEN_ARRAYS}, **{k: k for k in POOLED_STATES}}
 #: Candidate columns a recording sampler writes, in order.
 RECORD_COLUMNS: list[str] = list(RECORD_KEYS)
+#: Pooled states of further layers (``model.hidden_layers``) are stored as ``hidden_l<k>``.
+LAYER_PREFIX = "hidden_l"
+
+
+def layer_key(k: int) -> str:
+    """Record key and candidate column of layer ``k``'s pooled (mean) states."""
+    return f"{LAYER_PREFIX}{int(k)}"
+
+
+def layer_columns(columns: Any) -> list[str]:
+    """The ``hidden_l<k>`` columns among ``columns``, by layer."""
+    found = [c for c in columns if c.startswith(LAYER_PREFIX) and c[len(LAYER_PREFIX):].isdigit()]
+    return sorted(found, key=lambda c: int(c[len(LAYER_PREFIX):]))
+
+
+#: ``finish_reason`` of a candidate that is a multiple-choice problem's given choice, teacher-forced
+#: after the shared context (``sampling.candidates: choices``), not a sampled completion.
+CHOICE = "choice"
+
+
+def is_choices(candidates: pd.DataFrame) -> bool:
+    """Whether a candidates (or graded) table holds scored choices rather than sampled completions."""
+    return len(candidates) > 0 and "finish_reason" in candidates.columns and bool(
+        (candidates["finish_reason"] == CHOICE).all())
+
+
+def loglik_energies(graded: pd.DataFrame) -> pd.DataFrame:
+    """lm-evaluation-harness's two multiple-choice scores as energies (lower = better):
+    ``neg_loglik``, minus the summed log-probability of the choice's tokens (its ``acc`` ranks by the
+    sum), and ``neg_loglik_per_char``, that divided by the choice's length in characters (its
+    ``acc_norm``; the length of the choice text, the graded answer span, without the delimiter)."""
+    total = np.array([float(np.sum(np.asarray(t, np.float64) - np.asarray(l, np.float64)[:-1]))
+                      for t, l in zip(graded["rec_tok_logit"], graded["rec_lse"])])
+    chars = (graded["answer_end"] - graded["answer_start"]).astype("float64").to_numpy()
+    return pd.DataFrame({"neg_loglik": -total, "neg_loglik_per_char": -total / np.maximum(chars, 1.0)},
+                        index=graded.index)
 
 
 def has_record(candidates: pd.DataFrame) -> bool:
@@ -80,11 +116,11 @@ def recorded_energies(graded: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any
     rows = [recorded_row(r.rec_lse, r.rec_tok_logit, r.rec_deepconf, r.rec_char_ends,
                          _char_span(r.answer_start, r.answer_end), r.n_tokens)[0] for r in graded.itertuples(index=False)]
     table = energy_table(rows)
+    if is_choices(graded):  # the field's baselines, from the same recorded values
+        table = pd.concat([table, loglik_energies(graded).reset_index(drop=True)], axis=1)
     table.insert(0, "problem_id", graded["problem_id"].to_numpy())
     table.insert(1, "sample_idx", graded["sample_idx"].to_numpy())
-    hidden = {
-        "problem_id": graded["problem_id"].to_numpy(), "sample_idx": graded["sample_idx"].to_numpy(),
-        "hidden_mean": np.stack([np.asarray(v, np.float32) for v in graded["hidden_mean"]]),
-        "hidden_answer": np.stack([np.asarray(v, np.float32) for v in graded["hidden_answer"]]),
-    }
+    hidden = {"problem_id": graded["problem_id"].to_numpy(), "sample_idx": graded["sample_idx"].to_numpy()}
+    for col in [*POOLED_STATES, *layer_columns(graded.columns)]:
+        hidden[col] = np.stack([np.asarray(v, np.float32) for v in graded[col]])
     return table, hidden

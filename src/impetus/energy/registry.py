@@ -45,6 +45,12 @@ def _logit(name: str) -> EnergySpec:
 
 ENERGIES: dict[str, EnergySpec] = {
     **{c: _logit(c) for c in ENERGY_COLUMNS},
+    # lm-evaluation-harness's acc and acc_norm on a problem's choices (impetus.energy.recorded.loglik_energies):
+    # present only when the candidates are scored choices.
+    "neg_loglik": EnergySpec("neg_loglik", "logit", ("logits",), (LM_PASS_COST,),
+                             "negated summed log-probability of the choice (lm-eval acc)"),
+    "neg_loglik_per_char": EnergySpec("neg_loglik_per_char", "logit", ("logits",), (LM_PASS_COST,),
+                                      "negated summed log-probability per character of the choice (lm-eval acc_norm)"),
     "embedding_consistency": EnergySpec(
         "embedding_consistency", "consistency", ("embeddings",), (EMBEDDING_COST,),
         "negated mean cosine similarity to the problem's other completions",

@@ -72,6 +72,9 @@ class ModelParams(_Params):
     )
     dtype: Literal["float32", "bfloat16", "float16"] = F("Weights dtype for inference.")
     device: str = F("torch device: cpu, cuda, cuda:1, mps.")
+    hidden_layers: list[int | Literal["mid"]] = F(
+        "Layers besides the last whose states scored choices pool over their tokens (hidden_l<k>): a decoder "
+        "block's index k (HF hidden_states[k]) or 'mid' (the middle block); [] = the last layer only.")
 
     @field_validator("device")
     @classmethod
@@ -106,6 +109,11 @@ class SamplingStageParams(_Params):
     shard_dir: str = F("Folder of the resumable sampling shards.")
     progress: bool = F("Show a progress bar.")
     record: bool = F("Record raw-logit statistics and last-layer states while decoding (no second pass).")
+    candidates: Literal["sampled", "choices"] = F(
+        "sampled: n completions per problem; choices: a multiple-choice problem's choices, each teacher-forced "
+        "after lm-eval's prompt (ARC, the option tasks of BBH), recorded like sampled rows.")
+    choice_shots: int = F("candidates=choices: exemplars before the question (lm-eval's num_fewshot); 0 = zero-shot.",
+                          ge=0)
     choice_orders: int = F(
         "Multiple choice (ARC) only: orders of the answer choices per problem, the N samples spread evenly "
         "over them (order 0 = the source's, others seeded by the problem id); breaks the position bias a vote "
@@ -188,7 +196,9 @@ class TextEBMParams(_Params):
 class LatentEBMParams(_Params):
     """LatentEBM size (MLP over the base LM's pooled last-layer hidden states)."""
 
-    hidden_source: Literal["mean", "answer", "both"] = F("Mean over the completion, answer's last token, or both.")
+    hidden_source: Literal["mean", "answer", "both", "layer", "layer_both"] = F(
+        "Last layer: mean over the completion, answer's last token, or both; layer: the mean states of "
+        "model.hidden_layers; layer_both: those and both.")
     hidden: int = F("Hidden width.", ge=4)
     n_layers: int = F("Hidden layers.", ge=1)
     dropout: float = F("Dropout.", ge=0, lt=1)

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from impetus.energy.recorded import layer_columns
 from impetus.energy.registry import energy_columns, hybrid_inputs
 from impetus.learned.hybrid import HybridConfig, HybridEnergy, cross_validated_l2
 from impetus.learned.mining import LeakageError, mine_groups
@@ -61,10 +62,17 @@ def build_groups(
 
 
 def hidden_matrix(hidden: dict[str, Any], rows: np.ndarray, source: str) -> np.ndarray:
-    """Feature vectors for the LatentEBM: ``mean``, ``answer`` or ``both`` (concatenated)."""
-    parts = {"mean": ["hidden_mean"], "answer": ["hidden_answer"], "both": ["hidden_mean", "hidden_answer"]}
+    """Feature vectors for the LatentEBM: last-layer ``mean``, ``answer`` or ``both`` (concatenated);
+    ``layer``: the mean states of the further recorded layers (``model.hidden_layers``, ``hidden_l<k>``),
+    ``layer_both``: those and the last layer's ``both``."""
+    layers = layer_columns(hidden)
+    parts = {"mean": ["hidden_mean"], "answer": ["hidden_answer"], "both": ["hidden_mean", "hidden_answer"],
+             "layer": layers, "layer_both": [*layers, "hidden_mean", "hidden_answer"]}
     if source not in parts:
         raise ValueError(f"hidden source must be one of {sorted(parts)}, got {source!r}")
+    if not parts[source]:
+        raise ValueError(f"hidden source {source!r} needs states of further layers: set model.hidden_layers "
+                         "(e.g. [mid]) and score again")
     return np.concatenate([np.asarray(hidden[k])[rows] for k in parts[source]], axis=1).astype(np.float32)
 
 

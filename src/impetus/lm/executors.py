@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from impetus.energy.recorded import RECORD_COLUMNS, RECORD_KEYS
-from impetus.lm.sampler import Sampler, SamplingParams, get_sampler
+from impetus.energy.recorded import RECORD_COLUMNS, RECORD_KEYS, layer_columns
+from impetus.lm.sampler import ChoiceScorer, Sampler, SamplingParams, get_sampler
 
 CANDIDATE_COLUMNS = [
     "problem_id", "sample_idx", "completion", "n_tokens", "finish_reason", "logprob_mean", "seed", "gen_seconds",
@@ -48,6 +48,11 @@ class ShardTask:
     problem_ids: list[str]
     prompts: list[str]
     seeds: list[int]
+    choices: list[list[str]] | None = None  # scored choices per problem (``candidates: choices``), else sampled
+
+    def rows_per_problem(self, n: int) -> int | dict[str, int]:
+        """How many rows each problem gets: ``n`` samples, or one per choice."""
+        return n if self.choices is None else {p: len(c) for p, c in zip(self.problem_ids, self.choices)}
 
 
 class ShardExecutor(Protocol):
@@ -100,7 +105,8 @@ class SamplerSpec:
         model, tok = load_model(path, device=self.device or lm.get("device", "cpu"), dtype=lm.get("dtype", "float32"),
                                 trust_remote_code=lm.get("trust_remote_code", False),
                                 allow_pickle=lm.get("allow_pickle", False))
-        return get_sampler(self.backend, model, tok, record=self.record, **self.kwargs)
+        layers = {"hidden_layers": tuple(lm["hidden_layers"])} if lm.get("hidden_layers") else {}
+        return get_sampler(self.backend, model, tok, record=self.record, **layers, **self.kwargs)
 
 
 def sample_shard(sampler: Sampler, task: ShardTask, params: SamplingParams, answer_span: SpanFn | None = None,
@@ -114,7 +120,13 @@ def sample_shard(sampler: Sampler, task: ShardTask, params: SamplingParams, answ
     kwargs: dict[str, Any] = {"progress": progress}
     if answer_span is not None:
         kwargs["answer_span"] = lambda i, text: answer_span(ids[i], text)
-    gens = sampler.generate(list(task.prompts), params, list(task.seeds), **kwargs)
+    if task.choices is not None:
+        if not isinstance(sampler, ChoiceScorer):
+            raise TypeError(f"sampler {getattr(sampler, 'name', sampler)!r} cannot score choices "
+                            "(it lacks ChoiceScorer.score_choices); use sampling.candidates=sampled")
+        gens = sampler.score_choices(list(task.prompts), [list(c) for c in task.choices], progress=progress)
+    else:
+        gens = sampler.generate(list(task.prompts), params, list(task.seeds), **kwargs)
     rows = []
     for pid, seed, cands in zip(ids, task.seeds, gens):
         for j, g in enumerate(cands):
@@ -125,9 +137,11 @@ def sample_shard(sampler: Sampler, task: ShardTask, params: SamplingParams, answ
             }
             if g.record is not None:
                 row |= {col: np.asarray(g.record[key]) for col, key in RECORD_KEYS.items() if key in g.record}
+                row |= {key: np.asarray(g.record[key]) for key in layer_columns(g.record)}
             rows.append(row)
     recorded = bool(rows) and all(c in rows[0] for c in RECORD_COLUMNS)
-    df = pd.DataFrame(rows, columns=CANDIDATE_COLUMNS + (RECORD_COLUMNS if recorded else []))
+    layers = layer_columns(rows[0]) if recorded else []
+    df = pd.DataFrame(rows, columns=CANDIDATE_COLUMNS + (RECORD_COLUMNS + layers if recorded else []))
     df = df.astype({"problem_id": "str", "sample_idx": "int64", "n_tokens": "int64", "seed": "int64",
                     "logprob_mean": "float64", "gen_seconds": "float64"})
     return pa.Table.from_pandas(df, preserve_index=False)
@@ -183,5 +197,7 @@ def tasks_of(problems: pd.DataFrame, shard_size: int, seeds: Iterable[int]) -> l
     ids = [str(x) for x in problems["problem_id"]]
     prompts = problems["prompt"].astype(str).tolist()
     seeds = list(seeds)
-    return [ShardTask(s // shard_size, ids[s:s + shard_size], prompts[s:s + shard_size], seeds[s:s + shard_size])
+    choices = [[str(c) for c in cs] for cs in problems["choices"]] if "choices" in problems.columns else None
+    return [ShardTask(s // shard_size, ids[s:s + shard_size], prompts[s:s + shard_size], seeds[s:s + shard_size],
+                      None if choices is None else choices[s:s + shard_size])
             for s in range(0, len(ids), shard_size)]

@@ -32,6 +32,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from impetus.energy.recorded import token_span
+from impetus.lm.hf_choices import resolve_layers, score_choices
 from impetus.lm.hf_encode import encode_traces
 from impetus.lm.kv_cache import (GrowLayer, RowPast, compact_layers, forward, mergeable, out_cache, row_past,
                                  stack_caches, stack_pasts)
@@ -100,8 +101,11 @@ class HFSampler:
         min_shared_prefix: int = 16,
         compact_fraction: float = 0.125,
         record: bool = True,
+        hidden_layers: tuple[int | str, ...] = (),
     ) -> None:
         self.model = model
+        # Further layers whose states scored choices pool (``model.hidden_layers``; "mid" = the middle block).
+        self.layers = resolve_layers(hidden_layers, model.config.get_text_config().num_hidden_layers)
         # Record raw-logit statistics and last-layer states while decoding (impetus.lm.recording),
         # so the energies need no second, teacher-forced pass.
         self.record = record
@@ -218,6 +222,11 @@ class HFSampler:
             raise ValueError(f"got {len(prompts)} prompts but {len(forced)} forced token lists")
         call = _Call(record=True, past=past, keep_past=keep_past, keep_states=True, forced=forced)
         return [g for (g,) in self._run(prompts, params, seeds, call, max_new=max_new)]
+
+    def score_choices(self, contexts: list[str], continuations: list[list[str]],
+                      progress: ProgressFn | None = None) -> list[list[Generation]]:
+        """Choices as candidates (:func:`impetus.lm.hf_choices.score_choices`)."""
+        return score_choices(self.model, self.tok, contexts, continuations, self.layers, progress)
 
     def can_continue(self) -> bool:
         """Whether ``continue_rows(past=...)`` works: every cache layer is plain full attention."""

@@ -40,7 +40,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -93,7 +93,8 @@ def stable_seed(seed: int, problem_id: Any) -> int:
 
 
 def make_run_key(model_id: str, params: SamplingParams, prompts: pd.DataFrame | list[str]) -> str:
-    """Hash of model id + result-relevant params + (problem_id, prompt) pairs, as a folder name."""
+    """Hash of model id + result-relevant params + (problem_id, prompt) pairs, as a folder name
+    (and each problem's choices, when they are the candidates)."""
     h = hashlib.sha256()
     h.update(str(model_id).encode())
     h.update(json.dumps(params.result_dict(), sort_keys=True).encode())
@@ -103,6 +104,9 @@ def make_run_key(model_id: str, params: SamplingParams, prompts: pd.DataFrame | 
         items = ((str(i), str(p)) for i, p in enumerate(prompts))
     for pid, prompt in items:
         h.update(b"\x00" + pid.encode() + b"\x01" + prompt.encode())
+    if isinstance(prompts, pd.DataFrame) and "choices" in prompts.columns:
+        for choices in prompts["choices"]:
+            h.update(b"\x02" + json.dumps([str(c) for c in choices]).encode())
     return h.hexdigest()[:16]
 
 
@@ -123,13 +127,16 @@ def _manifest(run_key: str, params: SamplingParams, problem_ids: list[str], shar
             "params_hash": params.digest(), "problem_ids": problem_ids, "record": record}
 
 
-def shard_problem(df: pd.DataFrame, problem_ids: list[str], n: int) -> str | None:
+def shard_problem(df: pd.DataFrame, problem_ids: list[str], n: int | Mapping[str, int]) -> str | None:
     """Why ``df`` is not a complete shard for ``problem_ids`` x ``n`` samples, or None if it is.
 
     Checks: every ``CANDIDATE_COLUMNS`` column present; the set of problem ids equal to
     ``problem_ids``; ``len(problem_ids) * n`` rows; sample_idx in 0..n-1; no duplicate
     (problem_id, sample_idx). Together these mean each problem has each sample exactly once.
+    ``n`` may also map each problem to its own count (scored choices: one row per choice).
     """
+    if isinstance(n, Mapping):
+        return _shard_problem_counts(df, problem_ids, n)
     missing = [c for c in CANDIDATE_COLUMNS if c not in df.columns]
     if missing:
         return f"missing columns {missing}"
@@ -153,6 +160,21 @@ def shard_problem(df: pd.DataFrame, problem_ids: list[str], n: int) -> str | Non
     return None
 
 
+def _shard_problem_counts(df: pd.DataFrame, problem_ids: list[str], counts: Mapping[str, int]) -> str | None:
+    """:func:`shard_problem` with a count per problem: the same checks, then each problem's rows
+    must be its sample_idx 0..count-1 exactly once."""
+    missing = [c for c in CANDIDATE_COLUMNS if c not in df.columns]
+    if missing:
+        return f"missing columns {missing}"
+    found = df.groupby(df["problem_id"].astype(str))["sample_idx"].apply(lambda s: sorted(int(x) for x in s))
+    for pid in problem_ids:
+        want = list(range(int(counts[pid])))
+        if found.get(pid) != want:
+            return f"problem {pid!r} has sample_idx {found.get(pid)}, expected {want}"
+    extra = sorted(set(found.index) - set(problem_ids))
+    return f"problem ids differ from the manifest ({len(extra)} unexpected, e.g. {extra[:3]})" if extra else None
+
+
 def _in_order(df: pd.DataFrame, problem_ids: list[str]) -> pd.DataFrame:
     """Rows sorted like ``problem_ids`` then by sample_idx (a valid shard in any row order)."""
     pos = {p: i for i, p in enumerate(problem_ids)}
@@ -160,7 +182,7 @@ def _in_order(df: pd.DataFrame, problem_ids: list[str]) -> pd.DataFrame:
     return df.iloc[np.argsort(key.to_numpy(), kind="stable")].reset_index(drop=True)
 
 
-def _load_shard(pq: Path, mf: Path, expected: dict[str, Any], n: int) -> pd.DataFrame | None:
+def _load_shard(pq: Path, mf: Path, expected: dict[str, Any], n: int | Mapping[str, int]) -> pd.DataFrame | None:
     """The shard's table if it exists, matches its manifest and passes ``shard_problem``; else None.
 
     A shard that exists but fails a check is logged as a WARNING (file and reason) so the caller
@@ -213,7 +235,7 @@ def _shard_lock(path: Path) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-def check_complete(table: pd.DataFrame, problem_ids: list[str], n: int) -> None:
+def check_complete(table: pd.DataFrame, problem_ids: list[str], n: int | Mapping[str, int]) -> None:
     """Raise ``IncompleteCandidatesError`` unless ``table`` has every problem x ``n`` rows once."""
     why = shard_problem(table, problem_ids, n)
     if why is not None:
@@ -263,7 +285,9 @@ def sample_problems(
     finally:  # also on errors, so a failed run does not leave a dangling bar
         run.close()
     result = run.result(all_tasks)
-    check_complete(result, [str(x) for x in problems["problem_id"]], params.n)
+    counts = [t.rows_per_problem(params.n) for t in all_tasks]
+    check_complete(result, [str(x) for x in problems["problem_id"]],
+                   params.n if not counts or isinstance(counts[0], int) else {k: v for c in counts for k, v in c.items()})
     logger.info("sampling %s: %s", run_key, run.stats.to_dict())
     return result, run.stats
 
@@ -317,7 +341,7 @@ class _Run:
             stack = held.enter_context(contextlib.ExitStack())
             stack.enter_context(_shard_lock(lock))
             # Checked under the lock: another process may have finished it while we waited.
-            df = _load_shard(pq, mf, self.expected(task), self.params.n)
+            df = _load_shard(pq, mf, self.expected(task), task.rows_per_problem(self.params.n))
             if df is not None:
                 stack.close()
                 self.stats.problems_reused += len(task.problem_ids)
@@ -338,7 +362,7 @@ class _Run:
     def write(self, task: ShardTask, df: pd.DataFrame) -> None:
         """Check a sampled shard, then write it (parquet, then its manifest) and release its lock."""
         s = task.index
-        why = shard_problem(df, task.problem_ids, self.params.n)
+        why = shard_problem(df, task.problem_ids, task.rows_per_problem(self.params.n))
         if why is not None:  # a sampler bug: never write (and later trust) such a shard
             raise IncompleteCandidatesError(f"{self.source} returned a bad shard {s}: {why}")
         pq, mf, _ = self._paths(s)

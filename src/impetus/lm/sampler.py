@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
     from impetus.lm.trace import Trace
 
-FinishReason = Literal["stop", "eos", "length"]
+FinishReason = Literal["stop", "eos", "length", "choice"]
 ProgressFn = Callable[[int, int], None]
 """``progress(new_tokens, finished_rows)``, called after every decoding step."""
 Prompt = Union[str, Sequence[int]]
@@ -148,6 +148,19 @@ class Sampler(Protocol):
         Samples are ``first_sample .. first_sample + n - 1`` (so waves are prefixes of one big call);
         ``answer_span(prompt_index, text)`` locates the answer for the recorded answer state.
         A prompt may be given as token ids."""
+        ...
+
+
+@runtime_checkable
+class ChoiceScorer(Sampler, Protocol):
+    """A backend that also scores given continuations of a context (``sampling.candidates: choices``):
+    a multiple-choice problem's choices become candidates with the rows a sampled completion has."""
+
+    def score_choices(self, contexts: Sequence[str], continuations: Sequence[Sequence[str]],
+                      progress: ProgressFn | None = None) -> list[list[Generation]]:
+        """Per context, one :class:`Generation` per continuation (``sample_idx`` its index,
+        ``finish_reason`` ``"choice"``), teacher-forced after the context encoded once, with the
+        ``record`` a recording sampler writes plus the backend's extra layers (``hidden_l<k>``)."""
         ...
 
 

@@ -23,5 +23,7 @@ def prepare_base_model(model: ModelParams) -> tuple[dict[str, Any], dict]:
         "name_or_path": model.name_or_path, "path": str(path), "dtype": model.dtype, "device": model.device,
         "trust_remote_code": model.trust_remote_code, "allow_pickle": model.allow_pickle, **model_id_info(path),
     }
+    if model.hidden_layers:  # only when set, so the record (and every run key) is unchanged otherwise
+        record["hidden_layers"] = list(model.hidden_layers)
     logger.info("Base model %s ready at %s (%.1f s)", model.name_or_path, path, seconds)
     return record, as_mlflow_metrics({"base_model/resolve_seconds": seconds})

@@ -16,7 +16,7 @@ import pandas as pd
 from impetus.benchmarks.grading import one_prompt_per_problem
 from impetus.framework.config import EnergyStageParams
 from impetus.energy.consistency import consistency_energies
-from impetus.energy.recorded import has_record, recorded_energies
+from impetus.energy.recorded import has_record, is_choices, recorded_energies
 from impetus.lm.scoring import score_table
 from impetus.pipelines.utils import load_base_lm
 from impetus.framework.tracking import as_mlflow_metrics
@@ -48,10 +48,13 @@ def compute_energies(
             progress=energies.progress,
         )
         source = "teacher_forced"
-    consistency, emb_seconds = consistency_energies(
-        graded, energies.embedding_model, batch_size=energies.embedding_batch_size
-    )
-    table = pd.concat([table, consistency], axis=1)
+    if is_choices(graded):  # one candidate per answer: agreement and similarity between choices mean nothing
+        emb_seconds = 0.0
+    else:
+        consistency, emb_seconds = consistency_energies(
+            graded, energies.embedding_model, batch_size=energies.embedding_batch_size
+        )
+        table = pd.concat([table, consistency], axis=1)
     # lm_seconds: what the logit energies and hidden states cost here (the recording overhead itself
     # is inside the sampling time, which every method already pays).
     timing = {"lm_seconds": lm_seconds, "embedding_seconds": emb_seconds, "n_candidates": len(graded),

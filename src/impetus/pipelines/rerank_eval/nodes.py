@@ -16,7 +16,9 @@ from impetus.learned.crossfit import out_of_fold_table, train_side_table
 from impetus.learned.fitting import LearnedScorers, score_split
 from impetus.pipelines.utils import load_base_tokenizer
 from impetus.selection.adaptive import adaptive_report, rule_specs
-from impetus.selection.plots import make_plots, plot_adaptive
+from impetus.energy.recorded import is_choices
+from impetus.selection.choices import choice_costs, choice_evaluation, choice_metrics, choice_report, choice_selection
+from impetus.selection.plots import make_plots, plot_adaptive, plot_energy_histograms, plot_roc
 from impetus.selection.crossval import assign_folds
 from impetus.selection.report import build_methods, cv_selection, markdown_report, rerank_evaluation
 from impetus.framework.tracking import as_mlflow_metrics, method_metrics
@@ -44,10 +46,33 @@ def _cross_validated(
     problems = pd.concat([train[4], dev[4]], ignore_index=True)
     oof, learned = out_of_fold_table(table, problems, hidden, tok, scorer.to_core(), fold_of, eval_ids)
     timing = {k: train[3][k] + dev[3][k] for k in ("lm_seconds", "embedding_seconds")}
-    selection = cv_selection(oof, fold_of, cols, hybrid_cols, _stage_seconds(timing, learned), params)
+    stage_seconds = _stage_seconds(timing, learned)
+    if is_choices(oof):
+        selection = choice_selection(oof, fold_of, cols, choice_costs(cols, stage_seconds, hybrid_cols, oof["problem_id"].nunique()))
+    else:
+        selection = cv_selection(oof, fold_of, cols, hybrid_cols, stage_seconds, params)
     # What cross-validation adds to the run (fold fits, out-of-fold scoring, selection), logged so
     # the default run's cost can be read off MLflow (selection/seconds).
     return oof, selection | {"seconds": time.perf_counter() - t0}
+
+
+def _on_choices(chosen_on: pd.DataFrame, selection: dict | None, evals: pd.DataFrame, cols: list[str],
+                hybrid_cols: list[str], dev_seconds: dict[str, float], eval_seconds: dict[str, float],
+                params: RerankParams) -> tuple[dict, str, pd.DataFrame, pd.DataFrame, dict[str, Figure], dict]:
+    """The rerank stage's outputs on scored choices (:mod:`impetus.selection.choices`): no votes, no
+    accuracy against N, no adaptive N (the report says why); the two lm-eval baselines instead."""
+    if selection is None:  # selection: dev, one "fold"
+        fold_of = pd.Series(0, index=pd.Index(sorted(chosen_on["problem_id"].unique()), name="problem_id"))
+        selection = choice_selection(chosen_on, fold_of, cols, choice_costs(cols, dev_seconds, hybrid_cols, len(fold_of)),
+                                     selected_on="dev")
+    result, selections = choice_evaluation(evals, selection, cols, eval_seconds, hybrid_cols, params.n_boot, params.seed)
+    report = choice_report(result)
+    logger.info("Rerank report:\n%s", report)
+    figures = {"roc.png": plot_roc(evals, cols), "energy_histograms.png": plot_energy_histograms(evals, cols)}
+    flat = method_metrics(result["methods"]) | choice_metrics(result)
+    flat |= {"selection/n_problems": selection["n_problems"], "selection/seconds": selection.get("seconds")}
+    return result, report, selections, pd.DataFrame(columns=["n", "accuracy", "std", "method"]), figures, \
+        as_mlflow_metrics(flat)
 
 
 def rerank_and_evaluate(
@@ -74,6 +99,9 @@ def rerank_and_evaluate(
     else:
         chosen_on, dev_learned = score_split(graded_dev, energies_dev, hidden_dev, problems_dev, tok, scorers)
         selection, dev_seconds = None, _stage_seconds(energies_dev_timing, dev_learned)
+    if is_choices(graded_eval):
+        return _on_choices(chosen_on, selection, evals, cols, hybrid_cols, dev_seconds,
+                           _stage_seconds(energies_eval_timing, eval_learned), rerank_eval)
     result, selections = rerank_evaluation(
         chosen_on, evals, cols, hybrid_cols, dev_seconds, _stage_seconds(energies_eval_timing, eval_learned),
         rerank_eval, selection=selection,

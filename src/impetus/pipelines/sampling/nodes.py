@@ -8,7 +8,9 @@ from typing import Any
 
 import pandas as pd
 
-from impetus.benchmarks.grading import answer_locator, build_prompt_table, grade_candidates, grading_summary
+from impetus.benchmarks.grading import (answer_locator, build_choice_table, build_prompt_table, grade_candidates,
+                                       grade_choices, grading_summary)
+from impetus.energy.recorded import is_choices
 from impetus.lm import orders as choice_orders
 from impetus.framework.config import BenchmarkParams, RayParams, SamplingStageParams
 from impetus.lm.executors import LocalExecutor, SamplerSpec, ShardExecutor, executor_class
@@ -26,10 +28,15 @@ def make_prompts(
 ) -> pd.DataFrame:
     """``prompts_{split}``: problem_id, prompt, n_prompt_tokens — the exact text every later stage
     conditions on (built here once, with the tokenizer only, before any model is loaded). With
-    ``sampling.choice_orders > 1`` one row per problem and order of its choices (column ``order``)."""
+    ``sampling.choice_orders > 1`` one row per problem and order of its choices (column ``order``);
+    with ``sampling.candidates: choices`` the context of lm-eval's prompt and the scored ``choices``."""
     tok = load_base_tokenizer(base_lm)
-    choice_orders.per_order(sampling.n, sampling.choice_orders)  # fail before any prompt is built
-    table = build_prompt_table(benchmark.build(), problems, fewshot, sampling.prompt_style, tok, sampling.choice_orders)
+    if sampling.candidates == "choices":
+        table = build_choice_table(benchmark.build(), problems, fewshot, sampling.choice_shots)
+    else:
+        choice_orders.per_order(sampling.n, sampling.choice_orders)  # fail before any prompt is built
+        table = build_prompt_table(benchmark.build(), problems, fewshot, sampling.prompt_style, tok,
+                                   sampling.choice_orders)
     prompts = table["prompt"].tolist()
     n_tokens = [len(ids) for ids in tok(prompts)["input_ids"]] if prompts else []
     logger.info("Built %d %s prompts", len(prompts), split)
@@ -40,17 +47,22 @@ def sample_candidates(
     prompts: pd.DataFrame, problems: pd.DataFrame, base_lm: dict[str, Any], benchmark: BenchmarkParams,
     sampling: SamplingStageParams, ray: RayParams | None, split: str,
 ) -> tuple[pd.DataFrame, dict]:
-    """Sample ``sampling.n`` completions for every prompt of one split, in this process or on Ray."""
+    """Sample ``sampling.n`` completions for every prompt of one split, in this process or on Ray
+    (``sampling.candidates: choices``: score each problem's choices instead, one row per choice)."""
     params = sampling_params(sampling, benchmark)
     executor = make_executor(sampling, ray, base_lm)
     items, locate = prompts[["problem_id", "prompt"]], answer_locator(benchmark.build(), problems)
+    if sampling.candidates == "choices":
+        # The choices travel with their shard; `n` is unused (each problem has its own count), and
+        # the sampling fields in the manifest are the configured ones, neutral for scored choices.
+        items, locate = prompts[["problem_id", "prompt", "choices"]], None
     if "order" in prompts.columns:  # several orders of the choices: n / k samples per (problem, order)
         n_each = choice_orders.per_order(params.n, int(prompts["order"].nunique()))
         items, params = choice_orders.as_items(prompts), replace(params, n=n_each)
         # The answer's place in the text does not depend on the order its choices were shown in.
         by_problem = locate
         locate = lambda item, text: by_problem(choice_orders.problem_of(item), text)  # noqa: E731
-    run_key = make_run_key(base_lm["path"], params, items["prompt"].tolist())
+    run_key = make_run_key(_model_key(base_lm), params, items if "choices" in items else items["prompt"].tolist())
     candidates, stats = sample_problems(
         None, items, params, shard_dir=sampling.shard_dir, shard_size=sampling.shard_size, run_key=run_key,
         progress=sampling.progress, answer_span=locate, executor=executor,
@@ -62,6 +74,12 @@ def sample_candidates(
     return candidates, as_mlflow_metrics(metrics)
 
 
+def _model_key(base_lm: dict[str, Any]) -> str:
+    """The model part of the run key: its folder, and the extra recorded layers when there are any."""
+    layers = base_lm.get("hidden_layers")
+    return base_lm["path"] + (f"|layers={layers}" if layers else "")
+
+
 _EXECUTORS: dict[tuple, ShardExecutor] = {}
 
 
@@ -70,7 +88,8 @@ def make_executor(sampling: SamplingStageParams, ray: RayParams | None, base_lm:
     once for all three splits; the local one loads the model here (the driver is the worker)."""
     if sampling.executor == "local":
         model, tok = load_base_lm(base_lm)
-        return LocalExecutor(get_sampler(sampling.backend, model, tok, record=sampling.record))
+        layers = {"hidden_layers": tuple(base_lm["hidden_layers"])} if base_lm.get("hidden_layers") else {}
+        return LocalExecutor(get_sampler(sampling.backend, model, tok, record=sampling.record, **layers))
     if ray is None:
         raise ValueError(f"sampling.executor={sampling.executor!r} needs the `ray` parameter block")
     spec = SamplerSpec(dict(base_lm), sampling.backend, sampling.record)
@@ -104,8 +123,10 @@ def _tag_run(tags: dict[str, str]) -> None:
 def grade_split(
     candidates: pd.DataFrame, problems: pd.DataFrame, benchmark: BenchmarkParams, split: str
 ) -> tuple[pd.DataFrame, dict]:
-    """Extract and grade every candidate's answer; report accuracy, pass@N, no-answer and truncated counts."""
-    graded = grade_candidates(benchmark.build(), candidates, problems)
+    """Extract and grade every candidate's answer; report accuracy, pass@N, no-answer and truncated counts.
+    Scored choices are graded exactly (the choice is the gold or not)."""
+    grade = grade_choices if is_choices(candidates) else grade_candidates
+    graded = grade(benchmark.build(), candidates, problems)
     summary = grading_summary(graded)
     logger.info("Graded %s: %s", split, summary)
     return graded, as_mlflow_metrics({f"grading/{split}/{k}": v for k, v in summary.items()})
