@@ -113,7 +113,14 @@ def _input_order(problems: pd.DataFrame) -> Callable[[pd.Series], pd.Series]:
 
 def one_prompt_per_problem(prompts: pd.DataFrame, stage: str) -> pd.DataFrame:
     """``prompts`` itself when it holds one prompt per problem; else a ValueError naming ``stage``,
-    which conditions on a problem's one prompt (V2, EBD, teacher-forced energies)."""
+    which conditions on a problem's one prompt (V2, EBD, teacher-forced energies), or that decodes
+    from it: scored choices (``sampling.candidates: choices``) have no answer to decode or re-score."""
+    if "choices" in prompts.columns:
+        raise ValueError(
+            f"{stage} works on sampled answers, but these candidates are multiple-choice problems' scored "
+            "choices (sampling.candidates=choices, whose energies are recorded while scoring); run it on "
+            "candidates sampled with --params sampling.candidates=sampled"
+        )
     if "order" in prompts.columns and prompts["problem_id"].duplicated().any():
         raise ValueError(
             f"{stage} needs one prompt per problem, but the candidates were sampled with several orders "

@@ -105,17 +105,15 @@ def _supports_logits_to_keep(model: Any) -> bool:
 
 
 def _forward_shared_prompt(
-    model: Any, p_ids: list[int], comps: list[list[int]], pad_id: int, hidden: bool, keep_ok: bool,
-    layers: Sequence[int] = (),
-) -> tuple[list[torch.Tensor], list[torch.Tensor] | None] | tuple[list[torch.Tensor], list[torch.Tensor] | None, dict]:
+    model: Any, p_ids: list[int], comps: list[list[int]], pad_id: int, hidden: bool, keep_ok: bool
+) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
     """Teacher-forced pass of several completions after one prompt.
 
     The prompt is run once with ``use_cache=True``; its cache is repeated for the ``len(comps)``
     rows, which are right-padded (pads come after every real token, so causal attention never
     sees them). Returns per completion the ``T + 1`` float32 logits rows predicting its tokens
     and the one after, and (if ``hidden``) the matching ``T + 1`` last-layer states, whose row 0
-    is the last prompt token. With ``layers`` (indices into HF's ``hidden_states``: k = the output of
-    decoder block k) a third item maps each layer to the completions' ``[T, H]`` states there.
+    is the last prompt token.
     """
     device = next(model.parameters()).device
     kwargs: dict[str, Any] = {"output_hidden_states": hidden}
@@ -137,17 +135,14 @@ def _forward_shared_prompt(
         mask[j, P : P + len(c)] = 1
     pos = torch.arange(P, P + width).expand(n, width)
     out = forward(model, cache, input_ids=ids.to(device), attention_mask=mask.to(device),
-                  position_ids=pos.to(device), use_cache=True, output_hidden_states=hidden or bool(layers))
+                  position_ids=pos.to(device), use_cache=True, output_hidden_states=hidden)
     logits = out.logits.float()
     rows = [torch.cat([first_logits[None], logits[j, : len(c)]]) for j, c in enumerate(comps)]
     states = None
     if hidden:
         last = out.hidden_states[-1].float()
         states = [torch.cat([first_h[None], last[j, : len(c)]]) for j, c in enumerate(comps)]
-    if not layers:
-        return rows, states
-    extra = {k: [out.hidden_states[k][j, : len(c)].float() for j, c in enumerate(comps)] for k in layers}
-    return rows, states, extra
+    return rows, states
 
 
 def _prompt_ids(tokenizer: Any, prompt: str, add_special_tokens: bool) -> list[int]:

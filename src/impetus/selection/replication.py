@@ -46,6 +46,8 @@ def seed_summary(metrics: Mapping[str, Any]) -> dict[str, Any]:
     block holds.
     """
     headline = metrics["headline"]
+    if metrics.get("candidates") == "choices":
+        return _choice_seed_summary(metrics)
     chosen = headline["method"]
     m = metrics["methods"][chosen]
     best = post_hoc_best(metrics)
@@ -67,6 +69,27 @@ def seed_summary(metrics: Mapping[str, Any]) -> dict[str, Any]:
         "post_hoc_best_accuracy": metrics["methods"][best]["accuracy"],
         "post_hoc_best_gain_vs_single": metrics["methods"][best]["gain_vs_single"],
         "cost_ratio_vs_sampling": m.get("cost_ratio_vs_sampling"),
+    }
+
+
+def _choice_seed_summary(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`seed_summary` of a run on scored choices (:mod:`impetus.selection.choices`): the row's
+    reference is the lm-eval baseline chosen on train-side problems (``gain_vs_single`` is the gain over
+    it, ``single`` its accuracy, ``reference`` its name); a vote has no meaning there, so the
+    majority fields are empty."""
+    methods, h = metrics["methods"], metrics["headline"]
+    m = methods[h["method"]]
+    best = max(sorted(n for n in methods if n != "oracle"), key=lambda n: methods[n]["accuracy"])
+    nan = [math.nan, math.nan]
+    return {
+        "method": h["method"], "selected_on": h.get("selected_on"), "accuracy": m["accuracy"], "ci": list(m["ci"]),
+        "gain_vs_single": m["gain_vs_baseline"], "gain_vs_single_ci": list(m["gain_vs_baseline_ci"]),
+        "gain_vs_majority": math.nan, "gain_vs_majority_ci": nan, "single": methods[metrics["baseline"]]["accuracy"],
+        "majority": None, "oracle": metrics.get("oracle"), "n_problems": metrics.get("n_problems"),
+        "n_candidates": metrics.get("n_candidates"), "post_hoc_best": best,
+        "post_hoc_best_accuracy": methods[best]["accuracy"], "post_hoc_best_gain_vs_single": methods[best]["gain_vs_baseline"],
+        "cost_ratio_vs_sampling": m.get("cost_ratio_vs_sampling"), "reference": metrics["baseline"],
+        **{b: acc for b, acc in metrics["baselines"].items()},
     }
 
 
@@ -123,6 +146,9 @@ def aggregate(
         # A CI touching 0 does not count (the tolerance absorbs float noise on an exact 0).
         "seeds_gain_ci_above_0": sum(r["gain_vs_single_ci"][0] > 1e-12 for r in rows),
         "seeds_beating_majority": sum(r["gain_vs_majority_ci"][0] > 1e-12 for r in rows),
+        # On scored choices: the reference is lm-eval's better rule (chosen per seed on train-side problems).
+        **({"reference": dict(Counter(r["reference"] for r in rows)),
+            **{b: _mean([r.get(b) for r in rows]) for b in ("loglik", "loglik_norm")}} if "reference" in rows[0] else {}),
     }
 
 
