@@ -200,7 +200,7 @@ class LatentEBMParams(_Params):
         "Last layer: mean over the completion, answer's last token, or both; layer: the mean states of "
         "model.hidden_layers; layer_both: those and both.")
     hidden: int = F("Hidden width.", ge=4)
-    n_layers: int = F("Hidden layers.", ge=1)
+    n_layers: int = F("Hidden layers; 0 = a linear energy over the (layer-normed) states.", ge=0)
     dropout: float = F("Dropout.", ge=0, lt=1)
     train: EBMTrainParams = F("Training loop.")
 
