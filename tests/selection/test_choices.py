@@ -71,3 +71,20 @@ def test_baseline_is_chosen_on_train_side_problems_and_the_gain_measured_against
     assert result["chance"] == pytest.approx(0.25) and m["oracle"]["accuracy"] == 1.0
     report = choice_report(result)
     assert "| loglik_norm ◀ headline" in report and "Left out on choices" in report
+
+
+def test_a_choices_replication_row_is_held_to_the_chosen_lm_eval_baseline():
+    from impetus.selection.matrix import markdown_matrix, matrix_row
+    from impetus.selection.replication import aggregate, markdown_report
+
+    rng = np.random.default_rng(1)
+    train, evals = _with_signal(60, rng, norm_better=True), _with_signal(40, rng, norm_better=True)
+    fold_of = pd.Series(np.arange(60) % 3, index=pd.Index([f"p{i}" for i in range(60)], name="problem_id"))
+    sel = choice_selection(train, fold_of, ["neg_loglik", "neg_loglik_per_char"], costs={})
+    result, _ = choice_evaluation(evals, sel, ["neg_loglik", "neg_loglik_per_char"], {}, [], n_boot=200, seed=0)
+    rep = aggregate({0: result})
+    row = matrix_row(rep, "arc_easy")
+    assert row["single"] == result["methods"]["loglik_norm"]["accuracy"] and row["reference"] == "`loglik_norm`"
+    assert row["gain"] == pytest.approx(result["headline"]["gain_vs_baseline"])
+    assert row["loglik"] == result["baselines"]["loglik"] and row["majority"] is None
+    assert "(`loglik_norm`)" in markdown_matrix([row]) and "over the lm-eval baseline" in markdown_report(rep)

@@ -175,7 +175,7 @@ def choice_report(result: Mapping[str, Any], title: str = "V1 reranking on score
             f"[{_fmt(m['ci'][0])}, {_fmt(m['ci'][1])}] | {100 * m['gain_vs_baseline']:+.1f} [{100 * glo:+.1f}, {100 * ghi:+.1f}] | "
             f"{_fmt(m['auroc'], pct=False)} | {_fmt(m['auroc_within'], pct=False)} | {m['seconds_per_problem']:.4f} | "
             f"{'–' if ratio is None else f'{100 * ratio:.2f}%'} |")
-    lines += cv_lines(selection)
+    lines += cv_lines(selection, fit="learned energies")
     lines += ["", "AUROC: the energy as a detector of right vs wrong choices (hallucination detection), pooled over "
               "problems; within: inside each problem, averaged (what a reranker can use).", "", result["left_out"]]
     return "\n".join(lines) + "\n"

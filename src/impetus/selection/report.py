@@ -172,14 +172,15 @@ def _selection_label(result: Mapping[str, Any]) -> str:
     return "out of fold on train + dev" if result["headline"].get("selected_on") == "cv" else "on dev"
 
 
-def cv_lines(selection: Mapping[str, Any]) -> list[str]:
-    """The cross-validation table: every method's pooled out-of-fold accuracy, its SE and fold wins."""
+def cv_lines(selection: Mapping[str, Any], fit: str = "learned energies and vote temperature") -> list[str]:
+    """The cross-validation table: every method's pooled out-of-fold accuracy, its SE and fold wins
+    (``fit``: what each fold fits on the other folds)."""
     if selection.get("selected_on") != "cv":
         return []
     k = selection["folds"]
     lines = [
         "", f"### Selection: {k}-fold cross-validation over {selection['n_problems']} train-side problems", "",
-        "Each method scored on each fold with its learned energies and vote temperature fit on the other "
+        f"Each method scored on each fold with its {fit} fit on the other "
         "folds. Headline: the highest pooled out-of-fold accuracy (exact ties: more folds won, then cheaper). "
         "Folds won: folds where the method had the best accuracy (a tie is a win for each).", "",
         "| method | out-of-fold acc % | SE (pts) | per fold % | folds won |", "|---|---:|---:|---|---:|",
