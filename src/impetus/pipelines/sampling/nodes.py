@@ -53,8 +53,8 @@ def sample_candidates(
     executor = make_executor(sampling, ray, base_lm)
     items, locate = prompts[["problem_id", "prompt"]], answer_locator(benchmark.build(), problems)
     if sampling.candidates == "choices":
-        # The choices travel with their shard; `n` is unused (each problem has its own count), and
-        # the sampling fields in the manifest are the configured ones, neutral for scored choices.
+        # The choices travel with their shard; `n` is unused (each problem has its own count). The
+        # sampling fields change no choice's row but stay in the run key and manifest.
         items, locate = prompts[["problem_id", "prompt", "choices"]], None
     if "order" in prompts.columns:  # several orders of the choices: n / k samples per (problem, order)
         n_each = choice_orders.per_order(params.n, int(prompts["order"].nunique()))
