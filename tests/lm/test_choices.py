@@ -75,6 +75,8 @@ def test_continuation_tokens_are_cut_from_the_whole_as_lm_eval_does(lm):
 
 def test_layers_resolve_mid_and_refuse_out_of_range():
     assert resolve_layers(["mid", 3, 3], 30) == [3, 15]
+    assert resolve_layers(["1/4", "mid", "3/4"], 30) == [8, 15, 22]  # SmolLM2-135M
+    assert resolve_layers(["1/4", "mid", "3/4"], 18) == [4, 9, 14]  # Gemma-3-270M
     with pytest.raises(ValueError, match="outside 1..18"):
         resolve_layers([19], 18)
 

@@ -1,9 +1,10 @@
 """mining -> scorer -> rerank_eval on synthetic scored choices (``sampling.candidates: choices``).
 
 Four choices per problem, one right. The summed log-likelihood (lm-eval's acc) carries a weak signal,
-a middle layer's states (``hidden_l2``) a strong one, the last layer's none: the LatentEBM reading
-``hidden_source: layer`` must beat the baselines, the report must show both lm-eval rows, the
-baseline chosen on train-side problems, AUROCs, and leave votes out; no eval problem may be mined.
+a middle layer's states (``hidden_l2``) a strong one, another layer's (``hidden_l1``) and the last
+layer's none: ``hidden_source: cv`` must find layer 2, the LatentEBM reading it must beat the
+baselines, the report must show both lm-eval rows, the baseline chosen on train-side problems, the
+layer table, AUROCs, and leave votes out; no eval problem may be mined.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def _split(prefix: str, n: int, rng: np.random.Generator):
             hidden["mean"].append(rng.normal(size=H))
     ids = {"problem_id": np.array([r["problem_id"] for r in rows]), "sample_idx": np.array([r["sample_idx"] for r in rows])}
     hid = ids | {"hidden_mean": np.array(hidden["mean"], np.float32), "hidden_answer": np.array(hidden["mean"], np.float32),
+                 "hidden_l1": rng.normal(size=(len(rows), H)).astype(np.float32),
                  "hidden_l2": np.array(hidden["mid"], np.float32)}
     return pd.DataFrame(problems), pd.DataFrame(rows), pd.DataFrame(energies), hid
 
@@ -63,7 +65,7 @@ def catalog(tmp_path) -> DataCatalog:
     data["params:scorer"] = ScorerParams.model_validate({
         "seed": 0, "progress": False, "allow_pickle": False,
         "text_ebm": {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64, "max_len": 64, "dropout": 0.1, "train": fast},
-        "latent_ebm": {"hidden_source": "layer", "hidden": 32, "n_layers": 2, "dropout": 0.1, "train": fast},
+        "latent_ebm": {"hidden_source": "cv", "hidden": 32, "n_layers": 2, "dropout": 0.1, "train": fast},
         "hybrid": {"columns": None, "cross_fit_folds": 2, "l2_grid": [0.01, 1.0]},
     })
     data["params:rerank_eval"] = RerankParams(
@@ -85,6 +87,11 @@ def test_choices_slice_reports_lm_eval_baselines_and_a_layer_reading_energy(cata
     # The middle layer carries the signal: the LatentEBM reading it beats lm-eval's rules by far.
     assert m["latent_ebm"]["auroc_within"] > 0.85 and m["latent_ebm"]["accuracy"] > m["loglik"]["accuracy"] + 0.2
     assert 0.3 < m["marginal_max"]["auroc"] < 0.7
+    # Cross-validation on train-side problems found the layer that carries the signal.
+    feats = result["latent_features"]
+    assert feats["source"] in ("l2_both", "layer_both") and list(feats["cv"]) == ["both", "l1_both", "l2_both", "layer_both"]
+    assert feats["cv"]["l2_both"]["auroc"] > feats["cv"]["both"]["auroc"] + 0.2
+    assert feats["cv"]["l2_both"]["auroc"] > feats["cv"]["l1_both"]["auroc"] + 0.2
     h = result["headline"]
     assert h["method"] in ("latent_ebm", "hybrid") and h["gain_vs_baseline_ci"][0] > 0
     assert h["gain_vs_baseline"] == pytest.approx(m[h["method"]]["accuracy"] - m[result["baseline"]]["accuracy"])
@@ -93,6 +100,8 @@ def test_choices_slice_reports_lm_eval_baselines_and_a_layer_reading_energy(cata
     metrics = catalog["metrics_rerank_eval"].load()
     assert metrics["auroc_within/latent_ebm"]["value"] == pytest.approx(m["latent_ebm"]["auroc_within"])
     assert metrics["rerank/baseline/loglik"]["value"] == pytest.approx(m["loglik"]["accuracy"])
+    assert metrics["latent_features/l2_both/auroc"]["value"] == pytest.approx(feats["cv"]["l2_both"]["auroc"])
+    assert f"The LatentEBM reads `{feats['source']}`" in report and "| l2_both" in report
 
 
 def test_mining_refuses_an_eval_problem_among_the_choices(catalog):

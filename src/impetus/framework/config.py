@@ -11,9 +11,9 @@ Kedro-free: a notebook builds one with ``SamplingStageParams(**yaml_block)`` or 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
 
 class _Params(BaseModel):
@@ -72,9 +72,10 @@ class ModelParams(_Params):
     )
     dtype: Literal["float32", "bfloat16", "float16"] = F("Weights dtype for inference.")
     device: str = F("torch device: cpu, cuda, cuda:1, mps.")
-    hidden_layers: list[int | Literal["mid"]] = F(
+    hidden_layers: list[int | Annotated[str, StringConstraints(pattern=r"^(mid|\d+/\d+)$")]] = F(
         "Layers besides the last whose states scored choices pool over their tokens (hidden_l<k>): a decoder "
-        "block's index k (HF hidden_states[k]) or 'mid' (the middle block); [] = the last layer only.")
+        "block's index k (HF hidden_states[k]), 'mid' (the middle block) or a fraction of the depth such as "
+        "'1/4'; [] = the last layer only.")
 
     @field_validator("device")
     @classmethod
@@ -193,12 +194,16 @@ class TextEBMParams(_Params):
     train: EBMTrainParams = F("Training loop.")
 
 
+_HIDDEN_SOURCE = r"^(mean|answer|both|layer|layer_both|cv|l\d+(_both)?)$"  # see learned.fitting.hidden_matrix
+
+
 class LatentEBMParams(_Params):
     """LatentEBM size (MLP over the base LM's pooled last-layer hidden states)."""
 
-    hidden_source: Literal["mean", "answer", "both", "layer", "layer_both"] = F(
+    hidden_source: Annotated[str, StringConstraints(pattern=_HIDDEN_SOURCE)] = F(
         "Last layer: mean over the completion, answer's last token, or both; layer: the mean states of "
-        "model.hidden_layers; layer_both: those and both.")
+        "model.hidden_layers; layer_both: those and both; l<k> / l<k>_both: recorded layer k alone / with both; "
+        "cv: both, each l<k>_both and layer_both compared by cross-validation on train-side problems.")
     hidden: int = F("Hidden width.", ge=4)
     n_layers: int = F("Hidden layers; 0 = a linear energy over the (layer-normed) states.", ge=0)
     dropout: float = F("Dropout.", ge=0, lt=1)

@@ -32,6 +32,7 @@ from impetus.learned.fitting import (
     KEYS, LearnedScorers, ScorerConfig, add_learned_energies, fit_hybrid, fit_latent_ebm, fit_text_ebm,
     join_candidates,
 )
+from impetus.learned.layers import resolve_source
 from impetus.learned.mining import LeakageError, mine_groups
 
 logger = logging.getLogger(__name__)
@@ -85,10 +86,11 @@ def _fold_ebms(groups: pd.DataFrame, problems: pd.DataFrame, hidden: dict | None
     quiet = {name: replace(spec.train, progress=False) for name, spec in
              (("text", config.text_ebm), ("latent", config.latent_ebm))}
     text = fit_text_ebm(groups, problems, tokenizer, config.text_ebm.model, quiet["text"])
-    latent = None
+    latent, source = None, config.hidden_source
     if hidden is not None:
-        latent = fit_latent_ebm(groups, hidden, config.hidden_source, config.latent_ebm.model, quiet["latent"]).model
-    return LearnedScorers(text_ebm=text.model, latent_ebm=latent, hidden_source=config.hidden_source)
+        source, _ = resolve_source(config, groups, hidden)  # `cv`: chosen inside the fold (nested)
+        latent = fit_latent_ebm(groups, hidden, source, config.latent_ebm.model, quiet["latent"]).model
+    return LearnedScorers(text_ebm=text.model, latent_ebm=latent, hidden_source=source)
 
 
 def out_of_fold_table(

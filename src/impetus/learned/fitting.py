@@ -9,6 +9,7 @@ or from the teacher-forced pass), all aligned by (problem_id, sample_idx).
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable
@@ -16,9 +17,10 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from impetus.energy.recorded import layer_columns
+from impetus.energy.recorded import layer_columns, layer_key
 from impetus.energy.registry import energy_columns, hybrid_inputs
 from impetus.learned.hybrid import HybridConfig, HybridEnergy, cross_validated_l2
+from impetus.learned.layers import resolve_source
 from impetus.learned.mining import LeakageError, mine_groups
 from impetus.learned.models import LatentEBM, LatentEBMConfig, TextEBM, TextEBMConfig, TokenInputs, encode_texts, score
 from impetus.learned.persist import ebm_from_dict, ebm_to_dict
@@ -64,16 +66,30 @@ def build_groups(
 def hidden_matrix(hidden: dict[str, Any], rows: np.ndarray, source: str) -> np.ndarray:
     """Feature vectors for the LatentEBM: last-layer ``mean``, ``answer`` or ``both`` (concatenated);
     ``layer``: the mean states of the further recorded layers (``model.hidden_layers``, ``hidden_l<k>``),
-    ``layer_both``: those and the last layer's ``both``."""
+    ``layer_both``: those and the last layer's ``both``; ``l<k>`` / ``l<k>_both``: recorded layer k
+    alone / with ``both`` (the candidates of ``hidden_source: cv``, :mod:`impetus.learned.layers`)."""
+    cols = _source_columns(hidden, source)
+    return np.concatenate([np.asarray(hidden[k])[rows] for k in cols], axis=1).astype(np.float32)
+
+
+def _source_columns(hidden: dict[str, Any], source: str) -> list[str]:
     layers = layer_columns(hidden)
-    parts = {"mean": ["hidden_mean"], "answer": ["hidden_answer"], "both": ["hidden_mean", "hidden_answer"],
-             "layer": layers, "layer_both": [*layers, "hidden_mean", "hidden_answer"]}
+    both = ["hidden_mean", "hidden_answer"]
+    parts = {"mean": ["hidden_mean"], "answer": ["hidden_answer"], "both": both, "layer": layers,
+             "layer_both": [*layers, *both]}
+    one = re.fullmatch(r"l(\d+)(_both)?", source)
+    if one:
+        key = layer_key(int(one.group(1)))
+        if key not in hidden:
+            raise ValueError(f"hidden source {source!r} needs {key}, not recorded (recorded: {layers or 'none'}): "
+                             "add the layer to model.hidden_layers and score again")
+        return [key, *(both if one.group(2) else [])]
     if source not in parts:
-        raise ValueError(f"hidden source must be one of {sorted(parts)}, got {source!r}")
+        raise ValueError(f"hidden source must be one of {sorted(parts)}, l<k> or l<k>_both, got {source!r}")
     if not parts[source]:
         raise ValueError(f"hidden source {source!r} needs states of further layers: set model.hidden_layers "
                          "(e.g. [mid]) and score again")
-    return np.concatenate([np.asarray(hidden[k])[rows] for k in parts[source]], axis=1).astype(np.float32)
+    return parts[source]
 
 
 def text_inputs(tokenizer: Any, df: pd.DataFrame, problems: pd.DataFrame, max_len: int) -> TokenInputs:
@@ -123,12 +139,13 @@ class LearnedScorers:
     latent_ebm: LatentEBM | None = None
     hidden_source: str = "both"
     hybrid: HybridEnergy | None = None
+    hidden_cv: dict[str, dict[str, float]] | None = None  # each candidate source's CV scores (hidden_source: cv)
 
     def to_records(self) -> dict[str, Any]:
         """``{"text_ebm", "latent_ebm", "hybrid"}``: one plain record per learned energy (or None)."""
         latent = None
         if self.latent_ebm is not None:
-            latent = {**ebm_to_dict(self.latent_ebm), "hidden_source": self.hidden_source}
+            latent = {**ebm_to_dict(self.latent_ebm), "hidden_source": self.hidden_source, "hidden_cv": self.hidden_cv}
         return {
             "text_ebm": None if self.text_ebm is None else ebm_to_dict(self.text_ebm),
             "latent_ebm": latent,
@@ -144,6 +161,7 @@ class LearnedScorers:
             text_ebm=None if text_ebm is None else ebm_from_dict(text_ebm),
             latent_ebm=None if latent_ebm is None else ebm_from_dict(latent_ebm),
             hidden_source=(latent_ebm or {}).get("hidden_source", "both"),
+            hidden_cv=(latent_ebm or {}).get("hidden_cv"),
             hybrid=None if hybrid is None else HybridEnergy.from_dict(hybrid),
         )
 
@@ -256,7 +274,7 @@ class ScorerConfig:
     progress: bool
     text_ebm: EBMSpec
     latent_ebm: EBMSpec
-    hidden_source: str  # mean | answer | both
+    hidden_source: str  # mean | answer | both | layer | layer_both | l<k> | l<k>_both | cv
     hybrid_columns: list[str] | None  # None: the energy registry's hybrid inputs
     l2_grid: list[float]
     cross_fit_folds: int
@@ -286,20 +304,22 @@ def fit_learned_energies(
         # The cross-fitting refits stay quiet: one bar per fold and model would bury the log.
         return replace(spec.train, progress=progress)
 
+    source, source_cv = resolve_source(config, groups, hidden)  # `cv`: chosen on these groups alone
+
     def fit(rows: pd.DataFrame, progress: bool) -> tuple[TrainResult, TrainResult]:
         text = fit_text_ebm(rows, problems, tokenizer, config.text_ebm.model, loop(config.text_ebm, progress))
-        latent = fit_latent_ebm(rows, hidden, config.hidden_source, config.latent_ebm.model,
+        latent = fit_latent_ebm(rows, hidden, source, config.latent_ebm.model,
                                 loop(config.latent_ebm, progress))
         return text, latent
 
     def fit_scorers(rows: pd.DataFrame) -> LearnedScorers:
         text, latent = fit(rows, progress=False)
-        return LearnedScorers(text_ebm=text.model, latent_ebm=latent.model, hidden_source=config.hidden_source)
+        return LearnedScorers(text_ebm=text.model, latent_ebm=latent.model, hidden_source=source)
 
     text, latent = fit(groups, config.progress)  # the models later stages use: all train groups
     oof = out_of_fold_energies(groups, problems, hidden, tokenizer, fit_scorers, config.cross_fit_folds, config.seed)
     cols = config.hybrid_columns or hybrid_inputs(list(oof.columns))
     hybrid, cv_loss = fit_hybrid(oof, cols, config.l2_grid, config.cross_fit_folds, config.seed)
-    scorers = LearnedScorers(text_ebm=text.model, latent_ebm=latent.model,
-                             hidden_source=config.hidden_source, hybrid=hybrid)
+    scorers = LearnedScorers(text_ebm=text.model, latent_ebm=latent.model, hidden_source=source, hybrid=hybrid,
+                             hidden_cv=source_cv)
     return FitReport(scorers, text, latent, cv_loss, hybrid.cols)

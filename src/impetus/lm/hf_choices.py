@@ -45,10 +45,15 @@ def continuation_ids(tokenizer: Any, context: str, context_ids: list[int], conti
 
 
 def resolve_layers(spec: Sequence[int | str], n_layers: int) -> list[int]:
-    """Layer indices of ``model.hidden_layers`` entries: an int k in 1..n_layers, or ``"mid"`` (n_layers // 2)."""
+    """Layer indices of ``model.hidden_layers`` entries: an int k in 1..n_layers, ``"mid"`` (n_layers // 2),
+    or a fraction of the depth ``"a/b"`` (round(n_layers * a / b), at least 1)."""
     out = []
     for s in spec:
-        k = n_layers // 2 if s == "mid" else int(s)
+        if isinstance(s, str) and "/" in s:
+            a, b = (int(x) for x in s.split("/"))
+            k = max(1, round(n_layers * a / b))
+        else:
+            k = n_layers // 2 if s == "mid" else int(s)
         if not 1 <= k <= n_layers:
             raise ValueError(f"hidden layer {s!r} is outside 1..{n_layers} (the model's decoder blocks)")
         out.append(k)

@@ -38,26 +38,22 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
-
-try:  # POSIX only; elsewhere shards are not locked (one run per folder, as before)
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
 
 import numpy as np
 import pandas as pd
 
 from impetus.energy.recorded import RECORD_COLUMNS  # the one record schema
+from impetus.lm.donors import DonorPool
 from impetus.lm.executors import (
     CANDIDATE_COLUMNS, LocalExecutor, ShardExecutor, ShardTask, SpanFn, as_frame, tasks_of,
 )
 from impetus.lm.sampler import Sampler, SamplingParams
+from impetus.lm.shards import _in_order, _load_shard, _shard_lock, _write_atomic, shard_problem
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +70,8 @@ class SamplingStats:
     """Throughput and latency of one ``sample_problems`` call (only shards sampled in this call)."""
 
     problems: int = 0
-    problems_reused: int = 0
+    problems_reused: int = 0  # shards on disk, and those assembled from other runs' rows (next field)
+    problems_from_other_runs: int = 0  # scored choices found by item key (:mod:`impetus.lm.donors`)
     tokens: int = 0
     seconds: float = 0.0
     tokens_per_s: float = 0.0
@@ -110,129 +107,11 @@ def make_run_key(model_id: str, params: SamplingParams, prompts: pd.DataFrame | 
     return h.hexdigest()[:16]
 
 
-def _write_atomic(path: Path, write: Any) -> None:
-    """Write via ``write(tmp_path)`` then rename; a crash leaves only a stray ``.tmp`` file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _manifest(run_key: str, params: SamplingParams, problem_ids: list[str], shard: int,
-              record: bool = False) -> dict[str, Any]:
-    return {"run_key": run_key, "shard": shard, "params": params.result_dict(),
-            "params_hash": params.digest(), "problem_ids": problem_ids, "record": record}
-
-
-def shard_problem(df: pd.DataFrame, problem_ids: list[str], n: int | Mapping[str, int]) -> str | None:
-    """Why ``df`` is not a complete shard for ``problem_ids`` x ``n`` samples, or None if it is.
-
-    Checks: every ``CANDIDATE_COLUMNS`` column present; the set of problem ids equal to
-    ``problem_ids``; ``len(problem_ids) * n`` rows; sample_idx in 0..n-1; no duplicate
-    (problem_id, sample_idx). Together these mean each problem has each sample exactly once.
-    ``n`` may also map each problem to its own count (scored choices: one row per choice).
-    """
-    if isinstance(n, Mapping):
-        return _shard_problem_counts(df, problem_ids, n)
-    missing = [c for c in CANDIDATE_COLUMNS if c not in df.columns]
-    if missing:
-        return f"missing columns {missing}"
-    found = set(df["problem_id"].astype(str))
-    want = set(problem_ids)
-    if found != want:
-        extra, lacking = sorted(found - want), sorted(want - found)
-        return (f"problem ids differ from the manifest ({len(extra)} unexpected, e.g. {extra[:3]}; "
-                f"{len(lacking)} missing, e.g. {lacking[:3]})")
-    if len(df) != len(problem_ids) * n:
-        return f"{len(df)} rows, expected {len(problem_ids)} problems x n={n} = {len(problem_ids) * n}"
-    idx = pd.to_numeric(df["sample_idx"], errors="coerce")
-    bad = df.loc[idx.isna() | (idx < 0) | (idx >= n) | (idx != idx.round()), "sample_idx"]
-    if len(bad):
-        return f"sample_idx outside 0..{n - 1}, e.g. {bad.head(3).tolist()}"
-    keys = pd.DataFrame({"p": df["problem_id"].astype(str), "s": idx.astype("int64")})
-    dup = keys.duplicated()
-    if dup.any():
-        p, k = keys.loc[dup].iloc[0]
-        return f"duplicate (problem_id, sample_idx) rows, e.g. ({p!r}, {k})"
-    return None
-
-
-def _shard_problem_counts(df: pd.DataFrame, problem_ids: list[str], counts: Mapping[str, int]) -> str | None:
-    """:func:`shard_problem` with a count per problem: the same checks, then each problem's rows
-    must be its sample_idx 0..count-1 exactly once."""
-    missing = [c for c in CANDIDATE_COLUMNS if c not in df.columns]
-    if missing:
-        return f"missing columns {missing}"
-    found = df.groupby(df["problem_id"].astype(str))["sample_idx"].apply(lambda s: sorted(int(x) for x in s))
-    for pid in problem_ids:
-        want = list(range(int(counts[pid])))
-        if found.get(pid) != want:
-            return f"problem {pid!r} has sample_idx {found.get(pid)}, expected {want}"
-    extra = sorted(set(found.index) - set(problem_ids))
-    return f"problem ids differ from the manifest ({len(extra)} unexpected, e.g. {extra[:3]})" if extra else None
-
-
-def _in_order(df: pd.DataFrame, problem_ids: list[str]) -> pd.DataFrame:
-    """Rows sorted like ``problem_ids`` then by sample_idx (a valid shard in any row order)."""
-    pos = {p: i for i, p in enumerate(problem_ids)}
-    key = df["problem_id"].astype(str).map(pos) * (len(df) + 1) + df["sample_idx"].astype("int64")
-    return df.iloc[np.argsort(key.to_numpy(), kind="stable")].reset_index(drop=True)
-
-
-def _load_shard(pq: Path, mf: Path, expected: dict[str, Any], n: int | Mapping[str, int]) -> pd.DataFrame | None:
-    """The shard's table if it exists, matches its manifest and passes ``shard_problem``; else None.
-
-    A shard that exists but fails a check is logged as a WARNING (file and reason) so the caller
-    resamples and overwrites it; only "not there yet" (neither file) is silent. One file without
-    the other (a deleted manifest, or a crash between the parquet and manifest writes) is a fault.
-    """
-    if not (pq.is_file() or mf.is_file()):
-        return None
-    if not (pq.is_file() and mf.is_file()):
-        kept, gone = (pq, mf) if pq.is_file() else (mf, pq)
-        logger.warning("shard %s has no %s beside it; resampling it", kept, gone.name)
-        return None
-    try:
-        found = json.loads(mf.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        logger.warning("unreadable manifest %s (%s); resampling its shard", mf, exc)
-        return None
-    if found != expected:
-        logger.warning("shard %s was made with another config; resampling it", pq)
-        return None
-    try:
-        df = pd.read_parquet(pq)
-    except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ... for bad files
-        logger.warning("corrupt shard %s (%s: %s); resampling it", pq, type(exc).__name__, exc)
-        return None
-    why = shard_problem(df, expected["problem_ids"], n)
-    if why is not None:
-        logger.warning("shard %s does not match its manifest %s: %s; resampling it", pq, mf.name, why)
-        return None
-    return _in_order(df, expected["problem_ids"])
-
-
-@contextlib.contextmanager
-def _shard_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (created if needed); log when it has to wait."""
-    if fcntl is None:  # pragma: no cover - Windows
-        yield
-        return
-    with open(path, "a+b") as fh:  # one open file description per holder: flock then excludes
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            logger.info("waiting for lock %s (another process is sampling this shard)", path)
-            t0 = time.perf_counter()
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            logger.info("got lock %s after %.1f s", path, time.perf_counter() - t0)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+              record: bool = False, keys: Mapping[str, str] | None = None) -> dict[str, Any]:
+    found = {"run_key": run_key, "shard": shard, "params": params.result_dict(),
+             "params_hash": params.digest(), "problem_ids": problem_ids, "record": record}
+    return found | ({"item_keys": [keys[p] for p in problem_ids]} if keys else {})
 
 
 def check_complete(table: pd.DataFrame, problem_ids: list[str], n: int | Mapping[str, int]) -> None:
@@ -255,6 +134,7 @@ def sample_problems(
     model_id: str = "model",
     answer_span: SpanFn | None = None,
     executor: ShardExecutor | None = None,
+    item_keys: Sequence[str] | None = None,
 ) -> tuple[pd.DataFrame, SamplingStats]:
     """Sample ``params.n`` candidates for every row of ``problems`` (columns problem_id, prompt).
 
@@ -266,6 +146,8 @@ def sample_problems(
     ``RECORD_COLUMNS`` (``answer_span`` locates each answer for the recorded answer state).
     ``executor`` samples the shards (:mod:`impetus.lm.executors`; default: ``sampler`` in this
     process); whatever samples them, this function alone reuses, checks and writes shard files.
+    ``item_keys`` (one per problem, :func:`impetus.lm.donors.item_keys`; scored choices only) go in
+    the manifests and let a missing shard be assembled from other runs' rows of the same items.
     """
     _check_problems(problems, shard_size)
     run_key = run_key or make_run_key(model_id, params, problems)
@@ -277,6 +159,9 @@ def sample_problems(
     all_tasks = tasks_of(problems, shard_size, (stable_seed(params.seed, p) for p in problems["problem_id"]))
     run = _Run(out_dir, run_key, params, len(all_tasks), record, _bar(progress, len(problems), run_key),
                source=f"sampler {getattr(sampler, 'name', sampler)!r}" if sampler is not None else executor.name)
+    if item_keys is not None:
+        run.keys = dict(zip((str(p) for p in problems["problem_id"]), item_keys, strict=True))
+        run.donors = DonorPool(Path(shard_dir), out_dir)
     run.stats.problems = len(problems)
     try:
         with contextlib.ExitStack() as held:
@@ -323,13 +208,15 @@ class _Run:
         self.locks: dict[int, contextlib.ExitStack] = {}
         self.per_problem: list[float] = []
         self.tokens, self.t0, self.t_first = 0, time.perf_counter(), None
+        self.keys: dict[str, str] | None = None  # item key per problem (scored choices)
+        self.donors: DonorPool | None = None
 
     def _paths(self, s: int) -> tuple[Path, Path, Path]:
         stem = self.out_dir / f"shard_{s:05d}"
         return stem.with_suffix(".parquet"), stem.with_suffix(".json"), stem.with_suffix(".lock")
 
     def expected(self, task: ShardTask) -> dict[str, Any]:
-        return _manifest(self.run_key, self.params, task.problem_ids, task.index, record=self.record)
+        return _manifest(self.run_key, self.params, task.problem_ids, task.index, record=self.record, keys=self.keys)
 
     def pending(self, tasks: list[ShardTask], held: contextlib.ExitStack) -> Iterator[ShardTask]:
         """The tasks whose shard is not on disk, each locked when handed out (reused ones skipped).
@@ -342,6 +229,8 @@ class _Run:
             stack.enter_context(_shard_lock(lock))
             # Checked under the lock: another process may have finished it while we waited.
             df = _load_shard(pq, mf, self.expected(task), task.rows_per_problem(self.params.n))
+            if df is None and self.donors is not None:
+                df = self._adopt(task)
             if df is not None:
                 stack.close()
                 self.stats.problems_reused += len(task.problem_ids)
@@ -352,6 +241,31 @@ class _Run:
             if self.t_first is None:
                 self.t_first = time.perf_counter()
             yield task
+
+    def _adopt(self, task: ShardTask) -> pd.DataFrame | None:
+        """The shard assembled from other runs' rows of the same items, checked and written as this
+        run's own; None (score it) unless every problem has a donor and the rows pass the checks."""
+        df = self.donors.assemble(task.problem_ids, [self.keys[p] for p in task.problem_ids])
+        if df is None:
+            return None
+        why = shard_problem(df, task.problem_ids, task.rows_per_problem(self.params.n))
+        if why is not None:
+            logger.warning("shard %d: other runs' rows do not make a whole shard (%s); scoring it", task.index, why)
+            return None
+        self._save(task, df)
+        self.stats.problems_from_other_runs += len(task.problem_ids)
+        logger.info("shard %d/%d: %d problems' rows taken from other runs", task.index + 1, self.n_shards,
+                    len(task.problem_ids))
+        return _in_order(df, task.problem_ids)
+
+    def _save(self, task: ShardTask, df: pd.DataFrame) -> None:
+        pq, mf, _ = self._paths(task.index)
+        # The manifest is removed first and written last: a shard counts as done only once its
+        # manifest exists, so a crash between the two writes never pairs new rows with a stale
+        # manifest (or old rows with a new one).
+        mf.unlink(missing_ok=True)
+        _write_atomic(pq, lambda p: df.to_parquet(p, index=False))
+        _write_atomic(mf, lambda p: p.write_text(json.dumps(self.expected(task), indent=1)))
 
     def on_tokens(self, new_tokens: int) -> None:
         self.tokens += new_tokens
@@ -365,13 +279,7 @@ class _Run:
         why = shard_problem(df, task.problem_ids, task.rows_per_problem(self.params.n))
         if why is not None:  # a sampler bug: never write (and later trust) such a shard
             raise IncompleteCandidatesError(f"{self.source} returned a bad shard {s}: {why}")
-        pq, mf, _ = self._paths(s)
-        # The manifest is removed first and written last: a shard counts as done only once its
-        # manifest exists, so a crash between the two writes never pairs new rows with a stale
-        # manifest (or old rows with a new one).
-        mf.unlink(missing_ok=True)
-        _write_atomic(pq, lambda p: df.to_parquet(p, index=False))
-        _write_atomic(mf, lambda p: p.write_text(json.dumps(self.expected(task), indent=1)))
+        self._save(task, df)
         self.locks.pop(s).close()
         self.tables[s] = _in_order(df, task.problem_ids)
         self.stats.tokens += int(df["n_tokens"].sum())

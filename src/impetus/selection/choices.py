@@ -175,10 +175,25 @@ def choice_report(result: Mapping[str, Any], title: str = "V1 reranking on score
             f"[{_fmt(m['ci'][0])}, {_fmt(m['ci'][1])}] | {100 * m['gain_vs_baseline']:+.1f} [{100 * glo:+.1f}, {100 * ghi:+.1f}] | "
             f"{_fmt(m['auroc'], pct=False)} | {_fmt(m['auroc_within'], pct=False)} | {m['seconds_per_problem']:.4f} | "
             f"{'–' if ratio is None else f'{100 * ratio:.2f}%'} |")
-    lines += cv_lines(selection, fit="learned energies")
+    lines += cv_lines(selection, fit="learned energies") + latent_features_lines(result.get("latent_features"))
     lines += ["", "AUROC: the energy as a detector of right vs wrong choices (hallucination detection), pooled over "
               "problems; within: inside each problem, averaged (what a reranker can use).", "", result["left_out"]]
     return "\n".join(lines) + "\n"
+
+
+def latent_features_lines(features: Mapping[str, Any] | None) -> list[str]:
+    """Which states the final LatentEBM reads, and, when cross-validation chose them
+    (``hidden_source: cv``), every candidate's out-of-fold score on the train-side problems."""
+    if not features:
+        return []
+    lines = ["", f"The LatentEBM reads `{features['source']}`."]
+    if features.get("cv"):
+        lines[-1] += (" Chosen by cross-validation on the train-side problems (final fit), the candidates' "
+                      "within-problem AUROC and top-1 accuracy out of fold:")
+        lines += ["", "| states | AUROC within | top-1 % |", "|---|---:|---:|"]
+        lines += [f"| {s}{' ◀' if s == features['source'] else ''} | {_fmt(v['auroc'], pct=False)} | {_fmt(v['top1'])} |"
+                  for s, v in features["cv"].items()]
+    return lines
 
 
 def choice_metrics(result: Mapping[str, Any]) -> dict[str, float]:
@@ -188,4 +203,6 @@ def choice_metrics(result: Mapping[str, Any]) -> dict[str, float]:
             "headline/gain_vs_baseline": h["gain_vs_baseline"], "headline/gain_vs_baseline_lo": h["gain_vs_baseline_ci"][0],
             "headline/gain_vs_baseline_hi": h["gain_vs_baseline_ci"][1], "rerank/oracle": result["oracle"],
             "rerank/chance": result["chance"], "rerank/n_problems": result["n_problems"]}
+    cv = (result.get("latent_features") or {}).get("cv") or {}
+    flat |= {f"latent_features/{s}/{k}": v for s, row in cv.items() for k, v in row.items()}
     return flat | {f"rerank/baseline/{k}": v for k, v in result["baselines"].items()}

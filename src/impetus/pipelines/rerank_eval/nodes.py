@@ -58,7 +58,8 @@ def _cross_validated(
 
 def _on_choices(chosen_on: pd.DataFrame, selection: dict | None, evals: pd.DataFrame, cols: list[str],
                 hybrid_cols: list[str], dev_seconds: dict[str, float], eval_seconds: dict[str, float],
-                params: RerankParams) -> tuple[dict, str, pd.DataFrame, pd.DataFrame, dict[str, Figure], dict]:
+                params: RerankParams, features: dict[str, Any]
+                ) -> tuple[dict, str, pd.DataFrame, pd.DataFrame, dict[str, Figure], dict]:
     """The rerank stage's outputs on scored choices (:mod:`impetus.selection.choices`): no votes, no
     accuracy against N, no adaptive N (the report says why); the two lm-eval baselines instead."""
     if selection is None:  # selection: dev, one "fold"
@@ -66,6 +67,7 @@ def _on_choices(chosen_on: pd.DataFrame, selection: dict | None, evals: pd.DataF
         selection = choice_selection(chosen_on, fold_of, cols, choice_costs(cols, dev_seconds, hybrid_cols, len(fold_of)),
                                      selected_on="dev")
     result, selections = choice_evaluation(evals, selection, cols, eval_seconds, hybrid_cols, params.n_boot, params.seed)
+    result["latent_features"] = features  # which states the LatentEBM reads (and the CV that chose them)
     report = choice_report(result)
     logger.info("Rerank report:\n%s", report)
     figures = {"roc.png": plot_roc(evals, cols), "energy_histograms.png": plot_energy_histograms(evals, cols)}
@@ -100,8 +102,9 @@ def rerank_and_evaluate(
         chosen_on, dev_learned = score_split(graded_dev, energies_dev, hidden_dev, problems_dev, tok, scorers)
         selection, dev_seconds = None, _stage_seconds(energies_dev_timing, dev_learned)
     if is_choices(graded_eval):
+        features = {"source": scorers.hidden_source, "cv": scorers.hidden_cv}
         return _on_choices(chosen_on, selection, evals, cols, hybrid_cols, dev_seconds,
-                           _stage_seconds(energies_eval_timing, eval_learned), rerank_eval)
+                           _stage_seconds(energies_eval_timing, eval_learned), rerank_eval, features)
     result, selections = rerank_evaluation(
         chosen_on, evals, cols, hybrid_cols, dev_seconds, _stage_seconds(energies_eval_timing, eval_learned),
         rerank_eval, selection=selection,

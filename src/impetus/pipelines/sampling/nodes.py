@@ -13,6 +13,7 @@ from impetus.benchmarks.grading import (answer_locator, build_choice_table, buil
 from impetus.energy.recorded import is_choices
 from impetus.lm import orders as choice_orders
 from impetus.framework.config import BenchmarkParams, RayParams, SamplingStageParams
+from impetus.lm.donors import item_keys
 from impetus.lm.executors import LocalExecutor, SamplerSpec, ShardExecutor, executor_class
 from impetus.lm.runner import make_run_key, sample_problems
 from impetus.lm.sampler import get_sampler
@@ -63,9 +64,11 @@ def sample_candidates(
         by_problem = locate
         locate = lambda item, text: by_problem(choice_orders.problem_of(item), text)  # noqa: E731
     run_key = make_run_key(_model_key(base_lm), params, items if "choices" in items else items["prompt"].tolist())
+    # A choice's row depends on its problem alone, so another split seed's runs can lend it (lm.donors).
+    keys = item_keys(_model_key(base_lm), params, items, executor.record) if "choices" in items else None
     candidates, stats = sample_problems(
         None, items, params, shard_dir=sampling.shard_dir, shard_size=sampling.shard_size, run_key=run_key,
-        progress=sampling.progress, answer_span=locate, executor=executor,
+        progress=sampling.progress, answer_span=locate, executor=executor, item_keys=keys,
     )
     if "order" in prompts.columns:
         candidates = choice_orders.merge(candidates, params.n)
