@@ -42,6 +42,10 @@ def test_seed_overrides_set_generator_split_and_shard_folder():
     assert seed_overrides(SVAMP, 1) == {"ingest.seed": 1, "sampling.shard_dir": "data/03_primary/sampling_shards_large/seed_1"}
     bbh = {"benchmark": {"name": "bbh:navigate", "options": {"bbh": {"seed": 0}}}, "ingest": {"seed": 0}}
     assert seed_overrides(bbh, 2)["benchmark.options.bbh.seed"] == 2
+    # On scored choices every seed looks up the env's whole shard folder for rows to reuse.
+    arc = {"benchmark": {"name": "arc_easy"}, "sampling": {"candidates": "choices", "shard_dir": "data/s_arc/"}}
+    assert seed_overrides(arc, 1) == {"ingest.seed": 1, "sampling.shard_dir": "data/s_arc/seed_1",
+                                      "sampling.reuse_dir": "data/s_arc"}
 
 
 def test_kedro_command():

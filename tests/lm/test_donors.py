@@ -42,10 +42,10 @@ def lm():
     return tiny_llama(layers=3), tiny_tokenizer()
 
 
-def _run(lm, items, shard_dir, model_id="tiny", layers=("mid",)):
+def _run(lm, items, shard_dir, model_id="tiny", layers=("mid",), reuse_dir=None):
     executor = CountingExecutor(HFSampler(*lm, hidden_layers=layers))
     table, stats = sample_problems(
-        None, items, PARAMS, shard_dir, shard_size=2, progress=False, executor=executor,
+        None, items, PARAMS, shard_dir, shard_size=2, progress=False, executor=executor, reuse_dir=reuse_dir,
         run_key=make_run_key(model_id + str(layers), PARAMS, items),
         item_keys=item_keys(model_id + str(layers), PARAMS, items, record=True))
     return table, stats, executor.scored
@@ -68,6 +68,15 @@ def test_a_regrouped_split_takes_its_rows_from_the_earlier_run(lm, tmp_path):
     assert all(len(m["item_keys"]) == len(m["problem_ids"]) for m in manifests)
     _, again, scored = _run(lm, items, tmp_path)
     assert scored == [] and again.problems_reused == 4 and again.problems_from_other_runs == 0
+
+
+def test_seed_folders_share_rows_through_reuse_dir(lm, tmp_path):
+    """``make replicate`` gives each seed its own shard folder and points reuse_dir at their parent."""
+    _run(lm, ALL.iloc[:2], tmp_path / "seed_0")
+    _, stats, scored = _run(lm, ALL.iloc[[1, 0]], tmp_path / "seed_1")  # no reuse_dir: its own folder only
+    assert scored == ["p1", "p0"] and stats.problems_from_other_runs == 0
+    _, stats, scored = _run(lm, ALL.iloc[:2], tmp_path / "seed_2", reuse_dir=tmp_path)
+    assert scored == [] and stats.problems_from_other_runs == 2
 
 
 def test_other_layers_or_another_model_are_never_donors(lm, tmp_path):

@@ -48,7 +48,7 @@ def test_sampling_stage_with_choice_orders_on_multiple_choice(tiny, tmp_path):
     sampling = SamplingStageParams(backend="hf", executor="local", prompt_style="fewshot", n=4, temperature=1.0, top_p=1.0,
                                    max_new_tokens=5, stop=None, batch_size=8, shard_size=2, seed=0,
                                    shard_dir=str(tmp_path / "shards"), progress=False, record=True, choice_orders=2,
-                                   candidates="sampled", choice_shots=0)
+                                   candidates="sampled", choice_shots=0, reuse_dir=None)
     shots["question"] = ["Shot one", "Shot two"]
     prompts = make_prompts(problems, shots, base_lm, bench, sampling, "eval")
     assert prompts["order"].tolist() == [0, 1] * 3

@@ -108,6 +108,9 @@ class SamplingStageParams(_Params):
     shard_size: int = F("Problems per resumable shard.", ge=1)
     seed: int = F("Base seed; each problem's seed derives from it and the problem id.")
     shard_dir: str = F("Folder of the resumable sampling shards.")
+    reuse_dir: str | None = F(
+        "Scored choices only: folder searched, with its subfolders, for other runs' rows of the same items "
+        "(model, layers, context, choices), reused instead of scoring again; null = shard_dir.")
     progress: bool = F("Show a progress bar.")
     record: bool = F("Record raw-logit statistics and last-layer states while decoding (no second pass).")
     candidates: Literal["sampled", "choices"] = F(

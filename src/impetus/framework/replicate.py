@@ -49,7 +49,8 @@ def seed_overrides(params: Mapping[str, Any], seed: int) -> dict[str, Any]:
 
     Fixed benchmarks (SVAMP, ARC, ...) have no generator seed: there the seed only re-splits
     the problems. Shards go to ``<sampling.shard_dir>/seed_<S>`` (the env's folder, so envs with
-    other sizes or models never share one).
+    other sizes or models never share one). On scored choices every seed looks up the env's whole
+    shard folder for rows it can reuse (``sampling.reuse_dir``): a re-split scores nothing again.
     """
     out: dict[str, Any] = {}
     generator, _ = data_seeds(dict(params))
@@ -59,8 +60,10 @@ def seed_overrides(params: Mapping[str, Any], seed: int) -> dict[str, Any]:
         key = name if name in options else name.split(":", 1)[0]
         out[f"benchmark.options.{key}.seed"] = seed
     out["ingest.seed"] = seed
-    shard_dir = _dig(dict(params), "sampling", "shard_dir") or "data/03_primary/sampling_shards"
-    out["sampling.shard_dir"] = f"{str(shard_dir).rstrip('/')}/seed_{seed}"
+    shard_dir = str(_dig(dict(params), "sampling", "shard_dir") or "data/03_primary/sampling_shards").rstrip("/")
+    out["sampling.shard_dir"] = f"{shard_dir}/seed_{seed}"
+    if _dig(dict(params), "sampling", "candidates") == "choices":  # every seed scores the same choices
+        out["sampling.reuse_dir"] = shard_dir  # so a seed reuses the others' rows (impetus.lm.donors)
     return out
 
 

@@ -8,8 +8,9 @@ problems together changes a row by float rounding only, which ``tests/lm/test_ch
 So each problem also gets an **item key**, the hash of everything its rows depend on (model and
 recorded layers, result-relevant sampling parameters, recording flag, problem id, prompt,
 choices), written in its shard's manifest. When a shard of a new run is not on disk, a
-:class:`DonorPool` looks its problems' item keys up in the other runs' manifests in the same shard
-folder; if every problem is found, the shard is assembled from those rows, checked like any shard
+:class:`DonorPool` looks its problems' item keys up in the other runs' manifests in a shard
+folder (``sampling.reuse_dir``, searched with its subfolders: ``make replicate`` points it at the
+env's shard folder, which holds every seed's); if every problem is found, the shard is assembled from those rows, checked like any shard
 and written as the new run's own (so a later rerun reads it directly). Otherwise it is scored.
 
 Sampled candidates are left out on purpose: their per-problem seeds are stable, but the sampler
@@ -48,17 +49,17 @@ def item_keys(model_id: str, params: SamplingParams, items: pd.DataFrame, record
 
 
 class DonorPool:
-    """The rows of other runs' shards in ``shard_dir``, by item key (indexed on first use)."""
+    """The rows of other runs' shards under ``shard_dir`` (any depth), by item key (indexed on first use)."""
 
     def __init__(self, shard_dir: Path, own_dir: Path) -> None:
-        self.shard_dir, self.own_dir = Path(shard_dir), Path(own_dir)
+        self.shard_dir, self.own_dir = Path(shard_dir), Path(own_dir).resolve()
         self._index: dict[str, tuple[Path, str]] | None = None
         self._frames: dict[Path, pd.DataFrame] = {}  # donor shards read so far (a run reads each once)
 
     def _build(self) -> dict[str, tuple[Path, str]]:
         index: dict[str, tuple[Path, str]] = {}
-        for mf in sorted(self.shard_dir.glob("*/shard_*.json")):
-            if mf.parent == self.own_dir or not mf.with_suffix(".parquet").is_file():
+        for mf in sorted(self.shard_dir.rglob("shard_*.json")):
+            if mf.parent.resolve() == self.own_dir or not mf.with_suffix(".parquet").is_file():
                 continue
             try:
                 found = json.loads(mf.read_text())

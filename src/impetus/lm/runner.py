@@ -135,6 +135,7 @@ def sample_problems(
     answer_span: SpanFn | None = None,
     executor: ShardExecutor | None = None,
     item_keys: Sequence[str] | None = None,
+    reuse_dir: str | Path | None = None,
 ) -> tuple[pd.DataFrame, SamplingStats]:
     """Sample ``params.n`` candidates for every row of ``problems`` (columns problem_id, prompt).
 
@@ -147,7 +148,8 @@ def sample_problems(
     ``executor`` samples the shards (:mod:`impetus.lm.executors`; default: ``sampler`` in this
     process); whatever samples them, this function alone reuses, checks and writes shard files.
     ``item_keys`` (one per problem, :func:`impetus.lm.donors.item_keys`; scored choices only) go in
-    the manifests and let a missing shard be assembled from other runs' rows of the same items.
+    the manifests and let a missing shard be assembled from other runs' rows of the same items
+    found under ``reuse_dir`` (default ``shard_dir``).
     """
     _check_problems(problems, shard_size)
     run_key = run_key or make_run_key(model_id, params, problems)
@@ -161,7 +163,7 @@ def sample_problems(
                source=f"sampler {getattr(sampler, 'name', sampler)!r}" if sampler is not None else executor.name)
     if item_keys is not None:
         run.keys = dict(zip((str(p) for p in problems["problem_id"]), item_keys, strict=True))
-        run.donors = DonorPool(Path(shard_dir), out_dir)
+        run.donors = DonorPool(Path(reuse_dir or shard_dir), out_dir)
     run.stats.problems = len(problems)
     try:
         with contextlib.ExitStack() as held:

@@ -69,6 +69,7 @@ def sample_candidates(
     candidates, stats = sample_problems(
         None, items, params, shard_dir=sampling.shard_dir, shard_size=sampling.shard_size, run_key=run_key,
         progress=sampling.progress, answer_span=locate, executor=executor, item_keys=keys,
+        reuse_dir=sampling.reuse_dir,
     )
     if "order" in prompts.columns:
         candidates = choice_orders.merge(candidates, params.n)
