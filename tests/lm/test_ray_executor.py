@@ -223,3 +223,35 @@ def test_a_model_no_worker_can_load_fails_with_the_reason(cluster, tmp_path):
     finally:
         ex.close()
     assert not list((tmp_path / "shards" / "k").glob("shard_*.parquet"))
+
+
+def test_scored_choices_on_ray_equal_local(cluster, model_dir, tmp_path):
+    """``sampling.candidates: choices`` travels in the ShardTask: the actors score each problem's
+    choices (one row per choice, with the extra layer's states) exactly as this process does."""
+    import numpy as np
+    import pandas as pd
+
+    from impetus.energy.recorded import layer_columns
+
+    items = pd.DataFrame({"problem_id": [f"c{i}" for i in range(6)],
+                          "prompt": [f"Question: what is {i}+1?\nAnswer:" for i in range(6)],
+                          "choices": [[f" {i + 1}", f" {i + 2}", " no idea"][: 2 + i % 2] for i in range(6)]})
+    lm = {"path": str(model_dir), "name_or_path": str(model_dir), "device": "cpu", "dtype": "float32",
+          "hidden_layers": ["mid"]}
+    choice_spec = SamplerSpec(lm, "hf", record=True)
+    ref, _ = sample_problems(None, items, PARAMS, tmp_path / "local", shard_size=SHARD, run_key="k", progress=False,
+                             executor=LocalExecutor(choice_spec.build()))
+    ex = RayExecutor(choice_spec, CONFIG)
+    try:
+        df, stats = sample_problems(None, items, PARAMS, tmp_path / "ray", shard_size=SHARD, run_key="k",
+                                    progress=False, executor=ex)
+    finally:
+        ex.close()
+    assert stats.problems == 6 and stats.problems_reused == 0
+    assert df.groupby("problem_id", sort=False).size().tolist() == [2, 3, 2, 3, 2, 3]
+    assert df["completion"].tolist() == ref["completion"].tolist() and set(df["finish_reason"]) == {"choice"}
+    assert layer_columns(df.columns) == layer_columns(ref.columns) != []
+    _records_close(df, ref)
+    for col in layer_columns(df.columns):
+        for a, b in zip(df[col], ref[col]):
+            assert np.abs(np.asarray(a, float) - np.asarray(b, float)).max() < 1e-5

@@ -88,3 +88,21 @@ def test_a_choices_replication_row_is_held_to_the_chosen_lm_eval_baseline():
     assert row["gain"] == pytest.approx(result["headline"]["gain_vs_baseline"])
     assert row["loglik"] == result["baselines"]["loglik"] and row["majority"] is None
     assert "(`loglik_norm`)" in markdown_matrix([row]) and "over the lm-eval baseline" in markdown_report(rep)
+
+
+def test_replication_and_matrix_name_the_states_cv_chose_for_the_latent_ebm():
+    from impetus.selection.matrix import markdown_matrix, matrix_row
+    from impetus.selection.replication import aggregate, markdown_report
+
+    rng = np.random.default_rng(2)
+    cols = ["neg_loglik", "neg_loglik_per_char"]
+    per_seed = {}
+    for seed, states in enumerate(["l15_both", "layer_both", "l15_both"]):
+        train, evals = _with_signal(60, rng, norm_better=False), _with_signal(40, rng, norm_better=False)
+        fold_of = pd.Series(np.arange(60) % 3, index=pd.Index([f"p{i}" for i in range(60)], name="problem_id"))
+        result, _ = choice_evaluation(evals, choice_selection(train, fold_of, cols, costs={}), cols, {}, [], n_boot=50, seed=0)
+        per_seed[seed] = result | {"latent_features": {"source": states, "cv": {states: {"auroc": 0.8, "top1": 0.6}}}}
+    rep = aggregate(per_seed)
+    assert rep["latent_states"] == {"l15_both": 2, "layer_both": 1}
+    assert "`l15_both` (seed 0), `layer_both` (seed 1), `l15_both` (seed 2)" in markdown_report(rep)
+    assert "LatentEBM on `l15_both` ×2, `layer_both` ×1" in markdown_matrix([matrix_row(rep, "arc_easy")])

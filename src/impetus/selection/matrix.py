@@ -53,6 +53,7 @@ def matrix_row(result: Mapping[str, Any], name: str) -> dict[str, Any]:
         # Scored choices: "single" is lm-eval's better rule (chosen on train-side problems), named here.
         "reference": ", ".join(f"`{k}`" for k in result["reference"]) if result.get("reference") else None,
         "loglik": result.get("loglik"), "loglik_norm": result.get("loglik_norm"),
+        "latent_states": result.get("latent_states"),
     }
 
 
@@ -74,6 +75,8 @@ def markdown_matrix(rows: Sequence[Mapping[str, Any]]) -> str:
     ]
     for r in sorted(rows, key=lambda r: (str(r["benchmark"]), str(r["model"]))):
         chosen = ", ".join(f"`{m}` ×{k}" for m, k in r["chosen"].items())
+        if r.get("latent_states") and set(r["latent_states"]) != {"None"}:  # which layers the LatentEBM read
+            chosen += "; LatentEBM on " + ", ".join(f"`{m}` ×{k}" for m, k in r["latent_states"].items())
         best = ", ".join(sorted(set(r["post_hoc_best"].values())))
         base = _pct(r["single"]) + (f" ({r['reference']})" if r.get("reference") else "")
         lm_eval = f"{_pct(r.get('loglik'))} / {_pct(r.get('loglik_norm'))}" if r.get("reference") else "–"

@@ -90,6 +90,7 @@ def _choice_seed_summary(metrics: Mapping[str, Any]) -> dict[str, Any]:
         "post_hoc_best_accuracy": methods[best]["accuracy"], "post_hoc_best_gain_vs_single": methods[best]["gain_vs_baseline"],
         "cost_ratio_vs_sampling": m.get("cost_ratio_vs_sampling"), "reference": metrics["baseline"],
         **{b: acc for b, acc in metrics["baselines"].items()},
+        "latent_states": (metrics.get("latent_features") or {}).get("source"),  # what the LatentEBM read
     }
 
 
@@ -148,6 +149,7 @@ def aggregate(
         "seeds_beating_majority": sum(r["gain_vs_majority_ci"][0] > 1e-12 for r in rows),
         # On scored choices: the reference is lm-eval's better rule (chosen per seed on train-side problems).
         **({"reference": dict(Counter(r["reference"] for r in rows)),
+            "latent_states": dict(Counter(str(r.get("latent_states")) for r in rows)),
             **{b: _mean([r.get(b) for r in rows]) for b in ("loglik", "loglik_norm")}} if "reference" in rows[0] else {}),
     }
 
@@ -214,4 +216,7 @@ def markdown_report(result: Mapping[str, Any], title: str = "Replication across 
         "with the problems and the split; a bootstrap over so few seeds would be too narrow. The post-hoc "
         "best is picked on eval itself (biased upwards) and shown only for contrast.",
     ]
+    if result.get("latent_states"):
+        lines += ["", "The LatentEBM's states, chosen per seed by cross-validation on train-side problems: "
+                  + ", ".join(f"`{r.get('latent_states')}` (seed {seed})" for seed, r in result["seeds"].items()) + "."]
     return "\n".join(lines) + "\n"

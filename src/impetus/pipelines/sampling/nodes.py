@@ -16,8 +16,7 @@ from impetus.framework.config import BenchmarkParams, RayParams, SamplingStagePa
 from impetus.lm.donors import item_keys
 from impetus.lm.executors import LocalExecutor, SamplerSpec, ShardExecutor, executor_class
 from impetus.lm.runner import make_run_key, sample_problems
-from impetus.lm.sampler import get_sampler
-from impetus.pipelines.utils import load_base_lm, load_base_tokenizer, sampling_params
+from impetus.pipelines.utils import load_base_tokenizer, sampling_params
 from impetus.framework.tracking import as_mlflow_metrics
 
 logger = logging.getLogger(__name__)
@@ -90,13 +89,11 @@ _EXECUTORS: dict[tuple, ShardExecutor] = {}
 def make_executor(sampling: SamplingStageParams, ray: RayParams | None, base_lm: dict[str, Any]) -> ShardExecutor:
     """The configured executor. A Ray executor is kept for the process, so its actors load the model
     once for all three splits; the local one loads the model here (the driver is the worker)."""
+    spec = SamplerSpec(dict(base_lm), sampling.backend, sampling.record)  # one recipe for both executors
     if sampling.executor == "local":
-        model, tok = load_base_lm(base_lm)
-        layers = {"hidden_layers": tuple(base_lm["hidden_layers"])} if base_lm.get("hidden_layers") else {}
-        return LocalExecutor(get_sampler(sampling.backend, model, tok, record=sampling.record, **layers))
+        return LocalExecutor(spec.build())
     if ray is None:
         raise ValueError(f"sampling.executor={sampling.executor!r} needs the `ray` parameter block")
-    spec = SamplerSpec(dict(base_lm), sampling.backend, sampling.record)
     key = (sampling.executor, repr(spec), ray)
     if key not in _EXECUTORS:
         _EXECUTORS[key] = executor_class(sampling.executor)(spec, ray.to_core(), metadata=_tracking_ids())
