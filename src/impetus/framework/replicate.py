@@ -50,7 +50,8 @@ def seed_overrides(params: Mapping[str, Any], seed: int) -> dict[str, Any]:
     Fixed benchmarks (SVAMP, ARC, ...) have no generator seed: there the seed only re-splits
     the problems. Shards go to ``<sampling.shard_dir>/seed_<S>`` (the env's folder, so envs with
     other sizes or models never share one). On scored choices every seed looks up the env's whole
-    shard folder for rows it can reuse (``sampling.reuse_dir``): a re-split scores nothing again.
+    shard folder for rows it can reuse (``sampling.reuse_dir``): a re-split scores nothing again;
+    and a seed also sets ``scorer.seed`` and ``rerank_eval.seed``, the training and folds' seeds.
     """
     out: dict[str, Any] = {}
     generator, _ = data_seeds(dict(params))
@@ -64,6 +65,11 @@ def seed_overrides(params: Mapping[str, Any], seed: int) -> dict[str, Any]:
     out["sampling.shard_dir"] = f"{shard_dir}/seed_{seed}"
     if _dig(dict(params), "sampling", "candidates") == "choices":  # every seed scores the same choices
         out["sampling.reuse_dir"] = shard_dir  # so a seed reuses the others' rows (impetus.lm.donors)
+        # ARC's environments pool all of train + dev for cross-validation and evaluate on the whole
+        # test split, so a re-split alone changes nothing (three identical seeds, measured): a seed
+        # there also redraws the learned energies' training (init, folds) and the CV's folds.
+        out["scorer.seed"] = seed
+        out["rerank_eval.seed"] = seed
     return out
 
 
