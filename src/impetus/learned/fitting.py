@@ -19,7 +19,7 @@ import pandas as pd
 
 from impetus.energy.recorded import layer_columns, layer_key
 from impetus.energy.registry import energy_columns, hybrid_inputs
-from impetus.learned.hybrid import HybridConfig, HybridEnergy, cross_validated_l2
+from impetus.learned.hybrid import HybridConfig, HybridEnergy, cross_validated_l2, group_folds
 from impetus.learned.layers import resolve_source
 from impetus.learned.mining import LeakageError, mine_groups
 from impetus.learned.models import LatentEBM, LatentEBMConfig, TextEBM, TextEBMConfig, TokenInputs, encode_texts, score
@@ -213,14 +213,13 @@ def out_of_fold_energies(
     """
     if folds < 2:
         raise ValueError(f"cross-fitting needs at least 2 folds, got {folds}")
-    ids = np.random.default_rng(seed).permutation(np.sort(groups["problem_id"].unique()))
-    if len(ids) < folds:  # an empty fold would reach the tokenizer as an empty batch
+    n_problems = groups["problem_id"].nunique()
+    if n_problems < folds:  # an empty fold would reach the tokenizer as an empty batch
         raise ValueError(
             f"cross-fitting needs at least {folds} training problems with a right and a wrong candidate, "
-            f"got {len(ids)}: raise ingest.n_train or sampling.n, or lower scorer.hybrid.cross_fit_folds"
+            f"got {n_problems}: raise ingest.n_train or sampling.n, or lower scorer.hybrid.cross_fit_folds"
         )
-    fold_of = pd.Series(np.arange(len(ids)) % folds, index=ids)
-    fold = groups["problem_id"].map(fold_of).to_numpy()
+    fold = group_folds(groups["problem_id"], folds, seed)
     parts = []
     for k in range(folds):
         scorers = fit(groups[fold != k])

@@ -134,6 +134,13 @@ class HybridEnergy:
         return {c: float(w) for c, w in zip(self.cols, self.coef)}
 
 
+def group_folds(groups: pd.Series, folds: int, seed: int) -> np.ndarray:
+    """The fold (0..folds-1) of each row: its group's, after the distinct sorted groups are shuffled
+    by ``seed`` and dealt round-robin, so a group's rows never straddle two folds."""
+    ids = np.random.default_rng(seed).permutation(np.sort(groups.unique()))
+    return groups.map(pd.Series(np.arange(len(ids)) % folds, index=ids)).to_numpy()
+
+
 def cross_validated_l2(
     df: pd.DataFrame, cols: Sequence[str], l2_grid: Sequence[float], folds: int, seed: int,
     group_col: str = "problem_id", label_col: str = "correct",
@@ -144,9 +151,7 @@ def cross_validated_l2(
     a small train set gets a stronger penalty instead of over-fitting its few groups. Ties go to
     the stronger penalty (the simpler model). Returns ``(l2, {l2: mean held-out loss})``.
     """
-    ids = np.random.default_rng(seed).permutation(np.sort(df[group_col].unique()))
-    fold_of = pd.Series(np.arange(len(ids)) % folds, index=ids)
-    fold = df[group_col].map(fold_of).to_numpy()
+    fold = group_folds(df[group_col], folds, seed)
     losses: dict[float, float] = {}
     for l2 in l2_grid:
         held = []

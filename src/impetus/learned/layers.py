@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from impetus.energy.recorded import LAYER_PREFIX, layer_columns
+from impetus.learned.hybrid import group_folds
 from impetus.learned.models import score
 from impetus.learned.train import TrainConfig, group_pair_metrics
 
@@ -52,10 +53,10 @@ def choose_hidden_source(
     ``{"auroc", "top1"}`` out of fold."""
     from impetus.learned.fitting import fit_latent_ebm, hidden_matrix  # fitting imports this module
 
-    ids = np.random.default_rng(seed).permutation(np.sort(groups["problem_id"].unique()))
-    if len(ids) < folds:
-        raise ValueError(f"choosing the LatentEBM's layers needs at least {folds} mixed train problems, got {len(ids)}")
-    fold = groups["problem_id"].map(pd.Series(np.arange(len(ids)) % folds, index=ids)).to_numpy()
+    n_problems = groups["problem_id"].nunique()
+    if n_problems < folds:
+        raise ValueError(f"choosing the LatentEBM's layers needs at least {folds} mixed train problems, got {n_problems}")
+    fold = group_folds(groups["problem_id"], folds, seed)
     quiet = replace(train_cfg, progress=False)
     table: dict[str, dict[str, float]] = {}
     for source in source_candidates(hidden):
@@ -69,7 +70,7 @@ def choose_hidden_source(
         table[source] = {"auroc": pairs["pair_acc"], "top1": _top1(energy, groups)}
     order = list(table)
     best = max(order, key=lambda s: (np.nan_to_num(table[s]["auroc"], nan=-1.0), -order.index(s)))
-    logger.info("LatentEBM features by %d-fold CV on %d problems: %s (%s)", folds, len(ids), best,
+    logger.info("LatentEBM features by %d-fold CV on %d problems: %s (%s)", folds, n_problems, best,
                 ", ".join(f"{s} {v['auroc']:.3f}" for s, v in table.items()))
     return best, table
 

@@ -24,7 +24,6 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
@@ -54,7 +53,7 @@ class DonorPool:
     def __init__(self, shard_dir: Path, own_dir: Path) -> None:
         self.shard_dir, self.own_dir = Path(shard_dir), Path(own_dir).resolve()
         self._index: dict[str, tuple[Path, str]] | None = None
-        self._frames: dict[Path, pd.DataFrame] = {}  # donor shards read so far (a run reads each once)
+        self._frames: dict[Path, dict[str, pd.DataFrame]] = {}  # donor shards read so far, by problem
 
     def _build(self) -> dict[str, tuple[Path, str]]:
         index: dict[str, tuple[Path, str]] = {}
@@ -84,17 +83,16 @@ class DonorPool:
             frame = self._read(path)
             if frame is None:
                 return None
-            parts.append(frame[frame["problem_id"].astype(str) == pid])
+            parts.append(frame.get(pid, pd.DataFrame()))  # none: the caller's check names what is missing
         return pd.concat(parts, ignore_index=True)
 
-    def _read(self, path: Path) -> pd.DataFrame | None:
+    def _read(self, path: Path) -> dict[str, pd.DataFrame] | None:
+        """A donor shard's rows by problem id (read once per run)."""
         if path not in self._frames:
             try:
-                self._frames[path] = pd.read_parquet(path)
+                df = pd.read_parquet(path)
+                self._frames[path] = dict(tuple(df.groupby(df["problem_id"].astype(str), sort=False)))
             except Exception as exc:  # noqa: BLE001 - a broken donor only means scoring instead
                 logger.warning("donor shard %s unreadable (%s); scoring instead", path, exc)
                 return None
         return self._frames[path]
-
-    def describe(self) -> dict[str, Any]:
-        return {"donor_problems": len(self._index or {}), "donor_shards_read": len(self._frames)}

@@ -75,7 +75,7 @@ def markdown_matrix(rows: Sequence[Mapping[str, Any]]) -> str:
     ]
     for r in sorted(rows, key=lambda r: (str(r["benchmark"]), str(r["model"]))):
         chosen = ", ".join(f"`{m}` ×{k}" for m, k in r["chosen"].items())
-        if r.get("latent_states") and set(r["latent_states"]) != {"None"}:  # which layers the LatentEBM read
+        if r.get("latent_states"):  # which layers the LatentEBM read
             chosen += "; LatentEBM on " + ", ".join(f"`{m}` ×{k}" for m, k in r["latent_states"].items())
         best = ", ".join(sorted(set(r["post_hoc_best"].values())))
         base = _pct(r["single"]) + (f" ({r['reference']})" if r.get("reference") else "")

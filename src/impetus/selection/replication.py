@@ -149,7 +149,7 @@ def aggregate(
         "seeds_beating_majority": sum(r["gain_vs_majority_ci"][0] > 1e-12 for r in rows),
         # On scored choices: the reference is lm-eval's better rule (chosen per seed on train-side problems).
         **({"reference": dict(Counter(r["reference"] for r in rows)),
-            "latent_states": dict(Counter(str(r.get("latent_states")) for r in rows)),
+            "latent_states": dict(Counter(r["latent_states"] for r in rows if r.get("latent_states"))),
             **{b: _mean([r.get(b) for r in rows]) for b in ("loglik", "loglik_norm")}} if "reference" in rows[0] else {}),
     }
 
