@@ -94,6 +94,38 @@ def test_logs_registers_and_round_trips_both_ebms(client):
         assert torch.equal(fresh.load()(h), latent(h))
 
 
+def test_an_ensemble_is_logged_as_one_pt2_model(client):
+    """The learned energies are ensembles: torch.export traces all members, the params say how many."""
+    from impetus.learned.ensemble import EnsembleEBM
+
+    torch.manual_seed(3)
+    members = [LatentEBM(LatentEBMConfig(input_dim=8, hidden=4, n_layers=1, dropout=0.0)) for _ in range(3)]
+    ens = EnsembleEBM(members, mu=[0.1, -0.2, 0.3], sd=[1.0, 2.0, 0.5], out=(0.05, 0.8),
+                      names=["seed0", "seed1", "fold0"], trained_on=[None, None, ["p1"]]).eval()
+    ds = MlflowEBMDataset(name="latent_ebm", registered_model_name="impetus-latent-ebm")
+    with mlflow.start_run():
+        ds.save({"model": ens, "metrics": {"members": 3.0}})
+    assert ds.serialization_format == "pt2"
+    params = client.get_logged_model(ds.model_uri.removeprefix("models:/")).params
+    assert (params["kind"], params["member_kind"], params["members"], params["input_dim"]) == ("EnsembleEBM", "LatentEBM", "3", "8")
+    h = torch.randn(4, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(ds.load()(h), ens(h), atol=1e-6)
+    # a TextEBM ensemble: two inputs (ids, mask), as a single TextEBM takes them
+    texts = [TextEBM(TextEBMConfig(vocab_size=50, d_model=16, n_layers=1, n_heads=2, d_ff=32, max_len=16, dropout=0.0))
+             for _ in range(2)]
+    text_ens = EnsembleEBM(texts, mu=[0.0, 1.0], sd=[1.0, 3.0], names=["seed0", "seed1"]).eval()
+    text_ds = MlflowEBMDataset(name="text_ebm", registered_model_name="impetus-text-ebm")
+    with mlflow.start_run():
+        text_ds.save({"model": text_ens})
+    assert text_ds.serialization_format == "pt2"
+    ids = torch.randint(0, 50, (3, 5), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones_like(ids)
+    mask[0, 3:] = 0
+    with torch.no_grad():
+        assert torch.allclose(text_ds.load()(ids, mask), text_ens(ids, mask), atol=1e-5)
+
+
 def _break_export(monkeypatch) -> None:
     def broken_export(*args, **kwargs):
         raise RuntimeError("cannot trace this")

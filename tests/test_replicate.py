@@ -45,7 +45,7 @@ def test_seed_overrides_set_generator_split_and_shard_folder():
     # On scored choices every seed looks up the env's whole shard folder for rows to reuse.
     arc = {"benchmark": {"name": "arc_easy"}, "sampling": {"candidates": "choices", "shard_dir": "data/s_arc/"}}
     assert seed_overrides(arc, 1) == {"ingest.seed": 1, "sampling.shard_dir": "data/s_arc/seed_1",
-                                      "sampling.reuse_dir": "data/s_arc", "scorer.seed": 1, "rerank_eval.seed": 1}
+                                      "sampling.reuse_dir": "data/s_arc", "scorer.seed": 100, "rerank_eval.seed": 1}
 
 
 def test_kedro_command():

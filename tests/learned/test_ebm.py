@@ -14,7 +14,7 @@ from impetus.learned.train import TrainConfig, group_pair_metrics, pairwise_loss
 
 def make_cfg(**kw) -> TrainConfig:
     """A TrainConfig with test-sized values for every field not given."""
-    base = dict(epochs=5, lr=1e-3, weight_decay=1e-2, batch_groups=16, patience=3, val_fraction=0.2, max_seconds=None)
+    base = dict(epochs=5, lr=1e-3, weight_decay=1e-2, batch_groups=16, patience=3, val_fraction=0.2)
     return TrainConfig(**{**base, **kw})
 from impetus.testing import tiny_tokenizer
 

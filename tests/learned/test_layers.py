@@ -28,7 +28,7 @@ def _groups(n_problems: int, signal_layer: int, seed: int = 0):
 
 
 CFG = TrainConfig(epochs=8, lr=0.01, weight_decay=0.0, batch_groups=16, patience=3, val_fraction=0.2,
-                  max_seconds=None, progress=False)
+                  progress=False)
 
 
 @pytest.mark.parametrize("layer", [3, 6])

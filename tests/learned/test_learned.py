@@ -82,6 +82,7 @@ def test_scorer_yaml_block_converts_once_to_the_core_config():
     block["seed"], block["text_ebm"]["d_model"], block["latent_ebm"]["train"]["lr"] = 7, 24, 0.5
     core = ScorerParams.model_validate(block).to_core()
     assert core.seed == 7 and core.text_ebm.model["d_model"] == 24
+    assert core.seeds == tuple(range(7, 7 + block["n_seeds"]))  # the ensemble's members: disjoint for seed + 100
     assert set(core.text_ebm.model) == {f.name for f in dataclasses.fields(TextEBMConfig)} - {"vocab_size"}
     assert set(core.latent_ebm.model) == {f.name for f in dataclasses.fields(LatentEBMConfig)} - {"input_dim"}
     assert isinstance(core.latent_ebm.train, TrainConfig) and core.latent_ebm.train.lr == 0.5

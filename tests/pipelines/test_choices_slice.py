@@ -55,15 +55,14 @@ def catalog(tmp_path) -> DataCatalog:
     tiny_tokenizer().save_pretrained(tmp_path / "lm")
     rng = np.random.default_rng(1)
     splits = {name: _split(prefix, n, rng) for name, prefix, n in (("train", "tr", 90), ("dev", "dv", 30), ("eval", "ev", 80))}
-    fast = {"epochs": 12, "lr": 0.003, "weight_decay": 0.0, "batch_groups": 8, "patience": 4, "val_fraction": 0.2,
-            "max_seconds": 30}
+    fast = {"epochs": 12, "lr": 0.003, "weight_decay": 0.0, "batch_groups": 8, "patience": 4, "val_fraction": 0.2}
     timing = {"lm_seconds": 4.0, "embedding_seconds": 0.0}
     data = {"base_lm": {"path": str(tmp_path / "lm")}, "params:mining": MiningParams(hard_negative_energy=None)}
     for name, (p, g, e, h) in splits.items():
         data |= {f"problems_{name}": p, f"graded_{name}": g, f"energies_{name}": e, f"hidden_{name}": h,
                  f"energies_{name}_timing": timing}
     data["params:scorer"] = ScorerParams.model_validate({
-        "seed": 0, "progress": False, "allow_pickle": False,
+        "seed": 0, "n_seeds": 1, "progress": False, "allow_pickle": False,
         "text_ebm": {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64, "max_len": 64, "dropout": 0.1, "train": fast},
         "latent_ebm": {"hidden_source": "cv", "hidden": 32, "n_layers": 2, "dropout": 0.1, "train": fast},
         "hybrid": {"columns": None, "cross_fit_folds": 2, "l2_grid": [0.01, 1.0]},

@@ -182,7 +182,6 @@ class EBMTrainParams(_Params):
     batch_groups: int = F("Whole problems (groups) per step.", ge=1)
     patience: int = F("Stop after this many epochs without a better validation loss.", ge=1)
     val_fraction: float = F("Share of train groups held out for early stopping.", ge=0, lt=1)
-    max_seconds: float | None = F("Wall-clock cap on training; null = none.", gt=0)
 
 
 class TextEBMParams(_Params):
@@ -224,7 +223,10 @@ class HybridParams(_Params):
 class ScorerParams(_Params):
     """Learned energies (``parameters_scorer.yml``)."""
 
-    seed: int = F("Seed of weight init, group splits and cross-fitting folds.")
+    seed: int = F("First training seed; it also seeds the cross-fitting folds and the hybrid's L2 CV.")
+    n_seeds: int = F(
+        "Ensemble size by seed: each learned EBM averages one member per seed seed, seed+1, ..., seed+n_seeds-1 "
+        "(each fit on all train groups) and the cross-fit fold members (scorer.hybrid.cross_fit_folds).", ge=1)
     progress: bool = F("Show progress bars.")
     allow_pickle: bool = F(
         "Log an EBM to MLflow in pickle format when torch.export fails (loading it can run code); off = fail."
@@ -244,7 +246,7 @@ class ScorerParams(_Params):
             return EBMSpec(model=block.model_dump(exclude={"train", "hidden_source"}), train=train)
 
         return ScorerConfig(
-            seed=self.seed, progress=self.progress, text_ebm=spec(self.text_ebm), latent_ebm=spec(self.latent_ebm),
+            seeds=tuple(range(self.seed, self.seed + self.n_seeds)), progress=self.progress, text_ebm=spec(self.text_ebm), latent_ebm=spec(self.latent_ebm),
             hidden_source=self.latent_ebm.hidden_source, hybrid_columns=self.hybrid.columns,
             l2_grid=list(self.hybrid.l2_grid), cross_fit_folds=self.hybrid.cross_fit_folds,
         )
@@ -297,6 +299,16 @@ def _grid_keys(grid: dict[str, list[Any]], allowed: tuple[str, ...], block: str)
     if empty:
         raise ValueError(f"{block}.grid: {empty} list no values")
     return grid
+
+
+class LearningCurveParams(_Params):
+    """Learning curves (``parameters_learning_curve.yml``; :mod:`impetus.selection.learning_curve`)."""
+
+    sizes: list[int] = F("Train-side problem counts to refit at; sizes above what the run has are dropped "
+                         "and the run's own count is always added.", min_length=1)
+    methods: list[str] = F("Methods whose eval accuracy is drawn (rerank_metrics' names), besides the chosen one.")
+    seed: int = F("Seed of the permutation whose first n problems form each point (nested subsets).")
+    progress: bool = F("Show a progress bar over the points.")
 
 
 class LatentParams(_Params):
@@ -383,6 +395,7 @@ PARAMS: dict[str, type[_Params]] = {
     "mining": MiningParams,
     "scorer": ScorerParams,
     "rerank_eval": RerankParams,
+    "learning_curve": LearningCurveParams,
     "v2_latent": LatentParams,
     "ebd": EBDParams,
 }

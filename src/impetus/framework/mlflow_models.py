@@ -31,6 +31,7 @@ from mlflow.tracking.context.registry import resolve_tags
 from mlflow.types import Schema, TensorSpec
 from torch import nn
 
+from impetus.learned.ensemble import EnsembleEBM
 from impetus.learned.models import LatentEBM, TextEBM
 from impetus.learned.persist import ebm_from_dict, ebm_to_dict
 
@@ -47,14 +48,16 @@ def _example_and_signature(model: nn.Module) -> tuple[tuple[np.ndarray, ...], Mo
 
     -1 marks the dims torch.export may keep dynamic (batch; sequence length for TextEBM), so the
     archive accepts other batch sizes; the example uses batch 2 because size-1 dims get specialized.
+    An ensemble takes its members' inputs.
     """
-    if isinstance(model, TextEBM):
+    kind = model.members[0] if isinstance(model, EnsembleEBM) else model
+    if isinstance(kind, TextEBM):
         c = model.config
         ids = np.random.default_rng(0).integers(0, c.vocab_size, size=(2, min(8, c.max_len)), dtype=np.int64)
         example = (ids, np.ones_like(ids))
         inputs = Schema([TensorSpec(np.dtype(np.int64), (-1, -1), "input_ids"),
                          TensorSpec(np.dtype(np.int64), (-1, -1), "attention_mask")])
-    elif isinstance(model, LatentEBM):
+    elif isinstance(kind, LatentEBM):
         example = (np.zeros((2, model.config.input_dim), dtype=np.float32),)
         inputs = Schema([TensorSpec(np.dtype(np.float32), (-1, model.config.input_dim), "h")])
     else:
@@ -148,6 +151,8 @@ class MlflowEBMDataset(AbstractDataset[dict[str, Any], nn.Module]):
         record = ebm_to_dict(data["model"])
         model = ebm_from_dict(record)
         params = {"kind": record["kind"], **{k: str(v) for k, v in record["config"].items()}}
+        if "members" in record:  # an ensemble: how many members of which kind
+            params |= {"member_kind": record["member_kind"], "members": str(len(record["members"]))}
         # No run params and no copied run metrics: only what describes this model.
         logged = client.create_logged_model(run.info.experiment_id, name=self._name, source_run_id=run_id,
                                             tags=resolve_tags(), params=params, model_type="ebm")

@@ -51,7 +51,8 @@ def seed_overrides(params: Mapping[str, Any], seed: int) -> dict[str, Any]:
     the problems. Shards go to ``<sampling.shard_dir>/seed_<S>`` (the env's folder, so envs with
     other sizes or models never share one). On scored choices every seed looks up the env's whole
     shard folder for rows it can reuse (``sampling.reuse_dir``): a re-split scores nothing again;
-    and a seed also sets ``scorer.seed`` and ``rerank_eval.seed``, the training and folds' seeds.
+    and a seed also sets ``scorer.seed`` (100 x the seed: disjoint ensembles) and ``rerank_eval.seed``,
+    the training and folds' seeds.
     """
     out: dict[str, Any] = {}
     generator, _ = data_seeds(dict(params))
@@ -68,7 +69,8 @@ def seed_overrides(params: Mapping[str, Any], seed: int) -> dict[str, Any]:
         # ARC's environments pool all of train + dev for cross-validation and evaluate on the whole
         # test split, so a re-split alone changes nothing (three identical seeds, measured): a seed
         # there also redraws the learned energies' training (init, folds) and the CV's folds.
-        out["scorer.seed"] = seed
+        # Training seeds 100 apart, so the seeds' ensembles share no member (scorer.n_seeds < 100).
+        out["scorer.seed"] = 100 * seed
         out["rerank_eval.seed"] = seed
     return out
 

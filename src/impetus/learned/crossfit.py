@@ -10,8 +10,9 @@ saw fold k: a second-order dependence (stacking's usual shortcut, as in
 :func:`~impetus.learned.fitting.out_of_fold_energies`) that cannot fit fold k's labels; exact
 nesting would cost K(K-1)/2 more EBM fits.
 
-Cost: K TextEBM and K LatentEBM fits, each on (K-1)/K of the train-side groups, plus K hybrid
-fits (convex, L-BFGS; cheap). With K = 3 each fold fits on 2/3 of train + dev; the models measured
+Cost: K TextEBM and K LatentEBM ensembles of ``len(scorer.seeds)`` members each (the seed members of
+:mod:`impetus.learned.ensemble_fit`; no nested fold members), each fit on (K-1)/K of the train-side
+groups, plus K hybrid fits (convex, L-BFGS; cheap). With K = 3 each fold fits on 2/3 of train + dev; the models measured
 on eval are refit on all of it (:func:`final_fit_splits`), so the out-of-fold numbers describe
 slightly smaller models than the ones measured.
 """
@@ -21,17 +22,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from impetus.energy.registry import hybrid_inputs
-from impetus.learned.fitting import (
-    KEYS, LearnedScorers, ScorerConfig, add_learned_energies, fit_hybrid, fit_latent_ebm, fit_text_ebm,
-    join_candidates,
-)
+from impetus.learned.ensemble_fit import fit_ensembles
+from impetus.learned.fitting import KEYS, LearnedScorers, ScorerConfig, add_learned_energies, fit_hybrid, join_candidates
 from impetus.learned.layers import resolve_source
 from impetus.learned.mining import LeakageError, mine_groups
 
@@ -83,14 +81,12 @@ def train_side_table(
 
 def _fold_ebms(groups: pd.DataFrame, problems: pd.DataFrame, hidden: dict | None, tokenizer: Any,
                config: ScorerConfig) -> LearnedScorers:
-    quiet = {name: replace(spec.train, progress=False) for name, spec in
-             (("text", config.text_ebm), ("latent", config.latent_ebm))}
-    text = fit_text_ebm(groups, problems, tokenizer, config.text_ebm.model, quiet["text"])
-    latent, source = None, config.hidden_source
+    """The fold's EBM ensembles: one member per training seed, fit on the other folds' groups."""
+    source = config.hidden_source
     if hidden is not None:
         source, _ = resolve_source(config, groups, hidden)  # `cv`: chosen inside the fold (nested)
-        latent = fit_latent_ebm(groups, hidden, source, config.latent_ebm.model, quiet["latent"]).model
-    return LearnedScorers(text_ebm=text.model, latent_ebm=latent, hidden_source=source)
+    scorers, _, _ = fit_ensembles(groups, problems, hidden, tokenizer, config, source, fold_members=False)
+    return scorers
 
 
 def out_of_fold_table(

@@ -11,18 +11,18 @@ from __future__ import annotations
 import logging
 import re
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 
 from impetus.energy.recorded import layer_columns, layer_key
-from impetus.energy.registry import energy_columns, hybrid_inputs
+from impetus.energy.registry import energy_columns
 from impetus.learned.hybrid import HybridConfig, HybridEnergy, cross_validated_l2, group_folds
-from impetus.learned.layers import resolve_source
 from impetus.learned.mining import LeakageError, mine_groups
-from impetus.learned.models import LatentEBM, LatentEBMConfig, TextEBM, TextEBMConfig, TokenInputs, encode_texts, score
+from impetus.learned.ensemble import EnsembleEBM, energy_scores
+from impetus.learned.models import LatentEBM, LatentEBMConfig, TextEBM, TextEBMConfig, TokenInputs, encode_texts
 from impetus.learned.persist import ebm_from_dict, ebm_to_dict
 from impetus.learned.train import TrainConfig, TrainResult, train_ebm
 
@@ -68,11 +68,11 @@ def hidden_matrix(hidden: dict[str, Any], rows: np.ndarray, source: str) -> np.n
     ``layer``: the mean states of the further recorded layers (``model.hidden_layers``, ``hidden_l<k>``),
     ``layer_both``: those and the last layer's ``both``; ``l<k>`` / ``l<k>_both``: recorded layer k
     alone / with ``both`` (the candidates of ``hidden_source: cv``, :mod:`impetus.learned.layers`)."""
-    cols = _source_columns(hidden, source)
+    cols = source_columns(hidden, source)
     return np.concatenate([np.asarray(hidden[k])[rows] for k in cols], axis=1).astype(np.float32)
 
 
-def _source_columns(hidden: dict[str, Any], source: str) -> list[str]:
+def source_columns(hidden: dict[str, Any], source: str) -> list[str]:
     layers = layer_columns(hidden)
     both = ["hidden_mean", "hidden_answer"]
     parts = {"mean": ["hidden_mean"], "answer": ["hidden_answer"], "both": both, "layer": layers,
@@ -135,8 +135,8 @@ class LearnedScorers:
     stores them without pickle and loads them with ``torch.load(weights_only=True)``.
     """
 
-    text_ebm: TextEBM | None = None
-    latent_ebm: LatentEBM | None = None
+    text_ebm: TextEBM | EnsembleEBM | None = None
+    latent_ebm: LatentEBM | EnsembleEBM | None = None
     hidden_source: str = "both"
     hybrid: HybridEnergy | None = None
     hidden_cv: dict[str, dict[str, float]] | None = None  # each candidate source's CV scores (hidden_source: cv)
@@ -172,20 +172,32 @@ def add_learned_energies(
     hidden: dict[str, Any] | None,
     tokenizer: Any,
     scorers: LearnedScorers,
+    members: dict[str, np.ndarray] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Return ``df`` with ``text_ebm``/``latent_ebm``/``hybrid`` columns and scoring seconds."""
+    """Return ``df`` with ``text_ebm``/``latent_ebm``/``hybrid`` columns and scoring seconds.
+
+    An ensemble scores each row without the fold members trained on its problem
+    (:func:`~impetus.learned.ensemble.ensemble_scores`); pass a dict as ``members`` to get each
+    ensemble's per-member standardised energies (``[rows, K]``) under its name."""
     out = df.copy()
     seconds: dict[str, float] = {}
+    pids = out["problem_id"].to_numpy()
     if scorers.text_ebm is not None:
         t0 = time.perf_counter()
         inputs = text_inputs(tokenizer, out, problems, scorers.text_ebm.config.max_len)
-        out["text_ebm"] = score(scorers.text_ebm, inputs, batch_size=64).astype(float)
+        energy, z = energy_scores(scorers.text_ebm, inputs, pids, batch_size=64)
+        out["text_ebm"] = energy.astype(float)
         seconds["text_ebm"] = time.perf_counter() - t0
+        if members is not None and z is not None:
+            members["text_ebm"] = z
     if scorers.latent_ebm is not None and hidden is not None:
         t0 = time.perf_counter()
         x = hidden_matrix(hidden, out["hidden_row"].to_numpy(), scorers.hidden_source)
-        out["latent_ebm"] = score(scorers.latent_ebm, x, batch_size=1024).astype(float)
+        energy, z = energy_scores(scorers.latent_ebm, x, pids, batch_size=1024)
+        out["latent_ebm"] = energy.astype(float)
         seconds["latent_ebm"] = time.perf_counter() - t0
+        if members is not None and z is not None:
+            members["latent_ebm"] = z
     if scorers.hybrid is not None:
         t0 = time.perf_counter()
         missing = [c for c in scorers.hybrid.cols if c not in out.columns]
@@ -245,10 +257,12 @@ def fit_hybrid(
 
 def score_split(
     graded: pd.DataFrame, energies: pd.DataFrame, hidden: dict[str, Any] | None, problems: pd.DataFrame,
-    tokenizer: Any, scorers: LearnedScorers,
+    tokenizer: Any, scorers: LearnedScorers, members: dict[str, np.ndarray] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, float]]:
-    """One split's candidates joined with their energies plus the learned ones, and scoring seconds."""
-    return add_learned_energies(join_candidates(graded, energies, hidden), problems, hidden, tokenizer, scorers)
+    """One split's candidates joined with their energies plus the learned ones, and scoring seconds
+    (``members``: see :func:`add_learned_energies`)."""
+    return add_learned_energies(join_candidates(graded, energies, hidden), problems, hidden, tokenizer, scorers,
+                                members)
 
 
 @dataclass(frozen=True)
@@ -269,7 +283,7 @@ class ScorerConfig:
     """Everything :func:`fit_learned_energies` needs; no defaults (built from ``parameters_scorer.yml``
     by :meth:`impetus.framework.config.ScorerParams.to_core`, or by hand in a notebook)."""
 
-    seed: int  # weight init, group splits and cross-fitting folds
+    seeds: tuple[int, ...]  # one ensemble member per seed; the first also seeds the folds and the hybrid's CV
     progress: bool
     text_ebm: EBMSpec
     latent_ebm: EBMSpec
@@ -278,47 +292,7 @@ class ScorerConfig:
     l2_grid: list[float]
     cross_fit_folds: int
 
-
-@dataclass
-class FitReport:
-    """What :func:`fit_learned_energies` returns: the scorers and how they were fit."""
-
-    scorers: LearnedScorers
-    text: TrainResult
-    latent: TrainResult
-    hybrid_cv_loss: dict[float, float]
-    hybrid_cols: list[str]
-
-
-def fit_learned_energies(
-    groups: pd.DataFrame, problems: pd.DataFrame, hidden: dict[str, Any], tokenizer: Any, config: ScorerConfig,
-) -> FitReport:
-    """Fit TextEBM, LatentEBM and the hybrid on train groups only.
-
-    The hybrid's learned-energy inputs are cross-fitted (each train problem scored by EBMs fit
-    without it), so the combination weighs them as they will behave on new problems; its L2 is
-    chosen by group cross-validation on the same out-of-fold table.
-    """
-    def loop(spec: EBMSpec, progress: bool) -> TrainConfig:
-        # The cross-fitting refits stay quiet: one bar per fold and model would bury the log.
-        return replace(spec.train, progress=progress)
-
-    source, source_cv = resolve_source(config, groups, hidden)  # `cv`: chosen on these groups alone
-
-    def fit(rows: pd.DataFrame, progress: bool) -> tuple[TrainResult, TrainResult]:
-        text = fit_text_ebm(rows, problems, tokenizer, config.text_ebm.model, loop(config.text_ebm, progress))
-        latent = fit_latent_ebm(rows, hidden, source, config.latent_ebm.model,
-                                loop(config.latent_ebm, progress))
-        return text, latent
-
-    def fit_scorers(rows: pd.DataFrame) -> LearnedScorers:
-        text, latent = fit(rows, progress=False)
-        return LearnedScorers(text_ebm=text.model, latent_ebm=latent.model, hidden_source=source)
-
-    text, latent = fit(groups, config.progress)  # the models later stages use: all train groups
-    oof = out_of_fold_energies(groups, problems, hidden, tokenizer, fit_scorers, config.cross_fit_folds, config.seed)
-    cols = config.hybrid_columns or hybrid_inputs(list(oof.columns))
-    hybrid, cv_loss = fit_hybrid(oof, cols, config.l2_grid, config.cross_fit_folds, config.seed)
-    scorers = LearnedScorers(text_ebm=text.model, latent_ebm=latent.model, hidden_source=source, hybrid=hybrid,
-                             hidden_cv=source_cv)
-    return FitReport(scorers, text, latent, cv_loss, hybrid.cols)
+    @property
+    def seed(self) -> int:
+        """The seed of the cross-fitting folds, the hybrid's L2 CV and the fold members: the first."""
+        return self.seeds[0]

@@ -83,3 +83,4 @@ def resolve_source(config: Any, groups: pd.DataFrame, hidden: dict[str, Any] | N
         return config.hidden_source, None
     return choose_hidden_source(groups, hidden, config.latent_ebm.model, config.latent_ebm.train,
                                 config.cross_fit_folds, config.seed)
+

@@ -85,7 +85,6 @@ class TrainConfig:
     batch_groups: int
     patience: int
     val_fraction: float
-    max_seconds: float | None
     seed: int = 0
     grad_clip: float | None = 1.0
     device: str = "cpu"
@@ -120,8 +119,9 @@ def train_ebm(
     :func:`as_inputs` accepts), one row per candidate; ``group_ids`` (problem ids) and ``labels``
     (correct) align with those rows. Groups — not candidates — are split into train/val by
     ``config.seed``; each step sees ``batch_groups`` whole groups. Stops early when val loss has not
-    improved for ``patience`` epochs or ``max_seconds`` elapse; the best epoch's weights are
-    restored. Deterministic for a fixed seed (torch RNG is forked, so the caller's is untouched).
+    improved for ``patience`` epochs, at the latest after ``epochs``; the best epoch's weights are
+    restored. Deterministic for a fixed seed on any machine: no wall-clock budget, so the number of
+    epochs never depends on the machine's speed (issue 25); torch RNG is forked, so the caller's is untouched.
     """
     cfg = config
     inputs = as_inputs(inputs)
@@ -144,7 +144,7 @@ def train_ebm(
         for epoch in bar:
             model.train()
             order = np.random.default_rng([cfg.seed, epoch]).permutation(train_g)
-            losses, out_of_time = [], False
+            losses = []
             for s in range(0, len(order), cfg.batch_groups):
                 idx = np.concatenate([rows_of[g] for g in order[s : s + cfg.batch_groups]])
                 e = model(*(t.to(cfg.device) for t in inputs(idx)))
@@ -155,9 +155,6 @@ def train_ebm(
                     nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 opt.step()
                 losses.append(loss.item())
-                if cfg.max_seconds is not None and time.perf_counter() - t0 > cfg.max_seconds:
-                    out_of_time = True
-                    break
             rec: dict[str, Any] = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan")}
             if len(val_rows):
                 ev = score(model, _Subset(inputs, val_rows), device=cfg.device)
@@ -173,7 +170,7 @@ def train_ebm(
             if crit < best[0]:
                 best = (crit, epoch, copy.deepcopy(model.state_dict()))
             bar.set_postfix(train=f"{rec['train_loss']:.4f}", val=f"{rec['val_loss']:.4f}")
-            if epoch - best[1] >= cfg.patience or out_of_time:
+            if epoch - best[1] >= cfg.patience:
                 break
     model.load_state_dict(best[2])
     model.eval()

@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 from impetus.framework.config import RerankParams, ScorerParams
 from impetus.energy.registry import EMBEDDING_COST, LM_PASS_COST, energy_columns
 from impetus.learned.crossfit import out_of_fold_table, train_side_table
+from impetus.learned.ensemble import ensembles_markdown, member_accuracy
 from impetus.learned.fitting import LearnedScorers, score_split
 from impetus.pipelines.utils import load_base_tokenizer
 from impetus.selection.adaptive import adaptive_report, rule_specs
@@ -28,6 +29,19 @@ logger = logging.getLogger(__name__)
 
 def _stage_seconds(timing: dict[str, float], learned_seconds: dict[str, float]) -> dict[str, float]:
     return {LM_PASS_COST: timing["lm_seconds"], EMBEDDING_COST: timing["embedding_seconds"], **learned_seconds}
+
+
+def _ensembles(evals: pd.DataFrame, members: dict[str, Any], scorers: LearnedScorers) -> dict[str, dict]:
+    """Each learned ensemble's members on eval: their accuracies, spread, and the ensemble's gain."""
+    out = {}
+    for name, z in members.items():
+        out[name] = member_accuracy(z, evals, getattr(scorers, name).names, evals[name].to_numpy())
+    return out
+
+
+def _ensemble_metrics(ensembles: dict[str, dict]) -> dict[str, Any]:
+    keys = ("n_members", "member_mean", "member_min", "member_max", "member_std", "ensemble", "gain_over_mean_member")
+    return {f"ensemble/{name}/{k}": s[k] for name, s in ensembles.items() for k in keys}
 
 
 def _cross_validated(
@@ -58,7 +72,7 @@ def _cross_validated(
 
 def _on_choices(chosen_on: pd.DataFrame, selection: dict | None, evals: pd.DataFrame, cols: list[str],
                 hybrid_cols: list[str], dev_seconds: dict[str, float], eval_seconds: dict[str, float],
-                params: RerankParams, features: dict[str, Any]
+                params: RerankParams, features: dict[str, Any], ensembles: dict[str, dict]
                 ) -> tuple[dict, str, pd.DataFrame, pd.DataFrame, dict[str, Figure], dict]:
     """The rerank stage's outputs on scored choices (:mod:`impetus.selection.choices`): no votes, no
     accuracy against N, no adaptive N (the report says why); the two lm-eval baselines instead."""
@@ -68,11 +82,13 @@ def _on_choices(chosen_on: pd.DataFrame, selection: dict | None, evals: pd.DataF
                                      selected_on="dev")
     result, selections = choice_evaluation(evals, selection, cols, eval_seconds, hybrid_cols, params.n_boot, params.seed)
     result["latent_features"] = features  # which states the LatentEBM reads (and the CV that chose them)
-    report = choice_report(result)
+    result["ensembles"] = ensembles
+    report = choice_report(result) + ensembles_markdown(ensembles)
     logger.info("Rerank report:\n%s", report)
     figures = {"roc.png": plot_roc(evals, cols), "energy_histograms.png": plot_energy_histograms(evals, cols)}
     flat = method_metrics(result["methods"]) | choice_metrics(result)
     flat |= {"selection/n_problems": selection["n_problems"], "selection/seconds": selection.get("seconds")}
+    flat |= _ensemble_metrics(ensembles)
     return result, report, selections, pd.DataFrame(columns=["n", "accuracy", "std", "method"]), figures, \
         as_mlflow_metrics(flat)
 
@@ -88,7 +104,9 @@ def rerank_and_evaluate(
     """Choose the headline (cross-validated over train + dev, or on dev), evaluate every method on eval."""
     scorers = LearnedScorers.from_records(text_ebm, latent_ebm, hybrid_energy)
     tok = load_base_tokenizer(base_lm)
-    evals, eval_learned = score_split(graded_eval, energies_eval, hidden_eval, problems_eval, tok, scorers)
+    members: dict[str, Any] = {}
+    evals, eval_learned = score_split(graded_eval, energies_eval, hidden_eval, problems_eval, tok, scorers, members)
+    ensembles = _ensembles(evals, members, scorers)
     cols = energy_columns(evals.columns)
     hybrid_cols = scorers.hybrid.cols
     if rerank_eval.selection == "cv":
@@ -104,7 +122,7 @@ def rerank_and_evaluate(
     if is_choices(graded_eval):
         features = {"source": scorers.hidden_source, "cv": scorers.hidden_cv}
         return _on_choices(chosen_on, selection, evals, cols, hybrid_cols, dev_seconds,
-                           _stage_seconds(energies_eval_timing, eval_learned), rerank_eval, features)
+                           _stage_seconds(energies_eval_timing, eval_learned), rerank_eval, features, ensembles)
     result, selections = rerank_evaluation(
         chosen_on, evals, cols, hybrid_cols, dev_seconds, _stage_seconds(energies_eval_timing, eval_learned),
         rerank_eval, selection=selection,
@@ -117,7 +135,8 @@ def rerank_and_evaluate(
     figures["adaptive_n.png"] = plot_adaptive(points, result["adaptive"])
     result["accuracy_vs_n"] = {k: v.to_dict(orient="list") for k, v in curves.items()}
     result["hybrid_weights"] = scorers.hybrid.weights
-    report = markdown_report(result)
+    result["ensembles"] = ensembles
+    report = markdown_report(result) + ensembles_markdown(ensembles)
     logger.info("Rerank report:\n%s", report)
     curve_rows = pd.concat([v.assign(method=k) for k, v in curves.items()], ignore_index=True)
     sel = result["selection"]
@@ -131,5 +150,6 @@ def rerank_and_evaluate(
     flat |= {"selection/n_problems": sel["n_problems"], "selection/folds": sel["folds"],
              "selection/seconds": sel.get("seconds")}
     flat |= {f"rerank/tau/{k}": v for k, v in result["taus"].items()}
+    flat |= _ensemble_metrics(ensembles)
     flat |= {f"adaptive/{rule}/{k}": v for rule, r in result["adaptive"].items() for k, v in r.items() if k != "dev"}
     return result, report, selections, curve_rows, figures, as_mlflow_metrics(flat)

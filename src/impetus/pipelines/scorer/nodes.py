@@ -9,7 +9,7 @@ import pandas as pd
 
 from impetus.framework.config import RerankParams, ScorerParams
 from impetus.learned.crossfit import concat_hidden, final_fit_splits
-from impetus.learned.fitting import fit_learned_energies
+from impetus.learned.ensemble_fit import fit_learned_energies
 from impetus.pipelines.utils import load_base_tokenizer
 from impetus.framework.tracking import as_mlflow_metrics, series_metrics
 
@@ -27,7 +27,8 @@ def train_scorers(
     selection, train alone under ``selection: dev``; never eval); return their plain records (catalog), the two
     EBMs for MLflow's model registry (``{"model": module, "metrics": best epoch's metrics,
     "allow_pickle": scorer.allow_pickle}``) and
-    the run's training metrics (per-epoch curves, best epoch)."""
+    the run's training metrics (the first member's per-epoch curves, every member's best epoch, the
+    members' summed training seconds). Each EBM is an ensemble (:mod:`impetus.learned.ensemble_fit`)."""
     splits = final_fit_splits(rerank_eval.selection, (problems_train, hidden_train), (problems_dev, hidden_dev))
     problems = pd.concat([p for p, _ in splits], ignore_index=True)
     hidden = concat_hidden([h for _, h in splits])  # same order as the mining stage, so hidden_row agrees
@@ -35,16 +36,22 @@ def train_scorers(
     records = fit.scorers.to_records()
     metrics: dict[str, Any] = {}
     logged: dict[str, dict] = {}
-    for name, result in (("text_ebm", fit.text), ("latent_ebm", fit.latent)):
-        metrics |= series_metrics(f"scorer/{name}", result.history, _CURVES, "epoch")
-        # The saved weights are the best epoch's, so its metrics (not the last epoch's) describe them.
-        best = result.history[result.best_epoch] if result.best_epoch >= 0 else {}
+    members = fit.members
+    for name, results in (("text_ebm", members.text), ("latent_ebm", members.latent)):
+        # Curves of the first seed's member (fit on all train groups); every member's best epoch.
+        if results[0] is None:  # no hidden states: no LatentEBM
+            continue
+        first = results[0]
+        metrics |= series_metrics(f"scorer/{name}", first.history, _CURVES, "epoch")
+        best = first.history[first.best_epoch] if first.best_epoch >= 0 else {}
         metrics |= as_mlflow_metrics({f"scorer/{name}/best_{k}": best.get(k) for k in _CURVES})
-        logged[name] = {"model": result.model, "allow_pickle": scorer.allow_pickle,
+        logged[name] = {"model": getattr(fit.scorers, name), "allow_pickle": scorer.allow_pickle,
                         "metrics": {k: best[k] for k in _CURVES if isinstance(best.get(k), float) and best[k] == best[k]}
-                        | {"best_epoch": float(result.best_epoch)}}
-        metrics |= as_mlflow_metrics({f"scorer/{name}/best_epoch": result.best_epoch,
-                                      f"scorer/{name}/seconds": result.seconds})
+                        | {"best_epoch": float(first.best_epoch), "members": float(len(results))}}
+        metrics |= as_mlflow_metrics({f"scorer/{name}/members": len(results),
+                                      f"scorer/{name}/seconds": sum(r.seconds for r in results)}
+                                     | {f"scorer/{name}/best_epoch/{m}": r.best_epoch
+                                        for m, r in zip(members.names, results)})
     metrics |= as_mlflow_metrics({f"scorer/hybrid/weight/{c}": w for c, w in fit.scorers.hybrid.weights.items()})
     metrics |= as_mlflow_metrics({f"scorer/hybrid/cv_loss/l2_{l2:g}": v for l2, v in fit.hybrid_cv_loss.items()})
     metrics |= as_mlflow_metrics({"scorer/hybrid/l2": fit.scorers.hybrid.config.l2})
