@@ -75,7 +75,7 @@ def test_gradient_mode_descends_a_state_energy_within_the_ball(setup):
 
     # window = the states predicting answer tokens 0..2; those predicting tokens 1 and 2 sit at tokens 0 and 1,
     # the first two pooled answer states
-    pool = lambda s: s[:2].mean(dim=0)  # noqa: E731
+    pool = lambda s, _start: s[:2].mean(dim=0)  # noqa: E731 (the start trace: for further layers)
     energy = by_text(tok, lambda text: 0.0 if text[1:3].count("q") else 1.0)
     frac = 3 / len(start.token_ids)
     opt = LatentOptimizer(sampler, tok, PARAMS, _cfg(mode="gradient", prefix_fraction=frac, steps=10, lr=1.0,

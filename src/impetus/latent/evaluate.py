@@ -26,6 +26,8 @@ import pandas as pd
 import torch
 
 from impetus.benchmarks.grading import Grade
+from impetus.energy.recorded import layer_key
+from impetus.learned.fitting import source_columns
 from impetus.latent.optimize import LatentConfig, LatentOptimizer, LatentResult, StateEnergy, encode_starts
 from impetus.lm.runner import stable_seed
 from impetus.lm.sampler import LatentSampler, SamplingParams
@@ -81,12 +83,18 @@ class Split:
     grade: Grade
 
 
-def pool_fn(source: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Pooled LatentEBM input from answer states (z in place of the window's), as in V1; the
-    answer state is the last token's (the V1 fallback), since V2 may move the answer."""
-    def pool(states: torch.Tensor) -> torch.Tensor:
-        mean, last = states.mean(dim=0), states[-1]
-        return {"mean": mean, "answer": last, "both": torch.cat([mean, last])}[source]
+def pool_fn(source: str) -> Callable[[torch.Tensor, Trace], torch.Tensor]:
+    """Pooled LatentEBM input from answer states (z in place of the window's), in V1's column order
+    (:func:`impetus.learned.fitting.hidden_matrix`); the answer state is the last token's (the V1
+    fallback), since V2 may move the answer. Further layers' mean states (``l<k>``, ``layer``
+    sources) lie upstream of the optimised last-layer latents, so they enter as constants: the
+    start answer's (its trace's ``layer_states``)."""
+    def pool(states: torch.Tensor, start: Trace) -> torch.Tensor:
+        values = {"hidden_mean": states.mean(dim=0), "hidden_answer": states[-1]}
+        for k, layer in start.layer_states.items():
+            pooled = layer.mean(axis=0) if len(layer) else start.prompt_layer_states[k]
+            values[layer_key(k)] = torch.as_tensor(np.asarray(pooled), dtype=states.dtype)
+        return torch.cat([values[c] for c in source_columns(values, source)])
     return pool
 
 

@@ -227,7 +227,7 @@ class LatentOptimizer:
         return owners, gens, e
 
     def _descend(self, jobs: list[tuple[int, _Job]], state_energy: StateEnergy | None,
-                 pool: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
+                 pool: Callable[[torch.Tensor, Trace], torch.Tensor] | None) -> None:
         """One projected gradient step of every job on the state energy."""
         if state_energy is None or pool is None:
             raise ValueError("gradient mode needs a differentiable state energy and a pooling")
@@ -236,7 +236,7 @@ class LatentOptimizer:
                 # z_j = h[p + j] sits at answer token p + j - 1 (h[0]: the last prompt token), and the
                 # pooled states are those at the answer's tokens, h[1:]
                 full = torch.cat([job.h[: job.p], job.z, job.h[job.p + job.w:]])[1:]
-                loss = state_energy(pool(full)[None]).sum()
+                loss = state_energy(pool(full, job.start)[None]).sum()
                 job.opt.zero_grad()
                 loss.backward()
             job.opt.step()
@@ -252,7 +252,7 @@ class LatentOptimizer:
 
     def optimize_many(
         self, items: list[tuple[list[int], list[int]]], energy: BatchEnergy, seeds: list[int],
-        state_energy: StateEnergy | None = None, pool: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        state_energy: StateEnergy | None = None, pool: Callable[[torch.Tensor, Trace], torch.Tensor] | None = None,
         on_step: Callable[[], None] | None = None, starts: list[Trace] | None = None,
     ) -> list[LatentResult]:
         """Optimise every ``(prompt ids, answer ids)`` of ``items`` together (see the module
@@ -307,7 +307,7 @@ class LatentOptimizer:
 
     def optimize(
         self, prompt_ids: list[int], answer: list[int], energy: EnergyFn, seed: int,
-        state_energy: StateEnergy | None = None, pool: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        state_energy: StateEnergy | None = None, pool: Callable[[torch.Tensor, Trace], torch.Tensor] | None = None,
     ) -> LatentResult:
         """Optimise one answer (token ids after ``prompt_ids``); see :meth:`optimize_many`."""
         return self.optimize_many([(prompt_ids, answer)], lambda _owners, gens: energy(gens), [seed],

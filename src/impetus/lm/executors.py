@@ -105,8 +105,13 @@ class SamplerSpec:
         model, tok = load_model(path, device=self.device or lm.get("device", "cpu"), dtype=lm.get("dtype", "float32"),
                                 trust_remote_code=lm.get("trust_remote_code", False),
                                 allow_pickle=lm.get("allow_pickle", False))
-        layers = {"hidden_layers": tuple(lm["hidden_layers"])} if lm.get("hidden_layers") else {}
-        return get_sampler(self.backend, model, tok, record=self.record, **layers, **self.kwargs)
+        return get_sampler(self.backend, model, tok, record=self.record, **recorded_layers(lm), **self.kwargs)
+
+
+def recorded_layers(base_lm: dict[str, Any]) -> dict[str, Any]:
+    """The sampler keyword for the further layers a ``base_lm`` record asks to record
+    (``model.hidden_layers``); none when it asks for none, so samplers without layers still fit."""
+    return {"hidden_layers": tuple(base_lm["hidden_layers"])} if base_lm.get("hidden_layers") else {}
 
 
 def sample_shard(sampler: Sampler, task: ShardTask, params: SamplingParams, answer_span: SpanFn | None = None,

@@ -38,7 +38,7 @@ from impetus.lm.kv_cache import (GrowLayer, RowPast, compact_layers, forward, me
                                  stack_caches, stack_pasts)
 from impetus.lm.nucleus import force_tokens
 from impetus.lm.nucleus import sample_tokens as _sample_tokens
-from impetus.lm.recording import RowRecord, char_ends, finalize, last_state_hook, tempered_lse
+from impetus.lm.recording import RowRecord, char_ends, finalize, last_state_hook, layer_state_hook, tempered_lse
 from impetus.lm.sampler import Generation, ProgressFn, Prompt, SamplingParams, kept_before, row_seed
 from impetus.lm.trace import Trace
 
@@ -55,6 +55,7 @@ class _Call:
     keep_states: bool = False  # keep each row's per-token states in its record
     forced: list[list[int]] | None = None  # per prompt: tokens its row emits first, recorded as if sampled
     state: Callable[[], torch.Tensor | None] = lambda: None  # the last forward's last-layer states
+    layer_state: Callable[[], dict[int, torch.Tensor]] = dict  # and its states at model.hidden_layers
 
 
 @dataclass
@@ -104,7 +105,8 @@ class HFSampler:
         hidden_layers: tuple[int | str, ...] = (),
     ) -> None:
         self.model = model
-        # Further layers whose states scored choices pool (``model.hidden_layers``; "mid" = the middle block).
+        # Further layers whose states are pooled (``model.hidden_layers``; "mid" = the middle block), for
+        # scored choices and, while recording, for sampled rows too.
         self.layers = resolve_layers(hidden_layers, model.config.get_text_config().num_hidden_layers)
         # Record raw-logit statistics and last-layer states while decoding (impetus.lm.recording),
         # so the energies need no second, teacher-forced pass.
@@ -186,9 +188,11 @@ class HFSampler:
         sel = torch.tensor([where[r.prompt_idx] for r in rows], device=self.device)
         cache = out_cache(out)
         state = call.state() if call.record else None
+        layer_state = call.layer_state() if call.record else {}
         if state is not None:
             for r, k in zip(rows, sel.tolist()):
                 r.rec.prompt_state = state[k]
+                r.rec.prompt_layer_state = {layer: h[k] for layer, h in layer_state.items()}
         cache.batch_select_indices(sel)  # gather: the n rows of a prompt share its prefill
         next_pos = torch.tensor([len(prompt_ids[r.prompt_idx]) for r in rows], device=self.device)
         return cache, mask[sel], next_pos, out.logits[:, -1][sel]
@@ -235,7 +239,8 @@ class HFSampler:
     def encode_answers(self, prompt: list[int], answers: list[list[int]], keep_past: bool,
                        temperature: float = 1.0) -> list[Trace]:
         """Traces of given answers after ``prompt`` (:func:`impetus.lm.hf_encode.encode_traces`)."""
-        return encode_traces(self.model, self.tok, list(prompt), answers, keep_past=keep_past, temperature=temperature)
+        return encode_traces(self.model, self.tok, list(prompt), answers, keep_past=keep_past, temperature=temperature,
+                             layers=self.layers)
 
     def state_logits(self, states: torch.Tensor) -> torch.Tensor:
         """The logits the model's forward makes of given last-layer states (differentiable): the LM
@@ -251,8 +256,10 @@ class HFSampler:
         progress: ProgressFn | None = None, first_sample: int = 0, answer_span: AnswerSpan | None = None,
         max_new: list[int] | None = None,
     ) -> list[list[Generation]]:
-        with last_state_hook(self.model) if call.record else nullcontext(lambda: None) as state:
-            call.state = state
+        layers = self.layers if call.record else []
+        with last_state_hook(self.model) if call.record else nullcontext(lambda: None) as state, \
+                layer_state_hook(self.model, layers) as layer_state:
+            call.state, call.layer_state = state, layer_state
             return self._generate(prompts, params, seeds, call, progress, first_sample, answer_span, max_new)
 
     def _generate(
@@ -360,10 +367,13 @@ class HFSampler:
             served = [(k, r) for k, r in enumerate(slots) if r is not None] + list(tails.items())
             dt = (time.perf_counter() - t0) / len(served)
             state = call.state() if call.record else None
+            layer_state = call.layer_state() if call.record else {}
             for k, r in served:
                 r.seconds += dt
                 if state is not None:
                     r.rec.states.append(state[k])
+                for layer, h in layer_state.items():
+                    r.rec.layer_states.setdefault(layer, []).append(h[k])
             if tails:
                 rows_logits = logits[torch.tensor(list(tails), device=logits.device)].float()
                 tail_lse = torch.logsumexp(rows_logits, dim=-1)

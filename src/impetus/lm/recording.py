@@ -12,7 +12,9 @@ the next-token distribution; per row we keep, for that step:
   without another pass (power-sampling EBD, :mod:`impetus.decoding.mh`; kept with the states only);
 
 and, after every forward pass, the last-layer state (output of the final norm) of the token just
-fed. These are exactly the quantities :func:`impetus.energy.logit.logit_energies` derives from a
+fed, and that token's state at each further layer of ``model.hidden_layers`` (HF's
+``hidden_states[k]``: the output of decoder block k), pooled into ``hidden_l<k>`` as the mean over the
+completion's tokens, exactly as scored choices pool a teacher-forced pass (issue 25). These are exactly the quantities :func:`impetus.energy.logit.logit_energies` derives from a
 teacher-forced pass (spilled energy ``lse[i+1] - tok_logit[i]`` and marginal energy
 ``-lse[i+1]``, arXiv:2602.18671; log-prob ``tok_logit[i] - lse[i]``), so
 :func:`impetus.energy.logit.per_token_from_record` (pooled by
@@ -29,13 +31,14 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from impetus.energy.logit import DEEPCONF_TOP_K
 from impetus.energy.recorded import POOLED_STATES, RECORD_COLUMNS, RECORD_KEYS, TOKEN_ARRAYS  # noqa: F401 (the record schema)
+from impetus.energy.recorded import layer_key
 
 
 @dataclass
@@ -48,6 +51,10 @@ class RowRecord:
     lse_temp: list[float] = field(default_factory=list)  # logsumexp(logits / temperature), T + 1 like lse
     states: list[torch.Tensor] = field(default_factory=list)  # state of each fed token, in order
     prompt_state: torch.Tensor | None = None  # last prompt token's state (fallback for T = 0)
+    # Further layers (``model.hidden_layers``), by HF ``hidden_states`` index: each fed token's state there,
+    # and the last prompt token's (the T = 0 fallback, as for the last layer).
+    layer_states: dict[int, list[torch.Tensor]] = field(default_factory=dict)
+    prompt_layer_state: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 def step_stats(logits: torch.Tensor, tokens: torch.Tensor, top_k: int = DEEPCONF_TOP_K,
@@ -93,10 +100,17 @@ def finalize(rec: RowRecord, n_tokens: int, answer_span: tuple[int, int] | None,
     states = torch.stack(rec.states[:T]) if T else None
     if T or rec.prompt_state is not None:
         out["hidden_mean"], out["hidden_answer"] = pool_states(states, rec.prompt_state, answer_span)
+    for k, seq in rec.layer_states.items():  # mean over the kept tokens, as scored choices pool them
+        if T:
+            out[layer_key(k)] = torch.stack(seq[:T]).float().mean(dim=0).numpy()
+        elif k in rec.prompt_layer_state:
+            out[layer_key(k)] = rec.prompt_layer_state[k].float().numpy()
     if keep_states:
         out["lse_temp"] = np.asarray(rec.lse_temp[: T + 1], np.float32)
         width = rec.prompt_state.shape[-1] if rec.prompt_state is not None else 0
         out["states"] = states.float().numpy() if T else np.zeros((0, width), np.float32)
+        for k, seq in rec.layer_states.items():  # each further layer's too (traces: V2, EBD)
+            out[f"states_l{k}"] = torch.stack(seq[:T]).float().numpy() if T else np.zeros((0, width), np.float32)
     return out
 
 
@@ -136,3 +150,32 @@ def last_state_hook(model: Any, full: bool = False) -> Iterator[Callable[[], tor
         yield lambda: box.get("h")
     finally:
         handle.remove()
+
+
+@contextmanager
+def layer_state_hook(model: Any, layers: Sequence[int], full: bool = False
+                     ) -> Iterator[Callable[[], dict[int, torch.Tensor]]]:
+    """Capture, at the last position of every forward, HF's ``hidden_states[k]`` for each ``k`` in
+    ``layers`` (``[B, H]`` each; with ``full`` every position, ``[B, L, H]``): decoder block k's
+    output, or the final norm's for the last block (HF reports the normed state there). Forward
+    hooks, not ``output_hidden_states``, so no other layer's states of a whole prompt are kept.
+    Yields a getter of the latest captures ({} without layers)."""
+    inner = getattr(model, "model", None)
+    blocks, norm = getattr(inner, "layers", None), getattr(inner, "norm", None)
+    box: dict[int, torch.Tensor] = {}
+    handles = []
+    if layers and (blocks is None or norm is None):
+        raise ValueError(f"{type(model).__name__} exposes no model.layers / model.norm to record hidden_layers from")
+    for k in layers:
+        module = norm if k == len(blocks) else blocks[k - 1]
+
+        def hook(_module: Any, _inputs: Any, output: Any, k: int = k) -> None:
+            h = output[0] if isinstance(output, tuple) else output
+            box[k] = (h if full else h[:, -1]).detach().float().cpu()
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        yield lambda: dict(box)
+    finally:
+        for handle in handles:
+            handle.remove()

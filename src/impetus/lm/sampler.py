@@ -12,6 +12,14 @@ protocols below, and obtain a backend with ``get_sampler(name, model, tokenizer)
 EBD and V2 (``impetus.decoding``, ``impetus.latent``) use these protocols only, never a backend
 class, so a new backend serves them by implementing the methods below.
 
+A backend factory takes ``(model, tokenizer, record=..., hidden_layers=...)``. With ``record``, each
+``Generation.record`` holds the keys of :data:`impetus.energy.recorded.RECORD_KEYS` (raw-logit
+statistics, pooled last-layer states) and, per further layer ``k`` of ``hidden_layers`` (HF
+``hidden_states`` indices, resolved by :func:`impetus.lm.hf_choices.resolve_layers`), ``hidden_l<k>``:
+the mean of layer k's states over the row's tokens. Continued rows (``continue_rows``) also keep
+every token's states: ``states`` (last layer) and ``states_l<k>`` (``[T, H]`` each), and encoded
+traces carry them as ``Trace.layer_states`` (issue 25: the learned energies may read those layers).
+
 Backends are found through a lazy table of import paths (``"hf"`` ->
 ``"impetus.lm.hf_sampler:HFSampler"``): this module never imports a backend, and no backend
 imports anything back from a registry, so there is no import cycle and a backend's heavy

@@ -12,13 +12,13 @@ pass). Only chain starts that the sampler did not produce are encoded once
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from impetus.energy.recorded import energy_table, recorded_row
+from impetus.energy.recorded import energy_table, layer_key, recorded_row
 from impetus.lm.recording import char_ends, pool_states
 from impetus.lm.sampler import Generation, kept_before
 
@@ -37,6 +37,9 @@ class Trace:
     prompt_state: np.ndarray
     past: Any = None  # the backend's opaque cache (``ContinuingSampler``)
     lse_temp: np.ndarray | None = None  # T + 1: logsumexp(logits / sampling temperature) (power-target EBD)
+    # Further layers (``model.hidden_layers``): per layer k, ``[T, H]`` states and the last prompt token's
+    layer_states: dict[int, np.ndarray] = field(default_factory=dict)
+    prompt_layer_states: dict[int, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -45,7 +48,8 @@ class Trace:
         """The first ``m`` tokens (``lse`` keeps the step after them; the cache may stay longer)."""
         return replace(self, ids=self.ids[:m], lse=self.lse[: m + 1], tok_logit=self.tok_logit[:m],
                        deepconf=self.deepconf[:m], states=self.states[:m],
-                       lse_temp=None if self.lse_temp is None else self.lse_temp[: m + 1])
+                       lse_temp=None if self.lse_temp is None else self.lse_temp[: m + 1],
+                       layer_states={k: v[:m] for k, v in self.layer_states.items()})
 
 
 def continued(prefix: Trace, t: int, gen: Generation) -> Trace:
@@ -59,7 +63,23 @@ def continued(prefix: Trace, t: int, gen: Generation) -> Trace:
                  deepconf=np.concatenate([prefix.deepconf[:t], rec["deepconf"]]),
                  states=np.concatenate([prefix.states[:t], rec["states"]]), prompt_state=prefix.prompt_state,
                  past=gen.past, lse_temp=(np.concatenate([prefix.lse_temp[:t], rec["lse_temp"]])
-                                          if prefix.lse_temp is not None and "lse_temp" in rec else None))
+                                          if prefix.lse_temp is not None and "lse_temp" in rec else None),
+                 layer_states=_spliced_layers(prefix, t, rec), prompt_layer_states=prefix.prompt_layer_states)
+
+
+def _spliced_layers(prefix: Trace, t: int, rec: dict[str, Any]) -> dict[int, np.ndarray]:
+    """Each recorded further layer's states: the prefix's first ``t`` and the continuation's (a layer
+    the prefix lacks is kept only when nothing of the prefix is)."""
+    out = {}
+    for key, states in rec.items():
+        if not key.startswith("states_l"):
+            continue
+        k = int(key[len("states_l"):])
+        if k in prefix.layer_states:
+            out[k] = np.concatenate([prefix.layer_states[k][:t], states])
+        elif t == 0:
+            out[k] = np.asarray(states)
+    return out
 
 
 def cut_at_stop(trace: Trace, tokenizer: Any, stops: list[str]) -> Trace:
@@ -76,10 +96,18 @@ def trace_energies(tokenizer: Any, traces: list[Trace], char_spans: list[tuple[i
     """Logit energies (and flags) and pooled hidden states of traces, from their recorded values:
     the same numbers :func:`impetus.lm.scoring.score_candidates` computes with a forward pass."""
     rows, mean, ans = [], [], []
+    layers: dict[int, list[np.ndarray]] = {}
     for tr, chars in zip(traces, char_spans):
         row, span = recorded_row(tr.lse, tr.tok_logit, tr.deepconf, char_ends(tokenizer, tr.ids), chars, len(tr))
         rows.append(row)
         m, a = pool_states(tr.states, tr.prompt_state, span)
         mean.append(m)
         ans.append(a)
-    return energy_table(rows), {"hidden_mean": np.stack(mean), "hidden_answer": np.stack(ans)}
+        for k, states in tr.layer_states.items():  # the mean over the answer's tokens, as V1 pools them
+            pooled = states.mean(axis=0) if len(states) else tr.prompt_layer_states.get(k)
+            if pooled is not None:
+                layers.setdefault(k, []).append(np.asarray(pooled, np.float32))
+    hidden = {"hidden_mean": np.stack(mean), "hidden_answer": np.stack(ans)}
+    if traces and all(len(v) == len(traces) for v in layers.values()):
+        hidden |= {layer_key(k): np.stack(v) for k, v in layers.items()}
+    return energy_table(rows), hidden

@@ -14,6 +14,7 @@ from impetus.decoding.report import markdown, plot_tokens
 from impetus.latent.scoring import NewAnswerScorer
 from impetus.learned.fitting import LearnedScorers, score_split
 from impetus.lm.sampler import get_sampler
+from impetus.lm.executors import recorded_layers
 from impetus.pipelines.utils import load_base_lm, sampling_params
 from impetus.selection.budget import v1_reference
 from impetus.framework.tracking import as_mlflow_metrics, method_metrics
@@ -50,8 +51,8 @@ def run_chains(
     dev_split = _split(problems_dev, prompts_dev, graded_dev, energies_dev, hidden_dev, tok, bench, scorers,
                        energies) if cfg.grid else None
     v1 = v1_reference(eval_split.candidates, rerank_metrics, vote_for=[cfg.energy])
-    result, answers = evaluate_ebd(get_sampler(sampling.backend, model, tok, record=True), tok,
-                                   sampling_params(sampling, benchmark), eval_split, v1, cfg, dev=dev_split)
+    sampler = get_sampler(sampling.backend, model, tok, record=True, **recorded_layers(base_lm))
+    result, answers = evaluate_ebd(sampler, tok, sampling_params(sampling, benchmark), eval_split, v1, cfg, dev=dev_split)
     report = markdown(result)
     logger.info("EBD report:\n%s", report)
     flat = method_metrics({k: {kk: vv for kk, vv in m.items() if kk != "family"} for k, m in result["methods"].items()},

@@ -14,6 +14,7 @@ from impetus.latent.report import markdown, plots
 from impetus.latent.scoring import NewAnswerScorer
 from impetus.learned.fitting import LearnedScorers, score_split
 from impetus.lm.sampler import get_sampler
+from impetus.lm.executors import recorded_layers
 from impetus.pipelines.utils import load_base_lm, sampling_params
 from impetus.selection.budget import v1_reference
 from impetus.framework.tracking import as_mlflow_metrics, method_metrics
@@ -49,7 +50,8 @@ def optimize_latents(
     v1 = v1_reference(score_split(graded_eval, energies_eval, hidden_eval, problems_eval, tok, scorers)[0],
                       rerank_metrics)
     result, v2 = evaluate_v2(
-        get_sampler(sampling.backend, model, tok, record=True), tok, sampling_params(sampling, benchmark),
+        get_sampler(sampling.backend, model, tok, record=True, **recorded_layers(base_lm)), tok,
+        sampling_params(sampling, benchmark),
         eval_split, rerank_selections, v1, v2_latent.to_core(), dev=dev_split,
         state_energy=scorers.latent_ebm, hidden_source=scorers.hidden_source)
     report = markdown(result, v2)
