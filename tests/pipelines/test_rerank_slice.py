@@ -13,8 +13,9 @@ import pytest
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
-from impetus.framework.config import MiningParams, RerankParams, ScorerParams
+from impetus.framework.config import LearningCurveParams, MiningParams, RerankParams, ScorerParams
 from impetus.learned.mining import LeakageError
+from impetus.pipelines.learning_curve.pipeline import create_pipeline as learning_curve
 from impetus.pipelines.mining.pipeline import create_pipeline as mining
 from impetus.pipelines.rerank_eval.pipeline import create_pipeline as rerank_eval
 from impetus.pipelines.scorer.pipeline import create_pipeline as scorer
@@ -64,7 +65,7 @@ def catalog(tmp_path) -> DataCatalog:
     p_train, g_train, e_train, h_train = _split("tr", 60, rng)
     p_dev, g_dev, e_dev, h_dev = _split("dv", 20, rng)
     p_eval, g_eval, e_eval, h_eval = _split("ev", 40, rng)
-    fast = {"epochs": 8, "lr": 0.003, "weight_decay": 0.0, "batch_groups": 8, "patience": 3, "val_fraction": 0.2, "max_seconds": 30}
+    fast = {"epochs": 8, "lr": 0.003, "weight_decay": 0.0, "batch_groups": 8, "patience": 3, "val_fraction": 0.2}
     timing = {"lm_seconds": 2.0, "embedding_seconds": 1.0}
     data = {
         "graded_train": g_train, "energies_train": e_train, "hidden_train": h_train, "problems_train": p_train,
@@ -72,9 +73,11 @@ def catalog(tmp_path) -> DataCatalog:
         "graded_eval": g_eval, "energies_eval": e_eval, "hidden_eval": h_eval, "problems_eval": p_eval,
         "energies_eval_timing": timing, "energies_dev_timing": timing, "energies_train_timing": timing,
         "base_lm": {"path": str(tmp_path / "lm")},
+        "params:learning_curve": LearningCurveParams(sizes=[20, 40, 500], methods=["latent_ebm", "hybrid", "majority"],
+                                                     seed=0, progress=False),
         "params:mining": MiningParams(hard_negative_energy="spilled_max"),
         "params:scorer": ScorerParams.model_validate({
-            "seed": 0, "progress": False, "allow_pickle": False,
+            "seed": 0, "n_seeds": 2, "progress": False, "allow_pickle": False,
             "text_ebm": {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64, "max_len": 64, "dropout": 0.1, "train": fast},
             "latent_ebm": {"hidden_source": "mean", "hidden": 32, "n_layers": 2, "dropout": 0.1, "train": fast},
             "hybrid": {"columns": None, "cross_fit_folds": 2, "l2_grid": [0.01, 1.0]},
@@ -175,3 +178,25 @@ def test_cross_validation_refuses_eval_problems_in_train_side_data(catalog):
     catalog["graded_dev"] = MemoryDataset(leaked)
     with pytest.raises(LeakageError, match="ev000"):
         SequentialRunner().run(mining() + scorer() + rerank_eval(), catalog)
+
+
+def test_ensembles_are_reported_and_the_learning_curve_ends_at_the_run(catalog):
+    SequentialRunner().run(mining() + scorer() + rerank_eval(), catalog)
+    result = catalog["rerank_metrics"].load()
+    ens = result["ensembles"]
+    # two seed members (n_seeds: 2) and two fold members (cross_fit_folds: 2)
+    assert ens["latent_ebm"]["n_members"] == 4 and set(ens["latent_ebm"]["members"]) == {"seed0", "seed1", "fold0", "fold1"}
+    assert ens["latent_ebm"]["ensemble"] == result["methods"]["latent_ebm"]["accuracy"]
+    assert ens["latent_ebm"]["member_min"] <= ens["latent_ebm"]["member_mean"] <= ens["latent_ebm"]["member_max"]
+    assert "## Learned energies as ensembles" in catalog["rerank_report"].load()
+    SequentialRunner().run(learning_curve(), catalog)
+    points = catalog["learning_curve_metrics"].load()["points"]
+    assert [p["n_train_problems"] for p in points] == [20, 40, 80]  # 500 > the 80 there are; 80 = the run
+    # The last point refits on every train-side problem with the same seeds: it is the run itself.
+    last = points[-1]
+    assert (last["chosen"], last["chosen_accuracy"]) == (result["headline"]["method"], result["headline"]["accuracy"])
+    assert last["latent_ebm"] == result["methods"]["latent_ebm"]["accuracy"]
+    assert [p["sampling_seconds"] for p in points] == [pytest.approx(0.5 * N * n) for n in (20, 40, 80)]
+    table = catalog["learning_curve_table"].load()
+    assert list(table["n_train_problems"]) == [20, 40, 80]
+    assert "learning_curve.png" in catalog["learning_curve_plots"].load()
