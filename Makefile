@@ -24,7 +24,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help setup setup-gemma lock run test test-fast bench lmeval-check viz mlflow-ui clean-data replicate matrix
+.PHONY: help setup setup-gemma lock run test test-fast bench lmeval-check viz mlflow-ui clean-data replicate matrix panel
 
 help:
 	@echo "make run        set up .venv if needed, then kedro run --pipeline=$(PIPELINE)"
@@ -36,6 +36,7 @@ help:
 	@echo "make viz        kedro-viz server on http://127.0.0.1:4141 (autoreload)"
 	@echo "make mlflow-ui  MLflow UI over mlruns/ on http://127.0.0.1:5000"
 	@echo "make replicate SEEDS=\"0 1 2\" [ENV=large] [PARAMS=k=v NAME=folder]  v1_rerank on each data seed, then replication.md"
+	@echo "make panel      make replicate on each arith variant of the panel (PANEL_ENV=$(PANEL_ENV), PANEL_VARIANTS=\"$(PANEL_VARIANTS)\")"
 	@echo "make matrix     the results matrix (one row per replication) -> data/08_reporting/matrix.md"
 
 # The stamp is rebuilt when a lock changes, so a pulled dependency change is installed. The lock
@@ -121,6 +122,7 @@ viz: setup
 # v1_rerank on each data seed (generator + split), resumable, then data/08_reporting/replication.md
 # (impetus.framework.replicate). ENV is read from the command line only: POSIX shells export an
 # unrelated ENV (their start-up file) that make would otherwise take for the Kedro env.
+comma := ,
 SEEDS ?= 0 1 2
 REPLICATE_ENV := $(if $(filter command line,$(origin ENV)),$(ENV),base)
 # PARAMS: more kedro --params for every seed (e.g. the model on a benchmark env); NAME: its folder.
@@ -129,6 +131,22 @@ NAME ?=
 replicate: setup
 	$(PY) -m impetus.framework.replicate --seeds $(SEEDS) --env $(REPLICATE_ENV) \
 		$(if $(PARAMS),--params "$(PARAMS)") $(if $(NAME),--name "$(NAME)")
+
+# Issue 25's panel of arith testbeds, one replication folder each (arith-<variant>), so `make matrix`
+# shows a row per variant: addition (the default), addition and subtraction, a two-digit number
+# times a one-digit one, and three operands (two steps). Each has its own shard folder. '*' is
+# quoted for YAML (kedro parses --params values as YAML, where a bare * is an alias).
+PANEL_ENV ?= large
+PANEL_SEEDS ?= 0 1 2
+PANEL_VARIANTS ?= add addsub mul1 two_step
+PANEL_add :=
+PANEL_addsub := benchmark.options.arith.ops=+-
+PANEL_mul1 := benchmark.options.arith.ops='*',benchmark.options.arith.second_digits=1
+PANEL_two_step := benchmark.options.arith.n_ops=2
+panel: setup
+	@set -e; $(foreach v,$(PANEL_VARIANTS),$(MAKE) --no-print-directory replicate ENV=$(PANEL_ENV) \
+		SEEDS="$(PANEL_SEEDS)" NAME=arith-$(v) \
+		PARAMS="sampling.shard_dir=data/03_primary/panel_$(PANEL_ENV)/$(v)$(if $(PANEL_$(v)),$(comma)$(PANEL_$(v)))";)
 
 # One row per replication folder (benchmark x model) -> data/08_reporting/matrix.md
 matrix: setup

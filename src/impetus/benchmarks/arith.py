@@ -37,7 +37,10 @@ class _Problem:
 
 @register("arith")
 class Arith(NumericBenchmark):
-    """Generated problems; options: n_problems, form, n_ops, ops, digits, seed, n_shots.
+    """Generated problems; options: n_problems, form, n_ops, ops, digits, second_digits, seed, n_shots.
+
+    ``second_digits``: digits of the first step's second operand (None: ``digits``), e.g. 1 with
+    ``ops="*"`` for "a two-digit number times a one-digit one", one of the testbeds of issue 25's panel.
 
     Constructor defaults equal ``benchmark.options`` in ``conf/base/parameters_ingest.yml`` (a test
     keeps them in step), so ``get_benchmark("arith")`` in a notebook gives the pipeline's problems.
@@ -47,7 +50,7 @@ class Arith(NumericBenchmark):
 
     def __init__(
         self, n_problems: int = 400, form: str = "expression", n_ops: int = 1, ops: str = "+",
-        digits: int = 2, seed: int = 0, n_shots: int | None = None,
+        digits: int = 2, seed: int = 0, n_shots: int | None = None, second_digits: int | None = None,
     ) -> None:
         super().__init__(n_shots=n_shots, seed=seed)
         if form not in ("expression", "word"):
@@ -58,16 +61,20 @@ class Arith(NumericBenchmark):
             raise ValueError(f"arith: ops must be a non-empty subset of '+-*', got {ops!r}")
         if not 1 <= int(digits) <= 9:
             raise ValueError(f"arith: digits must be 1-9, got {digits}")
+        if second_digits is not None and not 1 <= int(second_digits) <= 9:
+            raise ValueError(f"arith: second_digits must be 1-9 or null, got {second_digits}")
+        self.second_digits = None if second_digits is None else int(second_digits)
         self.n_problems, self.form, self.n_ops = int(n_problems), form, int(n_ops)
         self.ops, self.digits = "".join(sorted(set(ops), key="+-*".index)), int(digits)
 
     # ------------------------------------------------------------- generation
-    def _operand(self, rng: random.Random) -> int:
-        lo = 1 if self.digits == 1 else 10 ** (self.digits - 1)
-        return rng.randint(lo, 10**self.digits - 1)
+    def _operand(self, rng: random.Random, digits: int | None = None) -> int:
+        digits = digits or self.digits
+        lo = 1 if digits == 1 else 10 ** (digits - 1)
+        return rng.randint(lo, 10**digits - 1)
 
     def _generate(self, rng: random.Random) -> _Problem:
-        a, b = self._operand(rng), self._operand(rng)
+        a, b = self._operand(rng), self._operand(rng, self.second_digits)
         op = rng.choice(self.ops)
         if op == "-" and b > a:
             a, b = b, a  # keep results non-negative
@@ -102,7 +109,9 @@ class Arith(NumericBenchmark):
         return " ".join(parts)
 
     def _params_key(self) -> str:
-        return f"{self.form}|n_ops={self.n_ops}|ops={self.ops}|digits={self.digits}"
+        # second_digits only when set, so every earlier problem id stays as it was
+        second = f"|second_digits={self.second_digits}" if self.second_digits is not None else ""
+        return f"{self.form}|n_ops={self.n_ops}|ops={self.ops}|digits={self.digits}{second}"
 
     def _rows(self, rng: random.Random, n: int, split: str, exclude: set[str]) -> list[dict[str, Any]]:
         rows, seen = [], set(exclude)
@@ -120,6 +129,8 @@ class Arith(NumericBenchmark):
             seen.add(p.question)
             meta = {"expression": p.expression, "steps": p.steps, "form": self.form,
                     "n_ops": self.n_ops, "ops": self.ops, "digits": self.digits}
+            if self.second_digits is not None:
+                meta["second_digits"] = self.second_digits
             # The id hashes the text and the params, so it never depends on generation order.
             pid = f"arith-{content_hash(p.question, self._params_key())}"
             rows.append(make_row(pid, self.name, split, p.question, str(p.value), meta))
