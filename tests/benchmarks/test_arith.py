@@ -110,3 +110,19 @@ def test_constructor_defaults_match_the_yaml_defaults():
     options = options.get("arith", options)  # per-benchmark layout {arith: {...}} or flat
     sig = inspect.signature(Arith.__init__).parameters
     assert {k: sig[k].default for k in options} == options
+
+
+def test_second_digits_makes_one_digit_multipliers_and_leaves_the_default_alone():
+    _, mul = _load(n_problems=150, ops="*", second_digits=1, seed=0)
+    test = mul[mul.split == "test"]
+    for q, gold, meta in zip(test["question"], test["gold"], test["meta"]):
+        a, op, b = json.loads(meta)["expression"].split()
+        assert op == "*" and 10 <= int(a) <= 99 and 1 <= int(b) <= 9 and int(a) * int(b) == int(gold)
+        assert json.loads(meta)["second_digits"] == 1
+    # Unset, it changes no problem, id or meta of the default testbed.
+    _, plain = _load(n_problems=50, seed=3)
+    _, unset = _load(n_problems=50, seed=3, second_digits=None)
+    pd.testing.assert_frame_equal(plain, unset)
+    assert "second_digits" not in json.loads(plain["meta"].iloc[0])
+    with pytest.raises(ValueError, match="second_digits must be 1-9"):
+        get_benchmark("arith", second_digits=0)
