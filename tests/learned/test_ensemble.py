@@ -118,14 +118,14 @@ def test_train_config_has_no_time_budget():
                     max_seconds=10)  # type: ignore[call-arg]
 
 
-def _config(seed: int = 0, n_seeds: int = 2):
+def _config(seed: int = 0, n_seeds: int = 2, fold_members: bool = True):
     from impetus.learned.fitting import EBMSpec, ScorerConfig
 
     def train(s):
         return TrainConfig(epochs=2, lr=1e-2, weight_decay=0.0, batch_groups=4, patience=2, val_fraction=0.2,
                            seed=s, progress=False)
     return ScorerConfig(
-        seeds=tuple(range(seed, seed + n_seeds)), progress=False,
+        seeds=tuple(range(seed, seed + n_seeds)), fold_members=fold_members, progress=False,
         text_ebm=EBMSpec({"d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32, "max_len": 32, "dropout": 0.0}, train(seed)),
         latent_ebm=EBMSpec({"hidden": 8, "n_layers": 1, "dropout": 0.0}, train(seed)),
         hidden_source="both", hybrid_columns=["spilled_energy", "text_ebm", "latent_ebm"], l2_grid=[0.1],
@@ -172,3 +172,23 @@ def test_fit_builds_seed_and_fold_members_and_is_seed_determined():
     assert not np.allclose(score(other.scorers.latent_ebm, x), score(fit.scorers.latent_ebm, x))
     assert other.scorers.latent_ebm.names[:2] == ["seed10", "seed11"]
     assert np.isfinite(scored[["text_ebm", "latent_ebm", "hybrid"]].to_numpy()).all()
+
+
+def test_without_fold_members_one_seed_is_one_model():
+    """The control: n_seeds 1 and no fold members is a single EBM (up to its standardisation)."""
+    from impetus.learned.ensemble_fit import fit_learned_energies
+    from impetus.testing import tiny_tokenizer
+
+    groups, hidden, problems = _table()
+    tok = tiny_tokenizer()
+    one = fit_learned_energies(groups, problems, hidden, tok, _config(n_seeds=1, fold_members=False))
+    full = fit_learned_energies(groups, problems, hidden, tok, _config(n_seeds=1))
+    assert one.scorers.latent_ebm.names == ["seed0"] and one.members.names == ["seed0"]
+    assert full.scorers.latent_ebm.names == ["seed0", "fold0", "fold1", "fold2"]
+    x = np.concatenate([hidden["hidden_mean"], hidden["hidden_answer"]], axis=1)
+    member = one.scorers.latent_ebm.members[0]
+    raw = score(member, x[groups["hidden_row"].to_numpy()])
+    np.testing.assert_allclose(score(one.scorers.latent_ebm, x), (score(member, x) - raw.mean()) / raw.std(), atol=1e-5)
+    # the same seed member in both, and the hybrid saw the same out-of-fold inputs
+    torch.testing.assert_close(member.state_dict()["net.1.weight"], full.scorers.latent_ebm.members[0].state_dict()["net.1.weight"])
+    assert one.scorers.hybrid.weights == full.scorers.hybrid.weights

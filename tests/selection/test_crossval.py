@@ -35,7 +35,7 @@ def _split(prefix: str, n: int, rng: np.random.Generator):
 def _config():
     fast = {"epochs": 2, "lr": 0.003, "weight_decay": 0.0, "batch_groups": 4, "patience": 2, "val_fraction": 0.2}
     return ScorerParams.model_validate({
-        "seed": 0, "n_seeds": 1, "progress": False, "allow_pickle": False,
+        "seed": 0, "n_seeds": 1, "fold_members": True, "progress": False, "allow_pickle": False,
         "text_ebm": {"d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32, "max_len": 48, "dropout": 0.0, "train": fast},
         "latent_ebm": {"hidden_source": "mean", "hidden": 16, "n_layers": 1, "dropout": 0.0, "train": fast},
         "hybrid": {"columns": None, "cross_fit_folds": 2, "l2_grid": [0.1]},

@@ -227,6 +227,8 @@ class ScorerParams(_Params):
     n_seeds: int = F(
         "Ensemble size by seed: each learned EBM averages one member per seed seed, seed+1, ..., seed+n_seeds-1 "
         "(each fit on all train groups) and the cross-fit fold members (scorer.hybrid.cross_fit_folds).", ge=1)
+    fold_members: bool = F("Whether the cross-fit fold models join the ensembles (off with n_seeds: 1 = one model, "
+                           "the control that isolates the ensembles' effect).")
     progress: bool = F("Show progress bars.")
     allow_pickle: bool = F(
         "Log an EBM to MLflow in pickle format when torch.export fails (loading it can run code); off = fail."
@@ -246,7 +248,8 @@ class ScorerParams(_Params):
             return EBMSpec(model=block.model_dump(exclude={"train", "hidden_source"}), train=train)
 
         return ScorerConfig(
-            seeds=tuple(range(self.seed, self.seed + self.n_seeds)), progress=self.progress, text_ebm=spec(self.text_ebm), latent_ebm=spec(self.latent_ebm),
+            seeds=tuple(range(self.seed, self.seed + self.n_seeds)), fold_members=self.fold_members,
+            progress=self.progress, text_ebm=spec(self.text_ebm), latent_ebm=spec(self.latent_ebm),
             hidden_source=self.latent_ebm.hidden_source, hybrid_columns=self.hybrid.columns,
             l2_grid=list(self.hybrid.l2_grid), cross_fit_folds=self.hybrid.cross_fit_folds,
         )

@@ -5,7 +5,8 @@ Each EBM (TextEBM, LatentEBM) is an :class:`~impetus.learned.ensemble.EnsembleEB
 - one member per training seed in ``scorer.seeds``, fit on all the training groups, and
 - the cross-fit fold members (``scorer.hybrid.cross_fit_folds`` of them, first seed), each fit on
   the other folds' problems: they exist anyway, since the hybrid is fit on out-of-fold EBM energies
-  (a combination fit on in-sample scores would over-trust them), so they join the ensemble for free.
+  (a combination fit on in-sample scores would over-trust them), so they join the ensemble for free
+  (``scorer.fold_members: false`` keeps them out: with ``n_seeds: 1`` that is one model, the control).
 
 The hybrid is then fit on the fold members' out-of-fold energies (each on its standardised scale,
 the scale of the ensemble's output) and applied to the ensembles' energies. The hybrid itself is
@@ -92,14 +93,21 @@ def fit_ensembles(groups: pd.DataFrame, problems: pd.DataFrame, hidden: dict | N
             texts.append(text)
             latents.append(latent)
             trained_on.append(sorted(map(str, set(rows["problem_id"]))))
+    members = Members(names, texts, latents, trained_on)
+    return _ensembles(groups, problems, hidden, tokenizer, config, source, members), members, fold
+
+
+def _ensembles(groups: pd.DataFrame, problems: pd.DataFrame, hidden: dict | None, tokenizer: Any,
+               config: ScorerConfig, source: str, members: Members) -> LearnedScorers:
+    """Both ensembles of ``members``, their scales measured on ``groups``' rows."""
     tokens = text_inputs(tokenizer, groups, problems, config.text_ebm.model["max_len"])
-    text_ens = build_ensemble([t.model for t in texts], tokens, names, trained_on, batch_size=64)
+    text_ens = build_ensemble([t.model for t in members.text], tokens, members.names, members.trained_on, batch_size=64)
     latent_ens = None
     if hidden is not None:
         x = hidden_matrix(hidden, groups["hidden_row"].to_numpy(), source)
-        latent_ens = build_ensemble([t.model for t in latents], x, names, trained_on, batch_size=1024)
-    scorers = LearnedScorers(text_ebm=text_ens, latent_ebm=latent_ens, hidden_source=source)
-    return scorers, Members(names, texts, latents, trained_on), fold
+        latent_ens = build_ensemble([t.model for t in members.latent], x, members.names, members.trained_on,
+                                    batch_size=1024)
+    return LearnedScorers(text_ebm=text_ens, latent_ebm=latent_ens, hidden_source=source)
 
 
 def _out_of_fold(groups: pd.DataFrame, problems: pd.DataFrame, hidden: dict | None, tokenizer: Any,
@@ -135,6 +143,10 @@ def fit_learned_energies(
     scorers, members, fold = fit_ensembles(groups, problems, hidden, tokenizer, config, source,
                                            fold_members=True, progress=config.progress)
     oof = _out_of_fold(groups, problems, hidden, tokenizer, scorers, fold, len(config.seeds))
+    if not config.fold_members:  # fit for the hybrid's out-of-fold inputs only: the ensembles keep the seed members
+        n = len(config.seeds)
+        members = Members(members.names[:n], members.text[:n], members.latent[:n], members.trained_on[:n])
+        scorers = _ensembles(groups, problems, hidden, tokenizer, config, source, members)
     cols = config.hybrid_columns or hybrid_inputs(list(oof.columns))
     hybrid, cv_loss = fit_hybrid(oof, cols, config.l2_grid, config.cross_fit_folds, config.seed)
     scorers.hybrid, scorers.hidden_cv = hybrid, source_cv

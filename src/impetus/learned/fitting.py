@@ -284,6 +284,7 @@ class ScorerConfig:
     by :meth:`impetus.framework.config.ScorerParams.to_core`, or by hand in a notebook)."""
 
     seeds: tuple[int, ...]  # one ensemble member per seed; the first also seeds the folds and the hybrid's CV
+    fold_members: bool  # the cross-fit fold models join the ensembles
     progress: bool
     text_ebm: EBMSpec
     latent_ebm: EBMSpec
