@@ -19,31 +19,26 @@ compacted (one gather, which also trims the now-unused left padding).
 
 from __future__ import annotations
 
-import math
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from contextlib import nullcontext
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from impetus.energy.recorded import token_span
 from impetus.lm.hf_choices import resolve_layers, score_choices
 from impetus.lm.hf_encode import encode_traces
 from impetus.lm.kv_cache import (GrowLayer, RowPast, compact_layers, forward, mergeable, out_cache, row_past,
                                  stack_caches, stack_pasts)
 from impetus.lm.nucleus import force_tokens
 from impetus.lm.nucleus import sample_tokens as _sample_tokens
-from impetus.lm.recording import RowRecord, char_ends, finalize, last_state_hook, layer_state_hook, tempered_lse
-from impetus.lm.sampler import Generation, ProgressFn, Prompt, SamplingParams, kept_before, row_seed
+from impetus.lm.recording import RowRecord, last_state_hook, layer_state_hook, tempered_lse
+from impetus.lm.rows import AnswerSpan, Row, check_stop, finish_row, pooled_record
+from impetus.lm.sampler import Generation, ProgressFn, Prompt, SamplingParams, row_seed
 from impetus.lm.trace import Trace
-
-AnswerSpan = Callable[[int, str], "tuple[int, int] | None"]
-
 
 @dataclass
 class _Call:
@@ -56,25 +51,6 @@ class _Call:
     forced: list[list[int]] | None = None  # per prompt: tokens its row emits first, recorded as if sampled
     state: Callable[[], torch.Tensor | None] = lambda: None  # the last forward's last-layer states
     layer_state: Callable[[], dict[int, torch.Tensor]] = dict  # and its states at model.hidden_layers
-
-
-@dataclass
-class _Row:
-    """Mutable state of one (prompt, sample) row."""
-
-    prompt_idx: int
-    sample_idx: int
-    gen: torch.Generator
-    ids: list[int] = field(default_factory=list)
-    logps: list[float] = field(default_factory=list)
-    seconds: float = 0.0
-    checked: int = 0  # length of decoded text already searched for stop strings
-    ends: list[int] = field(default_factory=list)  # decoded length after each token (stop checks)
-    result: Generation | None = None
-    rec: RowRecord | None = None  # raw-logit statistics and states, when recording
-    cap: int = 0  # max new tokens of this row
-    past: RowPast | None = None  # its KV cache when it finished (``keep_past``)
-    forced: list[int] = field(default_factory=list)  # tokens still to emit before sampling (``forced=``)
 
 
 def _common_prefix(seqs: list[list[int]]) -> int:
@@ -126,7 +102,7 @@ class HFSampler:
 
     # ----------------------------------------------------------------- cache helpers
     def _compact(
-        self, slots: list[_Row | None], cache: DynamicCache, mask: torch.Tensor, pos: torch.Tensor,
+        self, slots: list[Row | None], cache: DynamicCache, mask: torch.Tensor, pos: torch.Tensor,
         logits: torch.Tensor,
     ) -> tuple[DynamicCache, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Drop the dead slots (``None``) from the batch, trimming all-padding leading columns."""
@@ -142,7 +118,7 @@ class HFSampler:
 
     # ----------------------------------------------------------------- model calls
     def _prefill(
-        self, prompt_ids: list[list[int]], rows: list[_Row], call: _Call
+        self, prompt_ids: list[list[int]], rows: list[Row], call: _Call
     ) -> tuple[DynamicCache, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Prefill the distinct prompts of ``rows`` once; gather cache/logits to one entry per row.
 
@@ -276,19 +252,19 @@ class HFSampler:
         prompt_ids = [list(p) if isinstance(p, (list, tuple)) else self.tok(p)["input_ids"] for p in prompts]
         if any(len(p) == 0 for p in prompt_ids):
             raise ValueError("empty prompt (no tokens); the model needs at least one token to condition on")
-        pending: deque[_Row] = deque()
+        pending: deque[Row] = deque()
         for i, s in enumerate(seeds):
             for j in range(first_sample, first_sample + params.n):
                 g = torch.Generator().manual_seed(row_seed(s, j))
                 cap = params.max_new_tokens if max_new is None else int(max_new[i])
-                pending.append(_Row(prompt_idx=i, sample_idx=j, gen=g, rec=RowRecord() if call.record else None,
+                pending.append(Row(prompt_idx=i, sample_idx=j, gen=g, rec=RowRecord() if call.record else None,
                                     cap=cap, forced=list(call.forced[i]) if call.forced else []))
         all_rows = list(pending)
         bs = params.batch_size
         refill_at = max(1, int(bs * self.refill_fraction))
         compact_at = max(1, int(bs * self.compact_fraction))
         # slots[i] is the row in batch position i, or None for a finished row not yet dropped
-        slots: list[_Row | None] = []
+        slots: list[Row | None] = []
         live = 0
         cache: DynamicCache | None = None
         mask = pos = logits = None
@@ -318,7 +294,7 @@ class HFSampler:
                 live += len(new)
 
             idx = [i for i, r in enumerate(slots) if r is not None]
-            rows: list[_Row] = [slots[i] for i in idx]  # type: ignore[misc]
+            rows: list[Row] = [slots[i] for i in idx]  # type: ignore[misc]
             lg = logits if len(idx) == len(slots) else logits[torch.tensor(idx, device=logits.device)]
             toks, lps, stats = _sample_tokens(lg, rows, float(params.temperature), float(params.top_p), call.record)
             if call.forced:
@@ -330,17 +306,17 @@ class HFSampler:
                     r.rec.lse.append(st[0])
                     r.rec.lse_temp.append(st[3])
                 if t in self.eos_ids:
-                    self._finish(r, "eos", None)
+                    finish_row(self.tok, r, "eos", None)
                 else:
                     r.ids.append(t)
                     r.logps.append(lp)
                     if st is not None:
                         r.rec.tok_logit.append(st[1])
                         r.rec.deepconf.append(st[2])
-                    if not (max_stop and self._check_stop(r, params.stop, max_stop)):
+                    if not (max_stop and check_stop(self.tok, r, params.stop, max_stop)):
                         if len(r.ids) < r.cap:
                             continue
-                        self._finish(r, "length", None)
+                        finish_row(self.tok, r, "length", None)
                         if call.record:  # one more forward of its last token gives lse after it
                             tails[i] = r
                 if call.keep_past:  # the cache holds the prompt and every token but this step's
@@ -388,48 +364,7 @@ class HFSampler:
         for r in all_rows:
             r.result.seconds = r.seconds  # includes a tail forward after the row finished
             if r.rec is not None:
-                r.result.record = self._pooled(r, answer_span, call.keep_states)
+                r.result.record = pooled_record(self.tok, r, answer_span, call.keep_states)
             r.result.past = r.past
             results[r.prompt_idx].append(r.result)
         return results
-
-    def _pooled(self, r: _Row, answer_span: AnswerSpan | None, keep_states: bool) -> dict:
-        """The row's stored arrays (:func:`impetus.lm.recording.finalize`)."""
-        n = r.result.n_tokens
-        ends = r.ends[:n] if len(r.ends) >= n else char_ends(self.tok, r.result.token_ids)
-        chars = answer_span(r.prompt_idx, r.result.text) if answer_span is not None and ends else None
-        out = finalize(r.rec, r.result.n_tokens, token_span(ends, chars), keep_states=keep_states)
-        out["char_ends"] = np.asarray(ends, np.int32)  # maps answer char spans to tokens later
-        return out
-
-    # ----------------------------------------------------------------- finishing rows
-    def _check_stop(self, r: _Row, stops: list[str], max_stop: int) -> bool:
-        """Finish ``r`` if its decoded text now contains a stop string; only new text is searched."""
-        text = self.tok.decode(r.ids, skip_special_tokens=False)
-        r.ends.append(len(text))  # the recording's token -> character map, for free
-        start = max(0, r.checked - max_stop + 1)
-        hits = [p for p in (text.find(s, start) for s in stops) if p >= 0]
-        r.checked = len(text)
-        if not hits:
-            return False
-        self._finish(r, "stop", min(hits), text)
-        return True
-
-    def _finish(self, r: _Row, reason: str, cut: int | None, text: str | None = None) -> None:
-        """Freeze row ``r`` into a ``Generation`` (cutting at char ``cut`` for stop strings)."""
-        if cut is not None:
-            m = kept_before(self.tok, r.ids, cut)
-            r.ids, r.logps = r.ids[:m], r.logps[:m]
-            text = text[:cut]
-        else:
-            text = self.tok.decode(r.ids, skip_special_tokens=False)
-        mean = sum(r.logps) / len(r.logps) if r.logps else math.nan
-        r.result = Generation(
-            text=text,
-            token_ids=list(r.ids),
-            n_tokens=len(r.ids),
-            finish_reason=reason,  # type: ignore[arg-type]
-            logprob_mean=float(mean),
-            seconds=r.seconds,
-            sample_idx=r.sample_idx,
-        )

@@ -1,0 +1,85 @@
+"""One decoding row of the HF sampler (a prompt's sample) and how it is finished.
+
+Kept apart from :mod:`impetus.lm.hf_sampler`'s batching loop: a row's tokens, recorded values and
+stop-string bookkeeping, frozen into a :class:`~impetus.lm.sampler.Generation` when it ends (EOS, a
+stop string, its token cap), and its stored record (:func:`impetus.lm.recording.finalize`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from impetus.energy.recorded import token_span
+from impetus.lm.kv_cache import RowPast
+from impetus.lm.recording import RowRecord, char_ends, finalize
+from impetus.lm.sampler import Generation, kept_before
+
+AnswerSpan = Callable[[int, str], "tuple[int, int] | None"]
+
+
+@dataclass
+class Row:
+    """Mutable state of one (prompt, sample) row."""
+
+    prompt_idx: int
+    sample_idx: int
+    gen: torch.Generator
+    ids: list[int] = field(default_factory=list)
+    logps: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    checked: int = 0  # length of decoded text already searched for stop strings
+    ends: list[int] = field(default_factory=list)  # decoded length after each token (stop checks)
+    result: Generation | None = None
+    rec: RowRecord | None = None  # raw-logit statistics and states, when recording
+    cap: int = 0  # max new tokens of this row
+    past: RowPast | None = None  # its KV cache when it finished (``keep_past``)
+    forced: list[int] = field(default_factory=list)  # tokens still to emit before sampling (``forced=``)
+
+
+
+def pooled_record(tok: Any, r: Row, answer_span: AnswerSpan | None, keep_states: bool) -> dict:
+    """The row's stored arrays (:func:`impetus.lm.recording.finalize`)."""
+    n = r.result.n_tokens
+    ends = r.ends[:n] if len(r.ends) >= n else char_ends(tok, r.result.token_ids)
+    chars = answer_span(r.prompt_idx, r.result.text) if answer_span is not None and ends else None
+    out = finalize(r.rec, r.result.n_tokens, token_span(ends, chars), keep_states=keep_states)
+    out["char_ends"] = np.asarray(ends, np.int32)  # maps answer char spans to tokens later
+    return out
+
+
+def check_stop(tok: Any, r: Row, stops: list[str], max_stop: int) -> bool:
+    """Finish ``r`` if its decoded text now contains a stop string; only new text is searched."""
+    text = tok.decode(r.ids, skip_special_tokens=False)
+    r.ends.append(len(text))  # the recording's token -> character map, for free
+    start = max(0, r.checked - max_stop + 1)
+    hits = [p for p in (text.find(s, start) for s in stops) if p >= 0]
+    r.checked = len(text)
+    if not hits:
+        return False
+    finish_row(tok, r, "stop", min(hits), text)
+    return True
+
+
+def finish_row(tok: Any, r: Row, reason: str, cut: int | None, text: str | None = None) -> None:
+    """Freeze row ``r`` into a ``Generation`` (cutting at char ``cut`` for stop strings)."""
+    if cut is not None:
+        m = kept_before(tok, r.ids, cut)
+        r.ids, r.logps = r.ids[:m], r.logps[:m]
+        text = text[:cut]
+    else:
+        text = tok.decode(r.ids, skip_special_tokens=False)
+    mean = sum(r.logps) / len(r.logps) if r.logps else math.nan
+    r.result = Generation(
+        text=text,
+        token_ids=list(r.ids),
+        n_tokens=len(r.ids),
+        finish_reason=reason,  # type: ignore[arg-type]
+        logprob_mean=float(mean),
+        seconds=r.seconds,
+        sample_idx=r.sample_idx,
+    )
