@@ -62,7 +62,7 @@ def catalog(tmp_path) -> DataCatalog:
         data |= {f"problems_{name}": p, f"graded_{name}": g, f"energies_{name}": e, f"hidden_{name}": h,
                  f"energies_{name}_timing": timing}
     data["params:scorer"] = ScorerParams.model_validate({
-        "seed": 0, "n_seeds": 1, "progress": False, "allow_pickle": False,
+        "seed": 0, "n_seeds": 1, "fold_members": True, "progress": False, "allow_pickle": False,
         "text_ebm": {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64, "max_len": 64, "dropout": 0.1, "train": fast},
         "latent_ebm": {"hidden_source": "cv", "hidden": 32, "n_layers": 2, "dropout": 0.1, "train": fast},
         "hybrid": {"columns": None, "cross_fit_folds": 2, "l2_grid": [0.01, 1.0]},
@@ -101,6 +101,7 @@ def test_choices_slice_reports_lm_eval_baselines_and_a_layer_reading_energy(cata
     assert metrics["rerank/baseline/loglik"]["value"] == pytest.approx(m["loglik"]["accuracy"])
     assert metrics["latent_features/l2_both/auroc"]["value"] == pytest.approx(feats["cv"]["l2_both"]["auroc"])
     assert f"The LatentEBM reads `{feats['source']}`" in report and "| l2_both" in report
+    assert "latent_layers.png" in catalog["rerank_plots"].load()  # the per-layer AUROC as a plot too
 
 
 def test_mining_refuses_an_eval_problem_among_the_choices(catalog):

@@ -77,7 +77,7 @@ def catalog(tmp_path) -> DataCatalog:
                                                      seed=0, progress=False),
         "params:mining": MiningParams(hard_negative_energy="spilled_max"),
         "params:scorer": ScorerParams.model_validate({
-            "seed": 0, "n_seeds": 2, "progress": False, "allow_pickle": False,
+            "seed": 0, "n_seeds": 2, "fold_members": True, "progress": False, "allow_pickle": False,
             "text_ebm": {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64, "max_len": 64, "dropout": 0.1, "train": fast},
             "latent_ebm": {"hidden_source": "mean", "hidden": 32, "n_layers": 2, "dropout": 0.1, "train": fast},
             "hybrid": {"columns": None, "cross_fit_folds": 2, "l2_grid": [0.01, 1.0]},
@@ -189,6 +189,8 @@ def test_ensembles_are_reported_and_the_learning_curve_ends_at_the_run(catalog):
     assert ens["latent_ebm"]["ensemble"] == result["methods"]["latent_ebm"]["accuracy"]
     assert ens["latent_ebm"]["member_min"] <= ens["latent_ebm"]["member_mean"] <= ens["latent_ebm"]["member_max"]
     assert "## Learned energies as ensembles" in catalog["rerank_report"].load()
+    assert result["latent_features"] == {"source": "mean", "cv": None}  # sampled rows report the states too
+    assert "The LatentEBM reads `mean`." in catalog["rerank_report"].load()
     SequentialRunner().run(learning_curve(), catalog)
     points = catalog["learning_curve_metrics"].load()["points"]
     assert [p["n_train_problems"] for p in points] == [20, 40, 80]  # 500 > the 80 there are; 80 = the run

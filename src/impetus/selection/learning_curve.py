@@ -12,13 +12,9 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
 __all__ = ["nested_sizes", "first_problems", "subset_split", "curve_row", "plot_curve"]
 
@@ -65,7 +61,8 @@ def curve_row(n: int, sampling_seconds: float, result: dict[str, Any], methods: 
 
 def plot_curve(rows: pd.DataFrame, methods: Sequence[str]) -> Figure:
     """Eval accuracy against train-side problems (log x), one line per method and the chosen one."""
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig = Figure(figsize=(7, 4.2))  # not pyplot: no global figure state to leak across points
+    ax = fig.add_subplot(1, 1, 1)
     x = rows["n_train_problems"].to_numpy()
     for name in methods:
         if name in rows and rows[name].notna().any():

@@ -166,3 +166,25 @@ def plot_adaptive(points: pd.DataFrame, chosen: Mapping[str, Mapping[str, float]
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig
+
+
+def plot_layer_auroc(features: Mapping[str, object]) -> Figure:
+    """Which layer carries the signal: each candidate feature set's out-of-fold within-problem AUROC
+    (``hidden_source: cv``, :mod:`impetus.learned.layers`), the chosen one darker, top-1 % on the bars."""
+    table = features["cv"]
+    names = list(table)
+    auroc = [table[n]["auroc"] for n in names]
+    fig = Figure(figsize=(max(4.0, 1.1 * len(names)), 3.6))
+    ax = fig.add_subplot(1, 1, 1)
+    colors = ["tab:blue" if n == features["source"] else "lightsteelblue" for n in names]
+    bars = ax.bar(range(len(names)), auroc, color=colors)
+    for bar, n in zip(bars, names):
+        ax.annotate(f"top-1 {100 * table[n]['top1']:.1f}%", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    textcoords="offset points", xytext=(0, 3), ha="center", fontsize=7)
+    ax.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
+    ax.axhline(0.5, color="grey", linewidth=0.8, linestyle="--")
+    ax.set_ylim(min(0.45, min(auroc) - 0.02), max(auroc) + 0.05)
+    ax.set_ylabel("within-problem AUROC (out of fold)")
+    ax.set_title(f"LatentEBM states by cross-validation (chosen: {features['source']})", fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -18,8 +18,9 @@ from impetus.learned.fitting import LearnedScorers, score_split
 from impetus.pipelines.utils import load_base_tokenizer
 from impetus.selection.adaptive import adaptive_report, rule_specs
 from impetus.energy.recorded import is_choices
-from impetus.selection.choices import choice_costs, choice_evaluation, choice_metrics, choice_report, choice_selection
-from impetus.selection.plots import make_plots, plot_adaptive, plot_energy_histograms, plot_roc
+from impetus.selection.choices import (choice_costs, choice_evaluation, choice_metrics, choice_report, choice_selection,
+                                      latent_features_lines)
+from impetus.selection.plots import make_plots, plot_adaptive, plot_energy_histograms, plot_layer_auroc, plot_roc
 from impetus.selection.crossval import assign_folds
 from impetus.selection.report import build_methods, cv_selection, markdown_report, rerank_evaluation
 from impetus.framework.tracking import as_mlflow_metrics, method_metrics
@@ -83,9 +84,11 @@ def _on_choices(chosen_on: pd.DataFrame, selection: dict | None, evals: pd.DataF
     result, selections = choice_evaluation(evals, selection, cols, eval_seconds, hybrid_cols, params.n_boot, params.seed)
     result["latent_features"] = features  # which states the LatentEBM reads (and the CV that chose them)
     result["ensembles"] = ensembles
-    report = choice_report(result) + ensembles_markdown(ensembles)
+    report = choice_report(result) + ensembles_markdown(ensembles)  # choice_report shows the layer table
     logger.info("Rerank report:\n%s", report)
     figures = {"roc.png": plot_roc(evals, cols), "energy_histograms.png": plot_energy_histograms(evals, cols)}
+    if features.get("cv"):
+        figures["latent_layers.png"] = plot_layer_auroc(features)
     flat = method_metrics(result["methods"]) | choice_metrics(result)
     flat |= {"selection/n_problems": selection["n_problems"], "selection/seconds": selection.get("seconds")}
     flat |= _ensemble_metrics(ensembles)
@@ -107,6 +110,7 @@ def rerank_and_evaluate(
     members: dict[str, Any] = {}
     evals, eval_learned = score_split(graded_eval, energies_eval, hidden_eval, problems_eval, tok, scorers, members)
     ensembles = _ensembles(evals, members, scorers)
+    features = {"source": scorers.hidden_source, "cv": scorers.hidden_cv}  # the LatentEBM's states, and their CV
     cols = energy_columns(evals.columns)
     hybrid_cols = scorers.hybrid.cols
     if rerank_eval.selection == "cv":
@@ -120,7 +124,6 @@ def rerank_and_evaluate(
         chosen_on, dev_learned = score_split(graded_dev, energies_dev, hidden_dev, problems_dev, tok, scorers)
         selection, dev_seconds = None, _stage_seconds(energies_dev_timing, dev_learned)
     if is_choices(graded_eval):
-        features = {"source": scorers.hidden_source, "cv": scorers.hidden_cv}
         return _on_choices(chosen_on, selection, evals, cols, hybrid_cols, dev_seconds,
                            _stage_seconds(energies_eval_timing, eval_learned), rerank_eval, features, ensembles)
     result, selections = rerank_evaluation(
@@ -136,7 +139,10 @@ def rerank_and_evaluate(
     result["accuracy_vs_n"] = {k: v.to_dict(orient="list") for k, v in curves.items()}
     result["hybrid_weights"] = scorers.hybrid.weights
     result["ensembles"] = ensembles
-    report = markdown_report(result) + ensembles_markdown(ensembles)
+    result["latent_features"] = features
+    report = markdown_report(result) + "\n".join(latent_features_lines(features)) + "\n" + ensembles_markdown(ensembles)
+    if features.get("cv"):
+        figures["latent_layers.png"] = plot_layer_auroc(features)
     logger.info("Rerank report:\n%s", report)
     curve_rows = pd.concat([v.assign(method=k) for k, v in curves.items()], ignore_index=True)
     sel = result["selection"]
@@ -151,5 +157,6 @@ def rerank_and_evaluate(
              "selection/seconds": sel.get("seconds")}
     flat |= {f"rerank/tau/{k}": v for k, v in result["taus"].items()}
     flat |= _ensemble_metrics(ensembles)
+    flat |= {f"latent_features/{s}/{k}": v for s, row in (features.get("cv") or {}).items() for k, v in row.items()}
     flat |= {f"adaptive/{rule}/{k}": v for rule, r in result["adaptive"].items() for k, v in r.items() if k != "dev"}
     return result, report, selections, curve_rows, figures, as_mlflow_metrics(flat)
