@@ -10,7 +10,7 @@ saw fold k: a second-order dependence (stacking's usual shortcut, as in
 :func:`~impetus.learned.fitting.out_of_fold_energies`) that cannot fit fold k's labels; exact
 nesting would cost K(K-1)/2 more EBM fits.
 
-Cost: K TextEBM and K LatentEBM ensembles of ``len(scorer.seeds)`` members each (the seed members of
+Cost: K TextEBM and K LatentEBM ensembles of ``scorer.n_seeds`` members each (the seed members of
 :mod:`impetus.learned.ensemble_fit`; no nested fold members), each fit on (K-1)/K of the train-side
 groups, plus K hybrid fits (convex, L-BFGS; cheap). With K = 3 each fold fits on 2/3 of train + dev; the models measured
 on eval are refit on all of it (:func:`final_fit_splits`), so the out-of-fold numbers describe

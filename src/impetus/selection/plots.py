@@ -174,7 +174,7 @@ def plot_layer_auroc(features: Mapping[str, object]) -> Figure:
     table = features["cv"]
     names = list(table)
     auroc = [table[n]["auroc"] for n in names]
-    fig = Figure(figsize=(max(4.0, 1.1 * len(names)), 3.6))
+    fig = Figure(figsize=(max(5.0, 1.1 * len(names)), 3.8))
     ax = fig.add_subplot(1, 1, 1)
     colors = ["tab:blue" if n == features["source"] else "lightsteelblue" for n in names]
     bars = ax.bar(range(len(names)), auroc, color=colors)
@@ -185,6 +185,6 @@ def plot_layer_auroc(features: Mapping[str, object]) -> Figure:
     ax.axhline(0.5, color="grey", linewidth=0.8, linestyle="--")
     ax.set_ylim(min(0.45, min(auroc) - 0.02), max(auroc) + 0.05)
     ax.set_ylabel("within-problem AUROC (out of fold)")
-    ax.set_title(f"LatentEBM states by cross-validation (chosen: {features['source']})", fontsize=9)
+    ax.set_title(f"LatentEBM states by cross-validation\n(chosen: {features['source']})", fontsize=9)
     fig.tight_layout()
     return fig
