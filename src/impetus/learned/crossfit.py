@@ -85,8 +85,7 @@ def _fold_ebms(groups: pd.DataFrame, problems: pd.DataFrame, hidden: dict | None
     source = config.hidden_source
     if hidden is not None:
         source, _ = resolve_source(config, groups, hidden)  # `cv`: chosen inside the fold (nested)
-    scorers, _, _ = fit_ensembles(groups, problems, hidden, tokenizer, config, source, fold_members=False)
-    return scorers
+    return fit_ensembles(groups, problems, hidden, tokenizer, config, source)
 
 
 def out_of_fold_table(

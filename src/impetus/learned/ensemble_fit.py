@@ -2,7 +2,8 @@
 
 Each EBM (TextEBM, LatentEBM) is an :class:`~impetus.learned.ensemble.EnsembleEBM` of
 
-- one member per training seed in ``scorer.seeds``, fit on all the training groups, and
+- one member per training seed (``scorer.seed`` … ``scorer.seed + scorer.n_seeds - 1``), fit on all the
+  training groups, and
 - the cross-fit fold members (``scorer.hybrid.cross_fit_folds`` of them, first seed), each fit on
   the other folds' problems: they exist anyway, since the hybrid is fit on out-of-fold EBM energies
   (a combination fit on in-sample scores would over-trust them), so they join the ensemble for free
@@ -23,18 +24,19 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from impetus.energy.registry import hybrid_inputs
-from impetus.learned.ensemble import EnsembleEBM, build_ensemble
+from impetus.learned.ensemble import build_ensemble
 from impetus.learned.fitting import (
-    KEYS, LearnedScorers, ScorerConfig, add_learned_energies, fit_hybrid, fit_latent_ebm, fit_text_ebm, hidden_matrix,
+    LearnedScorers, ScorerConfig, fit_hybrid, fit_latent_ebm, fit_text_ebm, hidden_matrix, out_of_fold_energies,
     text_inputs,
 )
 from impetus.learned.hybrid import group_folds
 from impetus.learned.layers import resolve_source
 from impetus.learned.train import TrainResult
 
-__all__ = ["Members", "FitReport", "fit_ensembles", "fit_learned_energies"]
+__all__ = ["Members", "FitReport", "ensembles", "fit_ensembles", "fit_learned_energies"]
 
 
 @dataclass
@@ -46,6 +48,16 @@ class Members:
     latent: list[TrainResult | None]
     trained_on: list[list[str] | None]  # a fold member's problems; None: all the ensemble's
 
+    def add(self, name: str, text: TrainResult, latent: TrainResult | None, trained_on: list[str] | None) -> None:
+        self.names.append(name)
+        self.text.append(text)
+        self.latent.append(latent)
+        self.trained_on.append(trained_on)
+
+    def __add__(self, other: "Members") -> "Members":
+        return Members(self.names + other.names, self.text + other.text, self.latent + other.latent,
+                       self.trained_on + other.trained_on)
+
 
 @dataclass
 class FitReport:
@@ -54,7 +66,6 @@ class FitReport:
     scorers: LearnedScorers
     members: Members
     hybrid_cv_loss: dict[float, float]
-    hybrid_cols: list[str]
 
 
 def _fit_member(rows: pd.DataFrame, problems: pd.DataFrame, hidden: dict | None, tokenizer: Any,
@@ -68,37 +79,18 @@ def _fit_member(rows: pd.DataFrame, problems: pd.DataFrame, hidden: dict | None,
     return text, latent
 
 
-def fit_ensembles(groups: pd.DataFrame, problems: pd.DataFrame, hidden: dict | None, tokenizer: Any,
-                  config: ScorerConfig, source: str, fold_members: bool, progress: bool = False,
-                  ) -> tuple[LearnedScorers, Members, np.ndarray | None]:
-    """The two EBM ensembles on ``groups`` (mined train groups), their members, and the fold of each
-    row of ``groups`` (None without fold members); standardised on ``groups``' rows."""
-    names: list[str] = []
-    texts: list[TrainResult] = []
-    latents: list[TrainResult | None] = []
-    trained_on: list[list[str] | None] = []
+def _seed_members(groups: pd.DataFrame, problems: pd.DataFrame, hidden: dict | None, tokenizer: Any,
+                  config: ScorerConfig, source: str, progress: bool) -> Members:
+    """One member of each EBM per training seed, fit on all of ``groups``."""
+    members = Members([], [], [], [])
     for i, seed in enumerate(config.seeds):
         text, latent = _fit_member(groups, problems, hidden, tokenizer, config, source, seed, progress and i == 0)
-        names.append(f"seed{seed}")
-        texts.append(text)
-        latents.append(latent)
-        trained_on.append(None)
-    fold = None
-    if fold_members:
-        fold = group_folds(groups["problem_id"], config.cross_fit_folds, config.seed)
-        for k in range(config.cross_fit_folds):
-            rows = groups[fold != k]
-            text, latent = _fit_member(rows, problems, hidden, tokenizer, config, source, config.seed, False)
-            names.append(f"fold{k}")
-            texts.append(text)
-            latents.append(latent)
-            trained_on.append(sorted(map(str, set(rows["problem_id"]))))
-    members = Members(names, texts, latents, trained_on)
-    return _ensembles(groups, problems, hidden, tokenizer, config, source, members), members, fold
+        members.add(f"seed{seed}", text, latent, None)
+    return members
 
 
-def _ensembles(groups: pd.DataFrame, problems: pd.DataFrame, hidden: dict | None, tokenizer: Any,
-               config: ScorerConfig, source: str, members: Members) -> LearnedScorers:
+def ensembles(groups: pd.DataFrame, problems: pd.DataFrame, hidden: dict | None, tokenizer: Any,
+              config: ScorerConfig, source: str, members: Members) -> LearnedScorers:
     """Both ensembles of ``members``, their scales measured on ``groups``' rows."""
     tokens = text_inputs(tokenizer, groups, problems, config.text_ebm.model["max_len"])
     text_ens = build_ensemble([t.model for t in members.text], tokens, members.names, members.trained_on, batch_size=64)
@@ -110,19 +102,24 @@ def _ensembles(groups: pd.DataFrame, problems: pd.DataFrame, hidden: dict | None
     return LearnedScorers(text_ebm=text_ens, latent_ebm=latent_ens, hidden_source=source)
 
 
-def _out_of_fold(groups: pd.DataFrame, problems: pd.DataFrame, hidden: dict | None, tokenizer: Any,
-                 scorers: LearnedScorers, fold: np.ndarray, first_fold_member: int) -> pd.DataFrame:
-    """``groups`` with each row's EBM energies from the fold member that did not see its problem."""
-    parts = []
-    for k in sorted(set(fold.tolist())):
-        j = first_fold_member + k
-        view = LearnedScorers(
-            text_ebm=scorers.text_ebm.member(j) if isinstance(scorers.text_ebm, EnsembleEBM) else None,
-            latent_ebm=scorers.latent_ebm.member(j) if isinstance(scorers.latent_ebm, EnsembleEBM) else None,
-            hidden_source=scorers.hidden_source)
-        scored, _ = add_learned_energies(groups[fold == k], problems, hidden, tokenizer, view)
-        parts.append(scored)
-    return pd.concat(parts).sort_values(KEYS, kind="mergesort").reset_index(drop=True)
+def fit_ensembles(groups: pd.DataFrame, problems: pd.DataFrame, hidden: dict | None, tokenizer: Any,
+                  config: ScorerConfig, source: str, progress: bool = False) -> LearnedScorers:
+    """The two EBM ensembles of the seed members alone on ``groups`` (a cross-validation fold's)."""
+    members = _seed_members(groups, problems, hidden, tokenizer, config, source, progress)
+    return ensembles(groups, problems, hidden, tokenizer, config, source, members)
+
+
+def _standardised(oof: pd.DataFrame, scorers: LearnedScorers, config: ScorerConfig, first: int) -> pd.DataFrame:
+    """The out-of-fold EBM energies put on their fold member's standardised scale (the ensemble's),
+    in float32 as the member's module computes it."""
+    j = first + group_folds(oof["problem_id"], config.cross_fit_folds, config.seed)  # the same folds as the fit
+    out = oof.copy()
+    for name in ("text_ebm", "latent_ebm"):
+        ens = getattr(scorers, name)
+        if ens is not None and name in out:
+            raw, k = torch.as_tensor(out[name].to_numpy(np.float32)), torch.as_tensor(j)
+            out[name] = ((raw - ens.mu[k]) / ens.sd[k]).numpy().astype(float)
+    return out
 
 
 def fit_learned_energies(
@@ -131,23 +128,27 @@ def fit_learned_energies(
     """Fit the TextEBM and LatentEBM ensembles and the hybrid on train groups only.
 
     The hybrid's learned-energy inputs are out of fold (each train problem scored by the fold member
-    fit without it), so the combination weighs them as they behave on new problems; its L2 is
-    chosen by group cross-validation on the same table.
+    fit without it, :func:`~impetus.learned.fitting.out_of_fold_energies`), so the combination weighs
+    them as they behave on new problems; its L2 is chosen by group cross-validation on the same table.
     """
-    n_problems = groups["problem_id"].nunique()
-    if n_problems < config.cross_fit_folds:
-        raise ValueError(
-            f"cross-fitting needs at least {config.cross_fit_folds} training problems with a right and a wrong "
-            f"candidate, got {n_problems}: raise ingest.n_train or sampling.n, or lower scorer.hybrid.cross_fit_folds")
     source, source_cv = resolve_source(config, groups, hidden)  # `cv`: chosen on these groups alone
-    scorers, members, fold = fit_ensembles(groups, problems, hidden, tokenizer, config, source,
-                                           fold_members=True, progress=config.progress)
-    oof = _out_of_fold(groups, problems, hidden, tokenizer, scorers, fold, len(config.seeds))
+    seeds = _seed_members(groups, problems, hidden, tokenizer, config, source, config.progress)
+    folds = Members([], [], [], [])
+
+    def fit_fold(rows: pd.DataFrame) -> LearnedScorers:  # called once per fold, in fold order
+        text, latent = _fit_member(rows, problems, hidden, tokenizer, config, source, config.seed, False)
+        folds.add(f"fold{len(folds.names)}", text, latent, sorted(map(str, set(rows["problem_id"]))))
+        return LearnedScorers(text_ebm=text.model, latent_ebm=None if latent is None else latent.model,
+                              hidden_source=source)
+
+    oof = out_of_fold_energies(groups, problems, hidden, tokenizer, fit_fold, config.cross_fit_folds, config.seed)
+    members = seeds + folds
+    scorers = ensembles(groups, problems, hidden, tokenizer, config, source, members)
+    oof = _standardised(oof, scorers, config, len(seeds.names))
     if not config.fold_members:  # fit for the hybrid's out-of-fold inputs only: the ensembles keep the seed members
-        n = len(config.seeds)
-        members = Members(members.names[:n], members.text[:n], members.latent[:n], members.trained_on[:n])
-        scorers = _ensembles(groups, problems, hidden, tokenizer, config, source, members)
+        members = seeds
+        scorers = ensembles(groups, problems, hidden, tokenizer, config, source, members)
     cols = config.hybrid_columns or hybrid_inputs(list(oof.columns))
     hybrid, cv_loss = fit_hybrid(oof, cols, config.l2_grid, config.cross_fit_folds, config.seed)
     scorers.hybrid, scorers.hidden_cv = hybrid, source_cv
-    return FitReport(scorers, members, cv_loss, hybrid.cols)
+    return FitReport(scorers, members, cv_loss)
