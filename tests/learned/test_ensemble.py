@@ -80,7 +80,7 @@ def test_ensemble_round_trips_as_plain_data(tmp_path):
 
 
 def test_member_accuracy_reports_spread_and_gain():
-    df = pd.DataFrame({"problem_id": ["a", "a", "b", "b"], "correct": [True, False, False, True]})
+    df = pd.DataFrame({"problem_id": ["a", "a", "b", "b"], "sample_idx": [0, 1, 0, 1], "correct": [True, False, False, True]})
     z = np.array([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # member 0 right on both, member 1 on none
     out = member_accuracy(z, df, ["m0", "m1"], ensemble=np.array([0.0, 1.0, 1.0, 0.0]))
     assert out["members"] == {"m0": 1.0, "m1": 0.0}

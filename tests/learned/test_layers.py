@@ -22,7 +22,8 @@ def _groups(n_problems: int, signal_layer: int, seed: int = 0):
     correct[np.arange(n_problems) * 4 + rng.integers(0, 4, n_problems)] = True
     hidden = {k: rng.normal(size=(n, H)).astype(np.float32) for k in ("hidden_mean", "hidden_answer", "hidden_l3", "hidden_l6")}
     hidden[f"hidden_l{signal_layer}"][:, 0] += np.where(correct, 1.5, -1.5)
-    groups = pd.DataFrame({"problem_id": np.repeat([f"p{i}" for i in range(n_problems)], 4), "correct": correct,
+    groups = pd.DataFrame({"problem_id": np.repeat([f"p{i}" for i in range(n_problems)], 4),
+                           "sample_idx": np.tile(np.arange(4), n_problems), "correct": correct,
                            "hidden_row": np.arange(n)})
     return groups, hidden
 

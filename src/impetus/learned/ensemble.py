@@ -28,8 +28,9 @@ import torch
 from torch import Tensor, nn
 
 from impetus.learned.models import score
+from impetus.selection.rules import select_argmin, selection_correct
 
-__all__ = ["EnsembleEBM", "build_ensemble", "ensemble_scores", "energy_scores", "member_accuracy"]
+__all__ = ["EnsembleEBM", "build_ensemble", "ensemble_scores", "energy_scores", "member_accuracy", "top1_accuracy"]
 
 
 class EnsembleEBM(nn.Module):
@@ -82,10 +83,6 @@ class EnsembleEBM(nn.Module):
         Explicit arguments, not ``*inputs``, so ``torch.export`` sees the members' signature."""
         return (self.member_energies(x, mask).mean(dim=1) - self.out[0]) / self.out[1]
 
-    def member(self, j: int) -> "EnsembleEBM":
-        """Member ``j`` alone on its standardised scale (``z_j``): the cross-fitting's out-of-fold energy."""
-        return EnsembleEBM([self.members[j]], [float(self.mu[j])], [float(self.sd[j])], names=[self.names[j]])
-
 
 def _scale(values: np.ndarray) -> tuple[float, float]:
     """Mean and standard deviation (1 where it is 0 or undefined) of finite values."""
@@ -134,22 +131,25 @@ def energy_scores(model: nn.Module, inputs: Any, problem_ids: Sequence[Any] | No
     return score(model, inputs, batch_size=batch_size), None
 
 
-def _top1(energy: np.ndarray, df: pd.DataFrame) -> float:
-    """Share of ``df``'s problems whose lowest finite energy is a right row (NaN rows skipped)."""
-    frame = pd.DataFrame({"p": df["problem_id"].to_numpy(), "e": energy, "y": df["correct"].to_numpy(bool)})
-    frame = frame[np.isfinite(frame["e"])]
-    best = frame.loc[frame.groupby("p", sort=False)["e"].idxmin()]
-    return float(best["y"].mean()) if len(best) else float("nan")
+def top1_accuracy(energy: np.ndarray, df: pd.DataFrame) -> float:
+    """Share of ``df``'s problems (``problem_id``, ``sample_idx``, ``correct``) whose lowest-energy row
+    is right (:func:`~impetus.selection.rules.select_argmin`); rows with a NaN energy (a fold member on
+    its own problems) are left out, and so is a problem with no other row."""
+    finite = np.isfinite(np.asarray(energy, float))
+    if not finite.any():
+        return float("nan")
+    rows = df.loc[finite, ["problem_id", "sample_idx", "correct"]].assign(_energy=np.asarray(energy, float)[finite])
+    return float(selection_correct(rows, select_argmin(rows, "_energy")).mean())
 
 
 def member_accuracy(z: np.ndarray, df: pd.DataFrame, names: Sequence[str], ensemble: np.ndarray) -> dict[str, Any]:
-    """Top-1 accuracy over ``df``'s problems (``problem_id``, ``correct``; rows aligned with ``z``)
+    """Top-1 accuracy over ``df``'s problems (``problem_id``, ``sample_idx``, ``correct``; rows aligned with ``z``)
     of each member, their mean and spread, the ``ensemble`` energy's, and its gain over the
     average member (issue 25's report)."""
-    acc = {name: _top1(z[:, j], df) for j, name in enumerate(names)}
+    acc = {name: top1_accuracy(z[:, j], df) for j, name in enumerate(names)}
     values = np.array([v for v in acc.values() if np.isfinite(v)])
     mean = float(values.mean()) if len(values) else float("nan")
-    whole = _top1(np.asarray(ensemble, float), df)
+    whole = top1_accuracy(ensemble, df)
     return {"members": acc, "n_members": len(names), "member_mean": mean,
             "member_min": float(values.min()) if len(values) else float("nan"),
             "member_max": float(values.max()) if len(values) else float("nan"),

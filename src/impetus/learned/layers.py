@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from impetus.energy.recorded import LAYER_PREFIX, layer_columns
+from impetus.learned.ensemble import top1_accuracy
 from impetus.learned.hybrid import group_folds
 from impetus.learned.models import score
 from impetus.learned.train import TrainConfig, group_pair_metrics
@@ -36,13 +37,6 @@ def source_candidates(hidden: dict[str, Any]) -> list[str]:
     """The feature sets ``hidden_source: cv`` compares, given the recorded layers."""
     layers = [c[len(LAYER_PREFIX):] for c in layer_columns(hidden)]
     return ["both", *(f"l{k}_both" for k in layers), *(["layer_both"] if len(layers) > 1 else [])]
-
-
-def _top1(energy: np.ndarray, groups: pd.DataFrame) -> float:
-    """Share of problems whose lowest-energy row is right."""
-    df = pd.DataFrame({"p": groups["problem_id"].to_numpy(), "e": energy, "y": groups["correct"].to_numpy(bool)})
-    best = df.loc[df.groupby("p", sort=False)["e"].idxmin()]
-    return float(best["y"].mean())
 
 
 def choose_hidden_source(
@@ -67,7 +61,7 @@ def choose_hidden_source(
             energy[held] = score(model, hidden_matrix(hidden, groups["hidden_row"].to_numpy()[held], source),
                                  batch_size=1024)
         pairs = group_pair_metrics(energy, groups["problem_id"].to_numpy(), groups["correct"].to_numpy(bool))
-        table[source] = {"auroc": pairs["pair_acc"], "top1": _top1(energy, groups)}
+        table[source] = {"auroc": pairs["pair_acc"], "top1": top1_accuracy(energy, groups)}
     order = list(table)
     best = max(order, key=lambda s: (np.nan_to_num(table[s]["auroc"], nan=-1.0), -order.index(s)))
     logger.info("LatentEBM features by %d-fold CV on %d problems: %s (%s)", folds, n_problems, best,
