@@ -203,6 +203,11 @@ def choice_metrics(result: Mapping[str, Any]) -> dict[str, float]:
             "headline/gain_vs_baseline": h["gain_vs_baseline"], "headline/gain_vs_baseline_lo": h["gain_vs_baseline_ci"][0],
             "headline/gain_vs_baseline_hi": h["gain_vs_baseline_ci"][1], "rerank/oracle": result["oracle"],
             "rerank/chance": result["chance"], "rerank/n_problems": result["n_problems"]}
-    cv = (result.get("latent_features") or {}).get("cv") or {}
-    flat |= {f"latent_features/{s}/{k}": v for s, row in cv.items() for k, v in row.items()}
+    flat |= latent_features_metrics(result.get("latent_features"))
     return flat | {f"rerank/baseline/{k}": v for k, v in result["baselines"].items()}
+
+
+def latent_features_metrics(features: Mapping[str, Any] | None) -> dict[str, float]:
+    """Each candidate state set's out-of-fold scores as flat MLflow metrics (``latent_features/<source>/<key>``)."""
+    cv = (features or {}).get("cv") or {}
+    return {f"latent_features/{s}/{k}": v for s, row in cv.items() for k, v in row.items()}

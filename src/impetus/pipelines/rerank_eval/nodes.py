@@ -19,7 +19,7 @@ from impetus.pipelines.utils import load_base_tokenizer
 from impetus.selection.adaptive import adaptive_report, rule_specs
 from impetus.energy.recorded import is_choices
 from impetus.selection.choices import (choice_costs, choice_evaluation, choice_metrics, choice_report, choice_selection,
-                                      latent_features_lines)
+                                      latent_features_lines, latent_features_metrics)
 from impetus.selection.plots import make_plots, plot_adaptive, plot_energy_histograms, plot_layer_auroc, plot_roc
 from impetus.selection.crossval import assign_folds
 from impetus.selection.report import build_methods, cv_selection, markdown_report, rerank_evaluation
@@ -157,6 +157,6 @@ def rerank_and_evaluate(
              "selection/seconds": sel.get("seconds")}
     flat |= {f"rerank/tau/{k}": v for k, v in result["taus"].items()}
     flat |= _ensemble_metrics(ensembles)
-    flat |= {f"latent_features/{s}/{k}": v for s, row in (features.get("cv") or {}).items() for k, v in row.items()}
+    flat |= latent_features_metrics(features)
     flat |= {f"adaptive/{rule}/{k}": v for rule, r in result["adaptive"].items() for k, v in r.items() if k != "dev"}
     return result, report, selections, curve_rows, figures, as_mlflow_metrics(flat)
