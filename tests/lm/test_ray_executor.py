@@ -127,6 +127,22 @@ def test_worker_sigkilled_mid_shard_loses_nothing(cluster, model_dir, local_tabl
     same_candidates(df, local_table)
 
 
+def test_second_kill_inside_the_restart_window_keeps_the_pool(cluster, model_dir, local_table, tmp_path):
+    """Issue 26: the only worker killed mid-shard, then its restarted process killed while it starts.
+    Ray reports the actor unavailable meanwhile; dropping it then (as before) ended the run with
+    "every Ray sampler actor is dead"; the pool must wait for it instead."""
+    first, second = tmp_path / "killed", tmp_path / "killed_again"
+    ex = RayExecutor(spec(model_dir, "impetus.testing.faults:kill_twice", marker=str(first), marker2=str(second),
+                          after_steps=2, restart_delay=1.0), RayConfig(**{**CONFIG.__dict__, "workers": 1}))
+    try:
+        df, _ = run_ray(tmp_path / "shards", ex)
+        assert first.exists() and second.exists()  # both kills happened
+        assert len(ex.worker_info()) == 1  # and the actor is up again
+    finally:
+        ex.close()
+    same_candidates(df, local_table)
+
+
 def test_node_removed_mid_run_loses_nothing(cluster, model_dir, local_table, tmp_path):
     extra = cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()

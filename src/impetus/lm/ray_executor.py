@@ -8,7 +8,9 @@ driver (:func:`impetus.lm.runner.sample_problems`) checks and writes every shard
 Faults. An actor that dies mid-shard (its process killed, its node removed) fails that shard's
 call; the driver hands the shard to the next free actor (at most ``max_retries`` times per shard)
 while Ray restarts the dead actor (``max_restarts``), which rejoins once its model is loaded
-again. A retried shard gives the same rows (per-row seeds), and the driver writes each shard once,
+again. An actor that Ray reports unavailable (``ActorUnavailableError``: it is restarting, e.g.
+killed again inside its restart window) is asked again every ``RESTART_POLL_S``; only
+``ActorDiedError`` (Ray gave up on it) drops it from the pool. A retried shard gives the same rows (per-row seeds), and the driver writes each shard once,
 so nothing is lost or duplicated. An interrupted driver (Ctrl-C, an error) kills its actors and
 shuts down a Ray it started itself before the exception goes on; a driver killed outright leaves
 its actors to Ray, which kills the actors of a dead owner.
@@ -27,6 +29,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,6 +42,9 @@ from impetus.lm.executors import SamplerSpec, ShardTask, SpanFn, TokensFn, sampl
 from impetus.lm.sampler import SamplingParams
 
 logger = logging.getLogger(__name__)
+
+#: Seconds between asks to an actor that Ray reports unavailable (restarting).
+RESTART_POLL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -124,7 +130,7 @@ class RayExecutor:
         import ray
 
         self._start_actors()
-        return ray.get([a.info.remote() for a in self._actors])
+        return [_ask_until_up(a) for a in self._actors]
 
     # -- the executor contract ------------------------------------------------------------------------
     def run(self, tasks: Iterator[ShardTask], params: SamplingParams, answer_span: SpanFn | None,
@@ -173,6 +179,7 @@ class _Dispatch:
         self.params, self.span_ref, self.max_retries, self.seen = params, span_ref, max_retries, seen
         self.idle: deque[Any] = deque()
         self.waking = {a.info.remote(): a for a in actors}  # an actor is free once it answers
+        self.restarting: list[tuple[float, Any]] = []  # (when to ask again, actor) while Ray restarts it
         self.inflight: dict[Any, tuple[ShardTask, Any]] = {}
         self.retry: deque[ShardTask] = deque()
         self.attempts: dict[int, int] = {}
@@ -209,12 +216,17 @@ class _Dispatch:
                 more = self._fill(tasks) and more
             if not self.inflight and not self.retry and not more:
                 return
-            if not self.inflight and not self.waking and not self.idle:
+            self._ask_restarting()
+            if not self.inflight and not self.waking and not self.idle and not self.restarting:
                 raise RuntimeError("every Ray sampler actor is dead and none is restarting; shards left: "
                                    f"{sorted(t.index for t in self.retry) or 'not started'}; last error: "
                                    f"{self.last_error}") from self.last_error
+            refs = list(self.inflight) + list(self.waking)
+            if not refs:  # only restarting actors: wait for the next time to ask them
+                time.sleep(RESTART_POLL_S)
+                continue
             # A short timeout keeps the driver responsive to Ctrl-C while it waits.
-            ready, _ = ray.wait(list(self.inflight) + list(self.waking), num_returns=1, timeout=1.0)
+            ready, _ = ray.wait(refs, num_returns=1, timeout=1.0)
             if hit[0]:  # a Ctrl-C whose KeyboardInterrupt Ray's wait swallowed
                 raise KeyboardInterrupt
             for ref in ready:
@@ -232,6 +244,12 @@ class _Dispatch:
         actor = self.waking.pop(ref)
         try:
             info = ray.get(ref)
+        except ray.exceptions.ActorUnavailableError:
+            # Raised while Ray restarts the actor (e.g. a second kill inside the restart window):
+            # not final. Ask again later; Ray raises ActorDiedError once it gives up on the actor.
+            logger.info("Ray sampler actor unavailable (restarting); asking again in %.0f s", RESTART_POLL_S)
+            self.restarting.append((time.monotonic() + RESTART_POLL_S, actor))
+            return
         except ray.exceptions.RayActorError as exc:  # could not (re)start, e.g. the model failed to load
             logger.warning("Ray sampler actor is gone for good: %s", exc)
             self.last_error = exc
@@ -240,6 +258,16 @@ class _Dispatch:
             self.seen.add(info["pid"])
             logger.info("Ray sampler actor ready: pid %s on %s", info["pid"], info["host"])
         self.idle.append(actor)
+
+    def _ask_restarting(self) -> None:
+        """Ping again the restarting actors whose wait is over (they rejoin once they answer)."""
+        now, later = time.monotonic(), []
+        for due, actor in self.restarting:
+            if due <= now:
+                self.waking[actor.info.remote()] = actor
+            else:
+                later.append((due, actor))
+        self.restarting = later
 
     def _finished(self, ref: Any) -> tuple[ShardTask, pa.Table] | None:
         import ray
@@ -259,6 +287,17 @@ class _Dispatch:
             return None
         self.idle.append(actor)
         return task, table
+
+
+def _ask_until_up(actor: Any) -> dict[str, Any]:
+    """The actor's ``info``, asking again while Ray restarts it (``ActorUnavailableError``)."""
+    import ray
+
+    while True:
+        try:
+            return ray.get(actor.info.remote())
+        except ray.exceptions.ActorUnavailableError:
+            time.sleep(RESTART_POLL_S)
 
 
 @contextlib.contextmanager

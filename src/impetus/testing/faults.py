@@ -6,6 +6,9 @@ imports it; a registration made in the test process would not reach it):
 - ``impetus.testing.faults:kill_once`` SIGKILLs its own process after ``after_steps`` decoding
   steps, once per ``marker`` file across every process (the first to create it dies): a worker
   killed mid-shard;
+- ``impetus.testing.faults:kill_twice`` does the same, and the process Ray restarts in its place
+  SIGKILLs itself while it builds its sampler (``restart_delay`` seconds in), once per
+  ``marker2``: a second ``kill -9`` inside the restart window;
 - ``impetus.testing.faults:slow`` sleeps ``delay`` seconds per decoding step and touches
   ``<started_dir>/<pid>.<call>`` when a shard starts, so a test can act while a given worker is
   mid-shard.
@@ -60,6 +63,16 @@ class _KillOnce(_Wrapped):
         self.steps += 1
         if self.steps == self.after and _claim(self.marker):
             os.kill(os.getpid(), signal.SIGKILL)  # mid-shard, as `kill -9` would
+
+
+def kill_twice(model: Any, tokenizer: Any, marker: str, marker2: str, restart_delay: float = 1.0,
+               **kwargs: Any) -> _KillOnce:
+    """Sampler factory: :func:`kill_once`, and the first process built after that kill dies while
+    it starts (see the module docstring)."""
+    if Path(marker).exists() and _claim(Path(marker2)):
+        time.sleep(restart_delay)  # Ray now has the actor as restarting
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _KillOnce(model, tokenizer, marker=marker, **kwargs)
 
 
 class _Slow(_Wrapped):
