@@ -126,9 +126,7 @@ class RayExecutor:
                     cfg.cpus_per_worker, cfg.gpus_per_worker, threads)
 
     def worker_info(self) -> list[dict[str, Any]]:
-        """pid, host and node of each live actor (waits until they are up)."""
-        import ray
-
+        """pid, host and node of each live actor (waits until they are up, restarts included)."""
         self._start_actors()
         return [_ask_until_up(a) for a in self._actors]
 
