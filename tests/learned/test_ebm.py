@@ -175,3 +175,27 @@ def test_save_load_round_trip(tmp_path):
     ids_b = ids.clone()
     ids_b[0, 6:] = 7
     assert torch.allclose(t(ids, mask)[0], t(ids_b, mask)[0], atol=1e-6)
+
+
+def test_text_ebm_eval_forward_equals_the_full_encoder():
+    """In eval mode the last layer runs for the [CLS] row only; the energies equal those of the full
+    nn.TransformerEncoder pass (what training runs) on padded batches."""
+    torch.manual_seed(0)
+    cfg = TextEBMConfig(vocab_size=50, d_model=16, n_layers=2, n_heads=2, d_ff=32, max_len=32, dropout=0.1)
+    model = TextEBM(cfg).eval()
+    ids = torch.randint(0, 50, (6, 20))
+    mask = torch.ones_like(ids)
+    for i, n in enumerate([20, 3, 11, 1, 19, 7]):
+        mask[i, n:] = 0
+        ids[i, n:] = cfg.pad_id
+    cls = torch.full((6, 1), cfg.cls_id)
+    x = model.tok(torch.cat([cls, ids], 1)) + model.pos(torch.arange(21))[None]
+    keep = torch.cat([torch.ones(6, 1, dtype=torch.bool), mask.bool()], 1)
+    with torch.no_grad():
+        full = model.head(model.norm(model.encoder(x, src_key_padding_mask=~keep)[:, 0])).squeeze(-1)
+        fast = model(ids, mask)
+        model.train()
+        torch.manual_seed(1)
+        dropped = model(ids, mask)  # training keeps the full encoder (and its dropout)
+    torch.testing.assert_close(fast, full, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(dropped, full, atol=1e-3)
