@@ -277,6 +277,9 @@ class RerankParams(_Params):
         "accuracy); dev = on the dev split alone (the old rule)."
     )
     cv_folds: int = F("Folds of the cross-validation (selection: cv); each fold refits TextEBM, LatentEBM and the hybrid.", ge=2)
+    shortlist: list[str] | None = F(
+        "Methods the headline may be (those present; all if none is): the best of them out of fold (or on dev). "
+        "null: every method. Sampled runs only; runs on a benchmark's choices choose among their whole table.")
     tau_grid: list[float] = F("Temperatures of the energy-weighted vote tried; chosen on the selection data.", min_length=1)
     weighted_vote: list[str] = F("Energies that also get an energy-weighted vote method (vote_<energy>).")
     n_boot: int = F("Bootstrap resamples over problems for CIs and paired tests.", ge=100)

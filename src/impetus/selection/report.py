@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from impetus.energy.registry import cost_keys
-from impetus.selection.crossval import cross_validate
+from impetus.selection.crossval import NOT_CHOSEN, cross_validate, shortlisted
 from impetus.selection.methods import BASELINES, build_methods, choose_taus
 from impetus.selection.metrics import evaluate_methods, paired_bootstrap
 from impetus.selection.rules import Selector, selection_correct
@@ -66,11 +66,14 @@ def evaluate_split(
     return result, table.reset_index()
 
 
-def choose_on_dev(dev_result: Mapping[str, Any], exclude: Sequence[str] = ("first", "oracle")) -> str:
-    """The method with the best dev accuracy (ties: cheaper, then name). Majority may win: then the
-    honest headline is that no energy beat majority vote on dev."""
+def choose_on_dev(dev_result: Mapping[str, Any], exclude: Sequence[str] = NOT_CHOSEN,
+                  shortlist: Sequence[str] | None = None) -> str:
+    """The shortlisted method (:func:`~impetus.selection.crossval.shortlisted`) with the best dev
+    accuracy (ties: cheaper, then name). Majority may win: then the honest headline is that no
+    energy beat majority vote on dev."""
+    names = shortlisted(dev_result["methods"], shortlist, exclude)
     cands = [(m["accuracy"], -(m.get("seconds_per_problem") or 0.0), n)
-             for n, m in dev_result["methods"].items() if n not in exclude]
+             for n, m in dev_result["methods"].items() if n in names]
     best = max(a for a, _, _ in cands)
     return max((c for c in cands if c[0] >= best - 1e-12), key=lambda c: (c[1], c[2]))[2]
 
@@ -91,7 +94,8 @@ def dev_selection(
     methods = {name: {"accuracy": m["accuracy"], "ci": m["ci"], "se": float(np.sqrt(m["accuracy"] * (1 - m["accuracy"]) / n))}
                for name, m in dev_result["methods"].items()}
     return {"selected_on": "dev", "folds": None, "n_problems": dev_result["n_problems"],
-            "method": choose_on_dev(dev_result), "methods": methods, "taus": taus}
+            "method": choose_on_dev(dev_result, shortlist=params.shortlist), "methods": methods, "taus": taus,
+            "shortlist": shortlisted(dev_result["methods"], params.shortlist)}
 
 
 def cv_selection(
@@ -104,7 +108,7 @@ def cv_selection(
     n = max(train_side["problem_id"].nunique(), 1)
     costs = {k: v / n for k, v in method_costs(build_methods(cols, {c: 1.0 for c in params.weighted_vote}),
                                                stage_seconds, hybrid_cols).items()}
-    return cross_validate(train_side, fold_of, cols, params.weighted_vote, params.tau_grid, costs)
+    return cross_validate(train_side, fold_of, cols, params.weighted_vote, params.tau_grid, costs, params.shortlist)
 
 
 def headline(selection: Mapping[str, Any], eval_result: Mapping[str, Any]) -> dict[str, Any]:
@@ -115,6 +119,7 @@ def headline(selection: Mapping[str, Any], eval_result: Mapping[str, Any]) -> di
     out = {
         "method": name, "selected_on": selection["selected_on"], "folds": selection["folds"],
         "n_problems": selection["n_problems"], "selection_accuracy": chosen["accuracy"], "selection_se": chosen["se"],
+        "shortlist": selection.get("shortlist"),
         "accuracy": m["accuracy"], "ci": m["ci"], "gain_vs_single": m["gain_vs_single"],
         "gain_vs_single_ci": m["gain_vs_single_ci"], "gain_vs_majority": m["gain_vs_majority"],
         "cost_ratio_vs_sampling": m.get("cost_ratio_vs_sampling"),
@@ -181,8 +186,8 @@ def cv_lines(selection: Mapping[str, Any], fit: str = "learned energies and vote
     lines = [
         "", f"### Selection: {k}-fold cross-validation over {selection['n_problems']} train-side problems", "",
         f"Each method scored on each fold with its {fit} fit on the other "
-        "folds. Headline: the highest pooled out-of-fold accuracy (exact ties: more folds won, then cheaper). "
-        "Folds won: folds where the method had the best accuracy (a tie is a win for each).", "",
+        f"folds. Headline: the highest pooled out-of-fold accuracy {_among(selection)}(exact ties: more folds "
+        "won, then cheaper). Folds won: folds where the method had the best accuracy (a tie is a win for each).", "",
         "| method | out-of-fold acc % | SE (pts) | per fold % | folds won |", "|---|---:|---:|---|---:|",
     ]
     for name, m in sorted(selection["methods"].items(), key=lambda kv: -kv[1]["accuracy"]):
@@ -191,6 +196,14 @@ def cv_lines(selection: Mapping[str, Any], fit: str = "learned energies and vote
         wins = "–" if name in ("first", "oracle") else f"{m['fold_wins']}/{k}"
         lines.append(f"| {name}{mark} | {_fmt(m['accuracy'])} | {_fmt(m['se'])} | {per_fold} | {wins} |")
     return lines
+
+
+def _among(selection: Mapping[str, Any]) -> str:
+    """'among the shortlist (a, b) ' when the headline was chosen from part of the table."""
+    short = selection.get("shortlist")
+    if not short or len(short) >= len([m for m in selection["methods"] if m not in NOT_CHOSEN]):
+        return ""
+    return f"among the shortlist `rerank_eval.shortlist` ({', '.join(f'`{m}`' for m in short)}) "
 
 
 def adaptive_lines(adaptive: Mapping[str, Mapping[str, Any]], chosen_on: str = "on dev") -> list[str]:

@@ -6,9 +6,11 @@ table is often a tie, and the maximum of noisy estimates is biased upwards (the 
 This module replays, on finished runs' ``rerank_metrics.json``, rules that each choose on the
 out-of-fold (train-side) table only:
 
-- ``cv``: the run's own choice (best out-of-fold accuracy; ties: more folds won, then cheaper);
-- ``shortlist``: the best out-of-fold accuracy among a short list decided before seeing any eval
-  number (the learned ensembles, majority or lm-eval's better rule, one logit energy);
+- ``cv``: the best out-of-fold accuracy over the whole table (ties: more folds won, then cheaper),
+  the headline rule before issue 25;
+- ``shortlist``: the same among a short list decided before seeing any eval number (the learned
+  ensembles, majority or lm-eval's rules, one logit energy): ``rerank_eval.shortlist``, the
+  default since it was adopted on the panel (docs/results.md);
 - ``lcb``: the best lower confidence bound, out-of-fold accuracy minus ``z`` standard errors;
 - ``shrink``: the best empirical-Bayes estimate, each method's accuracy shrunk towards the table's
   mean by ``tau^2 / (tau^2 + se^2)`` (``tau^2``: the between-method variance left after the noise).
@@ -26,8 +28,9 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 import pandas as pd
+
+from impetus.selection.crossval import choose_by_cv
 
 __all__ = ["RULES", "pick", "replay", "summary", "markdown"]
 
@@ -45,15 +48,19 @@ def _table(metrics: Mapping[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _costs(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The tie-break costs the run's choice used (older runs did not record them: eval's, same order)."""
+    sel = metrics["selection"]
+    return sel.get("costs") or {m: float(v.get("seconds_per_problem") or 0.0) for m, v in metrics["methods"].items()}
+
+
 def pick(metrics: Mapping[str, Any], rule: str, z: float = 1.0, shortlist: Sequence[str] = SHORTLIST) -> str:
     """The method ``rule`` chooses from the run's out-of-fold table (never from eval)."""
     t = _table(metrics)
-    if rule == "cv":
-        return str(metrics["headline"]["method"])
-    if rule == "shortlist":
-        t = t[t["method"].isin(shortlist)]
-        score = t["oof"]
-    elif rule == "lcb":
+    if rule in ("cv", "shortlist"):  # the pipeline's own function, so a replay equals the run's choice
+        summary = {m: v for m, v in metrics["selection"]["methods"].items() if m in metrics["methods"]}
+        return choose_by_cv(summary, _costs(metrics), shortlist=shortlist if rule == "shortlist" else None)
+    if rule == "lcb":
         score = t["oof"] - z * t["se"]
     elif rule == "shrink":
         tau2 = max(float(t["oof"].var(ddof=1)) - float((t["se"] ** 2).mean()), 0.0)
@@ -62,7 +69,7 @@ def pick(metrics: Mapping[str, Any], rule: str, z: float = 1.0, shortlist: Seque
     else:
         raise ValueError(f"unknown rule {rule!r}; known: {RULES}")
     if t.empty:
-        raise ValueError(f"rule {rule!r}: no method of the shortlist is in this run")
+        raise ValueError(f"rule {rule!r}: the run has no out-of-fold table")
     return str(t.loc[score.idxmax(), "method"])  # ties: the table's (registry) order
 
 
