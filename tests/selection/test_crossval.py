@@ -10,7 +10,7 @@ import pytest
 import impetus.learned.crossfit as crossfit
 from impetus.framework.config import ScorerParams
 from impetus.learned.mining import LeakageError
-from impetus.selection.crossval import assign_folds
+from impetus.selection.crossval import assign_folds, choose_by_cv, shortlisted
 from impetus.testing import tiny_tokenizer
 
 N, H = 4, 8
@@ -74,3 +74,12 @@ def test_an_eval_problem_in_train_side_data_raises():
     fold_of = assign_folds(table["problem_id"], 2, seed=0)
     with pytest.raises(LeakageError, match="tr00"):  # mining per fold checks it too
         crossfit.out_of_fold_table(table, None, None, None, _config(), fold_of, held_out={"tr00"})
+
+
+def test_the_headline_is_the_best_of_the_shortlist_and_all_methods_when_none_is_there():
+    summary = {"first": {"accuracy": 0.9, "fold_wins": 3}, "text_ebm": {"accuracy": 0.7, "fold_wins": 3},
+               "hybrid": {"accuracy": 0.6, "fold_wins": 0}, "majority": {"accuracy": 0.5, "fold_wins": 0}}
+    assert choose_by_cv(summary, {}) == "text_ebm"  # "first" is never a headline
+    assert choose_by_cv(summary, {}, shortlist=["hybrid", "majority", "absent"]) == "hybrid"
+    assert shortlisted(summary, ["absent"]) == ["text_ebm", "hybrid", "majority"]  # none listed: all
+    assert choose_by_cv(summary, {}, shortlist=["absent"]) == "text_ebm"
