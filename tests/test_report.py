@@ -80,7 +80,7 @@ def _split(prefix: str, n: int, good: str, bad: str) -> pd.DataFrame:
 
 
 def _params(selection: str, folds: int = 2) -> RerankParams:
-    return RerankParams(selection=selection, cv_folds=folds, tau_grid=[1.0], weighted_vote=[], n_boot=100,
+    return RerankParams(selection=selection, cv_folds=folds, shortlist=None, tau_grid=[1.0], weighted_vote=[], n_boot=100,
                         acc_vs_n_subsamples=1, curves=[], seed=0,
                         adaptive={"wave": 1, "thresholds": [1.0], "max_drop": 0.0, "energy": "x"})
 

@@ -68,7 +68,7 @@ def catalog(tmp_path) -> DataCatalog:
         "hybrid": {"columns": None, "cross_fit_folds": 2, "l2_grid": [0.01, 1.0]},
     })
     data["params:rerank_eval"] = RerankParams(
-        selection="cv", cv_folds=3, tau_grid=[1.0], n_boot=200, acc_vs_n_subsamples=2, weighted_vote=["hybrid"],
+        selection="cv", cv_folds=3, shortlist=None, tau_grid=[1.0], n_boot=200, acc_vs_n_subsamples=2, weighted_vote=["hybrid"],
         curves=["first", "hybrid"], seed=0, adaptive={"wave": 2, "thresholds": [1.0], "max_drop": 0.01, "energy": "hybrid"})
     return DataCatalog({k: MemoryDataset(v) for k, v in data.items()})
 

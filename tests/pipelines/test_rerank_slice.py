@@ -83,7 +83,7 @@ def catalog(tmp_path) -> DataCatalog:
             "hybrid": {"columns": None, "cross_fit_folds": 2, "l2_grid": [0.01, 1.0]},
         }),
         "params:rerank_eval": RerankParams(
-            selection="cv", cv_folds=3, tau_grid=[0.5, 1.0], n_boot=200, acc_vs_n_subsamples=3, weighted_vote=["hybrid", "spilled_max"],
+            selection="cv", cv_folds=3, shortlist=None, tau_grid=[0.5, 1.0], n_boot=200, acc_vs_n_subsamples=3, weighted_vote=["hybrid", "spilled_max"],
             curves=["first", "majority", "hybrid"], seed=0,
             adaptive={"wave": 2, "thresholds": [0.6, 0.8, 1.0], "max_drop": 0.01, "energy": "hybrid"},
         ),
