@@ -171,6 +171,22 @@ def test_dev_selection_is_still_available(catalog):
     assert "Chosen on dev (20 problems)" in catalog["rerank_report"].load()
 
 
+def test_the_headline_comes_from_the_shortlist_and_the_table_keeps_every_method(catalog):
+    params = catalog["params:rerank_eval"].load().model_copy(update={"shortlist": ["marginal_max", "majority", "absent"]})
+    catalog["params:rerank_eval"] = MemoryDataset(params)
+    SequentialRunner().run(mining() + scorer() + rerank_eval(), catalog)
+    result = catalog["rerank_metrics"].load()
+    cv = result["selection"]["methods"]
+    # the learned energies carry the signal and lead the table, but are not on the list
+    assert max(cv[m]["accuracy"] for m in ("latent_ebm", "hybrid")) > max(cv[m]["accuracy"] for m in ("marginal_max", "majority"))
+    # exact ties: more folds won, then cheaper (majority needs no LM pass)
+    best = max(("marginal_max", "majority"), key=lambda m: (round(cv[m]["accuracy"], 9), cv[m]["fold_wins"], m == "majority"))
+    assert result["headline"]["method"] == best
+    assert sorted(result["headline"]["shortlist"]) == ["majority", "marginal_max"]
+    report = catalog["rerank_report"].load()
+    assert "among the shortlist `rerank_eval.shortlist` (`" in report and "`marginal_max`" in report
+
+
 def test_cross_validation_refuses_eval_problems_in_train_side_data(catalog):
     # An eval problem slipped into the dev split (train-side under cv) must stop the run.
     leaked = catalog["graded_dev"].load().copy()
