@@ -140,6 +140,19 @@ def test_a_seed_made_with_other_params_is_not_reused(tmp_path):
     assert not is_done(folder, kedro_command("k", "v1_rerank", "large", seed_overrides(ARITH, 0)))
 
 
+def test_seeds_run_one_call_at_a_time_join_one_aggregate(tmp_path):
+    """make panel ... PANEL_SEEDS=1 after PANEL_SEEDS=0: the folder's aggregate has both seeds; a seed
+    made with other params stays out."""
+    kedro = FakeKedro(tmp_path, {0: 0.1, 1: 0.2, 2: 0.3})
+    replicate(tmp_path, "base", [0], ARITH, kedro, kedro="k")
+    moved = {**ARITH, "sampling": {"shard_dir": "elsewhere"}}
+    replicate(tmp_path, "other", [2], moved, kedro, kedro="k", name="base")  # same folder, other command
+    result = replicate(tmp_path, "base", [1], ARITH, kedro, kedro="k")
+    assert kedro.seeds_run() == [0, 2, 1]  # nothing rerun
+    assert result["n_seeds"] == 2 and sorted(result["seeds"]) == ["0", "1"]
+    assert result["gain_vs_single"]["mean"] == pytest.approx(0.15)
+
+
 def test_a_run_that_writes_no_metrics_fails(tmp_path):
     with pytest.raises(RuntimeError, match="was not written"):
         replicate(tmp_path, "base", [0], ARITH, lambda command, environ: 0, kedro="k")

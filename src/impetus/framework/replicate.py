@@ -125,7 +125,9 @@ def replicate(
 
     ``extra``: more ``--params`` for every seed (e.g. ``model.name_or_path=gemma3-270m`` on a
     benchmark env; ``params`` must already include them). ``name``: the replication folder
-    (default: the env). Writes ``replication.json``/``.md`` to ``data/08_reporting`` and to that folder.
+    (default: the env). Seeds finished earlier in that folder by the same command (another call
+    with other ``seeds``, e.g. one panel cell at a time) join the aggregate. Writes
+    ``replication.json``/``.md`` to ``data/08_reporting`` and to that folder.
     """
     name = name or env
     per_seed = {}
@@ -141,6 +143,10 @@ def replicate(
         else:
             logger.info("Data seed %s: done before, reusing %s", seed, folder)
         per_seed[seed] = json.loads((folder / SEED_FILES[0]).read_text())
+    for seed in _done_before(root, name, set(seeds), lambda s: kedro_command(kedro, pipeline, env, dict(extra or {}) | seed_overrides(params, s))):
+        logger.info("Data seed %s: finished before by the same command, joins the aggregate", seed)
+        per_seed[seed] = json.loads((seed_dir(root, name, seed) / SEED_FILES[0]).read_text())
+    per_seed = dict(sorted(per_seed.items()))
     result = aggregate(per_seed) | {"env": env, "name": name, "extra_params": dict(extra or {}), "pipeline": pipeline,
                                     "benchmark": _dig(dict(params), "benchmark", "name"),
                                     "model": _dig(dict(params), "model", "name_or_path")}
@@ -150,6 +156,16 @@ def replicate(
         (folder / "replication.json").write_text(json.dumps(result, indent=2))
         (folder / "replication.md").write_text(text)
     return result
+
+
+def _done_before(root: Path, name: str, skip: set[int], command_of: Callable[[int], list[str]]) -> list[int]:
+    """Seeds of the ``name`` folder, other than ``skip``, finished by the command this call would run."""
+    found = []
+    for folder in (root / REPORTING / "replication" / name).glob("seed_*"):
+        seed = folder.name.removeprefix("seed_")
+        if seed.isdigit() and int(seed) not in skip and is_done(folder, command_of(int(seed))):
+            found.append(int(seed))
+    return sorted(found)
 
 
 def write_matrix(root: Path) -> str:
