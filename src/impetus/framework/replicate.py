@@ -134,19 +134,21 @@ def replicate(
     environ = dict(os.environ)
     if parent_run_id:
         environ[PARENT_RUN_ENV] = parent_run_id
+    def command_of(seed: int) -> list[str]:
+        return kedro_command(kedro, pipeline, env, dict(extra or {}) | seed_overrides(params, seed))
+
     for seed in seeds:
         folder = seed_dir(root, name, seed)
-        command = kedro_command(kedro, pipeline, env, dict(extra or {}) | seed_overrides(params, seed))
+        command = command_of(seed)
         if force or not is_done(folder, command):
             logger.info("Data seed %s: %s", seed, " ".join(command))
             run_seed(root, folder, command, environ, runner)
         else:
             logger.info("Data seed %s: done before, reusing %s", seed, folder)
         per_seed[seed] = json.loads((folder / SEED_FILES[0]).read_text())
-    for seed in _done_before(root, name, set(seeds), lambda s: kedro_command(kedro, pipeline, env, dict(extra or {}) | seed_overrides(params, s))):
+    for seed in _done_before(root, name, set(seeds), command_of):
         logger.info("Data seed %s: finished before by the same command, joins the aggregate", seed)
         per_seed[seed] = json.loads((seed_dir(root, name, seed) / SEED_FILES[0]).read_text())
-    per_seed = dict(sorted(per_seed.items()))
     result = aggregate(per_seed) | {"env": env, "name": name, "extra_params": dict(extra or {}), "pipeline": pipeline,
                                     "benchmark": _dig(dict(params), "benchmark", "name"),
                                     "model": _dig(dict(params), "model", "name_or_path")}

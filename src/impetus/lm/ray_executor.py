@@ -10,8 +10,8 @@ call; the driver hands the shard to the next free actor (at most ``max_retries``
 while Ray restarts the dead actor (``max_restarts``), which rejoins once its model is loaded
 again. An actor that Ray reports unavailable (``ActorUnavailableError``: it is restarting, e.g.
 killed again inside its restart window) is asked again every ``RESTART_POLL_S``; only
-``ActorDiedError`` (Ray gave up on it) drops it from the pool. A retried shard gives the same rows (per-row seeds), and the driver writes each shard once,
-so nothing is lost or duplicated. An interrupted driver (Ctrl-C, an error) kills its actors and
+``ActorDiedError`` (Ray gave up on it) drops it from the pool. A retried shard gives the same rows
+(per-row seeds), and the driver writes each shard once, so nothing is lost or duplicated. An interrupted driver (Ctrl-C, an error) kills its actors and
 shuts down a Ray it started itself before the exception goes on; a driver killed outright leaves
 its actors to Ray, which kills the actors of a dead owner.
 

@@ -56,10 +56,10 @@ def _costs(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 def pick(metrics: Mapping[str, Any], rule: str, z: float = 1.0, shortlist: Sequence[str] = SHORTLIST) -> str:
     """The method ``rule`` chooses from the run's out-of-fold table (never from eval)."""
-    t = _table(metrics)
     if rule in ("cv", "shortlist"):  # the pipeline's own function, so a replay equals the run's choice
         summary = {m: v for m, v in metrics["selection"]["methods"].items() if m in metrics["methods"]}
         return choose_by_cv(summary, _costs(metrics), shortlist=shortlist if rule == "shortlist" else None)
+    t = _table(metrics)
     if rule == "lcb":
         score = t["oof"] - z * t["se"]
     elif rule == "shrink":
