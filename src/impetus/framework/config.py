@@ -70,7 +70,10 @@ class ModelParams(_Params):
     allow_pickle: bool = F(
         "Allow a local folder with only a pickle checkpoint (unpickling can run code); off = refuse it."
     )
-    dtype: Literal["float32", "bfloat16", "float16"] = F("Weights dtype for inference.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = F(
+        "auto: bf16 on a CUDA device that supports it or a CPU where torch has a bf16 fast path (AMX or "
+        "AVX512-BF16), else fp32. In half precision only the decoder blocks are; the final norm, LM head and "
+        "every recorded statistic stay fp32.")
     device: str = F("torch device: cpu, cuda, cuda:1, mps.")
     hidden_layers: list[int | Annotated[str, StringConstraints(pattern=r"^(mid|\d+/\d+)$")]] = F(
         "Layers besides the last whose states scored choices pool over their tokens (hidden_l<k>): a decoder "

@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from impetus.lm.precision import HALF, choose_dtype, to_mixed_precision
+
 logger = logging.getLogger(__name__)
 
 SMOLLM2_ALIAS = "smollm2-135m-instruct"
@@ -308,6 +310,10 @@ def load_model(
 ) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` from a local HF folder, ready for batched left-padded decoding.
 
+    ``dtype``: float32, bfloat16 or float16 (decoder blocks in half precision, the parts the energies
+    read in fp32: :func:`impetus.lm.precision.to_mixed_precision`), or ``auto``
+    (:func:`impetus.lm.precision.choose_dtype`).
+
     Weights are read with ``use_safetensors=True`` when the folder has safetensors; a folder with
     only a pickle checkpoint is refused unless ``allow_pickle`` (see :func:`check_weights_format`),
     since unpickling can run code. ``trust_remote_code`` goes to both the model and the tokenizer.
@@ -315,15 +321,18 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     t0 = time.perf_counter()
-    torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    dtype, reason = choose_dtype(str(dtype).replace("torch.", ""), device)
     safe = check_weights_format(path, allow_pickle)
+    # Always read fp32: a half-precision run keeps the final norm and LM head in fp32 (lm.precision).
     model = AutoModelForCausalLM.from_pretrained(
-        str(path), dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=safe
+        str(path), dtype=torch.float32, trust_remote_code=trust_remote_code, use_safetensors=safe
     )
+    if dtype in HALF:
+        to_mixed_precision(model, dtype)
     model.to(device)
     model.eval()
     tok = load_tokenizer(path, trust_remote_code=trust_remote_code)
-    logger.info("loaded %s (%s, %s) in %.1f s", path, device, dtype, time.perf_counter() - t0)
+    logger.info("loaded %s (%s, %s: %s) in %.1f s", path, device, dtype, reason, time.perf_counter() - t0)
     return model, tok
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from impetus.framework.config import ModelParams
 from impetus.lm.loading import model_id_info, resolve_model
+from impetus.lm.precision import choose_dtype
 from impetus.framework.tracking import as_mlflow_metrics
 
 logger = logging.getLogger(__name__)
@@ -19,11 +20,25 @@ def prepare_base_model(model: ModelParams) -> tuple[dict[str, Any], dict]:
     path = resolve_model(model.name_or_path, cache_dir=model.cache_dir, trust_remote_code=model.trust_remote_code,
                          allow_pickle=model.allow_pickle)
     seconds = time.perf_counter() - start
+    facts = model_id_info(path)
+    facts["weights_dtype"] = facts.pop("dtype", None)  # the cached folder's; the run's is chosen below
+    dtype, reason = choose_dtype(model.dtype, model.device)
     record = {
-        "name_or_path": model.name_or_path, "path": str(path), "dtype": model.dtype, "device": model.device,
-        "trust_remote_code": model.trust_remote_code, "allow_pickle": model.allow_pickle, **model_id_info(path),
+        "name_or_path": model.name_or_path, "path": str(path), "dtype": dtype, "dtype_reason": reason,
+        "device": model.device, "trust_remote_code": model.trust_remote_code, "allow_pickle": model.allow_pickle,
+        **facts,
     }
+    _tag_dtype(dtype, reason)
     if model.hidden_layers:  # only when set, so the record (and every run key) is unchanged otherwise
         record["hidden_layers"] = list(model.hidden_layers)
-    logger.info("Base model %s ready at %s (%.1f s)", model.name_or_path, path, seconds)
+    logger.info("Base model %s ready at %s (%.1f s); runs in %s (%s)", model.name_or_path, path, seconds, dtype, reason)
     return record, as_mlflow_metrics({"base_model/resolve_seconds": seconds})
+
+
+def _tag_dtype(dtype: str, reason: str) -> None:
+    """Say on the MLflow run (when one is active) which dtype the LM runs in and why (``model.dtype: auto``
+    decides per machine, so the logged parameter alone does not say)."""
+    import mlflow
+
+    if mlflow.active_run() is not None:
+        mlflow.set_tags({"model.dtype_used": dtype, "model.dtype_reason": reason})

@@ -78,9 +78,10 @@ def sample_candidates(
 
 
 def _model_key(base_lm: dict[str, Any]) -> str:
-    """The model part of the run key: its folder, and the extra recorded layers when there are any."""
-    layers = base_lm.get("hidden_layers")
-    return base_lm["path"] + (f"|layers={layers}" if layers else "")
+    """The model part of the run key: its folder, the extra recorded layers when there are any, and
+    the dtype it runs in unless fp32 (a bf16 run's candidates differ; fp32 keys stay as they were)."""
+    layers, dtype = base_lm.get("hidden_layers"), base_lm.get("dtype", "float32")
+    return base_lm["path"] + (f"|layers={layers}" if layers else "") + (f"|dtype={dtype}" if dtype != "float32" else "")
 
 
 _EXECUTORS: dict[tuple, ShardExecutor] = {}
