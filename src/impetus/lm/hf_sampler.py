@@ -26,6 +26,7 @@ from contextlib import nullcontext
 from typing import Any, Callable
 
 import torch
+from torch.profiler import record_function
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
@@ -276,19 +277,22 @@ class HFSampler:
             refill = pending and can_merge and (not live or free >= min(refill_at, len(pending)))
             dead = len(slots) - live
             if dead and (refill or dead >= compact_at or not mergeable(cache)):
-                cache, mask, pos, logits = self._compact(slots, cache, mask, pos, logits)
+                with record_function("impetus.cache"):
+                    cache, mask, pos, logits = self._compact(slots, cache, mask, pos, logits)
                 slots = [r for r in slots if r is not None]
             if refill:
                 new = [pending.popleft() for _ in range(min(free, len(pending)))]
                 t0 = time.perf_counter()
-                c2, m2, p2, l2 = self._prefill(prompt_ids, new, call)
+                with record_function("impetus.prefill"):
+                    c2, m2, p2, l2 = self._prefill(prompt_ids, new, call)
                 dt = (time.perf_counter() - t0) / len(new)
                 for r in new:
                     r.seconds += dt
                 if not slots:
                     cache, mask, pos, logits = c2, m2, p2, l2
                 else:  # align cache lengths with left padding, then stack the rows
-                    mask = stack_caches(cache, mask, c2, m2)
+                    with record_function("impetus.cache"):
+                        mask = stack_caches(cache, mask, c2, m2)
                     pos, logits = torch.cat([pos, p2]), torch.cat([logits, l2])
                 slots = slots + new
                 live += len(new)
@@ -296,7 +300,8 @@ class HFSampler:
             idx = [i for i, r in enumerate(slots) if r is not None]
             rows: list[Row] = [slots[i] for i in idx]  # type: ignore[misc]
             lg = logits if len(idx) == len(slots) else logits[torch.tensor(idx, device=logits.device)]
-            toks, lps, stats = _sample_tokens(lg, rows, float(params.temperature), float(params.top_p), call.record)
+            with record_function("impetus.nucleus"):
+                toks, lps, stats = _sample_tokens(lg, rows, float(params.temperature), float(params.top_p), call.record)
             if call.forced:
                 force_tokens(lg, rows, toks, lps, stats)
             stats = stats.tolist() if stats is not None else [None] * len(rows)
@@ -336,8 +341,9 @@ class HFSampler:
 
             t0 = time.perf_counter()
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
-            out = forward(self.model, cache, input_ids=toks[:, None].to(self.device), attention_mask=mask,
-                          position_ids=pos[:, None], use_cache=True)
+            with record_function("impetus.forward"):
+                out = forward(self.model, cache, input_ids=toks[:, None].to(self.device), attention_mask=mask,
+                              position_ids=pos[:, None], use_cache=True)
             cache, logits = out_cache(out), out.logits[:, -1]
             pos = pos + 1
             served = [(k, r) for k, r in enumerate(slots) if r is not None] + list(tails.items())
