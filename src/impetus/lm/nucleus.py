@@ -7,6 +7,7 @@ Also returns the raw-logit statistics the sampler records while decoding
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import torch
@@ -18,26 +19,54 @@ from impetus.energy.logit import DEEPCONF_TOP_K
 _TOPK_FIRST = 256
 
 
+class _Workspace(threading.local):
+    """Vocabulary-sized scratch tensors reused from step to step (one set per thread): a fresh
+    ``[B, V]`` temporary per op costs page faults on every step (the step profile of
+    ``make bench``), more than the arithmetic on it."""
+
+    def get(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (tuple(like.shape), like.dtype, like.device)
+        if getattr(self, "key", None) != key:
+            self.key, self.buffers = key, (torch.empty_like(like), torch.empty_like(like))
+        return self.buffers
+
+
+_WORK = _Workspace()
+
+
+def _logsumexp_into(x: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+    """``torch.logsumexp(x, -1)`` with its one ``[B, V]`` temporary written into ``scratch``: the
+    same ops in the same order (max, subtract, exp, sum, log, add), so the same bits."""
+    m = x.amax(dim=-1, keepdim=True)
+    m = m.masked_fill(m.abs() == float("inf"), 0)  # as torch does, so an all -inf row gives -inf
+    torch.sub(x, m, out=scratch)
+    return scratch.exp_().sum(dim=-1).log_().add_(m[:, 0])
+
+
 def sample_tokens(
     logits: torch.Tensor, rows: list[Any], temperature: float, top_p: float, record: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Pick one token per row; return (tokens, log-prob of each token under softmax(raw logits),
     and when ``record`` the ``[B, 4]`` step statistics of :func:`impetus.lm.recording.step_stats`).
 
-    The statistics reuse what sampling computes anyway (the raw log-normaliser and, under top-p,
-    the tokens sorted by probability, whose first 20 are the raw top-20), so recording costs
-    almost nothing here.
+    The statistics reuse what sampling computes anyway (the raw log-normaliser, the tempered logits,
+    and, under top-p, the tokens sorted by probability, whose first 20 are the raw top-20), so
+    recording costs almost nothing here. Vocabulary-sized temporaries go to reused buffers.
     """
     logits = logits.float()
-    lse = torch.logsumexp(logits, dim=-1)
-    idx = None
+    a, b = _WORK.get(logits)
+    lse = _logsumexp_into(logits, a)
+    lse_t, idx = lse, None
     if temperature == 0:
         tok = logits.argmax(dim=-1)
     else:
         # One uniform per row from the row's own generator: inverse-CDF sampling keeps the draw
         # independent of batch composition (torch.multinomial on a batch shares one RNG stream).
         u = torch.stack([torch.rand((), generator=r.gen, dtype=torch.float64) for r in rows]).float()
-        probs = torch.softmax(logits / temperature, dim=-1)
+        scaled = logits if temperature == 1 else torch.div(logits, temperature, out=b)
+        probs = torch._softmax(scaled, -1, False, out=a)  # a: lse's scratch, free again
+        if record and temperature != 1:
+            lse_t = _logsumexp_into(scaled, b)  # overwrites the tempered logits, no longer needed
         if top_p >= 1.0:
             cdf = probs.cumsum(dim=-1)
         else:
@@ -57,7 +86,6 @@ def sample_tokens(
         k = min(DEEPCONF_TOP_K, logits.shape[-1])
         # Probabilities and raw logits order tokens alike, so the nucleus's sorted ids give the top-k.
         top = logits.gather(1, idx[:, :k]) if idx is not None and idx.shape[1] >= k else logits.topk(k, dim=-1).values
-        lse_t = lse if temperature in (0, 1) else torch.logsumexp(logits / temperature, dim=-1)
         stats = torch.stack([lse, chosen, lse - top.mean(dim=-1), lse_t], dim=1)
     return tok, chosen - lse, stats
 
