@@ -11,6 +11,7 @@ completions with the fp32 model. Per energy column (``impetus.energy.logit.ENERG
 the pooled last-layer state the LatentEBM reads, it prints: the Pearson correlation over all
 candidates, the mean within-problem Spearman correlation (the ranking a reranker uses), and the
 share of problems whose lowest-energy candidate is the same. Prints the CPU it ran on.
+``--all-half`` is the control: the whole model in ``--dtype``, LM head and final norm included.
 """
 
 from __future__ import annotations
@@ -70,10 +71,16 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--all-half", action="store_true",
+                    help="the control: the whole model in --dtype (head and final norm too), not the mixed model")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     path = resolve_model(args.model)
-    half, tok = load_model(path, dtype=args.dtype)
+    if args.all_half:
+        half, tok = load_model(path, dtype="float32")
+        half.to(getattr(torch, args.dtype))
+    else:
+        half, tok = load_model(path, dtype=args.dtype)
     prompts = make_prompts(args.problems)
     params = SamplingParams(n=args.n, temperature=0.8, top_p=0.95, max_new_tokens=args.max_new_tokens, stop=STOP,
                             batch_size=64, seed=0)
@@ -87,7 +94,7 @@ def main() -> None:
                            [answer_span(g.text) for _, g in flat], batch_size=16, hidden=True)
     groups = np.array([i for i, _ in flat])
     got = {c: np.array([recorded_row(g)[c] for _, g in flat], float) for c in ENERGY_COLUMNS}
-    print(f"model={args.model} dtype={args.dtype} problems={args.problems} n={args.n} "
+    print(f"model={args.model} dtype={args.dtype}{' (whole model)' if args.all_half else ' (mixed)'} problems={args.problems} n={args.n} "
           f"candidates compared={len(flat)} cpu={cpu_name()}")
     print("| energy | Pearson r | within-problem Spearman | same argmin |\n|---|---:|---:|---:|")
     for col in ENERGY_COLUMNS:
