@@ -10,7 +10,7 @@ Samples ``--n`` completions of ``--problems`` few-shot 2-digit additions with Sm
 completions with the fp32 model. Per energy column (``impetus.energy.logit.ENERGY_COLUMNS``) and for
 the pooled last-layer state the LatentEBM reads, it prints: the Pearson correlation over all
 candidates, the mean within-problem Spearman correlation (the ranking a reranker uses), and the
-share of problems whose lowest-energy candidate is the same. Prints the CPU it ran on.
+share of problems whose lowest-energy completion is the same text. Prints the CPU it ran on.
 ``--all-half`` is the control: the whole model in ``--dtype``, LM head and final norm included.
 """
 
@@ -51,13 +51,14 @@ def recorded_row(g) -> dict:
     return candidate_energy_row(per_tok, token_span(list(rec["char_ends"]), answer_span(g.text)), g.n_tokens)
 
 
-def within_problem(a: np.ndarray, b: np.ndarray, groups: np.ndarray) -> tuple[float, float]:
+def within_problem(a: np.ndarray, b: np.ndarray, groups: np.ndarray, texts: np.ndarray) -> tuple[float, float]:
     """Mean Spearman correlation within each problem (problems whose values are not all tied), and
-    the share of problems with the same argmin."""
+    the share of problems where the lowest energy picks the same completion text (duplicates of one
+    text are one pick, whichever copy is lowest)."""
     rhos, same = [], []
     for g in np.unique(groups):
-        x, y = a[groups == g], b[groups == g]
-        same.append(int(np.argmin(x)) == int(np.argmin(y)))
+        x, y, t = a[groups == g], b[groups == g], texts[groups == g]
+        same.append(t[int(np.argmin(x))] == t[int(np.argmin(y))])
         if np.ptp(x) > 0 and np.ptp(y) > 0:
             rhos.append(spearmanr(x, y).statistic)
     return float(np.mean(rhos)) if rhos else float("nan"), float(np.mean(same))
@@ -68,7 +69,8 @@ def main() -> None:
     ap.add_argument("--problems", type=int, default=40)
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=48)
-    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
+    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
+                    help="float32 is the control: recorded against teacher-forced in the same dtype")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--all-half", action="store_true",
@@ -92,14 +94,14 @@ def main() -> None:
     fp32, _ = load_model(path, dtype="float32")
     ref = score_candidates(fp32, tok, [prompts[i] for i, _ in flat], [g.text for _, g in flat],
                            [answer_span(g.text) for _, g in flat], batch_size=16, hidden=True)
-    groups = np.array([i for i, _ in flat])
+    groups, texts = np.array([i for i, _ in flat]), np.array([g.text for _, g in flat], dtype=object)
     got = {c: np.array([recorded_row(g)[c] for _, g in flat], float) for c in ENERGY_COLUMNS}
-    print(f"model={args.model} dtype={args.dtype}{' (whole model)' if args.all_half else ' (mixed)'} problems={args.problems} n={args.n} "
+    print(f"model={args.model} dtype={args.dtype}{' (whole model)' if args.all_half else ' (mixed)' if args.dtype != 'float32' else ''} problems={args.problems} n={args.n} "
           f"candidates compared={len(flat)} cpu={cpu_name()}")
-    print("| energy | Pearson r | within-problem Spearman | same argmin |\n|---|---:|---:|---:|")
+    print("| energy | Pearson r | within-problem Spearman | same pick |\n|---|---:|---:|---:|")
     for col in ENERGY_COLUMNS:
         ref_col = ref.energies[col].to_numpy(float)
-        rho, same = within_problem(got[col], ref_col, groups)
+        rho, same = within_problem(got[col], ref_col, groups, texts)
         print(f"| {col} | {pearsonr(got[col], ref_col).statistic:.4f} | {rho:.4f} | {same:.3f} |")
     states = np.stack([g.record["hidden_mean"] for _, g in flat])
     cos = (states * ref.hidden_mean).sum(1) / np.linalg.norm(states, axis=1) / np.linalg.norm(ref.hidden_mean, axis=1)
