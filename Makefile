@@ -143,10 +143,13 @@ PANEL_add :=
 PANEL_addsub := benchmark.options.arith.ops=+-
 PANEL_mul1 := benchmark.options.arith.ops='*',benchmark.options.arith.second_digits=1
 PANEL_two_step := benchmark.options.arith.n_ops=2
+# PANEL_PARAMS: more --params for every cell; the documented cells were sampled in fp32, so on a CPU
+# where model.dtype auto picks bf16 they are reproduced with PANEL_PARAMS=model.dtype=float32.
+PANEL_PARAMS ?=
 panel: setup
 	@set -e; $(foreach v,$(PANEL_VARIANTS),$(MAKE) --no-print-directory replicate ENV=$(PANEL_ENV) \
 		SEEDS="$(PANEL_SEEDS)" NAME=arith-$(v) \
-		PARAMS="sampling.shard_dir=data/03_primary/panel_$(PANEL_ENV)/$(v)$(if $(PANEL_$(v)),$(comma)$(PANEL_$(v)))";)
+		PARAMS="sampling.shard_dir=data/03_primary/panel_$(PANEL_ENV)/$(v)$(if $(PANEL_$(v)),$(comma)$(PANEL_$(v)))$(if $(PANEL_PARAMS),$(comma)$(PANEL_PARAMS))";)
 
 # One row per replication folder (benchmark x model) -> data/08_reporting/matrix.md
 matrix: setup
