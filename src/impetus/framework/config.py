@@ -72,8 +72,8 @@ class ModelParams(_Params):
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = F(
         "auto: bf16 on a CUDA device that supports it or a CPU where torch has a bf16 fast path (AMX or "
-        "AVX512-BF16), else fp32. In half precision only the decoder blocks are; the final norm, LM head and "
-        "every recorded statistic stay fp32.")
+        "AVX512-BF16), else fp32. In half precision only the decoder blocks and input embeddings are half; "
+        "the final norm, LM head and every recorded statistic stay fp32.")
     device: str = F("torch device: cpu, cuda, cuda:1, mps.")
     hidden_layers: list[int | Annotated[str, StringConstraints(pattern=r"^(mid|\d+/\d+)$")]] = F(
         "Layers besides the last whose states scored choices pool over their tokens (hidden_l<k>): a decoder "

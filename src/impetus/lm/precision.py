@@ -35,12 +35,14 @@ def cpu_bf16_fast_path() -> tuple[bool, str]:
 def choose_dtype(requested: str, device: str) -> tuple[str, str]:
     """``(dtype, reason)``: ``requested`` itself unless it is ``auto``, which takes bf16 on a CUDA
     device that supports it or a CPU with a bf16 fast path, and fp32 elsewhere (MPS included)."""
-    if requested != "auto":
-        if requested in HALF and device.split(":", 1)[0] == "cpu" and not cpu_bf16_fast_path()[0]:
-            logger.warning("model.dtype=%s on a CPU without a bf16 fast path (%s): expect decoding many times "
-                           "slower than float32", requested, cpu_bf16_fast_path()[1])
-        return requested, "set by model.dtype"
     kind = device.split(":", 1)[0]
+    if requested != "auto":
+        if requested in HALF and kind == "cpu":
+            fast, found = cpu_bf16_fast_path()
+            if not fast:
+                logger.warning("model.dtype=%s on a CPU without a bf16 fast path (%s): expect decoding many "
+                               "times slower than float32", requested, found)
+        return requested, "set by model.dtype"
     if kind == "cuda":
         index = torch.device(device).index or 0
         if torch.cuda.is_bf16_supported():
@@ -52,11 +54,11 @@ def choose_dtype(requested: str, device: str) -> tuple[str, str]:
     return "float32", f"auto: no bf16 fast path is known for device {device!r}"
 
 
-def final_norm(model: Any) -> torch.nn.Module:
+def final_norm(model: Any, required: bool = True) -> torch.nn.Module | None:
     """The decoder's final norm (``model.model.norm``: Llama, Gemma, Qwen, Mistral), which the
-    recording hooks read too."""
+    recording hooks read too; without one, an error (``required``) or None."""
     norm = getattr(getattr(model, "model", None), "norm", None)
-    if norm is None:
+    if norm is None and required:
         raise ValueError(f"{type(model).__name__} has no model.model.norm, so a half-precision run cannot keep "
                          "its final norm and LM head in fp32; set model.dtype: float32")
     return norm

@@ -41,7 +41,7 @@ def _part(event: Any, label: str | None) -> str | None:
             return "forward: attention"
         return "forward: other ops"
     return {"impetus.prefill": "prefill", "impetus.nucleus": "nucleus sampling + statistics",
-            "impetus.cache": "cache compact/merge"}.get(label, "outside the marked ranges")
+            "impetus.cache": "cache compact/merge"}.get(label)  # any other range: the remainder
 
 
 def profile_call(fn: Callable[[], Any]) -> tuple[dict[str, float], float]:

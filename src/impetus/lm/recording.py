@@ -39,6 +39,7 @@ import torch
 from impetus.energy.logit import DEEPCONF_TOP_K
 from impetus.energy.recorded import POOLED_STATES, RECORD_COLUMNS, RECORD_KEYS, TOKEN_ARRAYS  # noqa: F401 (the record schema)
 from impetus.energy.recorded import layer_key
+from impetus.lm.precision import final_norm
 
 
 @dataclass
@@ -136,7 +137,7 @@ def last_state_hook(model: Any, full: bool = False) -> Iterator[Callable[[], tor
     ``output_hidden_states`` (which would keep every layer's states of a whole prompt alive).
     Yields a getter of the latest capture; None when the model has no ``model.norm``.
     """
-    norm = getattr(getattr(model, "model", None), "norm", None)
+    norm = final_norm(model, required=False)
     box: dict[str, torch.Tensor] = {}
     if norm is None:
         yield lambda: None
