@@ -25,7 +25,7 @@ from impetus.testing import tiny_llama, tiny_tokenizer
 N = 4
 SAMPLING = dict(backend="hf", executor="local", prompt_style="fewshot", n=N, temperature=1.0, top_p=0.95, max_new_tokens=6, stop=["\n"],
                 batch_size=8, shard_size=4, seed=0, shard_dir="unused", progress=False, record=True, choice_orders=1,
-                candidates="sampled", choice_shots=0, reuse_dir=None)
+                candidates="sampled", choice_shots=0, reuse_dir=None, adaptive="off")
 
 
 @pytest.fixture()

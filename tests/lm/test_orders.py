@@ -48,7 +48,7 @@ def test_sampling_stage_with_choice_orders_on_multiple_choice(tiny, tmp_path):
     sampling = SamplingStageParams(backend="hf", executor="local", prompt_style="fewshot", n=4, temperature=1.0, top_p=1.0,
                                    max_new_tokens=5, stop=None, batch_size=8, shard_size=2, seed=0,
                                    shard_dir=str(tmp_path / "shards"), progress=False, record=True, choice_orders=2,
-                                   candidates="sampled", choice_shots=0, reuse_dir=None)
+                                   candidates="sampled", choice_shots=0, reuse_dir=None, adaptive="off")
     shots["question"] = ["Shot one", "Shot two"]
     prompts = make_prompts(problems, shots, base_lm, bench, sampling, "eval")
     assert prompts["order"].tolist() == [0, 1] * 3
@@ -56,7 +56,7 @@ def test_sampling_stage_with_choice_orders_on_multiple_choice(tiny, tmp_path):
     for (_, r), row in zip(prompts.iterrows(), [p for p in problems.to_dict("records") for _ in range(2)]):
         shown = arc.permuted(row, int(r["order"]))["choices"]
         assert r["prompt"].endswith("\n".join(f"({lab}) {c}" for lab, c in zip("ABC", shown)) + "\nA:")
-    candidates, _ = sample_candidates(prompts, problems, base_lm, bench, sampling, None, "eval")
+    candidates, _ = sample_candidates(prompts, problems, base_lm, bench, sampling, None, split="eval")
     assert candidates["problem_id"].tolist() == [p for p in problems["problem_id"] for _ in range(4)]
     assert candidates["sample_idx"].tolist() == [0, 1, 2, 3] * 3 and candidates["order"].tolist() == [0, 0, 1, 1] * 3
     graded, _ = grade_split(candidates, problems, bench, "eval")

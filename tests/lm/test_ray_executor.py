@@ -116,6 +116,27 @@ def test_ray_equals_local_and_uses_both_nodes(cluster, model_dir, local_table, t
     same_candidates(again, local_table)
 
 
+def test_adaptive_waves_on_ray_equal_local(cluster, model_dir, tmp_path):
+    """Adaptive N online on the actors: the stopping rule (with its closure) travels in each task,
+    and the rows equal the local executor's."""
+    from impetus.selection.online import WaveStop
+
+    from .test_adaptive_online import ADAPTIVE, _texts
+
+    words = {f"p{i}": "same" if i % 2 else None for i in range(N_PROBLEMS)}  # odd problems settle at once
+    stop = WaveStop("vote_margin", 0.9, 2, lambda pid, text: words[pid])
+    kw = dict(shard_size=SHARD, run_key="k", progress=False, stop=stop)
+    ref, _ = sample_problems(None, problems_table(N_PROBLEMS), ADAPTIVE, tmp_path / "local",
+                             executor=LocalExecutor(spec(model_dir).build()), **kw)
+    ex = RayExecutor(spec(model_dir), CONFIG)
+    try:
+        df, _ = sample_problems(None, problems_table(N_PROBLEMS), ADAPTIVE, tmp_path / "ray", executor=ex, **kw)
+    finally:
+        ex.close()
+    assert df.groupby("problem_id").size().tolist() == [6, 2] * (N_PROBLEMS // 2)
+    assert _texts(df).equals(_texts(ref))
+
+
 def test_worker_sigkilled_mid_shard_loses_nothing(cluster, model_dir, local_table, tmp_path):
     marker = tmp_path / "killed"
     ex = RayExecutor(spec(model_dir, "impetus.testing.faults:kill_once", marker=str(marker), after_steps=2), CONFIG)

@@ -13,7 +13,7 @@ from impetus.pipelines.ingest.pipeline import create_pipeline
 ARITH = {"name": "arith", "source": "generated", "options": {"arith": {"n_problems": 80, "digits": 2, "seed": 3}}}
 SAMPLING = dict(backend="hf", executor="local", prompt_style="fewshot", n=2, temperature=0.8, top_p=0.95, max_new_tokens=8, stop=None,
                 batch_size=4, shard_size=4, seed=0, shard_dir="unused", progress=False, record=True, choice_orders=1,
-                candidates="sampled", choice_shots=0, reuse_dir=None)
+                candidates="sampled", choice_shots=0, reuse_dir=None, adaptive="off")
 
 
 def _run(benchmark: dict, ingest: dict, style: str = "fewshot") -> DataCatalog:

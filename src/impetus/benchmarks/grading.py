@@ -148,6 +148,17 @@ def answer_locator(bench: Benchmark, problems: pd.DataFrame) -> Callable[[Any, s
     return span
 
 
+def answer_reader(bench: Benchmark, problems: pd.DataFrame) -> Callable[[Any, str], "str | None"]:
+    """``(problem_id, text) -> answer``: the canonical answer :func:`grade_candidates` would read
+    (None when there is none), for adaptive N's vote while sampling (prompts in the source's order)."""
+    rows = problem_rows(problems)
+
+    def read(problem_id: Any, text: str) -> str | None:
+        return bench.extract(text, rows[problem_id])
+
+    return read
+
+
 def grade_candidates(bench: Benchmark, candidates: pd.DataFrame, problems: pd.DataFrame) -> pd.DataFrame:
     """Add ``answer`` (None when not found), ``correct``, the answer's character span and ``truncated``.
 

@@ -217,7 +217,7 @@ def chain_starts(candidates: pd.DataFrame, energy: str, chains: int, n_init: int
     g = candidates.sort_values("sample_idx")
     if len(g) < chains * n_init:
         raise ValueError(f"EBD needs chains x n_init = {chains} x {n_init} candidates per problem, "
-                         f"problem {g['problem_id'].iloc[0]!r} has {len(g)} (sampling.n)")
+                         f"problem {g['problem_id'].iloc[0]!r} has {len(g)} (sampling.n; sampling.adaptive must be off)")
     g = g.head(chains * n_init)
     e = g[energy].to_numpy(float)
     starts = [int(g["sample_idx"].iloc[c * n_init + int(np.argmin(e[c * n_init: (c + 1) * n_init]))])

@@ -125,11 +125,24 @@ class SamplingStageParams(_Params):
         "Multiple choice (ARC) only: orders of the answer choices per problem, the N samples spread evenly "
         "over them (order 0 = the source's, others seeded by the problem id); breaks the position bias a vote "
         "inherits. 1 = off. V2, EBD and teacher-forced energies need 1.", ge=1)
+    adaptive: Literal["off", "vote_margin", "deepconf"] = F(
+        "Adaptive N online for the eval split: off (N samples each), or the rule that stops a problem once its "
+        "answer is settled, sampling rerank_eval.adaptive.wave at a time; its threshold is chosen on the train "
+        "and dev candidates (sampled at full N) as the offline report chooses it. Sampled completions only; "
+        "EBD needs it off.")
+
+    @field_validator("adaptive", mode="before")
+    @classmethod
+    def _off_is_a_word(cls, v: Any) -> Any:
+        return "off" if v is False else v  # YAML 1.1 (and `--params sampling.adaptive=off`) read off as false
 
     @model_validator(mode="after")
     def _orders_split_n(self) -> "SamplingStageParams":
         if self.n % self.choice_orders:
             raise ValueError(f"sampling.n = {self.n} must split evenly over sampling.choice_orders = {self.choice_orders}")
+        if self.adaptive != "off" and (self.candidates == "choices" or self.choice_orders > 1):
+            raise ValueError(f"sampling.adaptive = {self.adaptive} stops sampled completions by their vote; it needs "
+                             "sampling.candidates = sampled and sampling.choice_orders = 1")
         return self
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -40,6 +40,25 @@ TokensFn = Callable[[int], None]
 """``on_tokens(new_tokens)``: progress of the shards in flight (for the tokens/s display)."""
 
 
+class StopRule(Protocol):
+    """Adaptive N online (:class:`impetus.selection.online.WaveStop`): sample ``wave`` rows per
+    problem at a time and stop a problem once the rule says its answer is settled."""
+
+    wave: int
+
+    def stopped(self, rows: pd.DataFrame, n_max: int, k: int) -> set[str]:
+        """The problems of ``rows`` (each holding its first ``k`` rows) that get no more samples."""
+        ...
+
+    def counts(self, rows: pd.DataFrame, problem_ids: list[str], n_max: int) -> dict[str, int]:
+        """How many rows each problem must have, replayed from the rows it has (the driver's check)."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """What identifies the rule (run key and manifests)."""
+        ...
+
+
 @dataclass(frozen=True)
 class ShardTask:
     """One shard to sample: its index in the run, and its problems (ids, prompts, seeds) in order."""
@@ -49,9 +68,15 @@ class ShardTask:
     prompts: list[str]
     seeds: list[int]
     choices: list[list[str]] | None = None  # scored choices per problem (``candidates: choices``), else sampled
+    stop: StopRule | None = None  # adaptive N: sample in waves and stop settled problems
 
-    def rows_per_problem(self, n: int) -> int | dict[str, int]:
-        """How many rows each problem gets: ``n`` samples, or one per choice."""
+    def rows_per_problem(self, n: int, rows: pd.DataFrame | None = None) -> int | dict[str, int]:
+        """How many rows each problem gets: ``n`` samples, one per choice, or (adaptive N) what the
+        stopping rule replayed on ``rows``, the shard's rows, asks for."""
+        if self.stop is not None:
+            if rows is None:
+                raise ValueError("an adaptive shard's row counts follow from its rows; pass them")
+            return self.stop.counts(rows, self.problem_ids, n)
         return n if self.choices is None else {p: len(c) for p, c in zip(self.problem_ids, self.choices)}
 
 
@@ -119,21 +144,55 @@ def sample_shard(sampler: Sampler, task: ShardTask, params: SamplingParams, answ
     """The candidate rows of one shard as an Arrow table (``CANDIDATE_COLUMNS`` [+ ``RECORD_COLUMNS``]).
 
     Arrow, not pandas, because it is what crosses process boundaries (Ray's object store) and what
-    the shard file holds: every executor hands the driver the same types.
+    the shard file holds: every executor hands the driver the same types. With ``task.stop`` the
+    problems are sampled in waves (:func:`_sample_waves`).
     """
-    ids = task.problem_ids
-    kwargs: dict[str, Any] = {"progress": progress}
-    if answer_span is not None:
-        kwargs["answer_span"] = lambda i, text: answer_span(ids[i], text)
     if task.choices is not None:
         if not isinstance(sampler, ChoiceScorer):
             raise TypeError(f"sampler {getattr(sampler, 'name', sampler)!r} cannot score choices "
                             "(it lacks ChoiceScorer.score_choices); use sampling.candidates=sampled")
         gens = sampler.score_choices(list(task.prompts), [list(c) for c in task.choices], progress=progress)
-    else:
-        gens = sampler.generate(list(task.prompts), params, list(task.seeds), **kwargs)
+        return pa.Table.from_pandas(_frame(task.problem_ids, task.seeds, gens), preserve_index=False)
+    if task.stop is not None:
+        return pa.Table.from_pandas(_sample_waves(sampler, task, params, answer_span, progress), preserve_index=False)
+    gens = _generate(sampler, task, list(range(len(task.problem_ids))), params, 0, answer_span, progress)
+    return pa.Table.from_pandas(_frame(task.problem_ids, task.seeds, gens), preserve_index=False)
+
+
+def _generate(sampler: Sampler, task: ShardTask, which: list[int], params: SamplingParams, first: int,
+              answer_span: SpanFn | None, progress: Any) -> list[list[Any]]:
+    """Samples ``first .. first + params.n - 1`` of the task's problems ``which`` (indices)."""
+    ids = [task.problem_ids[i] for i in which]
+    kwargs: dict[str, Any] = {"progress": progress}
+    if first:  # only waves past the first need it (samplers that only ever sample from 0 still fit)
+        kwargs["first_sample"] = first
+    if answer_span is not None:
+        kwargs["answer_span"] = lambda i, text: answer_span(ids[i], text)
+    return sampler.generate([task.prompts[i] for i in which], params, [task.seeds[i] for i in which], **kwargs)
+
+
+def _sample_waves(sampler: Sampler, task: ShardTask, params: SamplingParams, answer_span: SpanFn | None,
+                  progress: Any) -> pd.DataFrame:
+    """Adaptive N: every open problem gets ``stop.wave`` more samples (the next sample indices, so
+    the same seeds as a full-N run), then the rule closes the settled ones; at ``params.n`` all stop."""
+    stop, n = task.stop, params.n
+    gens: list[list[Any]] = [[] for _ in task.problem_ids]
+    open_, k = list(range(len(task.problem_ids))), 0
+    while open_:
+        m = min(int(stop.wave), n - k)
+        for i, g in zip(open_, _generate(sampler, task, open_, replace(params, n=m), k, answer_span, progress)):
+            gens[i] += g
+        k += m
+        rows = _frame([task.problem_ids[i] for i in open_], [task.seeds[i] for i in open_], [gens[i] for i in open_])
+        done = stop.stopped(rows, n, k)
+        open_ = [i for i in open_ if task.problem_ids[i] not in done]
+    return _frame(task.problem_ids, task.seeds, gens)
+
+
+def _frame(ids: list[str], seeds: list[int], gens: list[list[Any]]) -> pd.DataFrame:
+    """Candidate rows of ``gens[i]``, problem ``ids[i]``'s generations in sample order."""
     rows = []
-    for pid, seed, cands in zip(ids, task.seeds, gens):
+    for pid, seed, cands in zip(ids, seeds, gens):
         for j, g in enumerate(cands):
             row = {
                 "problem_id": pid, "sample_idx": j, "completion": g.text, "n_tokens": g.n_tokens,
@@ -147,9 +206,8 @@ def sample_shard(sampler: Sampler, task: ShardTask, params: SamplingParams, answ
     recorded = bool(rows) and all(c in rows[0] for c in RECORD_COLUMNS)
     layers = layer_columns(rows[0]) if recorded else []
     df = pd.DataFrame(rows, columns=CANDIDATE_COLUMNS + (RECORD_COLUMNS + layers if recorded else []))
-    df = df.astype({"problem_id": "str", "sample_idx": "int64", "n_tokens": "int64", "seed": "int64",
-                    "logprob_mean": "float64", "gen_seconds": "float64"})
-    return pa.Table.from_pandas(df, preserve_index=False)
+    return df.astype({"problem_id": "str", "sample_idx": "int64", "n_tokens": "int64", "seed": "int64",
+                      "logprob_mean": "float64", "gen_seconds": "float64"})
 
 
 class LocalExecutor:
@@ -197,12 +255,14 @@ def as_frame(table: pa.Table) -> pd.DataFrame:
     return table.to_pandas()
 
 
-def tasks_of(problems: pd.DataFrame, shard_size: int, seeds: Iterable[int]) -> list[ShardTask]:
-    """The shards of a problems table (``problem_id``, ``prompt``), ``shard_size`` problems each."""
+def tasks_of(problems: pd.DataFrame, shard_size: int, seeds: Iterable[int],
+             stop: StopRule | None = None) -> list[ShardTask]:
+    """The shards of a problems table (``problem_id``, ``prompt``), ``shard_size`` problems each
+    (``stop``: sampled in waves, adaptive N)."""
     ids = [str(x) for x in problems["problem_id"]]
     prompts = problems["prompt"].astype(str).tolist()
     seeds = list(seeds)
     choices = [[str(c) for c in cs] for cs in problems["choices"]] if "choices" in problems.columns else None
     return [ShardTask(s // shard_size, ids[s:s + shard_size], prompts[s:s + shard_size], seeds[s:s + shard_size],
-                      None if choices is None else choices[s:s + shard_size])
+                      None if choices is None else choices[s:s + shard_size], stop)
             for s in range(0, len(ids), shard_size)]

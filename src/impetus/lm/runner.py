@@ -50,7 +50,7 @@ import pandas as pd
 from impetus.energy.recorded import RECORD_COLUMNS  # the one record schema
 from impetus.lm.donors import DonorPool
 from impetus.lm.executors import (
-    CANDIDATE_COLUMNS, LocalExecutor, ShardExecutor, ShardTask, SpanFn, as_frame, tasks_of,
+    CANDIDATE_COLUMNS, LocalExecutor, ShardExecutor, ShardTask, SpanFn, StopRule, as_frame, tasks_of,
 )
 from impetus.lm.sampler import Sampler, SamplingParams
 from impetus.lm.shards import _in_order, _load_shard, _shard_lock, _write_atomic, shard_problem
@@ -75,6 +75,7 @@ class SamplingStats:
     tokens: int = 0
     seconds: float = 0.0
     tokens_per_s: float = 0.0
+    samples_per_problem: float = 0.0  # rows per problem in the whole table (below N with adaptive N)
     p50_seconds_per_problem: float = 0.0
     p95_seconds_per_problem: float = 0.0
 
@@ -89,12 +90,16 @@ def stable_seed(seed: int, problem_id: Any) -> int:
     return int.from_bytes(h, "little") & ((1 << 31) - 1)
 
 
-def make_run_key(model_id: str, params: SamplingParams, prompts: pd.DataFrame | list[str]) -> str:
+def make_run_key(model_id: str, params: SamplingParams, prompts: pd.DataFrame | list[str],
+                 adaptive: Mapping[str, Any] | None = None) -> str:
     """Hash of model id + result-relevant params + (problem_id, prompt) pairs, as a folder name
-    (and each problem's choices, when they are the candidates)."""
+    (and each problem's choices, when they are the candidates; and the adaptive-N rule, when on:
+    its shards hold fewer rows, so they must never be mistaken for a full-N run's)."""
     h = hashlib.sha256()
     h.update(str(model_id).encode())
     h.update(json.dumps(params.result_dict(), sort_keys=True).encode())
+    if adaptive:
+        h.update(b"\x03" + json.dumps(dict(adaptive), sort_keys=True).encode())
     if isinstance(prompts, pd.DataFrame):
         items = zip(prompts["problem_id"].astype(str), prompts["prompt"].astype(str))
     else:
@@ -108,9 +113,11 @@ def make_run_key(model_id: str, params: SamplingParams, prompts: pd.DataFrame | 
 
 
 def _manifest(run_key: str, params: SamplingParams, problem_ids: list[str], shard: int,
-              record: bool = False, keys: Mapping[str, str] | None = None) -> dict[str, Any]:
+              record: bool = False, keys: Mapping[str, str] | None = None,
+              adaptive: Mapping[str, Any] | None = None) -> dict[str, Any]:
     found = {"run_key": run_key, "shard": shard, "params": params.result_dict(),
              "params_hash": params.digest(), "problem_ids": problem_ids, "record": record}
+    found |= {"adaptive": dict(adaptive)} if adaptive else {}
     return found | ({"item_keys": [keys[p] for p in problem_ids]} if keys else {})
 
 
@@ -136,6 +143,7 @@ def sample_problems(
     executor: ShardExecutor | None = None,
     item_keys: Sequence[str] | None = None,
     reuse_dir: str | Path | None = None,
+    stop: StopRule | None = None,
 ) -> tuple[pd.DataFrame, SamplingStats]:
     """Sample ``params.n`` candidates for every row of ``problems`` (columns problem_id, prompt).
 
@@ -149,18 +157,23 @@ def sample_problems(
     process); whatever samples them, this function alone reuses, checks and writes shard files.
     ``item_keys`` (one per problem, :func:`impetus.lm.donors.item_keys`; scored choices only) go in
     the manifests and let a missing shard be assembled from other runs' rows of the same items
-    found under ``reuse_dir`` (default ``shard_dir``).
+    found under ``reuse_dir`` (default ``shard_dir``). ``stop`` (adaptive N online,
+    :class:`impetus.selection.online.WaveStop`) samples each shard in waves and stops settled
+    problems: a problem's rows are then the first rows of the full-N run, as many as the rule asked
+    for, which the checks replay; the rule is part of the run key and the manifests.
     """
     _check_problems(problems, shard_size)
-    run_key = run_key or make_run_key(model_id, params, problems)
+    adaptive = stop.describe() if stop is not None else None
+    run_key = run_key or make_run_key(model_id, params, problems, adaptive)
     out_dir = Path(shard_dir) / run_key
     out_dir.mkdir(parents=True, exist_ok=True)
     problems = problems.reset_index(drop=True)
     executor = executor or LocalExecutor(sampler)
     record = bool(executor.record)
-    all_tasks = tasks_of(problems, shard_size, (stable_seed(params.seed, p) for p in problems["problem_id"]))
+    all_tasks = tasks_of(problems, shard_size, (stable_seed(params.seed, p) for p in problems["problem_id"]), stop)
     run = _Run(out_dir, run_key, params, len(all_tasks), record, _bar(progress, len(problems), run_key),
                source=f"sampler {getattr(sampler, 'name', sampler)!r}" if sampler is not None else executor.name)
+    run.adaptive = adaptive
     if item_keys is not None:
         run.keys = dict(zip((str(p) for p in problems["problem_id"]), item_keys, strict=True))
         run.donors = DonorPool(Path(reuse_dir or shard_dir), out_dir)
@@ -172,9 +185,10 @@ def sample_problems(
     finally:  # also on errors, so a failed run does not leave a dangling bar
         run.close()
     result = run.result(all_tasks)
-    counts = [t.rows_per_problem(params.n) for t in all_tasks]
+    counts = [t.rows_per_problem(params.n, run.tables.get(t.index)) for t in all_tasks]
     check_complete(result, [str(x) for x in problems["problem_id"]],
                    params.n if not counts or isinstance(counts[0], int) else {k: v for c in counts for k, v in c.items()})
+    run.stats.samples_per_problem = len(result) / max(len(problems), 1)
     logger.info("sampling %s: %s", run_key, run.stats.to_dict())
     return result, run.stats
 
@@ -211,6 +225,7 @@ class _Run:
         self.per_problem: list[float] = []
         self.tokens, self.t0, self.t_first = 0, time.perf_counter(), None
         self.keys: dict[str, str] | None = None  # item key per problem (scored choices)
+        self.adaptive: dict[str, Any] | None = None  # the adaptive-N rule (its manifest entry)
         self.donors: DonorPool | None = None
 
     def _paths(self, s: int) -> tuple[Path, Path, Path]:
@@ -218,7 +233,12 @@ class _Run:
         return stem.with_suffix(".parquet"), stem.with_suffix(".json"), stem.with_suffix(".lock")
 
     def expected(self, task: ShardTask) -> dict[str, Any]:
-        return _manifest(self.run_key, self.params, task.problem_ids, task.index, record=self.record, keys=self.keys)
+        return _manifest(self.run_key, self.params, task.problem_ids, task.index, record=self.record, keys=self.keys,
+                         adaptive=self.adaptive)
+
+    def counts(self, task: ShardTask) -> Any:
+        """What a shard of ``task`` must hold per problem, given its rows (a function of them)."""
+        return lambda df: task.rows_per_problem(self.params.n, df)
 
     def pending(self, tasks: list[ShardTask], held: contextlib.ExitStack) -> Iterator[ShardTask]:
         """The tasks whose shard is not on disk, each locked when handed out (reused ones skipped).
@@ -230,7 +250,7 @@ class _Run:
             stack = held.enter_context(contextlib.ExitStack())
             stack.enter_context(_shard_lock(lock))
             # Checked under the lock: another process may have finished it while we waited.
-            df = _load_shard(pq, mf, self.expected(task), task.rows_per_problem(self.params.n))
+            df = _load_shard(pq, mf, self.expected(task), self.counts(task))
             if df is None and self.donors is not None:
                 df = self._adopt(task)
             if df is not None:
@@ -250,7 +270,7 @@ class _Run:
         df = self.donors.assemble(task.problem_ids, [self.keys[p] for p in task.problem_ids])
         if df is None:
             return None
-        why = shard_problem(df, task.problem_ids, task.rows_per_problem(self.params.n))
+        why = shard_problem(df, task.problem_ids, task.rows_per_problem(self.params.n, df))
         if why is not None:
             logger.warning("shard %d: other runs' rows do not make a whole shard (%s); scoring it", task.index, why)
             return None
@@ -278,7 +298,7 @@ class _Run:
     def write(self, task: ShardTask, df: pd.DataFrame) -> None:
         """Check a sampled shard, then write it (parquet, then its manifest) and release its lock."""
         s = task.index
-        why = shard_problem(df, task.problem_ids, task.rows_per_problem(self.params.n))
+        why = shard_problem(df, task.problem_ids, task.rows_per_problem(self.params.n, df))
         if why is not None:  # a sampler bug: never write (and later trust) such a shard
             raise IncompleteCandidatesError(f"{self.source} returned a bad shard {s}: {why}")
         self._save(task, df)

@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -93,8 +93,10 @@ def _in_order(df: pd.DataFrame, problem_ids: list[str]) -> pd.DataFrame:
     return df.iloc[np.argsort(key.to_numpy(), kind="stable")].reset_index(drop=True)
 
 
-def _load_shard(pq: Path, mf: Path, expected: dict[str, Any], n: int | Mapping[str, int]) -> pd.DataFrame | None:
+def _load_shard(pq: Path, mf: Path, expected: dict[str, Any],
+                n: int | Mapping[str, int] | Callable[[pd.DataFrame], Any]) -> pd.DataFrame | None:
     """The shard's table if it exists, matches its manifest and passes ``shard_problem``; else None.
+    ``n`` may be a function of the rows read (adaptive N: the stopping rule replayed on them).
 
     A shard that exists but fails a check is logged as a WARNING (file and reason) so the caller
     resamples and overwrites it; only "not there yet" (neither file) is silent. One file without
@@ -119,7 +121,12 @@ def _load_shard(pq: Path, mf: Path, expected: dict[str, Any], n: int | Mapping[s
     except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ... for bad files
         logger.warning("corrupt shard %s (%s: %s); resampling it", pq, type(exc).__name__, exc)
         return None
-    why = shard_problem(df, expected["problem_ids"], n)
+    try:
+        counts = n(df) if callable(n) else n
+    except Exception as exc:  # noqa: BLE001 - rows the stopping rule cannot even read (missing columns, ...)
+        logger.warning("shard %s: its rows cannot be replayed (%s: %s); resampling it", pq, type(exc).__name__, exc)
+        return None
+    why = shard_problem(df, expected["problem_ids"], counts)
     if why is not None:
         logger.warning("shard %s does not match its manifest %s: %s; resampling it", pq, mf.name, why)
         return None

@@ -84,6 +84,11 @@ def prefix_consensus(prefix: pd.DataFrame, spec: RuleSpec, n_max: int, k: int) -
     return out
 
 
+def wave_ends(wave: int, n_max: int) -> list[int]:
+    """The prefix lengths a rule is checked at: ``wave, 2*wave, ...`` and ``n_max``."""
+    return sorted({*range(wave, n_max, wave), n_max})
+
+
 def wave_table(df: pd.DataFrame, spec: RuleSpec, wave: int) -> pd.DataFrame:
     """Rows (problem_id, k, share, settled, correct, tokens) for k = wave, 2*wave, ..., N_max.
 
@@ -91,7 +96,7 @@ def wave_table(df: pd.DataFrame, spec: RuleSpec, wave: int) -> pd.DataFrame:
     ``sample_idx`` 0..N-1 and the rule's weight column); ``tokens`` is the prefix's total.
     """
     n_max = int(df.groupby("problem_id")["sample_idx"].max().max()) + 1
-    ks = sorted({*range(wave, n_max, wave), n_max})
+    ks = wave_ends(wave, n_max)
     parts = []
     for k in ks:
         prefix = df[df["sample_idx"] < k]
@@ -103,11 +108,19 @@ def wave_table(df: pd.DataFrame, spec: RuleSpec, wave: int) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
+def fires(consensus: pd.DataFrame, threshold: float) -> pd.Series:
+    """Whether a problem stops after the prefix ``consensus`` was computed on (a
+    :func:`prefix_consensus` frame): its leader's share reaches ``threshold`` or it is settled.
+    The one stopping condition of both the offline evaluation and the online sampler
+    (:mod:`impetus.selection.online`)."""
+    return (consensus["share"] >= threshold - 1e-12) | consensus["settled"]
+
+
 def evaluate_rule(table: pd.DataFrame, threshold: float) -> dict[str, float]:
     """Stop each problem at its first wave whose share >= ``threshold`` (or settled); else N_max."""
     t = table.sort_values(["problem_id", "k"])
     n_max = int(t["k"].max())
-    fire = (t["share"] >= threshold - 1e-12) | t["settled"] | (t["k"] == n_max)
+    fire = fires(t, threshold) | (t["k"] == n_max)
     stop = t[fire].groupby("problem_id").head(1)
     full = t[t["k"] == n_max]
     return {

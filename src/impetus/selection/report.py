@@ -206,8 +206,16 @@ def _among(selection: Mapping[str, Any]) -> str:
     return f"among the shortlist `rerank_eval.shortlist` ({', '.join(f'`{m}`' for m in short)}) "
 
 
-def adaptive_lines(adaptive: Mapping[str, Mapping[str, Any]], chosen_on: str = "on dev") -> list[str]:
-    """The adaptive-N table: each rule at its threshold chosen on the selection data, measured on eval."""
+def adaptive_lines(adaptive: Mapping[str, Mapping[str, Any]], chosen_on: str = "on dev",
+                   online: Mapping[str, Any] | None = None) -> list[str]:
+    """The adaptive-N table: each rule at its threshold chosen on the selection data, measured on eval;
+    or, when eval was sampled with adaptive N online, what it kept (the offline table needs full N)."""
+    if online:
+        return ["", "### Adaptive N online", "",
+                f"Eval was sampled in waves, each problem stopped once settled: {online['samples_per_problem']:.2f} "
+                f"samples per problem on average ({online['min']}–{online['max']}), {online['tokens_per_problem']:.0f} "
+                "tokens per problem. Every method above chose among the rows kept, so accuracy against N and the "
+                "offline adaptive table (which need all N rows) are left out; sampling.adaptive: off gives them."]
     if not adaptive:
         return []
     lines = [
@@ -253,7 +261,7 @@ def markdown_report(result: Mapping[str, Any], title: str = "V1 reranking") -> s
             f"{m['seconds_per_problem']:.4f} | {'–' if ratio is None else f'{100 * ratio:.2f}%'} |"
         )
     lines += cv_lines(selection)
-    lines += adaptive_lines(result.get("adaptive", {}), chosen_on)
+    lines += adaptive_lines(result.get("adaptive", {}), chosen_on, result.get("adaptive_online"))
     lines += [
         "",
         "Gap closure = (acc − majority) / (oracle − majority). AUROC: the energy as a detector of right vs "

@@ -132,10 +132,15 @@ def rerank_and_evaluate(
     )
     figures, curves = make_plots(evals, build_methods(cols, result["taus"]), rerank_eval.curves, cols,
                                  rerank_eval.acc_vs_n_subsamples, rerank_eval.seed)
-    ap = rerank_eval.adaptive
-    specs = rule_specs(ap.energy, result["taus"].get(ap.energy, 1.0))
-    result["adaptive"], points = adaptive_report(chosen_on, evals, specs, ap.wave, ap.thresholds, ap.max_drop)
-    figures["adaptive_n.png"] = plot_adaptive(points, result["adaptive"])
+    result["adaptive"], result["adaptive_online"] = {}, _online_summary(evals)
+    if result["adaptive_online"]:  # rows stop early: accuracy against N would mix budgets
+        figures.pop("accuracy_vs_n.png", None)
+        curves = {}
+    else:
+        ap = rerank_eval.adaptive
+        specs = rule_specs(ap.energy, result["taus"].get(ap.energy, 1.0))
+        result["adaptive"], points = adaptive_report(chosen_on, evals, specs, ap.wave, ap.thresholds, ap.max_drop)
+        figures["adaptive_n.png"] = plot_adaptive(points, result["adaptive"])
     result["accuracy_vs_n"] = {k: v.to_dict(orient="list") for k, v in curves.items()}
     result["hybrid_weights"] = scorers.hybrid.weights
     result["ensembles"] = ensembles
@@ -144,7 +149,8 @@ def rerank_and_evaluate(
     if features.get("cv"):
         figures["latent_layers.png"] = plot_layer_auroc(features)
     logger.info("Rerank report:\n%s", report)
-    curve_rows = pd.concat([v.assign(method=k) for k, v in curves.items()], ignore_index=True)
+    curve_rows = (pd.concat([v.assign(method=k) for k, v in curves.items()], ignore_index=True) if curves
+                  else pd.DataFrame(columns=["n", "accuracy", "std", "method"]))
     sel = result["selection"]
     per_method = {n: {k: v for k, v in m.items() if k != "fold_accuracy"} for n, m in sel["methods"].items()}
     flat = method_metrics(result["methods"]) | method_metrics(per_method, prefix=f"{sel['selected_on']}_")
@@ -159,4 +165,15 @@ def rerank_and_evaluate(
     flat |= _ensemble_metrics(ensembles)
     flat |= latent_features_metrics(features)
     flat |= {f"adaptive/{rule}/{k}": v for rule, r in result["adaptive"].items() for k, v in r.items() if k != "dev"}
+    flat |= {f"adaptive_online/eval/{k}": v for k, v in result["adaptive_online"].items()}
     return result, report, selections, curve_rows, figures, as_mlflow_metrics(flat)
+
+
+def _online_summary(evals: pd.DataFrame) -> dict[str, float]:
+    """How many rows eval's problems kept when sampled with adaptive N online (``sampling.adaptive``);
+    empty when every problem has the same count (full N)."""
+    size = evals.groupby("problem_id").size()
+    if size.nunique() <= 1:
+        return {}
+    return {"samples_per_problem": float(size.mean()), "min": int(size.min()), "max": int(size.max()),
+            "tokens_per_problem": float(evals.groupby("problem_id")["n_tokens"].sum().mean())}

@@ -8,15 +8,16 @@ from typing import Any
 
 import pandas as pd
 
-from impetus.benchmarks.grading import (answer_locator, build_choice_table, build_prompt_table, grade_candidates,
-                                       grade_choices, grading_summary)
+from impetus.benchmarks.grading import (answer_locator, answer_reader, build_choice_table, build_prompt_table,
+                                       grade_candidates, grade_choices, grading_summary)
 from impetus.energy.recorded import is_choices
 from impetus.lm import orders as choice_orders
-from impetus.framework.config import BenchmarkParams, RayParams, SamplingStageParams
+from impetus.framework.config import BenchmarkParams, RayParams, RerankParams, SamplingStageParams
 from impetus.lm.donors import item_keys
 from impetus.lm.executors import LocalExecutor, SamplerSpec, ShardExecutor, executor_class
 from impetus.lm.runner import make_run_key, sample_problems
 from impetus.pipelines.utils import load_base_tokenizer, sampling_params
+from impetus.selection.online import WaveStop, choose_stop
 from impetus.framework.tracking import as_mlflow_metrics
 
 logger = logging.getLogger(__name__)
@@ -43,14 +44,36 @@ def make_prompts(
     return table.assign(n_prompt_tokens=pd.array(n_tokens, dtype="int64"))
 
 
+def choose_adaptive(graded_train: pd.DataFrame, graded_dev: pd.DataFrame, sampling: SamplingStageParams,
+                    rerank_eval: RerankParams) -> tuple[dict[str, Any], dict]:
+    """``adaptive_stop``: the rule that stops the eval split's sampling (``sampling.adaptive``) and its
+    threshold, chosen on the train and dev candidates (full N) as the offline report chooses one
+    (:func:`impetus.selection.online.choose_stop`); ``{"rule": "off"}`` when off."""
+    if sampling.adaptive == "off":
+        return {"rule": "off"}, {}
+    ap = rerank_eval.adaptive
+    train_side = pd.concat([graded_train, graded_dev], ignore_index=True)
+    chosen = choose_stop(train_side, sampling.adaptive, ap.wave, ap.thresholds, ap.max_drop)
+    logger.info("Adaptive N online: %s", chosen)
+    sel = chosen["selection"]
+    return chosen, as_mlflow_metrics({"adaptive_online/threshold": chosen["threshold"],
+                                      **{f"adaptive_online/selection/{k}": v for k, v in sel.items() if k != "threshold"}})
+
+
 def sample_candidates(
     prompts: pd.DataFrame, problems: pd.DataFrame, base_lm: dict[str, Any], benchmark: BenchmarkParams,
-    sampling: SamplingStageParams, ray: RayParams | None, split: str,
+    sampling: SamplingStageParams, ray: RayParams | None, adaptive_stop: dict[str, Any] | None = None, *, split: str,
 ) -> tuple[pd.DataFrame, dict]:
     """Sample ``sampling.n`` completions for every prompt of one split, in this process or on Ray
-    (``sampling.candidates: choices``: score each problem's choices instead, one row per choice)."""
+    (``sampling.candidates: choices``: score each problem's choices instead, one row per choice).
+    ``adaptive_stop`` (eval only, from :func:`choose_adaptive`): sample in waves and stop each
+    problem once the rule says its answer is settled."""
     params = sampling_params(sampling, benchmark)
     executor = make_executor(sampling, ray, base_lm)
+    stop = None
+    if adaptive_stop and adaptive_stop.get("rule", "off") != "off":
+        stop = WaveStop(adaptive_stop["rule"], adaptive_stop["threshold"], adaptive_stop["wave"],
+                        answer_reader(benchmark.build(), problems))
     items, locate = prompts[["problem_id", "prompt"]], answer_locator(benchmark.build(), problems)
     if sampling.candidates == "choices":
         # The choices travel with their shard; `n` is unused (each problem has its own count). The
@@ -62,13 +85,14 @@ def sample_candidates(
         # The answer's place in the text does not depend on the order its choices were shown in.
         by_problem = locate
         locate = lambda item, text: by_problem(choice_orders.problem_of(item), text)  # noqa: E731
-    run_key = make_run_key(_model_key(base_lm), params, items if "choices" in items else items["prompt"].tolist())
+    run_key = make_run_key(_model_key(base_lm), params, items if "choices" in items else items["prompt"].tolist(),
+                           stop.describe() if stop is not None else None)
     # A choice's row depends on its problem alone, so another split seed's runs can lend it (lm.donors).
     keys = item_keys(_model_key(base_lm), params, items, executor.record) if "choices" in items else None
     candidates, stats = sample_problems(
         None, items, params, shard_dir=sampling.shard_dir, shard_size=sampling.shard_size, run_key=run_key,
         progress=sampling.progress, answer_span=locate, executor=executor, item_keys=keys,
-        reuse_dir=sampling.reuse_dir,
+        reuse_dir=sampling.reuse_dir, stop=stop,
     )
     if "order" in prompts.columns:
         candidates = choice_orders.merge(candidates, params.n)

@@ -4,11 +4,13 @@ from kedro.pipeline import Pipeline, node
 
 from impetus.pipelines.utils import SPLITS, for_split, stage
 
-from .nodes import grade_split, make_prompts, sample_candidates
+from .nodes import choose_adaptive, grade_split, make_prompts, sample_candidates
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    nodes = []
+    # Adaptive N online: the eval split's stopping threshold is chosen on the train and dev candidates.
+    nodes = [node(choose_adaptive, inputs=["graded_train", "graded_dev", "params:sampling", "params:rerank_eval"],
+                  outputs=["adaptive_stop", "metrics_adaptive_online"], name="choose_adaptive")]
     for split in SPLITS:
         nodes += [
             node(
@@ -20,7 +22,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             node(
                 for_split(sample_candidates, split),
                 inputs=[f"prompts_{split}", f"problems_{split}", "base_lm", "params:benchmark", "params:sampling",
-                        "params:ray"],
+                        "params:ray"] + (["adaptive_stop"] if split == "eval" else []),
                 outputs=[f"candidates_{split}", f"metrics_sampling_{split}"],
                 name=f"sample_{split}",
             ),
