@@ -200,7 +200,7 @@ def test_v2_core_runs_on_a_second_backend(toy):
     tok, sampler, prompts, cands = toy
     cfg = V2Config(n_problems=None, energy="planted", starts=("single", "v1"), modes=("reinforce", "gradient"),
                    positions="prefix", prefix_fraction=0.5, window=1, steps=4, lr=1.0, samples=6, radius=2.0,
-                   patience=None, grid={"lr": [1.0, 2.0]}, search="product", dev_problems=None, compare_to=("headline",), n_boot=100,
+                   patience=None, grid={"lr": [1.0, 2.0]}, search="product", dev_problems=None, mode_settings={}, ceiling_k=3, compare_to=("headline",), n_boot=100,
                    seed=0, progress=False)
     v1 = v1_reference(cands.assign(planted=0.0), {"headline": {"method": "majority"}})
     selections = pd.DataFrame({"problem_id": ["p0", "p1"], "first": 0, "majority": 1})

@@ -333,20 +333,29 @@ class LearningCurveParams(_Params):
     progress: bool = F("Show a progress bar over the points.")
 
 
+#: The V2 settings a dev grid or a mode's own settings may set.
+V2_SETTINGS = ("positions", "prefix_fraction", "window", "steps", "lr", "samples", "radius", "patience")
+
+
 class LatentParams(_Params):
     """V2 latent optimisation (``parameters_v2_latent.yml``)."""
 
     n_problems: int | None = F("First eval problems optimised; null = all.", ge=1)
     energy: str = F("Energy (registry name) V2 minimises and picks its answer by.")
     starts: list[Literal["single", "v1"]] = F("Start answers: the first sample and/or the V1 headline's choice.", min_length=1)
-    modes: list[Literal["reinforce", "gradient"]] = F("Update modes.", min_length=1)
+    modes: list[Literal["reinforce", "gradient", "latentseek", "topk_pg"]] = F(
+        "Update modes: reinforce (sampled windows), gradient (the LatentEBM's gradient), latentseek (LatentSeek's "
+        "objective, absolute lr, last answer) and topk_pg (exact policy gradient over the top `samples` tokens at one "
+        "position); impetus.latent.policy.", min_length=1)
     positions: Literal["prefix", "spilled", "surprisal", "entropy"] = F(
         "Which states are optimised: the answer's first tokens (prefix, LatentSeek) or a window from the token "
         "with the largest per-token signal.")
     prefix_fraction: float = F("positions=prefix: share of the answer's first tokens optimised.", gt=0, le=1)
     window: int = F("Signal rules: tokens optimised from the chosen position on.", ge=1)
     steps: int = F("Optimisation steps (0 = the control alone).", ge=0)
-    lr: float = F("Adam step relative to the states' RMS coordinate (0.5: each coordinate moves ~half of it).", gt=0)
+    lr: float = F("Step size. reinforce: Adam's step relative to the states' RMS coordinate (0.5: each coordinate "
+                  "moves ~half of it); gradient: each step's length as a fraction of the radius; latentseek, topk_pg: "
+                  "Adam's absolute lr (LatentSeek: 0.03-0.05). mode_settings sets it per mode.", gt=0)
     samples: int = F("Windows sampled per reinforce step (baseline = their mean reward).", ge=2)
     radius: float = F("Gradient mode: largest |z - z0| relative to |z0| per token.", gt=0)
     patience: int | None = F("Stop an answer after this many steps without a lower energy; null = every step.", ge=1)
@@ -355,6 +364,11 @@ class LatentParams(_Params):
         "How the grid is searched: every combination, or one setting at a time in the grid's order "
         "(impetus.selection.grid); steps are read off one run at the largest listed.")
     dev_problems: int | None = F("Dev problems the grid is scored on; null = all.", ge=1)
+    mode_settings: dict[str, dict[str, Any]] = F(
+        "Per mode, settings that replace the shared ones above (e.g. {latentseek: {lr: 0.05, positions: prefix}}); "
+        "a dev grid still overrides them.")
+    ceiling_k: int = F("V2's ceiling (impetus.latent.ceiling): top-k tokens forced at each position V2 edits and at "
+                       "the answer's first token, on dev_problems dev and n_problems eval answers; 0 = off.", ge=0)
     compare_to: list[str] = F("V1 methods matched at V2's token budget ('headline' = the dev-chosen one).")
     n_boot: int = F("Bootstrap resamples.", ge=100)
     seed: int = F("Seed of sampling and regeneration.")
@@ -363,8 +377,20 @@ class LatentParams(_Params):
     @field_validator("grid")
     @classmethod
     def _grid(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        return _grid_keys(grid, ("positions", "prefix_fraction", "window", "steps", "lr", "samples", "radius",
-                                 "patience"), "v2_latent")
+        return _grid_keys(grid, V2_SETTINGS, "v2_latent")
+
+    @field_validator("mode_settings")
+    @classmethod
+    def _mode_settings(cls, per_mode: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        modes = ("reinforce", "gradient", "latentseek", "topk_pg")
+        unknown = sorted(set(per_mode) - set(modes))
+        if unknown:
+            raise ValueError(f"v2_latent.mode_settings names unknown modes {unknown}; known: {list(modes)}")
+        for mode, settings in per_mode.items():
+            bad = sorted(set(settings) - set(V2_SETTINGS))
+            if bad:
+                raise ValueError(f"v2_latent.mode_settings.{mode} sets {bad}; settable: {list(V2_SETTINGS)}")
+        return per_mode
 
     def to_core(self) -> Any:
         """The Kedro-free :class:`impetus.latent.evaluate.V2Config` with these values."""

@@ -38,7 +38,7 @@ from impetus.selection.metrics import paired_bootstrap
 
 #: ``score(problem_ids, traces) -> energies table`` (row i: trace i, an answer to problem_ids[i]).
 ScoreAnswers = Callable[[list[str], "list[Trace]"], pd.DataFrame]
-Mode = Literal["reinforce", "gradient"]
+Mode = Literal["reinforce", "gradient", "latentseek", "topk_pg"]
 
 
 @dataclass(frozen=True)
@@ -60,16 +60,19 @@ class V2Config:
     grid: Mapping[str, Sequence[Any]]
     search: Search
     dev_problems: int | None
+    mode_settings: Mapping[str, Mapping[str, Any]]
+    ceiling_k: int
     compare_to: tuple[str, ...]
     n_boot: int
     seed: int
     progress: bool
 
     def optimizer(self, mode: Mode, **overrides: Any) -> LatentConfig:
-        """The optimiser's settings for one update mode (``overrides``: a grid point)."""
+        """The optimiser's settings for one update mode: the shared ones, then ``mode_settings[mode]``,
+        then ``overrides`` (a grid point)."""
         # V2Config carries every LatentConfig field but the mode (one optimiser per listed mode)
         shared = {f.name: getattr(self, f.name) for f in fields(LatentConfig) if f.name != "mode"}
-        return LatentConfig(mode=mode, **(shared | overrides))
+        return LatentConfig(mode=mode, **(shared | dict(self.mode_settings.get(mode, {})) | overrides))
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ class Split:
     candidates: pd.DataFrame
     score: ScoreAnswers
     grade: Grade
+    pools: Mapping[str, tuple[float, float, float]] | None = None  # the energy's mean, std, min over each pool
 
 
 def pool_fn(source: str) -> Callable[[torch.Tensor, Trace], torch.Tensor]:
@@ -141,7 +145,7 @@ def optimize_split(
             bar = tqdm(total=cfg.steps, unit="step", desc=f"V2 {mode}: {len(keys)} answers, steps")
         results = LatentOptimizer(sampler, tok, params, cfg).optimize_many(
             items, energy_of, [stable_seed(seed, f"{pid}:{s}") for pid, s in keys], on_step=bar.update if bar else None,
-            starts=traces, **extra.get(mode, {}))
+            starts=traces, pools=[split.pools[pid] for pid, _ in keys] if split.pools else None, **extra.get(mode, {}))
         if bar is not None:
             bar.close()
         for (pid, s), res in zip(keys, results):
@@ -225,8 +229,29 @@ def evaluate_v2(
         configs = {m: cfg.optimizer(m, **settings[m]) for m in cfg.modes}
         v2 = optimize_split(sampler, tokenizer, params, eval_split, pids, starts, configs, cfg.energy, cfg.seed, extra,
                             cfg.progress)
+        ceiling = _ceilings(sampler, tokenizer, params, cfg, configs, {"dev": dev, "eval": eval_split}, pids)
     result = summarize(v2, v1, v1.resolve(cfg.compare_to), cfg.n_boot, cfg.seed)
+    result["ceiling"] = ceiling
     result |= {"energy": cfg.energy, "headline_v1": v1.headline, "chosen_on": "dev" if cfg.grid else "config",
                "settings": {m: dataclasses.asdict(c) for m, c in configs.items()}, "grid": dict(cfg.grid),
                "search": cfg.search, "grid_dev_accuracy": tables, "dev_problems": cfg.dev_problems}
     return result, v2
+
+
+def _ceilings(sampler: LatentSampler, tok: Any, params: SamplingParams, cfg: V2Config,
+              configs: Mapping[Mode, LatentConfig], splits: Mapping[str, Split | None], eval_pids: list[str]
+              ) -> dict[str, Any]:
+    """V2's ceiling (:func:`impetus.latent.ceiling.v2_ceiling`) on ``cfg.dev_problems`` dev answers and
+    the eval answers, from each problem's first sample with the first mode's window; {} when off."""
+    from impetus.latent.ceiling import v2_ceiling
+
+    if not cfg.ceiling_k:
+        return {}
+    opt = LatentOptimizer(sampler, tok, params, next(iter(configs.values())))
+    out: dict[str, Any] = {"k": cfg.ceiling_k, "energy": cfg.energy}
+    for name, split in splits.items():
+        if split is None:
+            continue
+        pids = eval_pids if name == "eval" else list(split.prompts["problem_id"])[: cfg.dev_problems or None]
+        out[name], _ = v2_ceiling(opt, tok, split, pids, cfg.energy, cfg.ceiling_k, cfg.n_boot, cfg.seed)
+    return out

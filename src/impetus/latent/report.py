@@ -62,7 +62,39 @@ def markdown(result: Mapping[str, Any], v2: pd.DataFrame, examples: int = 3) -> 
             lines.append(f"- `{r['problem_id']}` {r['method']}: start {r['start_text']!r} → {r['text']!r}")
         if not mask.any():
             lines.append("- none")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + ceiling_lines(result.get("ceiling") or {})) + "\n"
+
+
+#: Below this gain of the energy's argmin over the control on dev (points), V2 is not worth tuning further.
+CEILING_BAR = 3.0
+
+
+def ceiling_lines(ceiling: Mapping[str, Any]) -> list[str]:
+    """The ceiling table (:mod:`impetus.latent.ceiling`), and the verdict on dev."""
+    if not ceiling:
+        return []
+    lines = ["", f"### V2's ceiling: every top-{ceiling['k']} single-token edit where V2 edits", "",
+             "From each problem's first sample: at each position of V2's window and at the answer's first token, "
+             f"each of the {ceiling['k']} likeliest tokens is forced and the rest decoded greedily. Headroom: the share "
+             "of control-wrong answers where some edit is right (no single-token edit there can do better). Argmin: "
+             f"the lowest-`{ceiling['energy']}` answer among start, control and edits, against the control.", "",
+             "| split | answers | control acc % | oracle acc % | headroom (window / answer token) | argmin acc % "
+             "| argmin − control (pts) | 95% CI |", "|---|---:|---:|---:|---|---:|---:|---|"]
+    for name in ("dev", "eval"):
+        c = ceiling.get(name)
+        if not c:
+            continue
+        kinds = " / ".join(f"{100 * c['oracle_headroom_by_kind'].get(k, 0.0):.0f}%" for k in ("window", "answer"))
+        lo, hi = c["argmin_minus_control_ci"]
+        lines.append(f"| {name} | {c['n_answers']} | {_pct(c['control_accuracy'])} | {_pct(c['oracle_accuracy'])} | "
+                     f"{100 * c['oracle_headroom']:.0f}% ({kinds}) | {_pct(c['argmin_accuracy'])} | "
+                     f"{100 * c['argmin_minus_control']:+.1f} | [{100 * lo:+.1f}, {100 * hi:+.1f}] |")
+    dev = ceiling.get("dev")
+    if dev and 100 * dev["argmin_minus_control"] < CEILING_BAR:
+        lines += ["", f"**On dev, the energy's best single-token edit gains {100 * dev['argmin_minus_control']:+.1f} "
+                  f"points over the control (< +{CEILING_BAR:g}): no tuning of how V2 moves its latents can reach "
+                  "+3 on this testbed with this energy; V2 is not tuned further here.**"]
+    return lines
 
 
 def plots(result: Mapping[str, Any], v2: pd.DataFrame, grade: Callable[[str, str], bool]) -> dict[str, Figure]:

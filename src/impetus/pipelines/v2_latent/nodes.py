@@ -23,17 +23,20 @@ logger = logging.getLogger(__name__)
 
 
 def _split(problems: pd.DataFrame, prompts: pd.DataFrame, graded: pd.DataFrame, tok: Any, bench: Any,
-           scorers: LearnedScorers, energies: EnergyStageParams) -> Split:
+           scorers: LearnedScorers, energies: EnergyStageParams, scored: pd.DataFrame, energy: str) -> Split:
     """One split's V2 inputs: new answers scored against its candidate pool from their recorded
-    values, graded against its problems."""
+    values, graded against its problems; the pool's ``energy`` per problem (mean, std, min) from
+    its ``scored`` candidates (LatentSeek's reward is relative to them)."""
     scorer = NewAnswerScorer(tok, bench, problems, graded, scorers, energies.embedding_model)
-    return Split(prompts, graded, scorer.traces_many, text_grader(bench, problems))
+    stats = scored.groupby("problem_id")[energy].agg(["mean", lambda e: e.std(ddof=0), "min"])
+    pools = {str(p): tuple(float(x) for x in row) for p, row in stats.iterrows()}
+    return Split(prompts, graded, scorer.traces_many, text_grader(bench, problems), pools)
 
 
 def optimize_latents(
     problems_eval: pd.DataFrame, prompts_eval: pd.DataFrame, graded_eval: pd.DataFrame, energies_eval: pd.DataFrame,
     hidden_eval: dict[str, Any], problems_dev: pd.DataFrame, prompts_dev: pd.DataFrame, graded_dev: pd.DataFrame,
-    rerank_selections: pd.DataFrame, rerank_metrics: dict, base_lm: dict[str, Any], text_ebm: dict, latent_ebm: dict,
+    energies_dev: pd.DataFrame, hidden_dev: dict[str, Any], rerank_selections: pd.DataFrame, rerank_metrics: dict, base_lm: dict[str, Any], text_ebm: dict, latent_ebm: dict,
     hybrid_energy: dict, benchmark: BenchmarkParams, sampling: SamplingStageParams, energies: EnergyStageParams,
     v2_latent: LatentParams,
 ) -> tuple[dict, str, pd.DataFrame, dict, dict]:
@@ -45,10 +48,13 @@ def optimize_latents(
     model, tok = load_base_lm(base_lm)
     model.requires_grad_(False)  # gradients flow to the latents only, not into the LM's weights
     bench = benchmark.build()
-    eval_split = _split(problems_eval, prompts_eval, graded_eval, tok, bench, scorers, energies)
-    dev_split = _split(problems_dev, prompts_dev, graded_dev, tok, bench, scorers, energies)
-    v1 = v1_reference(score_split(graded_eval, energies_eval, hidden_eval, problems_eval, tok, scorers)[0],
-                      rerank_metrics)
+    scored_eval = score_split(graded_eval, energies_eval, hidden_eval, problems_eval, tok, scorers)[0]
+    scored_dev = score_split(graded_dev, energies_dev, hidden_dev, problems_dev, tok, scorers)[0]
+    eval_split = _split(problems_eval, prompts_eval, graded_eval, tok, bench, scorers, energies, scored_eval,
+                        v2_latent.energy)
+    dev_split = _split(problems_dev, prompts_dev, graded_dev, tok, bench, scorers, energies, scored_dev,
+                       v2_latent.energy)
+    v1 = v1_reference(scored_eval, rerank_metrics)
     result, v2 = evaluate_v2(
         get_sampler(sampling.backend, model, tok, record=True, **recorded_layers(base_lm)), tok,
         sampling_params(sampling, benchmark),
@@ -59,5 +65,7 @@ def optimize_latents(
     figures = plots(result, v2, lambda pid, text: eval_split.grade(pid, text)[1])
     flat = method_metrics({k: {kk: vv for kk, vv in m.items() if kk != "family"} for k, m in result["methods"].items()},
                           prefix="v2/")
+    flat |= {f"v2/ceiling/{split}/{k}": v for split, c in result.get("ceiling", {}).items() if isinstance(c, dict)
+             for k, v in c.items() if isinstance(v, (int, float))}
     answers = v2.drop(columns=["trace"]).assign(steps=[len(t) - 1 for t in v2["trace"]])
     return result, report, answers, figures, as_mlflow_metrics(flat)

@@ -13,7 +13,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             optimize_latents,
             inputs=[
                 "problems_eval", "prompts_eval", "graded_eval", "energies_eval", "hidden_eval", "problems_dev", "prompts_dev",
-                "graded_dev", "rerank_selections",
+                "graded_dev", "energies_dev", "hidden_dev", "rerank_selections",
                 "rerank_metrics", "base_lm", "text_ebm", "latent_ebm", "hybrid_energy", "params:benchmark",
                 "params:sampling", "params:energies", "params:v2_latent",
             ],
