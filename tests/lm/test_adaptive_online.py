@@ -62,16 +62,13 @@ def _offline_counts(full: pd.DataFrame, stop: WaveStop) -> dict[str, int]:
     return t[fire].groupby("problem_id")["k"].first().astype(int).to_dict()
 
 
-@pytest.mark.parametrize("one_call", [True, False], ids=["waves_in_one_call", "one_call_per_wave"])
 @pytest.mark.parametrize("rule,threshold", [("vote_margin", 1.0), ("deepconf", 0.8)])
-def test_online_rows_are_the_full_runs_first_rows(tiny, tmp_path, rule, threshold, one_call):
-    """Both ways of sampling in waves: the HF sampler's own (``waves=``, next waves join the running
-    batch) and one generate call per wave (what a sampler without ``waves=`` gets)."""
+def test_online_rows_are_the_full_runs_first_rows(tiny, tmp_path, rule, threshold):
     probs = problems_table(8)
     full, _ = sample_problems(get_sampler("hf", *tiny), probs, ADAPTIVE, tmp_path / "full", shard_size=3,
                               progress=False)
     stop = WaveStop(rule, threshold, 2, parity)
-    s = get_sampler("hf", *tiny) if one_call else Calls(get_sampler("hf", *tiny))
+    s = Calls(get_sampler("hf", *tiny))
     online, stats = sample_problems(s, probs, ADAPTIVE, tmp_path / "online", shard_size=3, progress=False, stop=stop)
     counts = online.groupby("problem_id").size().to_dict()
     assert counts == _offline_counts(full, stop)  # the sampler stopped where the offline evaluation does
@@ -82,8 +79,7 @@ def test_online_rows_are_the_full_runs_first_rows(tiny, tmp_path, rule, threshol
         for x, y in zip(online[col], first[col]):
             np.testing.assert_allclose(np.asarray(x, float), np.asarray(y, float), atol=1e-4)
     assert stats.samples_per_problem == pytest.approx(len(online) / 8)
-    if not one_call:
-        assert all(n == 2 and f % 2 == 0 for _, f, n in s.log)  # waves of 2, at sample offsets 0, 2, 4
+    assert all(n == 2 and f % 2 == 0 for _, f, n in s.log)  # waves of 2, at sample offsets 0, 2, 4
     assert stats.tokens == online["n_tokens"].sum() < full["n_tokens"].sum()
 
 

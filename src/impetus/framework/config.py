@@ -128,7 +128,8 @@ class SamplingStageParams(_Params):
     adaptive: Literal["off", "vote_margin", "deepconf"] = F(
         "Adaptive N online for the eval split: off (N samples each), or the rule that stops a problem once its "
         "answer is settled, sampling rerank_eval.adaptive.wave at a time; its threshold is chosen on the train "
-        "and dev candidates (sampled at full N) as the offline report chooses it. Sampled completions only; "
+        "and dev candidates (sampled at full N) as the offline report chooses it. Its shards hold shard_size x "
+        "ceil(n / wave) problems, so a first wave fills the batch as a full-N shard does. Sampled completions only; "
         "EBD needs it off.")
 
     @field_validator("adaptive", mode="before")

@@ -18,7 +18,6 @@ loads the model itself; :class:`LocalExecutor` uses a sampler the caller already
 from __future__ import annotations
 
 import importlib
-import inspect
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -28,7 +27,7 @@ import pandas as pd
 import pyarrow as pa
 
 from impetus.energy.recorded import RECORD_COLUMNS, RECORD_KEYS, layer_columns
-from impetus.lm.sampler import ChoiceScorer, Sampler, SamplingParams, Waves, get_sampler
+from impetus.lm.sampler import ChoiceScorer, Sampler, SamplingParams, get_sampler
 
 CANDIDATE_COLUMNS = [
     "problem_id", "sample_idx", "completion", "n_tokens", "finish_reason", "logprob_mean", "seed", "gen_seconds",
@@ -176,20 +175,9 @@ def _sample_waves(sampler: Sampler, task: ShardTask, params: SamplingParams, ans
                   progress: Any) -> pd.DataFrame:
     """Adaptive N: every open problem gets ``stop.wave`` more samples (the next sample indices, so
     the same seeds as a full-N run), then the rule closes the settled ones; at ``params.n`` all stop.
-    A sampler that takes ``waves=`` (:class:`~impetus.lm.sampler.Waves`) does it in one call, each
-    problem's next wave joining the running batch; others get one call per wave (the same rows)."""
+    (Letting a problem's next wave join the running batch inside one call was measured slower: each
+    small refill merges the whole KV cache; docs/benchmarks.md.)"""
     stop, n = task.stop, params.n
-    if "waves" in inspect.signature(sampler.generate).parameters:
-        def settled(i: int, gens: list[Any]) -> bool:
-            pid = task.problem_ids[i]
-            rows = pd.DataFrame({"problem_id": pid, "sample_idx": range(len(gens)), "completion": [g.text for g in gens],
-                                 "n_tokens": [g.n_tokens for g in gens],
-                                 "rec_deepconf": [np.asarray((g.record or {}).get("deepconf", [])) for g in gens]})
-            return pid in stop.stopped(rows, n, len(gens))
-
-        gens = _generate(sampler, task, list(range(len(task.problem_ids))), params, 0, answer_span, progress,
-                         waves=Waves(int(stop.wave), settled))
-        return _frame(task.problem_ids, task.seeds, gens)
     gens: list[list[Any]] = [[] for _ in task.problem_ids]
     open_, k = list(range(len(task.problem_ids))), 0
     while open_:

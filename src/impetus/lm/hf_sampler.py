@@ -37,8 +37,8 @@ from impetus.lm.kv_cache import (GrowLayer, RowPast, compact_layers, forward, me
 from impetus.lm.nucleus import force_tokens
 from impetus.lm.nucleus import sample_tokens as _sample_tokens
 from impetus.lm.recording import RowRecord, last_state_hook, layer_state_hook, tempered_lse
-from impetus.lm.rows import AnswerSpan, Row, WaveBook, check_stop, finish_row, pooled_record
-from impetus.lm.sampler import Generation, ProgressFn, Prompt, SamplingParams, Waves, row_seed
+from impetus.lm.rows import AnswerSpan, Row, check_stop, finish_row, pooled_record
+from impetus.lm.sampler import Generation, ProgressFn, Prompt, SamplingParams, row_seed
 from impetus.lm.trace import Trace
 
 @dataclass
@@ -50,7 +50,6 @@ class _Call:
     keep_past: bool = False  # give each row its cache
     keep_states: bool = False  # keep each row's per-token states in its record
     forced: list[list[int]] | None = None  # per prompt: tokens its row emits first, recorded as if sampled
-    waves: Waves | None = None  # adaptive N: rows join per prompt while it is unsettled
     state: Callable[[], torch.Tensor | None] = lambda: None  # the last forward's last-layer states
     layer_state: Callable[[], dict[int, torch.Tensor]] = dict  # and its states at model.hidden_layers
 
@@ -178,19 +177,16 @@ class HFSampler:
     # ----------------------------------------------------------------- main loop
     def generate(
         self, prompts: list[Prompt], params: SamplingParams, seeds: list[int], progress: ProgressFn | None = None,
-        first_sample: int = 0, answer_span: AnswerSpan | None = None, waves: Waves | None = None,
+        first_sample: int = 0, answer_span: AnswerSpan | None = None,
     ) -> list[list[Generation]]:
         """Sample ``params.n`` completions per prompt; see ``Sampler.generate``.
 
         ``first_sample``: the rows are samples ``first_sample .. first_sample + n - 1`` of each
         prompt (same seeds as in one call of a larger n), so sampling in waves gives a prefix of
         the full-N candidates. ``answer_span(prompt_index, text)``: the answer's character span,
-        for the recorded answer-token state (None: the last token's state). ``waves``: adaptive N
-        in this one call (:class:`~impetus.lm.sampler.Waves`): a prompt's next wave joins the
-        running batch as soon as its rows so far finish unsettled, so the batch stays full.
+        for the recorded answer-token state (None: the last token's state).
         """
-        return self._run(prompts, params, seeds, _Call(record=self.record, waves=waves), progress, first_sample,
-                         answer_span)
+        return self._run(prompts, params, seeds, _Call(record=self.record), progress, first_sample, answer_span)
 
     def continue_rows(
         self, prompts: list[list[int]], params: SamplingParams, seeds: list[int], max_new: list[int],
@@ -257,16 +253,13 @@ class HFSampler:
         prompt_ids = [list(p) if isinstance(p, (list, tuple)) else self.tok(p)["input_ids"] for p in prompts]
         if any(len(p) == 0 for p in prompt_ids):
             raise ValueError("empty prompt (no tokens); the model needs at least one token to condition on")
-        def row(i: int, j: int) -> Row:
-            cap = params.max_new_tokens if max_new is None else int(max_new[i])
-            return Row(prompt_idx=i, sample_idx=j, gen=torch.Generator().manual_seed(row_seed(seeds[i], j)),
-                       rec=RowRecord() if call.record else None, cap=cap,
-                       forced=list(call.forced[i]) if call.forced else [])
-
-        book = WaveBook(call.waves, len(prompts), first_sample, params.n) if call.waves else None
-        pending: deque[Row] = deque(
-            row(i, j) for i in range(len(prompts))
-            for j in (book.start(i) if book else range(first_sample, first_sample + params.n)))
+        pending: deque[Row] = deque()
+        for i, s in enumerate(seeds):
+            for j in range(first_sample, first_sample + params.n):
+                g = torch.Generator().manual_seed(row_seed(s, j))
+                cap = params.max_new_tokens if max_new is None else int(max_new[i])
+                pending.append(Row(prompt_idx=i, sample_idx=j, gen=g, rec=RowRecord() if call.record else None,
+                                    cap=cap, forced=list(call.forced[i]) if call.forced else []))
         all_rows = list(pending)
         bs = params.batch_size
         refill_at = max(1, int(bs * self.refill_fraction))
@@ -335,9 +328,6 @@ class HFSampler:
                     r.past = row_past(cache.layers, mask, i)
                 slots[i] = None
                 done += 1
-                for j in book.finished(r) if book else ():  # its prompt's next wave joins the batch
-                    pending.append(row(r.prompt_idx, j))
-                    all_rows.append(pending[-1])
             if progress is not None:
                 progress(len(rows), done)
             live -= done

@@ -7,7 +7,6 @@ stop string, its token cap), and its stored record (:func:`impetus.lm.recording.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -18,7 +17,7 @@ import torch
 from impetus.energy.recorded import token_span
 from impetus.lm.kv_cache import RowPast
 from impetus.lm.recording import RowRecord, char_ends, finalize
-from impetus.lm.sampler import Generation, Waves, kept_before
+from impetus.lm.sampler import Generation, kept_before
 
 AnswerSpan = Callable[[int, str], "tuple[int, int] | None"]
 
@@ -84,31 +83,3 @@ def finish_row(tok: Any, r: Row, reason: str, cut: int | None, text: str | None 
         seconds=r.seconds,
         sample_idx=r.sample_idx,
     )
-
-
-class WaveBook:
-    """Which samples each prompt gets under :class:`~impetus.lm.sampler.Waves`: the first wave at
-    once, then one more wave each time all of a prompt's rows have finished and it is not settled."""
-
-    def __init__(self, waves: Waves, n_prompts: int, first: int, n: int) -> None:
-        self.waves, self.first, self.end = waves, first, first + n
-        self.issued = [min(first + waves.wave, self.end) for _ in range(n_prompts)]
-        self.done: list[list[Row]] = [[] for _ in range(n_prompts)]
-
-    def start(self, i: int) -> range:
-        """Prompt ``i``'s first wave (sample indices)."""
-        return range(self.first, self.issued[i])
-
-    def finished(self, r: Row) -> range:
-        """Record that ``r`` finished; the samples its prompt gets next (empty: none, or not yet)."""
-        i = r.prompt_idx
-        self.done[i].append(r)
-        if len(self.done[i]) < self.issued[i] - self.first or self.issued[i] >= self.end:
-            return range(0)
-        rows = sorted(self.done[i], key=lambda x: x.sample_idx)
-        gens = [dataclasses.replace(x.result, record={"deepconf": list(x.rec.deepconf)} if x.rec else None)
-                for x in rows]
-        if self.waves.settled(i, gens):
-            return range(0)
-        lo, self.issued[i] = self.issued[i], min(self.issued[i] + self.waves.wave, self.end)
-        return range(lo, self.issued[i])

@@ -159,18 +159,6 @@ class Sampler(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class Waves:
-    """Adaptive N inside one ``generate`` call (a backend's optional ``waves=`` keyword): each prompt
-    starts with ``wave`` rows; once all its rows so far have finished, ``settled(prompt_index,
-    generations)`` (in sample order; each ``record`` holds at least the per-token ``deepconf``) says
-    whether it stops, else it gets the next ``wave`` rows, up to ``params.n``. Rows are seeded as in
-    ``generate``, so a prompt's rows are the first rows of a full-N call, whatever the others do."""
-
-    wave: int
-    settled: Callable[[int, list[Generation]], bool]
-
-
 @runtime_checkable
 class ChoiceScorer(Sampler, Protocol):
     """A backend that also scores given continuations of a context (``sampling.candidates: choices``):

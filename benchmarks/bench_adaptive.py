@@ -1,0 +1,97 @@
+"""Benchmark: adaptive N online against full N on one process's eval prompts (paired, same model).
+
+Usage (after a run, so the eval prompts exist; the threshold is the one the run chose on train + dev,
+``data/03_primary/adaptive_stop.json``, or the offline report's)::
+
+    python benchmarks/bench_adaptive.py [--rule vote_margin --threshold 1.0 --wave 2 --repeats 2]
+    python benchmarks/bench_adaptive.py --n 16 --wave 4 --threshold 0.5   # after `--env large` prompts
+
+Samples the run's eval prompts (``data/03_primary/prompts_eval.parquet``) with the run's sampling
+settings (``conf/base``: N, temperature, top-p, stop strings, max new tokens, batch size), in the
+dtype ``model.dtype: auto`` picks, three ways, alternating, ``--repeats`` times each:
+
+- ``full``: N samples per problem, ``shard_size`` problems per shard (what ``sampling.adaptive: off`` does);
+- ``adaptive``: adaptive N as ``sampling.adaptive`` samples it: one ``generate`` call per wave of the
+  problems still open, shards of ``shard_size x ceil(N / wave)`` problems;
+- ``adaptive_small``: the same with ``shard_size``-problem shards (what the pipeline did at first).
+
+Prints seconds (median over repeats), tokens, tokens/s and samples per problem for each, and the
+CPU's name. No shard files are written (a temporary folder per call).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
+
+from impetus.benchmarks.grading import answer_reader  # noqa: E402
+from impetus.framework.config import BenchmarkParams, SamplingStageParams  # noqa: E402
+from impetus.lm.loading import load_model  # noqa: E402
+from impetus.lm.precision import choose_dtype  # noqa: E402
+from bench_sampling import cpu_name  # noqa: E402 - the benchmarks folder is on sys.path
+from impetus.lm.runner import sample_problems  # noqa: E402
+from impetus.lm.sampler import get_sampler  # noqa: E402
+from impetus.pipelines.utils import sampling_params  # noqa: E402
+from impetus.selection.online import WaveStop  # noqa: E402
+
+
+def _conf(name: str) -> dict:
+    return yaml.safe_load(Path(f"conf/base/parameters_{name}.yml").read_text())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rule", default="vote_margin")
+    ap.add_argument("--threshold", type=float, default=1.0)
+    ap.add_argument("--wave", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--shard-size", type=int, default=None, help="full-N shard size (default: conf/base)")
+    ap.add_argument("--n", type=int, default=None, help="N (default: conf/base; --env large runs use 16)")
+    args = ap.parse_args()
+
+    sampling = SamplingStageParams(**_conf("sampling")["sampling"])
+    bench = BenchmarkParams(**_conf("ingest")["benchmark"])
+    params = sampling_params(sampling, bench)
+    if args.n:
+        params.n = args.n
+    shard = args.shard_size or sampling.shard_size
+    lm = yaml.safe_load(Path("data/06_models/base_lm.json").read_text())
+    dtype, why = choose_dtype("auto", "cpu")
+    model, tok = load_model(lm["path"], device="cpu", dtype=dtype)
+    sampler = get_sampler("hf", model, tok, record=True)
+    prompts = pd.read_parquet("data/03_primary/prompts_eval.parquet")[["problem_id", "prompt"]]
+    problems = pd.read_parquet("data/02_intermediate/problems_eval.parquet")
+    stop = WaveStop(args.rule, args.threshold, args.wave, answer_reader(bench.build(), problems))
+    scale = -(-params.n // args.wave)
+    ways = {"full": (sampler, shard, None), "adaptive": (sampler, shard * scale, stop),
+            "adaptive_small": (sampler, shard, stop)}
+    print(f"CPU: {cpu_name()}; dtype {dtype} ({why}); {len(prompts)} problems, N = {params.n}, "
+          f"rule {args.rule} at {args.threshold:g}, wave {args.wave}, batch {params.batch_size}")
+    times: dict[str, list[float]] = {k: [] for k in ways}
+    last: dict[str, pd.DataFrame] = {}
+    for _ in range(args.repeats):
+        for name, (s, size, rule) in ways.items():
+            with tempfile.TemporaryDirectory() as tmp:
+                t0 = time.perf_counter()
+                last[name], _ = sample_problems(s, prompts, params, tmp, shard_size=size, progress=False, stop=rule)
+                times[name].append(time.perf_counter() - t0)
+    full_s = statistics.median(times["full"])
+    for name, df in last.items():
+        sec, tokens = statistics.median(times[name]), int(df["n_tokens"].sum())
+        print(f"{name:14s}  {sec:6.1f} s (runs {', '.join(f'{t:.1f}' for t in times[name])})  {tokens} tokens  "
+              f"{tokens / sec:5.0f} tok/s  {len(df) / len(prompts):.2f} samples/problem  "
+              f"{100 * (1 - sec / full_s):.0f}% of full N's seconds saved")
+
+
+if __name__ == "__main__":
+    main()
