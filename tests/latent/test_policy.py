@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -43,6 +45,10 @@ def test_latentseek_returns_the_last_answer_not_the_best(setup):
     cfg = _cfg(mode="latentseek", positions="prefix", prefix_fraction=0.3, steps=4, lr=2.0, patience=None)
     res = LatentOptimizer(sampler, tok, PARAMS, cfg).optimize(prompt, start.token_ids, energy, seed=0)
     assert res.energy == res.steps[-1]["energy"] == res.steps[-1]["best_energy"]
+    # its control is the step-0 decode itself, not the lower energy of start and decode
+    zero = LatentOptimizer(sampler, tok, PARAMS, dataclasses.replace(cfg, steps=0)).optimize(
+        prompt, start.token_ids, energy, seed=0)
+    assert (res.control_text, res.control_energy) == (zero.text, zero.energy) == (zero.control_text, zero.control_energy)
 
 
 def test_topk_pg_moves_to_the_best_rewarded_token(setup):

@@ -298,7 +298,9 @@ class LatentOptimizer:
             job.tokens += len(g) - job.p - job.w
             if ek < job.best[0]:
                 job.best = (float(ek), g)
-            job.control = (*job.best, job.tokens)
+            # The zero-step twin of a mode that returns its last answer is the step-0 decode itself (the
+            # others keep the lower energy of start and decode, so theirs does too).
+            job.control = (float(ek), g, job.tokens) if cfg.mode in LAST_ANSWER else (*job.best, job.tokens)
             job.last = (float(ek), g)
             job.trace[0].update(best_energy=job.best[0], tokens=job.tokens, best_text=self._text(job.best[1]))
         for step in range(1, cfg.steps + 1):
