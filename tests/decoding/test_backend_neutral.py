@@ -177,7 +177,7 @@ def test_toy_implements_both_protocols(toy):
 def test_ebd_core_runs_on_a_second_backend(toy):
     tok, sampler, prompts, cands = toy
     cfg = EBDConfig(n_problems=None, energy="neg_logprob_mean", tau=1.0, alpha=2.0, block=2, chains=2, n_init=1,
-                    steps=3, grid={}, search="product", dev_problems=None, n_boot=100, seed=0, progress=False)
+                    steps=3, answer="lowest", grid={}, search="product", dev_problems=None, n_boot=100, seed=0, progress=False)
     table = cands.assign(neg_logprob_mean=np.linspace(0, 1, len(cands)))
     v1 = v1_reference(table, {"headline": {"method": "majority"}}, vote_for=[cfg.energy])
 
@@ -194,6 +194,28 @@ def test_ebd_core_runs_on_a_second_backend(toy):
     assert (answers.set_index("problem_id")["tokens"] > start_tokens.reindex(answers["problem_id"]).to_numpy()).all()
     assert set(pd.DataFrame(result["ebd_curve"])["step"]) == {0, 1, 2, 3}
     pd.testing.assert_frame_equal(answers.drop(columns="seconds"), answers2.drop(columns="seconds"))  # same seeds
+
+
+def test_ebd_answer_is_chosen_on_dev_from_one_run(toy, monkeypatch):
+    """``answer: [lowest, vote]`` in the grid: both are read off the same dev chains (one run), and
+    the chosen one is the better on dev."""
+    import impetus.decoding.evaluate as ev
+
+    tok, sampler, prompts, cands = toy
+    cfg = EBDConfig(n_problems=None, energy="neg_logprob_mean", tau=1.0, alpha=2.0, block=2, chains=2, n_init=1,
+                    steps=3, answer="lowest", grid={"answer": ["lowest", "vote"]}, search="product",
+                    dev_problems=None, n_boot=100, seed=0, progress=False)
+    table = cands.assign(neg_logprob_mean=np.linspace(0, 1, len(cands)))
+    v1 = v1_reference(table, {"headline": {"method": "majority"}}, vote_for=[cfg.energy])
+    split = EBDSplit(prompts, table, lambda _pid, traces: trace_energies(tok, traces, [None] * len(traces))[0], grade)
+    calls = []
+    real = ev.decode_split
+    monkeypatch.setattr(ev, "decode_split", lambda *a, **k: calls.append(1) or real(*a, **k))
+    result, _ = evaluate_ebd(sampler, tok, PARAMS, split, v1, cfg, dev=split)
+    assert len(calls) == 2  # one dev run for both answers, then eval
+    scores = {p["settings"]["answer"]: p["dev_score"] for p in result["grid_dev_accuracy"]}
+    best = "vote" if scores["vote"] > scores["lowest"] else "lowest"
+    assert result["answer"] == best and result["chosen_method"] == f"ebd_{best}"
 
 
 def test_v2_core_runs_on_a_second_backend(toy):
@@ -243,7 +265,7 @@ def test_an_ebd_chain_after_s_of_k_steps_is_the_s_step_chain(toy):
     """What lets the dev grid read every listed ``steps`` off one run at the largest."""
     tok, sampler, _, _ = toy
     cfg = EBDConfig(n_problems=None, energy="neg_logprob_mean", tau=0.5, alpha=2.0, block=2, chains=2, n_init=1,
-                    steps=5, grid={}, search="product", dev_problems=None, n_boot=100, seed=0, progress=False)
+                    steps=5, answer="lowest", grid={}, search="product", dev_problems=None, n_boot=100, seed=0, progress=False)
     prompt_ids, starts, energy = _ebd_inputs(toy)
     params = dataclasses.replace(PARAMS, n=1, temperature=0.5)
     long, _ = run_problems(sampler, tok, params, prompt_ids, starts, energy, cfg)

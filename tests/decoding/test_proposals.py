@@ -124,7 +124,7 @@ def test_run_problems_does_not_depend_on_the_batch(setup):
     starts = [[tok(a, add_special_tokens=False)["input_ids"] for a in pair] for pair in (("19", "1 9"), ("7", "8"), ("", "x"))]
     energy = _energy(tok)
     for alpha in (1.0, 2.0):  # the plain tilt, and the power target with proposals at temperature 1/2
-        ebd = EBDConfig(n_problems=None, energy="e", chains=2, steps=4, tau=1.0, alpha=alpha, block=2, n_init=1, grid={}, search="product",
+        ebd = EBDConfig(n_problems=None, energy="e", chains=2, steps=4, tau=1.0, alpha=alpha, block=2, n_init=1, answer="lowest", grid={}, search="product",
                         dev_problems=None, n_boot=100, seed=3, progress=False)
         params = replace(PARAMS, temperature=1 / alpha)
         runs = [run_problems(sampler, tok, replace(params, batch_size=b), prompts, starts, lambda _k, s: energy(s), ebd)

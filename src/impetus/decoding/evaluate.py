@@ -10,7 +10,8 @@ tilted distribution). The chains of many problems are proposed in one batch (:fu
 Tokens = the ``chains · n_init`` candidates' tokens + every proposed token; after ``s`` steps the
 same accounting gives the accuracy-vs-tokens curve. V1 is matched at that budget by
 :func:`impetus.selection.budget.compare_at_equal_tokens`. The settings in ``grid`` (τ, α, block,
-steps, n_init, chains) are chosen on the dev split by ``ebd_lowest``'s accuracy (``search``:
+steps, n_init, chains, and ``answer``: which of the two is EBD's answer) are chosen on the dev split by
+the accuracy of the answer a point names (``search``:
 :func:`impetus.selection.grid.choose_on_dev`), then run once on eval. The listed ``steps`` are read
 off one dev run at the largest: a chain's first ``s`` steps draw the same cuts, proposals and
 uniforms whatever its length (per-chain generators and seeds), so they *are* an ``s``-step chain.
@@ -26,7 +27,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -57,6 +58,7 @@ class EBDConfig:
     chains: int
     n_init: int
     steps: int
+    answer: Literal["lowest", "vote"]
     grid: Mapping[str, Sequence[Any]]
     search: Search
     dev_problems: int | None
@@ -66,7 +68,7 @@ class EBDConfig:
 
     def settings(self) -> dict[str, Any]:
         """The values a dev grid can choose."""
-        return {k: getattr(self, k) for k in ("tau", "alpha", "block", "chains", "n_init", "steps")}
+        return {k: getattr(self, k) for k in ("tau", "alpha", "block", "chains", "n_init", "steps", "answer")}
 
 
 @dataclass(frozen=True)
@@ -260,25 +262,33 @@ def evaluate_ebd(
         dev_pids = list(dev.prompts["problem_id"])[: cfg.dev_problems or None]
 
         accepted: dict[str, dict] = {}  # MH statistics of each dev run (all its steps), by its other settings
+        runs: dict[str, pd.DataFrame] = {}  # each dev run's curve, by its settings but steps and answer
 
         def dev_accuracy(point: dict[str, Any], steps: list[int]) -> dict[int, float]:
-            """``ebd_lowest``'s dev accuracy after each of ``steps`` MH steps of one run."""
-            answers, curve, _ = decode_split(sampler, tokenizer, params, dev, dev_pids,
-                                             dataclasses.replace(cfg, **point))
-            accepted[run_key(point, "steps")] = mh_stats(answers[answers["method"] == "ebd_lowest"])
-            lowest = curve[curve["method"] == "ebd_lowest"].set_index("step")["accuracy"]
-            return {s: float(lowest.loc[s]) for s in steps}
+            """The chosen answer's (``ebd_<answer>``) dev accuracy after each of ``steps`` MH steps of
+            one run; both answers come from the same chains, so a run serves both."""
+            rest = {k: v for k, v in point.items() if k != "answer"}
+            key = run_key(rest, "steps")
+            if key not in runs:
+                answers, runs[key], _ = decode_split(sampler, tokenizer, params, dev, dev_pids,
+                                                     dataclasses.replace(cfg, **rest))
+                accepted[key] = mh_stats(answers[answers["method"] == "ebd_lowest"])
+            method = f"ebd_{point.get('answer', cfg.answer)}"
+            acc = runs[key][runs[key]["method"] == method].set_index("step")["accuracy"]
+            return {s: float(acc.loc[s]) for s in steps}
 
         chosen, tables = choose_on_dev(cfg.grid, read_off_one_run(cfg.grid, "steps", cfg.steps, dev_accuracy),
                                        cfg.search)
         for row in tables:  # how far each setting is from the acceptance it is meant to have, on dev
-            row |= {f"dev_{k}": v for k, v in accepted[run_key(row["settings"], "steps")].items()}
+            rest = {k: v for k, v in row["settings"].items() if k != "answer"}
+            row |= {f"dev_{k}": v for k, v in accepted[run_key(rest, "steps")].items()}
         cfg = dataclasses.replace(cfg, **chosen)
     pids = list(eval_split.prompts["problem_id"])[: cfg.n_problems or None]
     answers, curve, reuse_cache = decode_split(sampler, tokenizer, params, eval_split, pids, cfg)
     compare_to = v1.resolve([cfg.energy, "majority", f"vote_{cfg.energy}", "headline"])
     result = summarize(answers, curve, v1, compare_to, cfg.n_boot, cfg.seed)
-    result |= {"energy": cfg.energy, **cfg.settings(), "headline_v1": v1.headline, "reuse_cache": reuse_cache,
+    result |= {"energy": cfg.energy, **cfg.settings(), "chosen_method": f"ebd_{cfg.answer}",
+               "headline_v1": v1.headline, "reuse_cache": reuse_cache,
                "chosen_on": "dev" if cfg.grid else "config", "settings": cfg.settings(), "grid": dict(cfg.grid),
                "search": cfg.search, "grid_dev_accuracy": tables, "dev_problems": cfg.dev_problems}
     return result, answers

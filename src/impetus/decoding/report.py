@@ -18,14 +18,16 @@ def _pct(x: float | None) -> str:
 
 def _chosen(result: Mapping[str, Any]) -> str:
     """On what the settings were chosen."""
+    chosen = result.get("chosen_method", "ebd_lowest")
     if result.get("chosen_on") != "dev":
-        return "Settings as configured (no grid)."
+        return f"Settings as configured (no grid); EBD's answer: `{chosen}`."
     points = ", ".join(f"{p['settings']} {100 * p['dev_score']:.1f}%"
                        + (f" (acceptance {_pct(p['dev_acceptance'])}, of changed proposals "
                           f"{_pct(p.get('dev_acceptance_of_changes'))})" if "dev_acceptance" in p else "")
                        for p in result["grid_dev_accuracy"])
-    return (f"Settings chosen on {result.get('dev_problems') or 'all'} dev problems by `ebd_lowest`'s accuracy "
-            f"({len(result['grid_dev_accuracy'])} points scored, {grid_note(result)}: {points}).")
+    return (f"Settings chosen on {result.get('dev_problems') or 'all'} dev problems by the accuracy of the answer "
+            f"each point names ({len(result['grid_dev_accuracy'])} points scored, {grid_note(result)}: {points}). "
+            f"EBD's answer: `{chosen}`.")
 
 
 def markdown(result: Mapping[str, Any]) -> str:

@@ -412,6 +412,9 @@ class EBDParams(_Params):
     n_init: int = F("Each chain starts from the lowest-energy of its own n_init V1 candidates (1 = a plain sample).",
                     ge=1)
     steps: int = F("MH steps per chain.", ge=0)
+    answer: Literal["lowest", "vote"] = F(
+        "EBD's answer: lowest (the lowest-energy state any chain visited) or vote (majority over the chains' final "
+        "states); both are reported, this one is the chosen method (a grid may choose it on dev).")
     grid: dict[str, list[Any]] = F("Settings chosen on dev (name -> values, cheaper first); {} = as set.")
     search: Literal["product", "coordinate"] = F(
         "How the grid is searched: every combination, or one setting at a time in the grid's order "
@@ -424,7 +427,7 @@ class EBDParams(_Params):
     @field_validator("grid")
     @classmethod
     def _grid(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        return _grid_keys(grid, ("tau", "alpha", "block", "chains", "n_init", "steps"), "ebd")
+        return _grid_keys(grid, ("tau", "alpha", "block", "chains", "n_init", "steps", "answer"), "ebd")
 
     def to_core(self) -> Any:
         """The Kedro-free :class:`impetus.decoding.evaluate.EBDConfig` with these values."""

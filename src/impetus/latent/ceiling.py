@@ -151,7 +151,8 @@ def v2_ceiling(opt: LatentOptimizer, tok: Any, split: Any, pids: list[str], ener
         "start_correct": [bool(first.loc[p, "correct"]) for p in pids],
         "control_correct": [bool(split.grade(p, r.control_text)[1]) for p, r in zip(pids, results)],
     })
-    return summarize_ceiling(alts, base, n_boot, seed), alts.assign(problem_id=[pids[o] for o in owners])
+    texts = [tok.decode(t.ids, skip_special_tokens=False) for t in traces]
+    return summarize_ceiling(alts, base, n_boot, seed), alts.assign(problem_id=[pids[o] for o in owners], text=texts)
 
 
 def _start(value: Any) -> int | None:
