@@ -44,6 +44,24 @@ def test_hybrid_nan_safe_uses_train_mean():
     assert h.energy(row)[0] == pytest.approx(0.0)  # NaN -> train mean -> z = 0
 
 
+def test_a_value_far_outside_training_cannot_decide_alone():
+    """A V2 edit can put a column hundreds of training deviations out (a forced, unlikely answer
+    token's neg_logprob_answer); the linear energy clips each column to its training range instead of
+    extrapolating, and the range survives saving."""
+    df = toy()
+    h = HybridEnergy(HybridConfig(l2=1e-3)).fit(df, ["good", "flipped", "noise"])
+    edge = df[["good", "flipped", "noise"]].agg(["min", "max"])
+    wild = pd.DataFrame({"good": [edge.loc["min", "good"] - 1e4], "flipped": [15.0], "noise": [0.0]})
+    at_edge = wild.assign(good=edge.loc["min", "good"])
+    assert h.energy(wild)[0] == pytest.approx(h.energy(at_edge)[0])  # no lower than the training minimum
+    inside = df.iloc[:20]
+    assert np.allclose(h.energy(inside), h._z(inside) @ h.coef)  # training rows are never clipped
+    z = (inside[h.cols].to_numpy() - h.mean) / h.std
+    assert np.allclose(h.energy(inside), z @ h.coef)
+    again = HybridEnergy.from_dict(h.to_dict())
+    assert again.energy(wild)[0] == pytest.approx(h.energy(wild)[0])
+
+
 def test_pair_index_matches_pairwise_loss():
     df = toy(n_groups=5, n_per=4, seed=2)
     e = torch.tensor(df["good"].to_numpy())

@@ -1,7 +1,8 @@
 """Hybrid energy: a learned linear combination of energy columns.
 
 ``E_hybrid(x) = sum_c w_c * z_c(x)`` where ``z_c`` is column ``c`` standardized with the *train*
-mean/std. Weights are fit on train groups with the same group-wise pairwise loss as the EBMs
+mean/std and clipped to the range it had in training (answers unlike any training candidate, such
+as V2's forced edits, would otherwise be scored by extrapolation). Weights are fit on train groups with the same group-wise pairwise loss as the EBMs
 (EORM, arXiv:2505.14999; RankNet, Burges et al. 2005) plus an L2 penalty. With a linear model the
 loss is a logistic regression on within-group (right - wrong) feature differences — convex, so
 L-BFGS finds the unique optimum deterministically. No bias: it cancels in every pair.
@@ -64,11 +65,16 @@ class HybridEnergy:
     std: np.ndarray | None = None
     coef: np.ndarray | None = None
     train_loss: float | None = None
+    lo: np.ndarray | None = None  # each column's lowest and highest standardised value in training
+    hi: np.ndarray | None = None
 
     def _z(self, df: pd.DataFrame) -> np.ndarray:
         x = df[self.cols].to_numpy(dtype=float)
         x = np.where(np.isnan(x), self.mean[None, :], x)
-        return (x - self.mean[None, :]) / self.std[None, :]
+        z = (x - self.mean[None, :]) / self.std[None, :]
+        # A linear energy must not extrapolate: a V2 edit that forces an unlikely answer token has a
+        # neg_logprob_answer hundreds of training deviations out, and a small weight then decides alone.
+        return z if self.lo is None else np.clip(z, self.lo[None, :], self.hi[None, :])
 
     def fit(
         self, df: pd.DataFrame, cols: Sequence[str], group_col: str = "problem_id", label_col: str = "correct"
@@ -80,6 +86,11 @@ class HybridEnergy:
         mean = np.nan_to_num(mean, nan=0.0)  # an all-NaN column contributes nothing
         std = np.nanstd(np.where(np.isnan(x), mean[None, :], x), axis=0)
         self.mean, self.std = mean, np.where((std > 0) & np.isfinite(std), std, 1.0)
+        self.lo = self.hi = None
+        raw = self._z(df)
+        finite = np.where(np.isfinite(raw), raw, np.nan)
+        self.lo = np.nan_to_num(np.nanmin(finite, axis=0), nan=0.0) if len(raw) else np.zeros(len(cols))
+        self.hi = np.nan_to_num(np.nanmax(finite, axis=0), nan=0.0) if len(raw) else np.zeros(len(cols))
         z = torch.as_tensor(self._z(df), dtype=torch.float64)
         i, j, w = pair_index(df[group_col].to_numpy(), df[label_col].to_numpy(dtype=bool))
         if i.size == 0:
@@ -115,6 +126,7 @@ class HybridEnergy:
             "format": 1, "kind": "HybridEnergy", "l2": float(self.config.l2), "max_iter": int(self.config.max_iter),
             "cols": list(self.cols), "mean": self.mean.tolist(), "std": self.std.tolist(),
             "coef": self.coef.tolist(), "train_loss": self.train_loss,
+            **({"lo": self.lo.tolist(), "hi": self.hi.tolist()} if self.lo is not None else {}),
         }
 
     @classmethod
@@ -124,6 +136,7 @@ class HybridEnergy:
             config=HybridConfig(l2=d["l2"], max_iter=d["max_iter"]), cols=list(d["cols"]),
             mean=np.asarray(d["mean"], float), std=np.asarray(d["std"], float),
             coef=np.asarray(d["coef"], float), train_loss=d.get("train_loss"),
+            lo=np.asarray(d["lo"], float) if "lo" in d else None, hi=np.asarray(d["hi"], float) if "hi" in d else None,
         )
 
     @property
