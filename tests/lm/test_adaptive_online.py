@@ -4,11 +4,6 @@ evaluation's, shards are checked by replaying the rule, and a kill -9 mid-wave l
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -112,23 +107,9 @@ def test_a_shard_cut_short_is_resampled(tiny, tmp_path):
 
 def test_kill_during_a_wave_loses_nothing(tiny, tmp_path):
     """SIGKILL a sampler in a shard's second wave: the rerun reuses the finished shard and matches a clean run."""
-    child = Path(__file__).with_name("_adaptive_child.py")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    err = tmp_path / "child.err"
-    proc = subprocess.Popen([sys.executable, str(child), str(tmp_path / "run")], env=env,
-                            stdout=subprocess.PIPE, stderr=err.open("w"), text=True)
-    try:
-        deadline = time.time() + 60
-        while not any(line.strip() == "HANGING" for line in proc.stdout):
-            assert proc.poll() is None and time.time() < deadline, f"child never reached a second wave: {err.read_text()}"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
-    done = sorted(p.name for p in (tmp_path / "run" / "k").iterdir() if p.suffix != ".lock")
-    assert done == ["shard_00000.json", "shard_00000.parquet"]  # the shard in flight left nothing half-written
+    from .test_runner import kill_at_marker  # here: _adaptive_child imports this module outside the package
+
+    kill_at_marker(Path(__file__).with_name("_adaptive_child.py"), tmp_path / "run", tmp_path, "a second wave")
     s = Calls(get_sampler("hf", *tiny))
     resumed, stats = sample_problems(s, problems_table(), ADAPTIVE, tmp_path / "run", shard_size=2, run_key="k",
                                      progress=False, stop=settled_first_two())
