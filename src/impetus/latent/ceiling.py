@@ -20,14 +20,14 @@ regeneration (:meth:`impetus.latent.optimize.LatentOptimizer.regenerate`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from impetus.latent.optimize import LatentOptimizer, _Job, trace_states
+from impetus.latent.optimize import LatentOptimizer, _Job, encode_starts, trace_states
 from impetus.lm.sampler import kept_before
 from impetus.lm.trace import Trace
 from impetus.selection.metrics import paired_bootstrap
@@ -121,11 +121,7 @@ def v2_ceiling(opt: LatentOptimizer, tok: Any, split: Any, pids: list[str], ener
 
     V2 with zero steps gives each answer's window, start and control (energies and answers); then
     every top-``k`` edit is regenerated, scored and graded. Returns the summary and the
-    alternatives' table (with ``problem_id``)."""
-    from dataclasses import replace
-
-    from impetus.latent.optimize import encode_starts
-
+    alternatives' table (with ``problem_id`` and ``text``)."""
     first = split.candidates[split.candidates["sample_idx"] == 0].set_index("problem_id")
     prompt_of = dict(zip(split.prompts["problem_id"], split.prompts["prompt"]))
     items = [(tok(prompt_of[p])["input_ids"], tok(first.loc[p, "completion"], add_special_tokens=False)["input_ids"])
@@ -133,9 +129,6 @@ def v2_ceiling(opt: LatentOptimizer, tok: Any, split: Any, pids: list[str], ener
 
     def energy_of(owners: list[int], traces: list[Trace]) -> np.ndarray:
         return split.score([pids[o] for o in owners], traces)[energy].to_numpy(float) if traces else np.zeros(0)
-
-    def correct(owner: int, trace: Trace) -> bool:
-        return bool(split.grade(pids[owner], tok.decode(trace.ids, skip_special_tokens=False))[1])
 
     starts = encode_starts(opt.sampler, items)
     zero = LatentOptimizer(opt.sampler, tok, opt.params, replace(opt.cfg, mode="reinforce", steps=0))
@@ -145,13 +138,14 @@ def v2_ceiling(opt: LatentOptimizer, tok: Any, split: Any, pids: list[str], ener
     positions = [edit_positions(r.window, q, len(ids)) for r, q, (_, ids) in zip(results, answer_q, items)]
     edits, traces = enumerate_edits(opt, starts, [p for p, _ in items], positions, k)
     owners = [e.owner for e in edits]
-    alts = ceiling_table(edits, traces, energy_of(owners, traces), [correct(o, t) for o, t in zip(owners, traces)])
+    texts = [tok.decode(t.ids, skip_special_tokens=False) for t in traces]
+    right = [bool(split.grade(pids[o], text)[1]) for o, text in zip(owners, texts)]
+    alts = ceiling_table(edits, traces, energy_of(owners, traces), right)
     base = pd.DataFrame({
         "start_energy": [r.start_energy for r in results], "control_energy": [r.control_energy for r in results],
         "start_correct": [bool(first.loc[p, "correct"]) for p in pids],
         "control_correct": [bool(split.grade(p, r.control_text)[1]) for p, r in zip(pids, results)],
     })
-    texts = [tok.decode(t.ids, skip_special_tokens=False) for t in traces]
     return summarize_ceiling(alts, base, n_boot, seed), alts.assign(problem_id=[pids[o] for o in owners], text=texts)
 
 

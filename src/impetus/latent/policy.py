@@ -59,7 +59,7 @@ def _alternatives(opt: LatentOptimizer, jobs: list[tuple[int, _Job]], energy: Ba
     flat = [j for _, j in jobs for _ in range(m)]
     gens = opt.regenerate(flat, [[int(v)] for t in tops for v in t])
     owners = [k for k, _ in jobs for _ in range(m)]
-    e = np.asarray(energy(owners, gens), dtype=float) if gens else np.zeros(0)
+    e = opt._score(energy, owners, gens)
     for c, ((_, job), top) in enumerate(zip(jobs, tops)):
         ej = e[c * m: (c + 1) * m]
         sd = ej.std()
