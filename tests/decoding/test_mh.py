@@ -40,13 +40,19 @@ def p_answer(y: tuple[int, ...]) -> float:
 
 
 def make_propose(rng: np.random.Generator, alpha: float = 1.0):
-    """Regenerate after the cut from the toy model at temperature 1/alpha."""
-    def propose(states: list[list[int]], cuts: list[int]) -> list[list[int]]:
+    """Regenerate after the cut from the toy model at temperature 1/alpha; with ``banned`` (the
+    differing kernel) a row's first new token is drawn with its banned token removed."""
+    def propose(states: list[list[int]], cuts: list[int], banned=None) -> list[list[int]]:
         out = []
-        for state, t in zip(states, cuts):
+        for c, (state, t) in enumerate(zip(states, cuts)):
             y = list(state[:t])
+            ban = None if banned is None else banned[c]
             while len(y) < MAX_LEN:
-                tok = int(rng.choice(3, p=tempered(tuple(y), alpha)))
+                q = tempered(tuple(y), alpha)
+                if ban is not None:
+                    q = np.where(np.arange(3) == ban, 0.0, q)
+                    q, ban = q / q.sum(), None
+                tok = int(rng.choice(3, p=q))
                 if tok == EOS:
                     break
                 y.append(tok)
@@ -65,12 +71,16 @@ def energy_fn(ys: list[list[int]]) -> np.ndarray:
 
 
 def chain_counts(tau: float, block: int, seed: int = 0, chains: int = 40, steps: int = 400, burn: int = 50,
-                 thin: int = 4, alpha: float = 1.0, log_norm=None) -> np.ndarray:
-    """Visits per answer after burn-in, every ``thin``-th state (consecutive states are correlated)."""
+                 thin: int = 4, alpha: float = 1.0, log_norm=None, token_logq=None) -> np.ndarray:
+    """Visits per answer after burn-in, every ``thin``-th state (consecutive states are correlated).
+    With ``token_logq`` (the differing kernel) chains start from non-empty answers."""
     rng = np.random.default_rng(seed)
     propose = make_propose(rng, alpha)
     starts = propose([[] for _ in range(chains)], [0] * chains)
-    res = run_chains(starts, propose, energy_fn, tau=tau, block=block, steps=steps, rng=rng, log_norm=log_norm)
+    if token_logq is not None:
+        starts = [y or [int(rng.integers(2))] for y in starts]
+    res = run_chains(starts, propose, energy_fn, tau=tau, block=block, steps=steps, rng=rng, log_norm=log_norm,
+                     token_logq=token_logq)
     index = {y: i for i, y in enumerate(answers())}
     counts = np.zeros(len(index))
     for states in res.states:
@@ -159,3 +169,106 @@ def test_move_counts_separate_moves_from_identical_proposals_and_rejections():
                     accepted=[[True, True, False], [True]])  # chain 0: identical, a move, a rejection
     assert chains.move_counts() == (4, 1, 1)
     assert chains.acceptance_rate() == 0.75  # the identical proposals count as accepted
+
+
+# --- the differing kernel: the first regenerated token must differ from the chain's
+
+def token_logq_of(alpha: float):
+    """log q(y_t | y_<t): the toy's tempered step distribution at the answer's token t."""
+    return lambda y, t: float(np.log(tempered(tuple(y[:t]), alpha)[y[t]]))
+
+
+def nonempty(w: np.ndarray) -> np.ndarray:
+    """``w`` restricted to non-empty answers (the empty one is the first), renormalised."""
+    w = w.copy()
+    w[0] = 0.0
+    return w / w.sum()
+
+
+def drop_ratio_term(monkeypatch):
+    """Keep the boundary counts, drop the (1 - q(y_t)) / (1 - q(y'_t)) factor."""
+    import impetus.decoding.mh as mh
+
+    monkeypatch.setattr(mh, "differ_log_ratio", lambda lo, ln, a, b, block: (
+        np.log(mh.inner_boundaries(a, block)) - np.log(mh.inner_boundaries(b, block))
+        - np.log(mh.n_boundaries(a, block)) + np.log(mh.n_boundaries(b, block))))
+
+
+def suffixes(prefix: list[int], alpha: float) -> dict[tuple[int, ...], float]:
+    """Every answer the proposal can complete ``prefix`` to, with its probability at temperature 1/alpha."""
+    out: dict[tuple[int, ...], float] = {}
+
+    def grow(y: list[int], p: float) -> None:
+        if len(y) == MAX_LEN:
+            out[tuple(y)] = out.get(tuple(y), 0.0) + p
+            return
+        q = tempered(tuple(y), alpha)
+        out[tuple(y)] = out.get(tuple(y), 0.0) + p * q[EOS]
+        for v in (0, 1):
+            grow(y + [v], p * q[v])
+    grow(list(prefix), 1.0)
+    return out
+
+
+def differing_kernel(alpha: float, tau: float, block: int) -> np.ndarray:
+    """The differing kernel's exact transition matrix over non-empty answers, built from the toy's
+    probabilities and :mod:`impetus.decoding.mh`'s acceptance (no sampling)."""
+    from impetus.decoding.mh import differ_log_ratio, suffix_log_norm
+
+    ys = answers()[1:]
+    index = {y: i for i, y in enumerate(ys)}
+    log_norm, logq = (None if alpha == 1 else log_norm_of(alpha)), token_logq_of(alpha)
+    K = np.zeros((len(ys), len(ys)))
+    for y in ys:
+        cuts = range(0, len(y), block)
+        for t in cuts:
+            q = tempered(y[:t], alpha)
+            K[index[y], index[y]] += q[EOS] / (1 - q[y[t]]) / len(cuts)  # ends at the cut: rejected
+            v = 1 - y[t]
+            for y2, p in suffixes(list(y[:t]) + [v], alpha).items():
+                ratio = (suffix_log_norm(log_norm, list(y2), t) - suffix_log_norm(log_norm, list(y), t)
+                         + differ_log_ratio(logq(list(y), t), logq(list(y2), t), len(y), len(y2), block))
+                a = acceptance(energy_fn([list(y)])[0], energy_fn([list(y2)])[0], len(y), len(y2), tau, block, ratio)
+                w = q[v] / (1 - q[y[t]]) * p / len(cuts)
+                K[index[y], index[y2]] += w * a
+                K[index[y], index[y]] += w * (1 - a)
+    return K
+
+
+@pytest.mark.parametrize(("alpha", "tau", "block"), [(1.0, 1.0, 1), (1.0, 1.0, 2), (2.0, 1.0, 1), (3.0, 4.0, 2)])
+def test_differing_kernel_leaves_the_target_invariant_exactly(alpha, tau, block, monkeypatch):
+    K, pi = differing_kernel(alpha, tau, block), nonempty(power_target(alpha, tau))[1:]
+    assert np.allclose(K.sum(axis=1), 1.0)
+    assert np.abs(pi @ K - pi).max() < 1e-12
+    drop_ratio_term(monkeypatch)
+    assert np.abs(pi @ differing_kernel(alpha, tau, block) - pi).max() > 5e-3  # the check can fail
+
+
+# A flatter target (tau = 4) than above: a peaked one makes the differing chain sticky (most moves
+# leave the mode and are rejected), and autocorrelated visits break chi-square's independence.
+@pytest.mark.parametrize(("alpha", "tau", "block"), [(1.0, 4.0, 1), (1.0, 4.0, 2), (3.0, 4.0, 2)])
+def test_differing_proposals_match_the_target(alpha, tau, block):
+    counts = chain_counts(tau, block, steps=1000, thin=10, alpha=alpha,
+                          log_norm=None if alpha == 1 else log_norm_of(alpha), token_logq=token_logq_of(alpha))
+    want = nonempty(power_target(alpha, tau))
+    assert counts[0] == 0  # a non-empty chain never moves to the empty answer
+    assert chisquare(counts[1:], want[1:] * counts.sum()).pvalue > 0.01
+    assert np.abs(counts / counts.sum() - want).max() < 0.03
+
+
+def test_differing_proposals_fail_the_chi_square_without_their_ratio_term(monkeypatch):
+    drop_ratio_term(monkeypatch)
+    counts = chain_counts(4.0, 2, steps=1000, thin=10, alpha=3.0, log_norm=log_norm_of(3.0),
+                          token_logq=token_logq_of(3.0))
+    want = nonempty(power_target(3.0, 4.0))
+    assert chisquare(counts[1:], want[1:] * counts.sum()).pvalue < 1e-3
+
+
+def test_differing_proposals_always_change_the_block():
+    rng = np.random.default_rng(0)
+    propose = make_propose(rng)
+    starts = [[0, 1, 0], [1], [0, 0]]
+    res = run_chains(starts, propose, energy_fn, tau=1.0, block=1, steps=30, rng=rng, token_logq=token_logq_of(1.0))
+    proposals, moves, rejections = res.move_counts()
+    assert moves + rejections == proposals == 90  # no proposal equals the chain's answer
+    assert moves > 0

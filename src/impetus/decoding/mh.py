@@ -42,6 +42,25 @@ answer's suffix was (or would have been) drawn with, those that produced its tok
 and, when the model ended it (EOS or a stop string, not the length cap), the ending step. With
 α = 1 every ``Z_i = 1`` and the plain tilt above comes back. The normalisers enter through
 ``run_chains(log_norm=...)``; leaving the factor out biases the chain (tests/decoding/test_mh.py).
+
+**Differing proposals** (``run_chains(token_logq=...)``). A resampled block often comes back
+unchanged (the model is peaked), so most proposals waste their tokens. The differing kernel
+conditions the proposal on changing the block's first token: cut ``t`` is drawn uniformly among the
+``m(y) = ⌈T(y)/B⌉`` boundaries *inside* the answer (``t < T(y)``, so ``y_t`` exists), the first new
+token from the proposal's step distribution with ``y_t`` removed, ``q(v)/(1 − q(y_t))`` for
+``v ≠ y_t`` (``q`` the step's tempered distribution, ``p^α/Z_t``), and the rest as before. The
+reverse move from ``y'`` cuts at the same ``t`` (``t < T(y')`` when ``y'`` has a token there) and
+must draw ``y_t`` with ``y'_t`` removed, so
+
+    π_α(y') q(y|y')                                 1 − q(y_t | x, y_<t)     Π_{i≥t} Z_i(y')
+    --------------- = e^{(E(y)−E(y'))/τ} · m(y)/m(y') · ----------------------- · ---------------
+    π_α(y) q(y'|y)                                  1 − q(y'_t | x, y_<t)    Π_{i≥t} Z_i(y)
+
+(``Z_t`` is the same step for both and cancels). A proposal that ends at the cut (``T(y') = t``: EOS
+or a stop string right away) has no reverse move and is rejected, which is exact (its reverse
+probability is 0); an empty answer has no cut and stays. So the kernel samples the target
+restricted to non-empty answers, the only ones a chain started from one can reach. Leaving out the
+``(1 − q)`` factor biases the chain (tests/decoding/test_mh.py).
 """
 
 from __future__ import annotations
@@ -57,13 +76,17 @@ import numpy as np
 #: :class:`impetus.lm.trace.Trace` with the KV cache and recorded values to continue it from).
 State = Any
 #: ``propose(states, cuts) -> new states``: each keeps its state's first ``cut`` tokens and
-#: continues them with the base model at temperature 1 (batched over chains).
+#: continues them with the base model at temperature 1/α (batched over chains); the differing
+#: kernel calls ``propose(states, cuts, banned)``.
 Propose = Callable[[list[State], list[int]], list[State]]
 #: ``energy(states) -> energies`` (lower = better).
 Energy = Callable[[list[State]], np.ndarray]
 #: ``log_norm(state) -> log Z_i`` of each step that produced the answer: one per token, plus the
 #: ending step when the model ended it (not the length cap); see "Power target" above.
 LogNorm = Callable[[State], np.ndarray]
+#: ``token_logq(state, t) -> log q(y_t | x, y_<t)``: the log-probability of the answer's token ``t``
+#: under the proposal's step distribution (the differing kernel, "Differing proposals" above).
+TokenLogQ = Callable[[State, int], float]
 
 
 def token_ids(state: State) -> list[int]:
@@ -79,10 +102,27 @@ def n_boundaries(length: int, block: int) -> int:
 def acceptance(e_old: float, e_new: float, len_old: int, len_new: int, tau: float, block: int,
                log_norm_ratio: float = 0.0) -> float:
     """``min(1, exp((E(y) − E(y'))/τ) · n(y)/n(y') · Π Z(y')/Π Z(y))`` (see the module docstring;
-    ``log_norm_ratio`` is the log of the last factor, 0 for the plain tilt)."""
+    ``log_norm_ratio`` is the log of the last factor, 0 for the plain tilt; the differing kernel adds
+its own term to it, :func:`differ_log_ratio`)."""
     log_a = ((e_old - e_new) / tau + math.log(n_boundaries(len_old, block)) - math.log(n_boundaries(len_new, block))
              + log_norm_ratio)
     return 1.0 if log_a >= 0 else math.exp(log_a)
+
+
+def inner_boundaries(length: int, block: int) -> int:
+    """``m(y) = ⌈T(y)/B⌉``: the block boundaries strictly inside the answer (the differing kernel's cuts)."""
+    return -(-length // block)
+
+
+def differ_log_ratio(logq_old: float, logq_new: float, len_old: int, len_new: int, block: int) -> float:
+    """``log[(1 − q(y_t))/(1 − q(y'_t)) · m(y)/m(y')]``, the differing kernel's factor beyond the
+    plain tilt's (whose ``n(y)/n(y')`` it replaces); ``logq_*`` are the two first tokens' log q."""
+    with np.errstate(divide="ignore", invalid="ignore"):  # q = 1 in float: no mass left to move to
+        log_free = float(np.log1p(-np.exp(logq_old))) - float(np.log1p(-np.exp(logq_new)))
+    if math.isnan(log_free):
+        log_free = -math.inf
+    return (log_free + math.log(inner_boundaries(len_old, block)) - math.log(inner_boundaries(len_new, block))
+            - math.log(n_boundaries(len_old, block)) + math.log(n_boundaries(len_new, block)))
 
 
 def suffix_log_norm(log_norm: LogNorm | None, state: State, cut: int) -> float:
@@ -136,12 +176,14 @@ class Chains:
 def run_chains(
     starts: Sequence[State], propose: Propose, energy: Energy, tau: float, block: int, steps: int,
     rng: np.random.Generator | Sequence[np.random.Generator], on_step: Callable[[], None] | None = None,
-    log_norm: LogNorm | None = None,
+    log_norm: LogNorm | None = None, token_logq: TokenLogQ | None = None,
 ) -> Chains:
     """Run one MH chain from each start for ``steps`` steps, all chains' proposals in one batch.
 
     ``log_norm``: the proposal's per-step log-normalisers when it samples at temperature 1/α
     toward the power target ``p^α e^{−E/τ}`` (module docstring); None for the plain tilt (α = 1).
+    ``token_logq``: use the differing kernel (module docstring): ``propose(states, cuts, banned)``
+    must then draw each row's first new token with ``banned[c]`` removed (None: the chain stays).
 
     ``rng``: one generator for all chains, or one per chain (then a chain's cuts and acceptances
     do not depend on which other chains share the batch, e.g. other problems' chains batched
@@ -158,17 +200,24 @@ def run_chains(
     chains = Chains(states=[[token_ids(c)] for c in current], energies=[[e] for e in e_cur],
                     accepted=[[] for _ in current], proposed=[0] * len(current))
     for _ in range(steps):
-        cuts = [int(g.integers(n_boundaries(len(token_ids(y)), block))) * block for g, y in zip(rngs, current)]
-        proposals = propose(current, cuts)
+        cuts, banned = _cuts(current, rngs, block, differ=token_logq is not None)
+        proposals = propose(current, cuts) if token_logq is None else propose(current, cuts, banned)
         e_new = [float(e) for e in energy(proposals)]
         u = [g.random() for g in rngs]
         for c, (y, y2, t) in enumerate(zip(current, proposals, cuts)):
             old, new = token_ids(y), token_ids(y2)
-            if new[:t] != old[:t]:
-                raise ValueError("a proposal must keep the prefix it was given")
-            chains.proposed[c] += len(new) - t
-            ratio = suffix_log_norm(log_norm, y2, t) - suffix_log_norm(log_norm, y, t)
-            ok = bool(u[c] < acceptance(e_cur[c], e_new[c], len(old), len(new), tau, block, ratio))
+            chains.proposed[c] += max(len(new) - t, 0)
+            if token_logq is not None and (banned[c] is None or len(new) <= t):
+                ok = False  # an empty answer stays; a proposal ending at the cut has no reverse move
+            else:
+                if new[:t] != old[:t]:
+                    raise ValueError("a proposal must keep the prefix it was given")
+                ratio = suffix_log_norm(log_norm, y2, t) - suffix_log_norm(log_norm, y, t)
+                if token_logq is not None:
+                    if new[t] == old[t]:
+                        raise ValueError(f"a differing proposal kept the banned token {old[t]} at {t}")
+                    ratio += differ_log_ratio(token_logq(y, t), token_logq(y2, t), len(old), len(new), block)
+                ok = bool(u[c] < acceptance(e_cur[c], e_new[c], len(old), len(new), tau, block, ratio))
             if ok:
                 current[c], e_cur[c] = y2, e_new[c]
             chains.states[c].append(token_ids(current[c]))
@@ -177,3 +226,18 @@ def run_chains(
         if on_step is not None:
             on_step()
     return chains
+
+
+def _cuts(states: list[State], rngs: list[np.random.Generator], block: int, differ: bool
+          ) -> tuple[list[int], list[int | None]]:
+    """Each chain's cut (uniform over its boundaries: all ``n(y)``, or with ``differ`` the ``m(y)``
+    inside the answer) and, with ``differ``, the token its proposal must not start with (None for an
+    empty answer, which has no cut: it is proposed from 0 unbanned only to keep the batch aligned)."""
+    cuts, banned = [], []
+    for g, y in zip(rngs, states):
+        ids = token_ids(y)
+        m = inner_boundaries(len(ids), block) if differ else n_boundaries(len(ids), block)
+        t = int(g.integers(m)) * block if m else 0
+        cuts.append(t)
+        banned.append(ids[t] if differ and t < len(ids) else None)
+    return cuts, banned
