@@ -88,7 +88,7 @@ class ToySampler:
     def can_continue(self) -> bool:
         return True
 
-    def continue_rows(self, prompts, params, seeds, max_new, past=None, keep_past=False, forced=None):
+    def continue_rows(self, prompts, params, seeds, max_new, past=None, keep_past=False, forced=None, ban=None):
         assert params.n == 1
         out = []
         for i, (p, s, cap) in enumerate(zip(prompts, seeds, max_new)):
@@ -97,7 +97,7 @@ class ToySampler:
                 assert n > 0 and past[i][:n] == list(p[:n]), "a cache must hold the prompt's first tokens"
                 self.continued_from_cache += 1
             out.append(self._row(list(p), params, row_seed(s, 0), cap, 0, keep_past=keep_past,
-                                 forced=forced[i] if forced else ()))
+                                 forced=forced[i] if forced else (), ban=ban[i] if ban else None))
         return out
 
     def encode_answers(self, prompt, answers, keep_past, temperature=1.0):
@@ -126,12 +126,16 @@ class ToySampler:
         T = len(tokens)
         return st[:, 0], st[:T, 1], st[:T, 2], st[:, 3]
 
-    def _row(self, ids, params, seed, cap, j, keep_past=False, forced=()):
+    def _row(self, ids, params, seed, cap, j, keep_past=False, forced=(), ban=None):
         g, new, logps, forced = torch.Generator().manual_seed(seed), [], [], list(forced)
         while len(new) < cap:
             logits = self.state_logits(self.emb[(ids + new)[-1]])
+            probs = torch.softmax(logits / max(params.temperature, 1e-9), -1)
+            if ban is not None and not new:  # the differing kernel's first step
+                probs = probs.clone()
+                probs[ban] = 0.0
             t = (forced.pop(0) if forced else int(logits.argmax()) if params.temperature == 0 else
-                 int(torch.multinomial(torch.softmax(logits / params.temperature, -1), 1, generator=g)))
+                 int(torch.multinomial(probs, 1, generator=g)))
             if t == self.eos:
                 break
             new.append(t)
@@ -177,7 +181,7 @@ def test_toy_implements_both_protocols(toy):
 def test_ebd_core_runs_on_a_second_backend(toy):
     tok, sampler, prompts, cands = toy
     cfg = EBDConfig(n_problems=None, energy="neg_logprob_mean", tau=1.0, alpha=2.0, block=2, chains=2, n_init=1,
-                    steps=3, answer="lowest", grid={}, search="product", dev_problems=None, n_boot=100, seed=0, progress=False)
+                    steps=3, answer="lowest", kernel="resample", grid={}, search="product", dev_problems=None, n_boot=100, seed=0, progress=False)
     table = cands.assign(neg_logprob_mean=np.linspace(0, 1, len(cands)))
     v1 = v1_reference(table, {"headline": {"method": "majority"}}, vote_for=[cfg.energy])
 
@@ -196,6 +200,24 @@ def test_ebd_core_runs_on_a_second_backend(toy):
     pd.testing.assert_frame_equal(answers.drop(columns="seconds"), answers2.drop(columns="seconds"))  # same seeds
 
 
+def test_differing_kernel_runs_on_a_second_backend(toy):
+    """``kernel: differ`` reaches the model only through ``continue_rows(ban=...)``: every proposal
+    that can differ does, and the run is deterministic."""
+    tok, sampler, prompts, cands = toy
+    cfg = EBDConfig(n_problems=None, energy="neg_logprob_mean", tau=1.0, alpha=2.0, block=2, chains=2, n_init=1,
+                    steps=4, answer="lowest", kernel="differ", grid={}, search="product", dev_problems=None, n_boot=100,
+                    seed=0, progress=False)
+    table = cands.assign(neg_logprob_mean=np.linspace(0, 1, len(cands)))
+    v1 = v1_reference(table, {"headline": {"method": "majority"}}, vote_for=[cfg.energy])
+    split = EBDSplit(prompts, table, lambda _pid, traces: trace_energies(tok, traces, [None] * len(traces))[0], grade)
+    (result, answers), (_, again) = (evaluate_ebd(sampler, tok, PARAMS, split, v1, cfg) for _ in range(2))
+    rows = answers[answers["method"] == "ebd_lowest"]
+    assert rows["proposals"].sum() == 2 * 2 * 4
+    assert (rows["moves"] + rows["rejections"] == rows["proposals"]).all()  # no proposal equals the chain's answer
+    assert result["kernel"] == "differ"
+    pd.testing.assert_frame_equal(answers.drop(columns="seconds"), again.drop(columns="seconds"))
+
+
 def test_ebd_answer_is_chosen_on_dev_from_one_run(toy, monkeypatch):
     """``answer: [lowest, vote]`` in the grid: both are read off the same dev chains (one run), and
     the chosen one is the better on dev."""
@@ -203,7 +225,7 @@ def test_ebd_answer_is_chosen_on_dev_from_one_run(toy, monkeypatch):
 
     tok, sampler, prompts, cands = toy
     cfg = EBDConfig(n_problems=None, energy="neg_logprob_mean", tau=1.0, alpha=2.0, block=2, chains=2, n_init=1,
-                    steps=3, answer="lowest", grid={"answer": ["lowest", "vote"]}, search="product",
+                    steps=3, answer="lowest", kernel="resample", grid={"answer": ["lowest", "vote"]}, search="product",
                     dev_problems=None, n_boot=100, seed=0, progress=False)
     table = cands.assign(neg_logprob_mean=np.linspace(0, 1, len(cands)))
     v1 = v1_reference(table, {"headline": {"method": "majority"}}, vote_for=[cfg.energy])
@@ -265,7 +287,7 @@ def test_an_ebd_chain_after_s_of_k_steps_is_the_s_step_chain(toy):
     """What lets the dev grid read every listed ``steps`` off one run at the largest."""
     tok, sampler, _, _ = toy
     cfg = EBDConfig(n_problems=None, energy="neg_logprob_mean", tau=0.5, alpha=2.0, block=2, chains=2, n_init=1,
-                    steps=5, answer="lowest", grid={}, search="product", dev_problems=None, n_boot=100, seed=0, progress=False)
+                    steps=5, answer="lowest", kernel="resample", grid={}, search="product", dev_problems=None, n_boot=100, seed=0, progress=False)
     prompt_ids, starts, energy = _ebd_inputs(toy)
     params = dataclasses.replace(PARAMS, n=1, temperature=0.5)
     long, _ = run_problems(sampler, tok, params, prompt_ids, starts, energy, cfg)

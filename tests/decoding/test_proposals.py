@@ -124,7 +124,7 @@ def test_run_problems_does_not_depend_on_the_batch(setup):
     starts = [[tok(a, add_special_tokens=False)["input_ids"] for a in pair] for pair in (("19", "1 9"), ("7", "8"), ("", "x"))]
     energy = _energy(tok)
     for alpha in (1.0, 2.0):  # the plain tilt, and the power target with proposals at temperature 1/2
-        ebd = EBDConfig(n_problems=None, energy="e", chains=2, steps=4, tau=1.0, alpha=alpha, block=2, n_init=1, answer="lowest", grid={}, search="product",
+        ebd = EBDConfig(n_problems=None, energy="e", chains=2, steps=4, tau=1.0, alpha=alpha, block=2, n_init=1, answer="lowest", kernel="resample", grid={}, search="product",
                         dev_problems=None, n_boot=100, seed=3, progress=False)
         params = replace(PARAMS, temperature=1 / alpha)
         runs = [run_problems(sampler, tok, replace(params, batch_size=b), prompts, starts, lambda _k, s: energy(s), ebd)
@@ -132,3 +132,54 @@ def test_run_problems_does_not_depend_on_the_batch(setup):
         (small, reuse), (big, _) = runs
         assert reuse and [c.states for c in small] == [c.states for c in big]
         assert [c.proposed for c in small] == [c.proposed for c in big] and sum(c.proposed_tokens for c in big) > 0
+
+
+def test_a_banned_first_token_changes_and_nothing_else_of_the_record(setup):
+    """``continue_rows(ban=...)``: the first new token is never the banned one, and the recorded
+    statistics of that step are those of the full distribution (a teacher-forced pass gives them)."""
+    tok, sampler, prompt = setup
+    params = PARAMS
+    free = sampler.continue_rows([prompt] * 6, params, list(range(6)), [4] * 6)
+    banned = sampler.continue_rows([prompt] * 6, params, list(range(6)), [4] * 6, ban=[g.token_ids[0] for g in free])
+    assert all(b.token_ids and b.token_ids[0] != f.token_ids[0] for f, b in zip(free, banned))
+    for gen in banned:
+        (forced,) = sampler.encode_answers(prompt, [list(gen.token_ids)], keep_past=False, temperature=1.0)
+        assert np.allclose(gen.record["lse"][: len(gen.token_ids)], forced.lse[: len(gen.token_ids)], atol=1e-4)
+        assert np.allclose(gen.record["tok_logit"], forced.tok_logit, atol=1e-4)
+    with pytest.raises(ValueError, match="banned tokens"):
+        sampler.continue_rows([prompt], params, [0], [4], ban=[1, 2])
+
+
+def test_token_logq_of_a_trace_is_the_tempered_log_prob(setup):
+    from impetus.decoding.proposals import trace_token_logq
+
+    tok, sampler, prompt = setup
+    answer = tok("19 is", add_special_tokens=False)["input_ids"]
+    (trace,) = sampler.encode_answers(prompt, [answer], keep_past=False, temperature=0.5)
+    ids = torch.tensor([prompt + answer])
+    with torch.no_grad():
+        logits = sampler.model(ids).logits[0, len(prompt) - 1: -1].float()
+    want = torch.log_softmax(logits / 0.5, -1)[torch.arange(len(answer)), torch.tensor(answer)]
+    got = [trace_token_logq(trace, t, 0.5) for t in range(len(answer))]
+    assert np.allclose(got, want.numpy(), atol=1e-4)
+
+
+def test_differing_chains_do_not_depend_on_the_batch_and_always_propose_a_change(setup):
+    from dataclasses import replace
+
+    from impetus.decoding.evaluate import EBDConfig, run_problems
+
+    tok, sampler, prompt = setup
+    prompts = [prompt, tok("Add 3 and 4:")["input_ids"]]
+    starts = [[tok(a, add_special_tokens=False)["input_ids"] for a in pair] for pair in (("19", "1 9"), ("7", "8"))]
+    energy = _energy(tok)
+    # alpha 1: at alpha 2 this near-uniform random model's p^2 rejects every longer answer
+    ebd = EBDConfig(n_problems=None, energy="e", chains=2, steps=5, tau=1.0, alpha=1.0, block=2, n_init=1,
+                    answer="lowest", kernel="differ", grid={}, search="product", dev_problems=None, n_boot=100, seed=3,
+                    progress=False)
+    (small, _), (big, _) = (run_problems(sampler, tok, replace(PARAMS, batch_size=b), prompts, starts,
+                                         lambda _k, s: energy(s), ebd) for b in (2, 64))
+    assert [c.states for c in small] == [c.states for c in big]
+    for chains in big:
+        proposals, moves, rejections = chains.move_counts()
+        assert proposals == 10 and moves + rejections == proposals and moves > 0

@@ -73,7 +73,7 @@ def catalog(tmp_path) -> DataCatalog:
             grid={"positions": ["spilled", "prefix"]}, search="product", dev_problems=2, mode_settings={"latentseek": {"lr": 0.05}}, ceiling_k=3, compare_to=["majority", "headline"], n_boot=100,
             seed=0, progress=False,
         ),
-        "params:ebd": EBDParams(n_problems=2, energy="hybrid", tau=1.0, alpha=2.0, block=2, chains=2, n_init=2, steps=3, answer="lowest",
+        "params:ebd": EBDParams(n_problems=2, energy="hybrid", tau=1.0, alpha=2.0, block=2, chains=2, n_init=2, steps=3, answer="lowest", kernel="resample",
                                 grid={"steps": [1, 3], "tau": [1.0, 0.5]}, search="coordinate", dev_problems=2,
                                 n_boot=100, seed=0, progress=False),
     }

@@ -59,3 +59,28 @@ def test_same_tokens_and_statistics_as_the_reference(temperature, top_p, record)
         assert (got[2] is None) == (ref[2] is None)
         if record:
             assert torch.equal(got[2], ref[2])
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_a_banned_token_is_never_drawn_and_the_rest_keep_their_odds(temperature):
+    """``banned``: draws follow the tempered distribution with the token removed and renormalised
+    (chi-square over many seeded rows); recorded statistics are the full distribution's."""
+    from scipy.stats import chisquare
+
+    logits = torch.tensor([[2.0, 1.5, 1.0, 0.5, 0.0, -1.0]]).repeat(4000, 1)
+    banned = torch.full((4000,), 1)
+    banned[:10] = -1  # rows without a ban are untouched
+    tok, lp, stats = sample_tokens(logits, _rows(4000, 7), temperature, 1.0, True, banned)
+    free, _, stats_full = sample_tokens(logits, _rows(4000, 7), temperature, 1.0, True)
+    assert torch.equal(tok[:10], free[:10])
+    q = torch.softmax(logits[0].double() / temperature, -1)
+    q[1] = 0.0
+    q = q / q.sum()
+    counts = torch.bincount(tok[10:], minlength=6).double()
+    assert counts[1] == 0
+    kept = q > 0
+    assert chisquare(counts[kept].numpy(), (q[kept] * counts.sum()).numpy()).pvalue > 0.01
+    assert torch.equal(stats[:, [0, 2, 3]], stats_full[:, [0, 2, 3]])  # lse, deepconf, tempered lse
+    assert torch.allclose(lp, logits.gather(1, tok[:, None])[:, 0] - torch.logsumexp(logits, -1))
+    with pytest.raises(ValueError, match="top_p 1"):
+        sample_tokens(logits[:2], _rows(2, 0), 1.0, 0.9, True, banned[:2])

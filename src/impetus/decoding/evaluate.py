@@ -4,13 +4,14 @@ Per problem, ``chains`` MH chains run toward ``p_LM^α · exp(−E/τ)`` (:mod:`
 Chain ``c`` starts from the lowest-energy of its own ``n_init`` V1 candidates (``c·n_init ..``; the
 EBD paper starts from the best of 4 by its reward; any start is allowed, the stationary
 distribution does not depend on it) and proposes from the base model at temperature ``1/α``
-without truncation. Two EBD answers per problem: ``ebd_lowest`` (the lowest-energy state any
+without truncation; ``kernel: differ`` makes each proposal's first regenerated token differ from
+the chain's (:mod:`impetus.decoding.mh`, "Differing proposals"). Two EBD answers per problem: ``ebd_lowest`` (the lowest-energy state any
 chain visited) and ``ebd_vote`` (majority over the chains' final states, i.e. over samples of the
 tilted distribution). The chains of many problems are proposed in one batch (:func:`run_problems`).
 Tokens = the ``chains · n_init`` candidates' tokens + every proposed token; after ``s`` steps the
 same accounting gives the accuracy-vs-tokens curve. V1 is matched at that budget by
 :func:`impetus.selection.budget.compare_at_equal_tokens`. The settings in ``grid`` (τ, α, block,
-steps, n_init, chains, and ``answer``: which of the two is EBD's answer) are chosen on the dev split by
+steps, n_init, chains, ``kernel``, and ``answer``: which of the two is EBD's answer) are chosen on the dev split by
 the accuracy of the answer a point names (``search``:
 :func:`impetus.selection.grid.choose_on_dev`), then run once on eval. The listed ``steps`` are read
 off one dev run at the largest: a chain's first ``s`` steps draw the same cuts, proposals and
@@ -34,7 +35,7 @@ import pandas as pd
 
 from impetus.benchmarks.grading import Grade
 from impetus.decoding.mh import Chains, run_chains
-from impetus.decoding.proposals import Proposer, trace_log_norm
+from impetus.decoding.proposals import Proposer, trace_log_norm, trace_token_logq
 from impetus.lm.runner import stable_seed
 from impetus.lm.sampler import ContinuingSampler, SamplingParams, row_seed
 from impetus.lm.trace import Trace
@@ -59,6 +60,7 @@ class EBDConfig:
     n_init: int
     steps: int
     answer: Literal["lowest", "vote"]
+    kernel: Literal["resample", "differ"]
     grid: Mapping[str, Sequence[Any]]
     search: Search
     dev_problems: int | None
@@ -68,7 +70,7 @@ class EBDConfig:
 
     def settings(self) -> dict[str, Any]:
         """The values a dev grid can choose."""
-        return {k: getattr(self, k) for k in ("tau", "alpha", "block", "chains", "n_init", "steps", "answer")}
+        return {k: getattr(self, k) for k in ("tau", "alpha", "block", "chains", "n_init", "steps", "answer", "kernel")}
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,7 @@ def run_problems(sampler: ContinuingSampler, tokenizer: Any, params: SamplingPar
     """
     keys = list(range(len(prompts))) if keys is None else keys
     log_norm = None if ebd.alpha == 1 else partial(trace_log_norm, alpha=ebd.alpha, cap=params.max_new_tokens)
+    token_logq = partial(trace_token_logq, temperature=params.temperature) if ebd.kernel == "differ" else None
     size = max(1, params.batch_size // ebd.chains)
     chunks = [list(range(i, min(i + size, len(prompts)))) for i in range(0, len(prompts), size)]
     bar = None
@@ -156,7 +159,7 @@ def run_problems(sampler: ContinuingSampler, tokenizer: Any, params: SamplingPar
         every = run_chains(propose.start([a for k in chunk for a in starts[k]]), propose,
                            grouped_energy(owners, energy), ebd.tau, ebd.block, ebd.steps,
                            rng=chain_rngs(ebd.seed, owners), on_step=bar.update if bar is not None else None,
-                           log_norm=log_norm)
+                           log_norm=log_norm, token_logq=token_logq)
         out += [every.subset([c for c, o in enumerate(owners) if o == k]) for k in chunk]
         reuse = propose.reuse_cache
     if bar is not None:

@@ -33,6 +33,14 @@ def trace_log_norm(trace: Trace, alpha: float, cap: int) -> np.ndarray:
     return z[: len(trace)] if len(trace) >= cap else z
 
 
+def trace_token_logq(trace: Trace, t: int, temperature: float) -> float:
+    """``log q(y_t | x, y_<t) = f_t[y_t]/T − logsumexp(f_t/T)`` from the recorded raw logit and tempered
+    log-normaliser: the :data:`impetus.decoding.mh.TokenLogQ` of the differing kernel."""
+    if trace.lse_temp is None:
+        raise ValueError("this trace has no tempered log-normalisers (lse_temp): its backend did not record them")
+    return float(trace.tok_logit[t]) / temperature - float(trace.lse_temp[t])
+
+
 class Proposer:
     """``proposer(states, cuts) -> new states`` (a :data:`impetus.decoding.mh.Propose`).
 
@@ -67,7 +75,9 @@ class Proposer:
                 out[c] = tr
         return out
 
-    def __call__(self, states: list[Trace], cuts: list[int]) -> list[Trace]:
+    def __call__(self, states: list[Trace], cuts: list[int], banned: list[int | None] | None = None) -> list[Trace]:
+        """Each state's first ``cuts[c]`` tokens, continued; ``banned[c]``: a token the continuation's
+        first step must not pick (the differing kernel)."""
         cap, step = self.params.max_new_tokens, self.calls
         self.calls += 1
         todo = [c for c, t in enumerate(cuts) if t < cap]  # a cut at the cap leaves nothing to regenerate
@@ -77,7 +87,8 @@ class Proposer:
         gens = self.sampler.continue_rows(
             [self.prompts[c] + states[c].ids[: cuts[c]] for c in todo], self.params,
             [self.seeds[c] + step for c in todo], max_new=[cap - cuts[c] for c in todo],
-            past=[states[c].past for c in todo] if self.reuse_cache else None, keep_past=self.reuse_cache)
+            past=[states[c].past for c in todo] if self.reuse_cache else None, keep_past=self.reuse_cache,
+            **({"ban": [banned[c] for c in todo]} if banned is not None else {}))
         for c, gen in zip(todo, gens):
             out[c] = cut_at_stop(continued(states[c], cuts[c], gen), self.tok, self.params.stop)
         return out

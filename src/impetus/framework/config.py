@@ -415,6 +415,9 @@ class EBDParams(_Params):
     answer: Literal["lowest", "vote"] = F(
         "EBD's answer: lowest (the lowest-energy state any chain visited) or vote (majority over the chains' final "
         "states); both are reported, this one is the chosen method (a grid may choose it on dev).")
+    kernel: Literal["resample", "differ"] = F(
+        "MH proposal: resample (regenerate from a block boundary) or differ (the regenerated block's first token "
+        "must change, with its exact ratio; impetus.decoding.mh).")
     grid: dict[str, list[Any]] = F("Settings chosen on dev (name -> values, cheaper first); {} = as set.")
     search: Literal["product", "coordinate"] = F(
         "How the grid is searched: every combination, or one setting at a time in the grid's order "
@@ -427,7 +430,7 @@ class EBDParams(_Params):
     @field_validator("grid")
     @classmethod
     def _grid(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        return _grid_keys(grid, ("tau", "alpha", "block", "chains", "n_init", "steps", "answer"), "ebd")
+        return _grid_keys(grid, ("tau", "alpha", "block", "chains", "n_init", "steps", "answer", "kernel"), "ebd")
 
     def to_core(self) -> Any:
         """The Kedro-free :class:`impetus.decoding.evaluate.EBDConfig` with these values."""

@@ -50,6 +50,7 @@ class _Call:
     keep_past: bool = False  # give each row its cache
     keep_states: bool = False  # keep each row's per-token states in its record
     forced: list[list[int]] | None = None  # per prompt: tokens its row emits first, recorded as if sampled
+    ban: list[int | None] | None = None  # per prompt: a token its row's first step must not pick
     state: Callable[[], torch.Tensor | None] = lambda: None  # the last forward's last-layer states
     layer_state: Callable[[], dict[int, torch.Tensor]] = dict  # and its states at model.hidden_layers
 
@@ -62,6 +63,16 @@ def _common_prefix(seqs: list[list[int]]) -> int:
         if any(q[k] != t for q in seqs):
             return k
     return n
+
+
+def _first_bans(rows: list[Row], device: Any) -> torch.Tensor | None:
+    """``[B]`` banned token of each row at this step (−1: none): only a row's first step has one."""
+    if not any(r.ban is not None for r in rows):
+        return None
+    out = [-1 if r.ban is None else r.ban for r in rows]
+    for r in rows:
+        r.ban = None
+    return torch.tensor(out, device=device)
 
 
 class HFSampler:
@@ -191,6 +202,7 @@ class HFSampler:
     def continue_rows(
         self, prompts: list[list[int]], params: SamplingParams, seeds: list[int], max_new: list[int],
         past: list[RowPast] | None = None, keep_past: bool = False, forced: list[list[int]] | None = None,
+        ban: list[int | None] | None = None,
     ) -> list[Generation]:
         """One recorded row per token-id prompt; see ``ContinuingSampler.continue_rows``. ``past[i]``
         is a KV cache of prompt ``i``'s first tokens (a ``Generation.past``): only the rest is encoded."""
@@ -201,7 +213,10 @@ class HFSampler:
                              "continuing from a given KV cache is not supported for it")
         if forced is not None and len(forced) != len(prompts):
             raise ValueError(f"got {len(prompts)} prompts but {len(forced)} forced token lists")
-        call = _Call(record=True, past=past, keep_past=keep_past, keep_states=True, forced=forced)
+        if ban is not None and (len(ban) != len(prompts) or forced is not None):
+            raise ValueError(f"got {len(prompts)} prompts but {len(ban)} banned tokens" if len(ban) != len(prompts)
+                             else "ban= and forced= cannot be combined (the first step is forced)")
+        call = _Call(record=True, past=past, keep_past=keep_past, keep_states=True, forced=forced, ban=ban)
         return [g for (g,) in self._run(prompts, params, seeds, call, max_new=max_new)]
 
     def score_choices(self, contexts: list[str], continuations: list[list[str]],
@@ -259,7 +274,8 @@ class HFSampler:
                 g = torch.Generator().manual_seed(row_seed(s, j))
                 cap = params.max_new_tokens if max_new is None else int(max_new[i])
                 pending.append(Row(prompt_idx=i, sample_idx=j, gen=g, rec=RowRecord() if call.record else None,
-                                    cap=cap, forced=list(call.forced[i]) if call.forced else []))
+                                    cap=cap, forced=list(call.forced[i]) if call.forced else [],
+                                    ban=call.ban[i] if call.ban else None))
         all_rows = list(pending)
         bs = params.batch_size
         refill_at = max(1, int(bs * self.refill_fraction))
@@ -301,7 +317,8 @@ class HFSampler:
             rows: list[Row] = [slots[i] for i in idx]  # type: ignore[misc]
             lg = logits if len(idx) == len(slots) else logits[torch.tensor(idx, device=logits.device)]
             with record_function("impetus.nucleus"):
-                toks, lps, stats = _sample_tokens(lg, rows, float(params.temperature), float(params.top_p), call.record)
+                toks, lps, stats = _sample_tokens(lg, rows, float(params.temperature), float(params.top_p), call.record,
+                                                  _first_bans(rows, lg.device))
             if call.forced:
                 force_tokens(lg, rows, toks, lps, stats)
             stats = stats.tolist() if stats is not None else [None] * len(rows)

@@ -44,10 +44,15 @@ def _logsumexp_into(x: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
 
 
 def sample_tokens(
-    logits: torch.Tensor, rows: list[Any], temperature: float, top_p: float, record: bool = False
+    logits: torch.Tensor, rows: list[Any], temperature: float, top_p: float, record: bool = False,
+    banned: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Pick one token per row; return (tokens, log-prob of each token under softmax(raw logits),
     and when ``record`` the ``[B, 4]`` step statistics of :func:`impetus.lm.recording.step_stats`).
+
+    ``banned`` (``[B]``, −1 = none; only with ``top_p`` 1): a token each row must not pick; it is drawn
+    from the tempered distribution with that token removed and renormalised (EBD's differing proposals,
+    :mod:`impetus.decoding.mh`). The recorded statistics stay those of the full distribution.
 
     The statistics reuse what sampling computes anyway (the raw log-normaliser, the tempered logits,
     and, under top-p, the tokens sorted by probability, whose first 20 are the raw top-20), so
@@ -57,6 +62,8 @@ def sample_tokens(
     a, b = _WORK.get(logits)
     lse = _logsumexp_into(logits, a)
     lse_t, idx = lse, None
+    if banned is not None and (temperature == 0 or top_p < 1):
+        raise ValueError("a banned token needs the model's own tempered conditional: temperature > 0, top_p 1")
     if temperature == 0:
         tok = logits.argmax(dim=-1)
     else:
@@ -67,6 +74,9 @@ def sample_tokens(
         probs = torch._softmax(scaled, -1, False, out=a)  # a: lse's scratch, free again
         if record and temperature != 1:
             lse_t = _logsumexp_into(scaled, b)  # overwrites the tempered logits, no longer needed
+        if banned is not None:  # zero mass: the cdf below renormalises over the rest
+            has = (banned >= 0).nonzero()[:, 0]
+            probs[has, banned[has]] = 0.0
         if top_p >= 1.0:
             cdf = probs.cumsum(dim=-1)
         else:

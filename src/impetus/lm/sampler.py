@@ -187,6 +187,7 @@ class ContinuingSampler(Sampler, Protocol):
     def continue_rows(
         self, prompts: Sequence[Sequence[int]], params: SamplingParams, seeds: list[int], max_new: list[int],
         past: list[Any] | None = None, keep_past: bool = False, forced: list[list[int]] | None = None,
+        ban: list[int | None] | None = None,
     ) -> list[Generation]:
         """One row per token-id prompt, seeded ``row_seed(seeds[i], 0)`` (``params.n`` must be 1),
         at most ``max_new[i]`` new tokens. ``past[i]``: a cache whose tokens start like prompt ``i``
@@ -195,7 +196,9 @@ class ContinuingSampler(Sampler, Protocol):
         (``[T, H]``) and ``lse_temp`` (``logsumexp(logits / temperature)``, T + 1) whatever the
         backend's recording default; ``keep_past``: its ``past`` is the cache
         of its prompt and all its tokens but, at most, the last. ``forced[i]``: tokens row ``i`` emits
-        first (counted in its cap, recorded as sampled ones: V2's decoded window), then it samples."""
+        first (counted in its cap, recorded as sampled ones: V2's decoded window), then it samples.
+        ``ban[i]``: a token row ``i``'s first step must not pick, drawn from the step's distribution with
+        it removed, recorded values those of the full distribution (EBD's differing proposals)."""
         ...
 
     def encode_answers(self, prompt: Sequence[int], answers: list[list[int]], keep_past: bool,
