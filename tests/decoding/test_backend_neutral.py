@@ -190,7 +190,7 @@ def test_ebd_core_runs_on_a_second_backend(toy):
 
     split = EBDSplit(prompts, table, score, grade)
     runs = [evaluate_ebd(sampler, tok, PARAMS, split, v1, cfg) for _ in range(2)]
-    (result, answers), (again, answers2) = runs
+    (result, answers, per_step), (again, answers2, _) = runs
     assert result["reuse_cache"] is True and sampler.continued_from_cache > 0
     assert {"ebd_lowest", "ebd_vote"} <= set(result["methods"])
     assert any(k.startswith("ebd_lowest vs majority@") for k in result["comparisons"])  # the headline, resolved
@@ -210,7 +210,7 @@ def test_differing_kernel_runs_on_a_second_backend(toy):
     table = cands.assign(neg_logprob_mean=np.linspace(0, 1, len(cands)))
     v1 = v1_reference(table, {"headline": {"method": "majority"}}, vote_for=[cfg.energy])
     split = EBDSplit(prompts, table, lambda _pid, traces: trace_energies(tok, traces, [None] * len(traces))[0], grade)
-    (result, answers), (_, again) = (evaluate_ebd(sampler, tok, PARAMS, split, v1, cfg) for _ in range(2))
+    (result, answers, _), (_, again, _) = (evaluate_ebd(sampler, tok, PARAMS, split, v1, cfg) for _ in range(2))
     rows = answers[answers["method"] == "ebd_lowest"]
     assert rows["proposals"].sum() == 2 * 2 * 4
     assert (rows["moves"] + rows["rejections"] == rows["proposals"]).all()  # no proposal equals the chain's answer
@@ -233,11 +233,14 @@ def test_ebd_answer_is_chosen_on_dev_from_one_run(toy, monkeypatch):
     calls = []
     real = ev.decode_split
     monkeypatch.setattr(ev, "decode_split", lambda *a, **k: calls.append(1) or real(*a, **k))
-    result, _ = evaluate_ebd(sampler, tok, PARAMS, split, v1, cfg, dev=split)
+    result, _, per_step = evaluate_ebd(sampler, tok, PARAMS, split, v1, cfg, dev=split)
     assert len(calls) == 2  # one dev run for both answers, then eval
     scores = {p["settings"]["answer"]: p["dev_score"] for p in result["grid_dev_accuracy"]}
     best = "vote" if scores["vote"] > scores["lowest"] else "lowest"
     assert result["answer"] == best and result["chosen_method"] == f"ebd_{best}"
+    assert set(per_step["split"]) == {"eval", "dev"}  # the chosen setting's dev run, per problem and step
+    dev_curve = per_step[per_step["split"] == "dev"].groupby(["method", "step"])["correct"].mean()
+    assert dev_curve.loc[(f"ebd_{best}", 3)] == scores[best]
 
 
 def test_v2_core_runs_on_a_second_backend(toy):

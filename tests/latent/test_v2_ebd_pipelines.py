@@ -10,7 +10,8 @@ from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
 from impetus.benchmarks.grading import grade_candidates
-from impetus.framework.config import BenchmarkParams, EBDParams, EnergyStageParams, LatentParams, SamplingStageParams
+from impetus.framework.config import (BenchmarkParams, ComputeMatchParams, EBDParams, EnergyStageParams, LatentParams,
+                                     SamplingStageParams)
 from impetus.energy.recorded import recorded_energies
 from impetus.learned.fitting import LearnedScorers
 from impetus.learned.hybrid import HybridConfig, HybridEnergy
@@ -18,6 +19,7 @@ from impetus.learned.models import LatentEBM, LatentEBMConfig, TextEBM, TextEBMC
 from impetus.lm.hf_sampler import HFSampler
 from impetus.lm.runner import sample_problems
 from impetus.lm.sampler import SamplingParams
+from impetus.pipelines.compute_match.pipeline import create_pipeline as compute_match_pipeline
 from impetus.pipelines.ebd.pipeline import create_pipeline as ebd_pipeline
 from impetus.pipelines.v2_latent.pipeline import create_pipeline
 from impetus.testing import tiny_llama, tiny_tokenizer
@@ -76,6 +78,8 @@ def catalog(tmp_path) -> DataCatalog:
         "params:ebd": EBDParams(n_problems=2, energy="hybrid", tau=1.0, alpha=2.0, block=2, chains=2, n_init=2, steps=3, answer="lowest", kernel="resample",
                                 grid={"steps": [1, 3], "tau": [1.0, 0.5]}, search="coordinate", dev_problems=2,
                                 n_boot=100, seed=0, progress=False),
+        "params:compute_match": ComputeMatchParams(budgets=[1, 4, 1000], v1_methods=["headline", "majority"],
+                                                   vote_for=["hybrid"], n_boot=100, seed=0),
     }
     return DataCatalog({k: MemoryDataset(v) for k, v in data.items()})
 
@@ -147,3 +151,25 @@ def test_ebd_slice(catalog):
     assert (answers["acceptance"] - (1 - answers["rejections"] / answers["proposals"])).abs().max() < 1e-12
     assert answers["proposals"].eq(2 * steps).all() and (answers["moves"] + answers["rejections"]).le(2 * steps).all()
     assert 0.0 <= methods["ebd_lowest"]["changed_proposals"] <= 1.0
+
+
+def test_compute_match_after_ebd_and_v2(catalog):
+    """V1 at each n, EBD per step and V2 on the eval problems all three share; per budget the dev choice."""
+    for pipeline in (ebd_pipeline(), create_pipeline(), compute_match_pipeline()):
+        SequentialRunner().run(pipeline, catalog)
+    steps = catalog["ebd_steps"].load()
+    assert set(steps["split"]) == {"eval", "dev"} and set(steps["method"]) == {"ebd_lowest", "ebd_vote"}
+    result = catalog["compute_match_metrics"].load()
+    assert result["eval_problems"] == 2 and result["not_choosable"] == ["v2"]  # EBD 2, V2 2, V1 3 eval problems
+    families = {o["family"] for o in result["options"]}
+    assert families == {"v1", "ebd", "v2"}
+    assert {o["name"] for o in result["options"] if o["family"] == "v1"} == {f"{m}@{n}" for m in ("hybrid", "majority")
+                                                                             for n in range(1, N + 1)}
+    big = result["budgets"][-1]  # everything fits: the best dev accuracy wins
+    dev_best = max(o["dev_accuracy"] for o in result["options"] if o["dev_accuracy"] is not None)
+    assert big["chosen"]["dev_accuracy"] == dev_best and big["v1_headline"]["name"] == f"hybrid@{N}"
+    assert big["vs_headline"]["mean_diff"] == pytest.approx(big["chosen"]["eval_accuracy"]
+                                                            - big["v1_headline"]["eval_accuracy"])
+    assert result["budgets"][0]["chosen"]["dev_tokens"] <= result["budgets"][0]["budget_tokens"]
+    assert "One compute-matched choice" in catalog["compute_match_report"].load()
+    assert set(catalog["compute_match_plots"].load()) == {"compute_match_accuracy_vs_tokens.png"}

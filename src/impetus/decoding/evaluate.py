@@ -195,9 +195,11 @@ def summarize(
 
 
 def answer_rows(pids: list[str], chains_of: list[Chains], base_tokens_of: Mapping[str, int], steps: int,
-                decode: Callable[[list[int]], str], grade: Grade, seconds: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``(answers, curve)``: both EBD answers per problem with their tokens, and accuracy and mean
-    tokens per problem after each MH step (the starts' tokens + the proposals' so far)."""
+                decode: Callable[[list[int]], str], grade: Grade, seconds: float
+                ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """``(answers, curve, per_step)``: both EBD answers per problem with their tokens; accuracy and
+    mean tokens per problem after each MH step (the starts' tokens + the proposals' so far); and the
+    same per problem (what the compute-matched choice pairs problem by problem)."""
     out, curve = [], []
     for pid, chains in zip(pids, chains_of):
         base_tokens = int(base_tokens_of[pid])
@@ -211,9 +213,10 @@ def answer_rows(pids: list[str], chains_of: list[Chains], base_tokens_of: Mappin
             for name, (_, ok, _) in chain_answers(chains, decode, pid, grade, step=s).items():
                 curve.append({"problem_id": pid, "method": name, "step": s, "correct": ok,
                               "tokens": base_tokens + per_step * s})
-    curve_df = (pd.DataFrame(curve).groupby(["method", "step"], as_index=False)
+    per_step = pd.DataFrame(curve)
+    curve_df = (per_step.groupby(["method", "step"], as_index=False)
                 .agg(accuracy=("correct", "mean"), tokens_per_problem=("tokens", "mean")))
-    return pd.DataFrame(out), curve_df
+    return pd.DataFrame(out), curve_df, per_step
 
 
 def chain_starts(candidates: pd.DataFrame, energy: str, chains: int, n_init: int) -> tuple[list[int], int]:
@@ -231,8 +234,9 @@ def chain_starts(candidates: pd.DataFrame, energy: str, chains: int, n_init: int
 
 
 def decode_split(sampler: ContinuingSampler, tokenizer: Any, params: SamplingParams, split: EBDSplit,
-                 pids: list[str], cfg: EBDConfig) -> tuple[pd.DataFrame, pd.DataFrame, bool]:
-    """``(answers, curve, reuse_cache)`` of EBD on ``pids`` of one split with ``cfg``'s settings."""
+                 pids: list[str], cfg: EBDConfig) -> tuple[pd.DataFrame, pd.DataFrame, bool, pd.DataFrame]:
+    """``(answers, curve, reuse_cache, per_step)`` of EBD on ``pids`` of one split with ``cfg``'s
+    settings (:func:`answer_rows`)."""
     params = dataclasses.replace(params, n=1, temperature=1.0 / cfg.alpha, top_p=1.0)
     prompt_of = dict(zip(split.prompts["problem_id"], split.prompts["prompt"]))
     by_pid = {pid: g for pid, g in split.candidates.groupby("problem_id")}
@@ -244,17 +248,20 @@ def decode_split(sampler: ContinuingSampler, tokenizer: Any, params: SamplingPar
         [[tokenizer(text_of[(pid, i)], add_special_tokens=False)["input_ids"] for i in picked[pid][0]] for pid in pids],
         lambda k, traces: split.score(pids[k], traces)[cfg.energy].to_numpy(float), cfg, keys=pids)
     seconds = (time.perf_counter() - t0) / max(len(pids), 1)
-    answers, curve = answer_rows(pids, chains_of, {pid: t for pid, (_, t) in picked.items()}, cfg.steps,
-                                 lambda ids: tokenizer.decode(ids, skip_special_tokens=False), split.grade, seconds)
-    return answers, curve, reuse_cache
+    answers, curve, per_step = answer_rows(pids, chains_of, {pid: t for pid, (_, t) in picked.items()}, cfg.steps,
+                                           lambda ids: tokenizer.decode(ids, skip_special_tokens=False), split.grade,
+                                           seconds)
+    return answers, curve, reuse_cache, per_step
 
 
 def evaluate_ebd(
     sampler: ContinuingSampler, tokenizer: Any, params: SamplingParams, eval_split: EBDSplit, v1: V1Reference,
     cfg: EBDConfig, dev: EBDSplit | None = None,
-) -> tuple[dict[str, Any], pd.DataFrame]:
+) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
     """EBD on the first ``cfg.n_problems`` eval problems, settings chosen on ``dev`` when
-    ``cfg.grid`` lists any; returns ``(ebd_metrics, answers)``.
+    ``cfg.grid`` lists any; returns ``(ebd_metrics, answers, per_step)``: ``per_step`` holds each
+    problem's correctness and tokens after each MH step of both answers, ``split`` eval and, when a
+    grid ran, dev (the chosen setting's dev run, to its largest listed steps).
 
     ``params`` are the sampler's for the stage; proposals override them to one row at temperature
     ``1/α`` without truncation, the model's own (tempered) conditional (:mod:`impetus.decoding.mh`)."""
@@ -266,6 +273,7 @@ def evaluate_ebd(
 
         accepted: dict[str, dict] = {}  # MH statistics of each dev run (all its steps), by its other settings
         runs: dict[str, pd.DataFrame] = {}  # each dev run's curve, by its settings but steps and answer
+        dev_steps: dict[str, pd.DataFrame] = {}  # and its per-problem rows
 
         def dev_accuracy(point: dict[str, Any], steps: list[int]) -> dict[int, float]:
             """The chosen answer's (``ebd_<answer>``) dev accuracy after each of ``steps`` MH steps of
@@ -273,8 +281,8 @@ def evaluate_ebd(
             rest = {k: v for k, v in point.items() if k != "answer"}
             key = run_key(rest, "steps")
             if key not in runs:
-                answers, runs[key], _ = decode_split(sampler, tokenizer, params, dev, dev_pids,
-                                                     dataclasses.replace(cfg, **rest))
+                answers, runs[key], _, dev_steps[key] = decode_split(sampler, tokenizer, params, dev, dev_pids,
+                                                                     dataclasses.replace(cfg, **rest))
                 accepted[key] = mh_stats(answers[answers["method"] == "ebd_lowest"])
             method = f"ebd_{point.get('answer', cfg.answer)}"
             acc = runs[key][runs[key]["method"] == method].set_index("step")["accuracy"]
@@ -286,12 +294,15 @@ def evaluate_ebd(
             rest = {k: v for k, v in row["settings"].items() if k != "answer"}
             row |= {f"dev_{k}": v for k, v in accepted[run_key(rest, "steps")].items()}
         cfg = dataclasses.replace(cfg, **chosen)
+        chosen_dev = dev_steps[run_key({k: v for k, v in chosen.items() if k != "answer"}, "steps")]
     pids = list(eval_split.prompts["problem_id"])[: cfg.n_problems or None]
-    answers, curve, reuse_cache = decode_split(sampler, tokenizer, params, eval_split, pids, cfg)
+    answers, curve, reuse_cache, per_step = decode_split(sampler, tokenizer, params, eval_split, pids, cfg)
+    per_step = pd.concat([per_step.assign(split="eval")]
+                         + ([chosen_dev.assign(split="dev")] if cfg.grid else []), ignore_index=True)
     compare_to = v1.resolve([cfg.energy, "majority", f"vote_{cfg.energy}", "headline"])
     result = summarize(answers, curve, v1, compare_to, cfg.n_boot, cfg.seed)
     result |= {"energy": cfg.energy, **cfg.settings(), "chosen_method": f"ebd_{cfg.answer}",
                "headline_v1": v1.headline, "reuse_cache": reuse_cache,
                "chosen_on": "dev" if cfg.grid else "config", "settings": cfg.settings(), "grid": dict(cfg.grid),
                "search": cfg.search, "grid_dev_accuracy": tables, "dev_problems": cfg.dev_problems}
-    return result, answers
+    return result, answers, per_step

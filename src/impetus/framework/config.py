@@ -439,6 +439,16 @@ class EBDParams(_Params):
         return EBDConfig(**self.model_dump())
 
 
+class ComputeMatchParams(_Params):
+    """The compute-matched choice among V1, V2 and EBD (``parameters_compute_match.yml``)."""
+
+    budgets: list[float] = F("Token budgets as multiples of one V1 sample's mean tokens per problem on dev.")
+    v1_methods: list[str] = F("V1 methods offered at each n (registry names; headline = the one v1_rerank chose).")
+    vote_for: list[str] = F("Energies whose vote_<energy> method is built (at tau 1 where v1_rerank chose none).")
+    n_boot: int = F("Bootstrap resamples.", ge=100)
+    seed: int = F("Bootstrap seed.")
+
+
 #: Parameter block name -> its class (what ``kedro run`` validates, and what the docs list).
 PARAMS: dict[str, type[_Params]] = {
     "benchmark": BenchmarkParams,
@@ -453,6 +463,7 @@ PARAMS: dict[str, type[_Params]] = {
     "learning_curve": LearningCurveParams,
     "v2_latent": LatentParams,
     "ebd": EBDParams,
+    "compute_match": ComputeMatchParams,
 }
 
 

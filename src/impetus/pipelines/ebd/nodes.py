@@ -38,7 +38,7 @@ def run_chains(
     energies_dev: pd.DataFrame, hidden_dev: dict[str, Any], rerank_metrics: dict, base_lm: dict[str, Any],
     text_ebm: dict, latent_ebm: dict, hybrid_energy: dict, benchmark: BenchmarkParams, sampling: SamplingStageParams,
     energies: EnergyStageParams, ebd: EBDParams,
-) -> tuple[dict, str, pd.DataFrame, dict, dict]:
+) -> tuple[dict, str, pd.DataFrame, pd.DataFrame, dict, dict]:
     """EBD answers for the first ``ebd.n_problems`` eval problems, settings chosen on the dev split,
     and the comparison with V1 (:func:`impetus.decoding.evaluate.evaluate_ebd`)."""
     one_prompt_per_problem(prompts_eval, "ebd")  # before any model is loaded
@@ -52,9 +52,10 @@ def run_chains(
                        energies) if cfg.grid else None
     v1 = v1_reference(eval_split.candidates, rerank_metrics, vote_for=[cfg.energy])
     sampler = get_sampler(sampling.backend, model, tok, record=True, **recorded_layers(base_lm))
-    result, answers = evaluate_ebd(sampler, tok, sampling_params(sampling, benchmark), eval_split, v1, cfg, dev=dev_split)
+    result, answers, per_step = evaluate_ebd(sampler, tok, sampling_params(sampling, benchmark), eval_split, v1, cfg, dev=dev_split)
     report = markdown(result)
     logger.info("EBD report:\n%s", report)
     flat = method_metrics({k: {kk: vv for kk, vv in m.items() if kk != "family"} for k, m in result["methods"].items()},
                           prefix="ebd/")
-    return result, report, answers, {"ebd_accuracy_vs_tokens.png": plot_tokens(result)}, as_mlflow_metrics(flat)
+    return (result, report, answers, per_step, {"ebd_accuracy_vs_tokens.png": plot_tokens(result)},
+            as_mlflow_metrics(flat))

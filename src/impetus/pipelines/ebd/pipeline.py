@@ -17,7 +17,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 "base_lm", "text_ebm", "latent_ebm", "hybrid_energy", "params:benchmark", "params:sampling",
                 "params:energies", "params:ebd",
             ],
-            outputs=["ebd_metrics", "ebd_report", "ebd_answers", "ebd_plots", "metrics_ebd"],
+            outputs=["ebd_metrics", "ebd_report", "ebd_answers", "ebd_steps", "ebd_plots", "metrics_ebd"],
             name="run_chains",
         )
     ])
