@@ -79,7 +79,7 @@ def catalog(tmp_path) -> DataCatalog:
                                 grid={"steps": [1, 3], "tau": [1.0, 0.5]}, search="coordinate", dev_problems=2,
                                 n_boot=100, seed=0, progress=False),
         "params:compute_match": ComputeMatchParams(budgets=[1, 4, 1000], v1_methods=["headline", "majority"],
-                                                   vote_for=["hybrid"], n_boot=100, seed=0),
+                                                   vote_for=["hybrid"], rule="best_dev", n_boot=100, seed=0),
     }
     return DataCatalog({k: MemoryDataset(v) for k, v in data.items()})
 

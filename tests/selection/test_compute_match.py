@@ -43,6 +43,19 @@ def test_headline_is_matched_at_the_largest_n_that_fits():
     assert b10["v1_headline"]["name"] == "h@3"
 
 
+def test_by_default_a_best_dev_option_replaces_the_headline_only_when_its_dev_ci_is_above_zero():
+    opts = [_opt("v1", "h@1", 0.4, 10, 0.5, 10, n=20), _opt("v1", "h@2", 0.5, 20, 0.5, 20, n=20),
+            _opt("ebd", "lucky@1 steps", 0.6, 20, 0.1, 20, n=20),      # ahead on dev by 2 of 20: not shown
+            _opt("ebd", "strong@1 steps", 1.0, 40, 0.9, 40, n=20)]     # ahead by 10 of 20
+    res = compute_matched(opts, budgets=[2, 4], headline="h", n_boot=500, seed=0)
+    (b2, b4) = res["budgets"]
+    assert b2["best_dev"]["name"] == "lucky@1 steps" and b2["best_dev_vs_headline_on_dev"]["lo"] <= 0
+    assert b2["chosen"]["name"] == "h@2" and b2["vs_headline"]["mean_diff"] == 0
+    assert b4["chosen"]["name"] == "strong@1 steps" and b4["best_dev_vs_headline_on_dev"]["lo"] > 0
+    raw = compute_matched(opts, budgets=[2], headline="h", n_boot=500, seed=0, rule="best_dev")
+    assert raw["budgets"][0]["chosen"]["name"] == "lucky@1 steps"
+
+
 def test_options_are_judged_on_the_problems_all_share():
     a = _opt("v1", "h@1", 0.5, 10, 0.5, 10, n=10)
     b = _opt("ebd", "e@1 steps", 1.0, 20, 1.0, 20, n=4)  # the first 4 problems only

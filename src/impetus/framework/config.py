@@ -445,6 +445,9 @@ class ComputeMatchParams(_Params):
     budgets: list[float] = F("Token budgets as multiples of one V1 sample's mean tokens per problem on dev.")
     v1_methods: list[str] = F("V1 methods offered at each n (registry names; headline = the one v1_rerank chose).")
     vote_for: list[str] = F("Energies whose vote_<energy> method is built (at tau 1 where v1_rerank chose none).")
+    rule: Literal["best_dev", "beats_headline"] = F(
+        "best_dev: the best dev accuracy that fits the budget; beats_headline: that option only if its paired dev CI "
+        "against the V1 headline at the same budget is above 0, else the headline (resists the winner's curse).")
     n_boot: int = F("Bootstrap resamples.", ge=100)
     seed: int = F("Bootstrap seed.")
 

@@ -33,7 +33,8 @@ def choose_family(
     v1 = v1_reference(eval_table, rerank_metrics, vote_for=compute_match.vote_for)
     options = (v1_options(eval_table, dev_table, v1.methods, v1.resolve(compute_match.v1_methods))
                + ebd_options(ebd_steps) + v2_options(v2_answers))
-    result = compute_matched(options, compute_match.budgets, v1.headline, compute_match.n_boot, compute_match.seed)
+    result = compute_matched(options, compute_match.budgets, v1.headline, compute_match.n_boot, compute_match.seed,
+                             compute_match.rule)
     report = markdown(result)
     logger.info("Compute-matched choice:\n%s", report)
     flat = {f"compute_match/{r['budget_x']:g}x/{k}": v for r in result["budgets"]
