@@ -215,6 +215,9 @@ def test_differing_kernel_runs_on_a_second_backend(toy):
     assert rows["proposals"].sum() == 2 * 2 * 4
     assert (rows["moves"] + rows["rejections"] == rows["proposals"]).all()  # no proposal equals the chain's answer
     assert result["kernel"] == "differ"
+    from impetus.decoding.report import markdown
+
+    assert "must change its first token" in markdown(result)
     pd.testing.assert_frame_equal(answers.drop(columns="seconds"), again.drop(columns="seconds"))
 
 

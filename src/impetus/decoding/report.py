@@ -12,6 +12,10 @@ from impetus.selection.budget import over_budget_note
 from impetus.selection.grid import grid_note
 
 
+KERNELS = {"resample": "proposals regenerate from a block boundary",
+           "differ": "proposals regenerate from a block boundary inside the answer and must change its first token"}
+
+
 def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.0f}%"
 
@@ -36,7 +40,8 @@ def markdown(result: Mapping[str, Any]) -> str:
         "## EBD: block-wise Metropolis–Hastings vs best-of-N and V1 at equal tokens", "",
         f"{result['n_problems']} eval problems; target p_LM^α·exp(−E/τ) with energy `{result['energy']}`, "
         f"τ = {result['tau']:g}, α = {result['alpha']:g} (proposals at temperature {1 / result['alpha']:.2g}), block "
-        f"{result['block']} tokens, {result['chains']} chains × {result['steps']} steps, each chain started from the "
+        f"{result['block']} tokens, {result['chains']} chains × {result['steps']} steps ("
+        + KERNELS[result.get("kernel", "resample")] + "), each chain started from the "
         f"lowest-energy of {result['n_init']} candidates. {_chosen(result)} `name@n`: the V1 method on "
         "each problem's first n candidates, n the smallest whose tokens reach EBD's (best-of-N = argmin of the same "
         "energy). " + ("Proposals continue each chain's KV cache and are scored from recorded values."

@@ -67,13 +67,14 @@ def markdown(result: Mapping[str, Any]) -> str:
 def plot(result: Mapping[str, Any]) -> Figure:
     """Eval accuracy vs tokens per problem: V1 methods over n, EBD's answers over MH steps, V2's
     methods as points; each budget's choice ringed."""
-    fig = Figure(figsize=(7.5, 4.8))
+    fig = Figure(figsize=(10, 5))
     ax = fig.add_subplot(1, 1, 1)
     opts = pd.DataFrame(result["options"])
     opts["series"] = opts["name"].str.replace(r"@\d+( steps)?$", "", regex=True)
     for (family, series), d in opts.groupby(["family", "series"]):
         d = d.sort_values("eval_tokens")
-        style = {"v1": dict(marker=".", lw=1), "ebd": dict(marker="*", lw=2), "v2": dict(marker="s", lw=0)}[family]
+        style = {"v1": dict(marker=".", lw=1), "ebd": dict(marker="*", lw=2),
+                 "v2": dict(marker="x" if series.endswith("_control") else "s", lw=0)}[family]
         ax.plot(d["eval_tokens"], 100 * d["eval_accuracy"], label=f"{series} ({family.upper()})", **style)
     picks = [r["chosen"] for r in result["budgets"] if r["chosen"] is not None]
     if picks:
@@ -82,6 +83,6 @@ def plot(result: Mapping[str, Any]) -> Figure:
     ax.set(xlabel="generated tokens per problem", ylabel="eval accuracy (%)", xscale="log",
            title="V1, V2 and EBD at equal tokens")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: V2 alone has 16 entries
     fig.tight_layout()
     return fig
