@@ -10,7 +10,9 @@ EBD's two answers after each MH step (:func:`impetus.decoding.evaluate.evaluate_
 with a paired CI above 0, so the choice uses train-side data only; it is then measured once on
 eval, paired against that same headline. An option without a dev
 measurement (e.g. EBD without a dev grid) is drawn but cannot be chosen. All options are compared
-on the eval (and dev) problems they share.
+on the eval (and dev) problems they share. Caveat: the learned energies measured on eval are refit
+on every train-side problem, dev included, so any option that uses them (V1's learned methods, EBD's
+starts and tilt) is scored in sample on dev; majority vote is not.
 """
 
 from __future__ import annotations
