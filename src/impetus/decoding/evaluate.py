@@ -254,6 +254,12 @@ def decode_split(sampler: ContinuingSampler, tokenizer: Any, params: SamplingPar
     return answers, curve, reuse_cache, per_step
 
 
+def _dev_run(point: Mapping[str, Any]) -> str:
+    """Which dev run scored a grid point: its settings but ``steps`` (read off the longest run) and
+    ``answer`` (both answers come from the same chains)."""
+    return run_key({k: v for k, v in point.items() if k != "answer"}, "steps")
+
+
 def evaluate_ebd(
     sampler: ContinuingSampler, tokenizer: Any, params: SamplingParams, eval_split: EBDSplit, v1: V1Reference,
     cfg: EBDConfig, dev: EBDSplit | None = None,
@@ -278,9 +284,9 @@ def evaluate_ebd(
         def dev_accuracy(point: dict[str, Any], steps: list[int]) -> dict[int, float]:
             """The chosen answer's (``ebd_<answer>``) dev accuracy after each of ``steps`` MH steps of
             one run; both answers come from the same chains, so a run serves both."""
-            rest = {k: v for k, v in point.items() if k != "answer"}
-            key = run_key(rest, "steps")
+            key = _dev_run(point)
             if key not in runs:
+                rest = {k: v for k, v in point.items() if k != "answer"}
                 answers, runs[key], _, dev_steps[key] = decode_split(sampler, tokenizer, params, dev, dev_pids,
                                                                      dataclasses.replace(cfg, **rest))
                 accepted[key] = mh_stats(answers[answers["method"] == "ebd_lowest"])
@@ -291,10 +297,9 @@ def evaluate_ebd(
         chosen, tables = choose_on_dev(cfg.grid, read_off_one_run(cfg.grid, "steps", cfg.steps, dev_accuracy),
                                        cfg.search)
         for row in tables:  # how far each setting is from the acceptance it is meant to have, on dev
-            rest = {k: v for k, v in row["settings"].items() if k != "answer"}
-            row |= {f"dev_{k}": v for k, v in accepted[run_key(rest, "steps")].items()}
+            row |= {f"dev_{k}": v for k, v in accepted[_dev_run(row["settings"])].items()}
         cfg = dataclasses.replace(cfg, **chosen)
-        chosen_dev = dev_steps[run_key({k: v for k, v in chosen.items() if k != "answer"}, "steps")]
+        chosen_dev = dev_steps[_dev_run(chosen)]
     pids = list(eval_split.prompts["problem_id"])[: cfg.n_problems or None]
     answers, curve, reuse_cache, per_step = decode_split(sampler, tokenizer, params, eval_split, pids, cfg)
     per_step = pd.concat([per_step.assign(split="eval")]

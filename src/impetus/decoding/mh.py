@@ -99,30 +99,28 @@ def n_boundaries(length: int, block: int) -> int:
     return length // block + 1
 
 
-def acceptance(e_old: float, e_new: float, len_old: int, len_new: int, tau: float, block: int,
-               log_norm_ratio: float = 0.0) -> float:
-    """``min(1, exp((E(y) − E(y'))/τ) · n(y)/n(y') · Π Z(y')/Π Z(y))`` (see the module docstring;
-    ``log_norm_ratio`` is the log of the last factor, 0 for the plain tilt; the differing kernel adds
-its own term to it, :func:`differ_log_ratio`)."""
-    log_a = ((e_old - e_new) / tau + math.log(n_boundaries(len_old, block)) - math.log(n_boundaries(len_new, block))
-             + log_norm_ratio)
-    return 1.0 if log_a >= 0 else math.exp(log_a)
-
-
 def inner_boundaries(length: int, block: int) -> int:
     """``m(y) = ⌈T(y)/B⌉``: the block boundaries strictly inside the answer (the differing kernel's cuts)."""
     return -(-length // block)
 
 
-def differ_log_ratio(logq_old: float, logq_new: float, len_old: int, len_new: int, block: int) -> float:
-    """``log[(1 − q(y_t))/(1 − q(y'_t)) · m(y)/m(y')]``, the differing kernel's factor beyond the
-    plain tilt's (whose ``n(y)/n(y')`` it replaces); ``logq_*`` are the two first tokens' log q."""
-    with np.errstate(divide="ignore", invalid="ignore"):  # q = 1 in float: no mass left to move to
+def acceptance(e_old: float, e_new: float, len_old: int, len_new: int, tau: float, block: int,
+               log_norm_ratio: float = 0.0, boundaries: Callable[[int, int], int] = n_boundaries) -> float:
+    """``min(1, exp((E(y) − E(y'))/τ) · n(y)/n(y') · Π Z(y')/Π Z(y))`` (see the module docstring;
+    ``log_norm_ratio`` is the log of the last factor, 0 for the plain tilt, plus
+    :func:`differ_log_ratio` for the differing kernel, whose cuts are counted by ``boundaries`` =
+    :func:`inner_boundaries`)."""
+    log_a = ((e_old - e_new) / tau + math.log(boundaries(len_old, block)) - math.log(boundaries(len_new, block))
+             + log_norm_ratio)
+    return 1.0 if log_a >= 0 else math.exp(log_a)
+
+
+def differ_log_ratio(logq_old: float, logq_new: float) -> float:
+    """``log[(1 − q(y_t))/(1 − q(y'_t))]``, the differing kernel's factor for its first tokens
+    (``logq_*``: their log q); −inf when ``q(y_t)`` is 1 in float (no mass left to move to)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
         log_free = float(np.log1p(-np.exp(logq_old))) - float(np.log1p(-np.exp(logq_new)))
-    if math.isnan(log_free):
-        log_free = -math.inf
-    return (log_free + math.log(inner_boundaries(len_old, block)) - math.log(inner_boundaries(len_new, block))
-            - math.log(n_boundaries(len_old, block)) + math.log(n_boundaries(len_new, block)))
+    return -math.inf if math.isnan(log_free) else log_free
 
 
 def suffix_log_norm(log_norm: LogNorm | None, state: State, cut: int) -> float:
@@ -199,8 +197,9 @@ def run_chains(
     e_cur = [float(e) for e in energy(current)]
     chains = Chains(states=[[token_ids(c)] for c in current], energies=[[e] for e in e_cur],
                     accepted=[[] for _ in current], proposed=[0] * len(current))
+    bounds = n_boundaries if token_logq is None else inner_boundaries
     for _ in range(steps):
-        cuts, banned = _cuts(current, rngs, block, differ=token_logq is not None)
+        cuts, banned = _cuts(current, rngs, block, bounds)
         proposals = propose(current, cuts) if token_logq is None else propose(current, cuts, banned)
         e_new = [float(e) for e in energy(proposals)]
         u = [g.random() for g in rngs]
@@ -216,8 +215,8 @@ def run_chains(
                 if token_logq is not None:
                     if new[t] == old[t]:
                         raise ValueError(f"a differing proposal kept the banned token {old[t]} at {t}")
-                    ratio += differ_log_ratio(token_logq(y, t), token_logq(y2, t), len(old), len(new), block)
-                ok = bool(u[c] < acceptance(e_cur[c], e_new[c], len(old), len(new), tau, block, ratio))
+                    ratio += differ_log_ratio(token_logq(y, t), token_logq(y2, t))
+                ok = bool(u[c] < acceptance(e_cur[c], e_new[c], len(old), len(new), tau, block, ratio, bounds))
             if ok:
                 current[c], e_cur[c] = y2, e_new[c]
             chains.states[c].append(token_ids(current[c]))
@@ -228,16 +227,17 @@ def run_chains(
     return chains
 
 
-def _cuts(states: list[State], rngs: list[np.random.Generator], block: int, differ: bool
-          ) -> tuple[list[int], list[int | None]]:
-    """Each chain's cut (uniform over its boundaries: all ``n(y)``, or with ``differ`` the ``m(y)``
-    inside the answer) and, with ``differ``, the token its proposal must not start with (None for an
-    empty answer, which has no cut: it is proposed from 0 unbanned only to keep the batch aligned)."""
+def _cuts(states: list[State], rngs: list[np.random.Generator], block: int,
+          bounds: Callable[[int, int], int]) -> tuple[list[int], list[int | None]]:
+    """Each chain's cut, uniform over its ``bounds`` boundaries (all ``n(y)``, or the differing
+    kernel's ``m(y)`` inside the answer), and the token at the cut, which the differing kernel bans
+    (None past the answer's end; an empty answer has no inner cut: it is proposed from 0 unbanned only
+    to keep the batch aligned, and stays)."""
     cuts, banned = [], []
     for g, y in zip(rngs, states):
         ids = token_ids(y)
-        m = inner_boundaries(len(ids), block) if differ else n_boundaries(len(ids), block)
+        m = bounds(len(ids), block)
         t = int(g.integers(m)) * block if m else 0
         cuts.append(t)
-        banned.append(ids[t] if differ and t < len(ids) else None)
+        banned.append(ids[t] if t < len(ids) else None)
     return cuts, banned

@@ -66,13 +66,10 @@ def _common_prefix(seqs: list[list[int]]) -> int:
 
 
 def _first_bans(rows: list[Row], device: Any) -> torch.Tensor | None:
-    """``[B]`` banned token of each row at this step (−1: none): only a row's first step has one."""
-    if not any(r.ban is not None for r in rows):
-        return None
-    out = [-1 if r.ban is None else r.ban for r in rows]
-    for r in rows:
-        r.ban = None
-    return torch.tensor(out, device=device)
+    """``[B]`` banned token of each row at this step (−1: none): only a row's first step (no token
+    yet) has one."""
+    bans = [r.ban if r.ban is not None and not r.ids else -1 for r in rows]
+    return torch.tensor(bans, device=device) if any(b >= 0 for b in bans) else None
 
 
 class HFSampler:

@@ -39,7 +39,7 @@ class Row:
     cap: int = 0  # max new tokens of this row
     past: RowPast | None = None  # its KV cache when it finished (``keep_past``)
     forced: list[int] = field(default_factory=list)  # tokens still to emit before sampling (``forced=``)
-    ban: int | None = None  # a token its first step must not pick (``ban=``), cleared once used
+    ban: int | None = None  # a token its first step must not pick (``ban=``)
 
 
 
