@@ -93,3 +93,17 @@ def test_consistency_energies_time_excludes_loading_the_model(monkeypatch):
     out, seconds = consistency.consistency_energies(graded, None, batch_size=8)
     assert time.perf_counter() - t0 - seconds >= 0.5  # the load was not charged to the energy
     assert out["answer_agreement"].tolist() == [-1.0, -1.0, 0.0]
+
+
+@pytest.mark.integration
+def test_embed_texts_in_bf16_autocast_stays_close_to_fp32():
+    """``dtype=bfloat16`` really encodes in half precision (the vectors move) yet keeps fp32 output
+    and each text's direction (cosine >= 0.99), so the consistency energies keep their order."""
+    texts = ["12 + 30 = 42. The answer is 42.", "30 + 12 makes 42.", "The answer is 7.", "12 + 30 = 41."]
+    full = embed_texts(texts)
+    half = embed_texts(texts, dtype="bfloat16")
+    assert half.dtype == np.float32 and half.shape == full.shape
+    assert not np.array_equal(half, full)
+    assert (np.sum(half * full, axis=1) >= 0.99).all()
+    ref, got = embedding_consistency(full, [0] * 4), embedding_consistency(half, [0] * 4)
+    assert np.argsort(ref).tolist() == np.argsort(got).tolist()

@@ -68,7 +68,7 @@ def catalog(tmp_path) -> DataCatalog:
         "params:benchmark": BenchmarkParams(name="arith", source="generated", options={"arith": {"n_problems": 10}}),
         "params:sampling": SamplingStageParams(**SAMPLING),
         "params:energies": EnergyStageParams(logit_source="auto", batch_size=4, hidden_states=True, embedding_model=None,
-                                             embedding_batch_size=8, progress=False),
+                                             embedding_batch_size=8, embedding_dtype="float32", progress=False),
         "params:v2_latent": LatentParams(
             n_problems=2, energy="hybrid", starts=["single", "v1"], modes=["reinforce", "gradient", "latentseek", "topk_pg"],
             positions="spilled", prefix_fraction=0.3, window=2, steps=2, lr=0.5, samples=2, radius=0.5, patience=None,

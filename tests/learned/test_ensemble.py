@@ -192,3 +192,31 @@ def test_without_fold_members_one_seed_is_one_model():
     # the same seed member in both, and the hybrid saw the same out-of-fold inputs
     torch.testing.assert_close(member.state_dict()["net.1.weight"], full.scorers.latent_ebm.members[0].state_dict()["net.1.weight"])
     assert one.scorers.hybrid.weights == full.scorers.hybrid.weights
+
+
+def test_text_energies_encode_each_distinct_completion_once_with_the_same_values():
+    """Repeated (problem, completion) rows are scored once and spread back: the same energies and
+    members' z (fold members still blind to their problems) as scoring every row."""
+    from impetus.learned.fitting import text_energy_scores, text_inputs
+    from impetus.learned.models import TextEBM, TextEBMConfig
+    from impetus.testing import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    cfg = TextEBMConfig(vocab_size=len(tok), d_model=16, n_layers=2, n_heads=2, d_ff=32, max_len=64, dropout=0.0)
+    members = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        members.append(TextEBM(cfg).eval())
+    ens = EnsembleEBM(members, mu=[0.1, -0.2], sd=[1.5, 0.5], names=["seed0", "fold0"], trained_on=[None, ["p0"]])
+    problems = pd.DataFrame({"problem_id": ["p0", "p1"], "question": ["1+2=?", "3+4=?"]})
+    df = pd.DataFrame({"problem_id": ["p0", "p0", "p1", "p1", "p1", "p0", "p1"],
+                       "completion": ["3", "4", "3", "7", "7", "3", "7"]})  # "3" of p0 and "3" of p1 differ
+    rows: list[int] = []
+    for m in members:
+        m.register_forward_hook(lambda mod, args, out: rows.append(len(out)))
+    energy, z = text_energy_scores(ens, tok, df, problems)
+    assert sum(rows) == 2 * 4  # two members x four distinct (problem, completion) pairs
+    want, want_z = ensemble_scores(ens, text_inputs(tok, df, problems, cfg.max_len), df["problem_id"].to_numpy())
+    np.testing.assert_allclose(energy, want, atol=1e-5)
+    np.testing.assert_allclose(z, want_z, atol=1e-5)  # NaN where the fold member saw p0, in the same places
+    assert energy[0] == energy[5] and energy[3] == energy[4] == energy[6] and energy[0] != energy[2]

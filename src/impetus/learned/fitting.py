@@ -101,6 +101,27 @@ def text_inputs(tokenizer: Any, df: pd.DataFrame, problems: pd.DataFrame, max_le
     return TokenInputs(ids, mask)
 
 
+def distinct_rows(df: pd.DataFrame, cols: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``(first, codes)``: the index of each distinct ``cols`` tuple's first row, and for every row the
+    position of its tuple in ``first`` (so ``values[first][codes]`` spreads per-tuple values back)."""
+    codes, _ = pd.factorize(pd.MultiIndex.from_frame(df[cols].astype(str)))
+    first = np.flatnonzero(~pd.Series(codes).duplicated().to_numpy())
+    return first, codes
+
+
+def text_energy_scores(model: Any, tokenizer: Any, df: pd.DataFrame, problems: pd.DataFrame
+                       ) -> tuple[np.ndarray, np.ndarray | None]:
+    """The TextEBM's energies (and ensemble members' ``z``) for every row of ``df``, each distinct
+    (problem, completion) encoded once: a text energy is a function of those two alone, and sampled
+    candidates repeat (800 candidates of the default run hold 330 distinct ones), so this scores 2.4x
+    fewer rows there at the same values (up to batch-composition rounding)."""
+    first, codes = distinct_rows(df, ["problem_id", "completion"])
+    unique = df.iloc[first]
+    inputs = text_inputs(tokenizer, unique, problems, model.config.max_len)
+    energy, z = energy_scores(model, inputs, unique["problem_id"].to_numpy(), batch_size=64)
+    return energy[codes], (None if z is None else z[codes])
+
+
 def fit_text_ebm(
     groups: pd.DataFrame, problems: pd.DataFrame, tokenizer: Any, model_cfg: dict, train_cfg: TrainConfig
 ) -> TrainResult:
@@ -184,8 +205,7 @@ def add_learned_energies(
     pids = out["problem_id"].to_numpy()
     if scorers.text_ebm is not None:
         t0 = time.perf_counter()
-        inputs = text_inputs(tokenizer, out, problems, scorers.text_ebm.config.max_len)
-        energy, z = energy_scores(scorers.text_ebm, inputs, pids, batch_size=64)
+        energy, z = text_energy_scores(scorers.text_ebm, tokenizer, out, problems)
         out["text_ebm"] = energy.astype(float)
         seconds["text_ebm"] = time.perf_counter() - t0
         if members is not None and z is not None:

@@ -17,6 +17,7 @@ from impetus.benchmarks.grading import one_prompt_per_problem
 from impetus.framework.config import EnergyStageParams
 from impetus.energy.consistency import consistency_energies
 from impetus.energy.recorded import has_record, is_choices, recorded_energies
+from impetus.lm.precision import choose_dtype
 from impetus.lm.scoring import score_table
 from impetus.pipelines.utils import load_base_lm
 from impetus.framework.tracking import as_mlflow_metrics
@@ -49,16 +50,19 @@ def compute_energies(
         )
         source = "teacher_forced"
     if is_choices(graded):  # one candidate per answer: agreement and similarity between choices mean nothing
-        emb_seconds = 0.0
+        emb_seconds, emb_dtype = 0.0, "float32"
     else:
+        emb_dtype, why = choose_dtype(energies.embedding_dtype, "cpu")
+        logger.info("Embedding model for %s in %s (%s)", split, emb_dtype, why)
         consistency, emb_seconds = consistency_energies(
-            graded, energies.embedding_model, batch_size=energies.embedding_batch_size
+            graded, energies.embedding_model, batch_size=energies.embedding_batch_size, dtype=emb_dtype
         )
         table = pd.concat([table, consistency], axis=1)
     # lm_seconds: what the logit energies and hidden states cost here (the recording overhead itself
     # is inside the sampling time, which every method already pays).
     timing = {"lm_seconds": lm_seconds, "embedding_seconds": emb_seconds, "n_candidates": len(graded),
-              "n_problems": int(graded["problem_id"].nunique()), "recorded": float(source == "recorded")}
+              "n_problems": int(graded["problem_id"].nunique()), "recorded": float(source == "recorded"),
+              "embedding_bf16": float(emb_dtype == "bfloat16")}
     n = max(len(graded), 1)
     metrics = {f"energies/{split}/{k}": v for k, v in timing.items()}
     metrics[f"energies/{split}/seconds_per_candidate"] = (lm_seconds + emb_seconds) / n
