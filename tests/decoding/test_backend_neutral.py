@@ -264,16 +264,28 @@ def test_v2_core_runs_on_a_second_backend(toy):
 
     direction = sampler.head[tok.convert_tokens_to_ids(target)]  # raises the target's logit
     split = Split(prompts, cands, score, grade)
-    result, v2 = evaluate_v2(sampler, tok, PARAMS, split, selections, v1, cfg, dev=split,
-                             state_energy=lambda h: -(h @ direction), hidden_source="mean")
+    result, v2, dev = evaluate_v2(sampler, tok, PARAMS, split, selections, v1, cfg, dev=split,
+                                  state_energy=lambda h: -(h @ direction), hidden_source="mean")
     assert len(v2) == 2 * 4 * 2 and {"v2_reinforce_single", "v2_gradient_v1", "majority"} <= set(result["methods"])
     assert result["methods"]["v2_reinforce_v1_control"]["family"] == "v2_control"
     assert result["chosen_on"] == "dev" and set(result["settings"]) == {"reinforce", "gradient"}
     assert {p["settings"]["lr"] for p in result["grid_dev_accuracy"]["reinforce"]} == {1.0, 2.0}
     assert (v2["energy_after"] <= v2["energy_before"]).all() and (v2["energy_before"] == 1.0).all()
     assert (v2["energy_after"] == 0.0).any() and v2["text"].str.startswith(target).any()  # V2 moved answers
-    _, again = evaluate_v2(sampler, tok, PARAMS, split, selections, v1, cfg, dev=split,
-                           state_energy=lambda h: -(h @ direction), hidden_source="mean")
+    # The chosen settings' dev answers (from each dev problem's first sample): their accuracy is the
+    # dev score the grid chose by, and an answer costs its start plus what V2 generated up to its steps.
+    assert sorted(dev["method"].unique()) == ["v2_gradient_single", "v2_gradient_single_control",
+                                              "v2_reinforce_single", "v2_reinforce_single_control"]
+    assert len(dev) == 4 * 2
+    for mode in ("reinforce", "gradient"):
+        chosen = [p["dev_score"] for p in result["grid_dev_accuracy"][mode] if p["settings"]["lr"] == result["settings"][mode]["lr"]]
+        assert dev.loc[dev["method"] == f"v2_{mode}_single", "correct"].mean() == chosen[0]
+    first_tokens = cands[cands["sample_idx"] == 0].set_index("problem_id")["n_tokens"]
+    mine = dev[dev["method"] == "v2_reinforce_single"].set_index("problem_id")
+    assert (mine["tokens"] > first_tokens.reindex(mine.index)).all()  # it generated while optimising
+    _, again, dev_again = evaluate_v2(sampler, tok, PARAMS, split, selections, v1, cfg, dev=split,
+                                      state_energy=lambda h: -(h @ direction), hidden_source="mean")
+    pd.testing.assert_frame_equal(dev, dev_again)
     assert v2["text"].tolist() == again["text"].tolist()
 
 
@@ -319,3 +331,26 @@ def test_v2_answer_after_s_of_k_steps_is_the_s_step_answer(toy):
     assert any(r.steps[4]["best_text"] != r.steps[1]["best_text"] for r in runs[4])  # steps 2-4 improved some answer
     for a, b in zip(runs[4], runs[1]):
         assert a.steps[1]["best_text"] == b.text and a.steps[:2] == b.steps
+
+
+def test_v2_dev_grid_without_steps_runs_each_mode_at_its_own_steps(toy, monkeypatch):
+    """mode_settings may set a mode's steps (latentseek: 6): a dev grid that does not list steps must
+    score the mode at those, the steps eval then runs, not at the shared ``steps``."""
+    import impetus.latent.evaluate as ev
+
+    tok, sampler, prompts, cands = toy
+    cfg = V2Config(n_problems=None, energy="planted", starts=("single",), modes=("reinforce",), positions="prefix",
+                   prefix_fraction=0.5, window=1, steps=1, lr=1.0, samples=2, radius=2.0, patience=None,
+                   grid={"lr": [1.0, 2.0]}, search="product", dev_problems=None,
+                   mode_settings={"reinforce": {"steps": 3}}, ceiling_k=0, compare_to=("headline",), n_boot=100,
+                   seed=0, progress=False)
+    v1 = v1_reference(cands.assign(planted=0.0), {"headline": {"method": "majority"}})
+    selections = pd.DataFrame({"problem_id": ["p0", "p1"], "first": 0, "majority": 1})
+    split = Split(prompts, cands, lambda _p, traces: pd.DataFrame({"planted": [float(len(t.ids)) for t in traces]}),
+                  grade)
+    seen: list[int] = []
+    real = ev.optimize_split
+    monkeypatch.setattr(ev, "optimize_split", lambda *a, **k: (seen.append(a[6]["reinforce"].steps), real(*a, **k))[1])
+    result, _, _ = evaluate_v2(sampler, tok, PARAMS, split, selections, v1, cfg, dev=split)
+    assert seen == [3, 3, 3]  # two dev runs (lr 1 and 2), then eval: all at the mode's 3 steps
+    assert result["settings"]["reinforce"]["steps"] == 3

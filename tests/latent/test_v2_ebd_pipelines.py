@@ -112,6 +112,8 @@ def test_latent_eval_slice(catalog):
     assert "V2's ceiling" in catalog["v2_report"].load()
     answers = catalog["v2_answers"].load()
     assert len(answers) == 2 * 8 * 2 and set(answers["method"]) >= {"v2_reinforce_single", "v2_reinforce_single_control"}
+    dev = catalog["v2_dev_answers"].load()  # every mode's chosen settings on the dev problems, from the first sample
+    assert set(dev["method"]) == {m for m in answers["method"] if "_single" in m} and dev["tokens"].gt(0).all()
     assert "V2: latent optimisation" in catalog["v2_report"].load()
     assert set(catalog["v2_plots"].load()) == {"v2_accuracy_vs_step.png", "v2_accuracy_vs_tokens.png",
                                                "v2_energy_before_after.png"}
@@ -160,8 +162,11 @@ def test_compute_match_after_ebd_and_v2(catalog):
     steps = catalog["ebd_steps"].load()
     assert set(steps["split"]) == {"eval", "dev"} and set(steps["method"]) == {"ebd_lowest", "ebd_vote"}
     result = catalog["compute_match_metrics"].load()
-    assert result["eval_problems"] == 2 and result["not_choosable"] == ["v2"]  # EBD 2, V2 2, V1 3 eval problems
+    assert result["eval_problems"] == 2 and result["not_choosable"] == []  # EBD 2, V2 2, V1 3 eval problems
     families = {o["family"] for o in result["options"]}
+    # V2 is measured on dev from the first sample (its grid's dev run), not from the V1 choice
+    v2_dev = {o["name"]: o["dev_accuracy"] for o in result["options"] if o["family"] == "v2"}
+    assert v2_dev["v2_reinforce_v1"] is None and v2_dev["v2_reinforce_single"] is not None
     assert families == {"v1", "ebd", "v2"}
     assert {o["name"] for o in result["options"] if o["family"] == "v1"} == {f"{m}@{n}" for m in ("hybrid", "majority")
                                                                              for n in range(1, N + 1)}

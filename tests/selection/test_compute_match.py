@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from impetus.selection.budget import prefix_accuracy
-from impetus.selection.compute_match import Option, choose, compute_matched, ebd_options, shared, v1_options
+from impetus.selection.compute_match import Option, choose, compute_matched, ebd_options, shared, v1_options, v2_options
 from impetus.selection.report import build_methods
 
 
@@ -90,3 +90,14 @@ def test_ebd_options_pair_each_step_with_its_dev_run():
     assert all(o.dev_correct is None for o in no_dev)
     with pytest.raises(ValueError, match="no option was measured on dev"):
         compute_matched(no_dev, [1], "h", 100, 0)
+
+
+def test_v2_options_take_dev_answers_where_the_grid_ran_them():
+    ev = pd.DataFrame({"problem_id": ["p0", "p1"] * 2, "method": ["v2_a_single"] * 2 + ["v2_a_v1"] * 2,
+                       "correct": [True, False, True, True], "tokens": [50, 60, 400, 410]})
+    dev = pd.DataFrame({"problem_id": ["p2", "p3"], "method": ["v2_a_single"] * 2, "correct": [False, True],
+                        "tokens": [70, 90]})
+    opts = {o.name: o for o in v2_options(ev, dev)}
+    assert opts["v2_a_single"].dev_correct.tolist() == [0.0, 1.0] and opts["v2_a_single"].dev_tokens.mean() == 80
+    assert opts["v2_a_v1"].dev_correct is None and opts["v2_a_v1"].eval_tokens.mean() == 405
+    assert all(o.dev_correct is None for o in v2_options(ev))

@@ -33,12 +33,15 @@ from impetus.lm.runner import stable_seed
 from impetus.lm.sampler import LatentSampler, SamplingParams
 from impetus.lm.trace import Trace
 from impetus.selection.budget import V1Reference, compare_at_equal_tokens
-from impetus.selection.grid import Search, choose_on_dev, read_off_one_run
+from impetus.selection.grid import Search, choose_on_dev, read_off_one_run, run_key
 from impetus.selection.metrics import paired_bootstrap
 
 #: ``score(problem_ids, traces) -> energies table`` (row i: trace i, an answer to problem_ids[i]).
 ScoreAnswers = Callable[[list[str], "list[Trace]"], pd.DataFrame]
 Mode = Literal["reinforce", "gradient", "latentseek", "topk_pg"]
+#: The dev answers of a run without a dev grid (its settings were not chosen there: nothing to show).
+_NO_ANSWERS = pd.DataFrame({"problem_id": pd.Series(dtype=str), "method": pd.Series(dtype=str),
+                            "correct": pd.Series(dtype=bool), "tokens": pd.Series(dtype=int)})
 
 
 @dataclass(frozen=True)
@@ -155,20 +158,43 @@ def optimize_split(
 
 
 def choose_settings(sampler: LatentSampler, tok: Any, params: SamplingParams, dev: Split, cfg: V2Config,
-                    extra: Mapping[Mode, dict]) -> tuple[dict[str, dict], dict[str, list]]:
+                    extra: Mapping[Mode, dict]) -> tuple[dict[str, dict], dict[str, list], pd.DataFrame]:
     """Per mode, the grid point with the best dev accuracy of V2 from each dev problem's first
-    sample (``cfg.dev_problems`` of them), and every point's dev accuracy."""
+    sample (``cfg.dev_problems`` of them), every point's dev accuracy, and the chosen points' dev
+    answers (:func:`answers_after`: what each would have given there, read off its dev run)."""
     pids = list(dev.prompts["problem_id"])[: cfg.dev_problems or None]
     first = {"single": {pid: 0 for pid in pids}}
-    chosen, tables = {}, {}
+    chosen, tables, answers = {}, {}, []
     for mode in cfg.modes:
+        runs: dict[str, pd.DataFrame] = {}  # each dev run's rows, by its settings but steps
+
         def accuracy(point: dict[str, Any], steps: list[int], mode: Mode = mode) -> dict[int, float]:
-            rows = optimize_split(sampler, tok, params, dev, pids, first, {mode: cfg.optimizer(mode, **point)},
-                                  cfg.energy, cfg.seed, extra, cfg.progress)
+            rows = runs[run_key(point, "steps")] = optimize_split(
+                sampler, tok, params, dev, pids, first, {mode: cfg.optimizer(mode, **point)}, cfg.energy, cfg.seed,
+                extra, cfg.progress)
             return accuracy_after(rows[rows["method"] == f"v2_{mode}_single"], steps, dev.grade)
-        chosen[mode], tables[mode] = choose_on_dev(cfg.grid, read_off_one_run(cfg.grid, "steps", cfg.steps, accuracy),
+        # A grid without steps runs the mode's own (mode_settings may set them: latentseek's 6), as eval will.
+        own_steps = cfg.optimizer(mode).steps
+        chosen[mode], tables[mode] = choose_on_dev(cfg.grid, read_off_one_run(cfg.grid, "steps", own_steps, accuracy),
                                                    cfg.search)
-    return chosen, tables
+        steps = int(chosen[mode].get("steps", own_steps))
+        answers.append(answers_after(runs[run_key(chosen[mode], "steps")], steps, dev.grade))
+    return chosen, tables, pd.concat(answers, ignore_index=True)
+
+
+def answers_after(rows: pd.DataFrame, steps: int, grade: Grade) -> pd.DataFrame:
+    """``problem_id, method, correct, tokens`` of one dev run's rows had V2 stopped after ``steps``
+    (exactly an ``steps``-step run's answers: :func:`accuracy_after`); the zero-step controls do not
+    depend on the steps and are kept as they are."""
+    out = rows[["problem_id", "method", "correct", "tokens"]].copy()
+    v2 = ~out["method"].str.endswith("_control")
+    for i in np.flatnonzero(v2.to_numpy()):
+        trace = rows["trace"].iloc[i]
+        at = trace[min(steps, len(trace) - 1)]
+        generated_at_end = trace[-1]["tokens"]
+        out.iloc[i, out.columns.get_loc("correct")] = bool(grade(rows["problem_id"].iloc[i], at["best_text"])[1])
+        out.iloc[i, out.columns.get_loc("tokens")] = int(rows["tokens"].iloc[i]) - generated_at_end + at["tokens"]
+    return out
 
 
 def accuracy_after(rows: pd.DataFrame, steps: list[int], grade: Grade) -> dict[int, float]:
@@ -209,10 +235,12 @@ def evaluate_v2(
     sampler: LatentSampler, tokenizer: Any, params: SamplingParams, eval_split: Split, selections: pd.DataFrame,
     v1: V1Reference, cfg: V2Config, dev: Split | None = None, state_energy: StateEnergy | None = None,
     hidden_source: str = "both",
-) -> tuple[dict[str, Any], pd.DataFrame]:
+) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
     """V2 on the first ``cfg.n_problems`` eval problems from each start (``single``: the first
     candidate; ``v1``: the V1 headline's choice in ``selections``) and mode, settings chosen on
-    ``dev`` when ``cfg.grid`` lists any; returns ``(v2_metrics, one row per problem and method)``.
+    ``dev`` when ``cfg.grid`` lists any; returns ``(v2_metrics, one row per problem and method,
+    dev answers)``: the last are the chosen settings' answers from each dev problem's first sample
+    (:func:`choose_settings`), empty without a grid.
 
     ``state_energy`` (the LatentEBM over pooled states from ``hidden_source``) drives the gradient
     mode. Regeneration is greedy and draws are seeded per answer, so a seed gives the same answers."""
@@ -224,8 +252,8 @@ def evaluate_v2(
         torch.manual_seed(cfg.seed)
         if cfg.grid and dev is None:
             raise ValueError("v2_latent.grid lists settings to choose but no dev split was given")
-        settings, tables = ({m: {} for m in cfg.modes}, {}) if not cfg.grid else choose_settings(
-            sampler, tokenizer, params, dev, cfg, extra)
+        settings, tables, dev_answers = ({m: {} for m in cfg.modes}, {}, _NO_ANSWERS) if not cfg.grid else \
+            choose_settings(sampler, tokenizer, params, dev, cfg, extra)
         configs = {m: cfg.optimizer(m, **settings[m]) for m in cfg.modes}
         v2 = optimize_split(sampler, tokenizer, params, eval_split, pids, starts, configs, cfg.energy, cfg.seed, extra,
                             cfg.progress)
@@ -235,7 +263,7 @@ def evaluate_v2(
     result |= {"energy": cfg.energy, "headline_v1": v1.headline, "chosen_on": "dev" if cfg.grid else "config",
                "settings": {m: dataclasses.asdict(c) for m, c in configs.items()}, "grid": dict(cfg.grid),
                "search": cfg.search, "grid_dev_accuracy": tables, "dev_problems": cfg.dev_problems}
-    return result, v2
+    return result, v2, dev_answers
 
 
 def _ceilings(sampler: LatentSampler, tok: Any, params: SamplingParams, cfg: V2Config,

@@ -4,12 +4,14 @@ A user asks: at my token budget, which family and setting should I run? Every *o
 family at one setting, with each problem's correctness and generated tokens on eval and, where the
 family ran there, on dev: V1 methods on each problem's first ``n`` candidates for n = 1..N,
 EBD's two answers after each MH step (:func:`impetus.decoding.evaluate.evaluate_ebd`'s
-``per_step``), V2's methods at their steps. For a budget of ``b`` × the tokens of one V1 sample,
+``per_step``), V2's methods at their chosen steps (on dev: the chosen settings' dev run from each
+problem's first sample, :func:`impetus.latent.evaluate.choose_settings`). For a budget of ``b`` × the tokens of one V1 sample,
 :func:`choose` takes the option with the best *dev* accuracy among those whose dev tokens fit, and
 (by default) keeps the V1 headline at the largest ``n`` that fits unless that option beats it on dev
 with a paired CI above 0, so the choice uses train-side data only; it is then measured once on
 eval, paired against that same headline. An option without a dev
-measurement (e.g. EBD without a dev grid) is drawn but cannot be chosen. All options are compared
+measurement (EBD or V2 without a dev grid, V2 from the V1 headline's choice) is drawn but cannot be
+chosen. All options are compared
 on the eval (and dev) problems they share. Caveat: the learned energies measured on eval are refit
 on every train-side problem, dev included, so any option that uses them (V1's learned methods, EBD's
 starts and tilt) is scored in sample on dev; majority vote is not.
@@ -77,10 +79,18 @@ def ebd_options(per_step: pd.DataFrame) -> list[Option]:
     return out
 
 
-def v2_options(answers: pd.DataFrame) -> list[Option]:
-    """V2's methods on eval (``v2_answers``: problem_id, method, correct, tokens); V2 has no dev run."""
-    return [Option("v2", str(m), g.set_index("problem_id")["correct"].astype(float),
-                   g.set_index("problem_id")["tokens"].astype(float)) for m, g in answers.groupby("method")]
+def v2_options(answers: pd.DataFrame, dev_answers: pd.DataFrame | None = None) -> list[Option]:
+    """V2's methods on eval (``v2_answers``: problem_id, method, correct, tokens) and, for those its dev
+    grid chose (``v2_dev_answers``, same columns: the first sample's start only), on dev."""
+    dev = {} if dev_answers is None else dict(list(dev_answers.groupby("method")))
+    out = []
+    for m, g in answers.groupby("method"):
+        d = dev.get(m)
+        dv = (None, None) if d is None else (d.set_index("problem_id")["correct"].astype(float),
+                                             d.set_index("problem_id")["tokens"].astype(float))
+        out.append(Option("v2", str(m), g.set_index("problem_id")["correct"].astype(float),
+                          g.set_index("problem_id")["tokens"].astype(float), *dv))
+    return out
 
 
 def shared(options: Sequence[Option]) -> list[Option]:

@@ -22,7 +22,8 @@ def choose_family(
     problems_eval: pd.DataFrame, graded_eval: pd.DataFrame, energies_eval: pd.DataFrame, hidden_eval: dict[str, Any],
     problems_dev: pd.DataFrame, graded_dev: pd.DataFrame, energies_dev: pd.DataFrame, hidden_dev: dict[str, Any],
     rerank_metrics: dict, base_lm: dict[str, Any], text_ebm: dict, latent_ebm: dict, hybrid_energy: dict,
-    ebd_steps: pd.DataFrame, v2_answers: pd.DataFrame, compute_match: ComputeMatchParams,
+    ebd_steps: pd.DataFrame, v2_answers: pd.DataFrame, v2_dev_answers: pd.DataFrame,
+    compute_match: ComputeMatchParams,
 ) -> tuple[dict, str, dict, dict]:
     """V1 at each n (the listed methods), EBD per MH step and V2 on the shared problems; per budget the
     option chosen on dev, measured on eval against the V1 headline at the same budget."""
@@ -32,7 +33,7 @@ def choose_family(
     dev_table = score_split(graded_dev, energies_dev, hidden_dev, problems_dev, tok, scorers)[0]
     v1 = v1_reference(eval_table, rerank_metrics, vote_for=compute_match.vote_for)
     options = (v1_options(eval_table, dev_table, v1.methods, v1.resolve(compute_match.v1_methods))
-               + ebd_options(ebd_steps) + v2_options(v2_answers))
+               + ebd_options(ebd_steps) + v2_options(v2_answers, v2_dev_answers))
     result = compute_matched(options, compute_match.budgets, v1.headline, compute_match.n_boot, compute_match.seed,
                              compute_match.rule)
     report = markdown(result)

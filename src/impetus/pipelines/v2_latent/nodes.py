@@ -39,10 +39,10 @@ def optimize_latents(
     energies_dev: pd.DataFrame, hidden_dev: dict[str, Any], rerank_selections: pd.DataFrame, rerank_metrics: dict, base_lm: dict[str, Any], text_ebm: dict, latent_ebm: dict,
     hybrid_energy: dict, benchmark: BenchmarkParams, sampling: SamplingStageParams, energies: EnergyStageParams,
     v2_latent: LatentParams,
-) -> tuple[dict, str, pd.DataFrame, dict, dict]:
+) -> tuple[dict, str, pd.DataFrame, pd.DataFrame, dict, dict]:
     """V2 answers for the first ``n_problems`` eval problems, from each start and mode, settings
     chosen on the dev split; metrics against the zero-step controls and the V1 methods matched at
-    V2's token budget (:func:`impetus.latent.evaluate.evaluate_v2`)."""
+    V2's token budget (:func:`impetus.latent.evaluate.evaluate_v2`), and the chosen settings' dev answers."""
     one_prompt_per_problem(prompts_eval, "v2_latent")  # before any model is loaded
     scorers = LearnedScorers.from_records(text_ebm, latent_ebm, hybrid_energy)
     model, tok = load_base_lm(base_lm)
@@ -55,7 +55,7 @@ def optimize_latents(
     dev_split = _split(problems_dev, prompts_dev, graded_dev, tok, bench, scorers, energies, scored_dev,
                        v2_latent.energy)
     v1 = v1_reference(scored_eval, rerank_metrics)
-    result, v2 = evaluate_v2(
+    result, v2, dev_answers = evaluate_v2(
         get_sampler(sampling.backend, model, tok, record=True, **recorded_layers(base_lm)), tok,
         sampling_params(sampling, benchmark),
         eval_split, rerank_selections, v1, v2_latent.to_core(), dev=dev_split,
@@ -68,4 +68,4 @@ def optimize_latents(
     flat |= {f"v2/ceiling/{split}/{k}": v for split, c in result.get("ceiling", {}).items() if isinstance(c, dict)
              for k, v in c.items() if isinstance(v, (int, float))}
     answers = v2.drop(columns=["trace"]).assign(steps=[len(t) - 1 for t in v2["trace"]])
-    return result, report, answers, figures, as_mlflow_metrics(flat)
+    return result, report, answers, dev_answers, figures, as_mlflow_metrics(flat)

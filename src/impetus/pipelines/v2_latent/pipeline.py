@@ -17,7 +17,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 "rerank_metrics", "base_lm", "text_ebm", "latent_ebm", "hybrid_energy", "params:benchmark",
                 "params:sampling", "params:energies", "params:v2_latent",
             ],
-            outputs=["v2_metrics", "v2_report", "v2_answers", "v2_plots", "metrics_v2_latent"],
+            outputs=["v2_metrics", "v2_report", "v2_answers", "v2_dev_answers", "v2_plots", "metrics_v2_latent"],
             name="optimize_latents",
         )
     ])
