@@ -1,0 +1,85 @@
+"""Benchmark: the two dearest per-candidate energies, before and after issue 25's cost fixes.
+
+Usage (after any v1_rerank run: it reads that run's eval candidates, problems and TextEBM)::
+
+    python benchmarks/bench_scoring_cost.py [--repeats 3]
+
+- TextEBM ensemble: every candidate encoded, against each distinct (problem, completion) once
+  (:func:`impetus.learned.fitting.text_energy_scores`, what the pipeline runs).
+- Embedding consistency: MiniLM in fp32, against bf16 autocast (``energies.embedding_dtype``).
+
+Interleaved repeats in one process; prints each side's seconds and how far the energies moved
+(largest difference, Pearson r, share of problems whose lowest-energy candidate is the same row).
+On a CPU without a bf16 fast path the bf16 side is expected to be much slower. Timings on shared
+CPUs are noisy: run nothing else meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from impetus.energy.consistency import embed_texts, embedding_consistency, load_embedding_model
+from impetus.learned.ensemble import energy_scores
+from impetus.learned.fitting import text_energy_scores, text_inputs
+from impetus.learned.persist import load_ebm
+from impetus.lm.precision import cpu_bf16_fast_path
+from impetus.pipelines.utils import load_base_tokenizer
+
+DATA = Path("data")
+
+
+def _timed(fn):  # noqa: ANN001, ANN202 - any zero-argument callable
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def _compare(name: str, a: np.ndarray, b: np.ndarray, pids: np.ndarray) -> str:
+    rows = pd.DataFrame({"p": pids, "a": a, "b": b})
+    same = (rows.groupby("p")["a"].idxmin() == rows.groupby("p")["b"].idxmin()).mean()
+    return (f"{name}: max |difference| {np.abs(a - b).max():.2e}, r {np.corrcoef(a, b)[0, 1]:.6f}, "
+            f"same argmin on {100 * same:.1f}% of problems")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    version = sorted((DATA / "06_models/text_ebm.pt").iterdir())[-1]
+    ens = load_ebm(version / "text_ebm.pt")
+    tok = load_base_tokenizer(json.loads((DATA / "06_models/base_lm.json").read_text()))
+    df = pd.read_parquet(DATA / "03_primary/graded_eval.parquet")
+    problems = pd.read_parquet(DATA / "02_intermediate/problems_eval.parquet")
+    pids = df["problem_id"].to_numpy()
+    texts = df["completion"].tolist()
+    load_embedding_model(None)  # loaded before the clock, as the pipeline does
+    sides = {
+        "TextEBM, every candidate": lambda: energy_scores(ens, text_inputs(tok, df, problems, ens.config.max_len),
+                                                          pids, batch_size=64)[0],
+        "TextEBM, distinct rows": lambda: text_energy_scores(ens, tok, df, problems)[0],
+        "MiniLM fp32": lambda: embedding_consistency(embed_texts(texts), pids),
+        "MiniLM bf16 autocast": lambda: embedding_consistency(embed_texts(texts, dtype="bfloat16"), pids),
+    }
+    seconds: dict[str, list[float]] = {k: [] for k in sides}
+    out = {}
+    for _ in range(args.repeats):
+        for name, fn in sides.items():
+            out[name], s = _timed(fn)
+            seconds[name].append(s)
+    key = df["problem_id"].astype(str) + "\x1f" + df["completion"].astype(str)
+    print(f"{len(df)} candidates of {df['problem_id'].nunique()} problems, {key.nunique()} distinct; "
+          f"{len(ens)} TextEBM members ({version.name}); bf16 fast path: {cpu_bf16_fast_path()[1]}")
+    for name, s in seconds.items():
+        print(f"{name:>26}: " + ", ".join(f"{x:.3f}" for x in s) + " s")
+    print(_compare("TextEBM", out["TextEBM, every candidate"], out["TextEBM, distinct rows"], pids))
+    print(_compare("embedding consistency", out["MiniLM fp32"], out["MiniLM bf16 autocast"], pids))
+
+
+if __name__ == "__main__":
+    main()
