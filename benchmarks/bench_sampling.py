@@ -4,13 +4,14 @@ Usage::
 
     python benchmarks/bench_sampling.py [--problems 16 --n 8 --max-new-tokens 48 --batch-size 32]
     python benchmarks/bench_sampling.py --skip-naive --device cuda --dtype bfloat16 --compare-cpu
-    python benchmarks/bench_sampling.py --dtype auto --profile     # what `make bench` runs
+    python benchmarks/bench_sampling.py --dtype auto float32 --profile     # what `make bench` runs
 
 The naive loop always runs the model in fp32 (the reference every speed-up is measured against);
-HFSampler runs it in ``--dtype`` (``auto``: bf16 where torch has a fast path, as ``model.dtype: auto``).
-``--profile`` runs HFSampler once more under the torch profiler and prints where a call's time goes
-(:mod:`impetus.lm.profile`: the forward's matmuls / attention / other ops / Python, prefill, nucleus
-sampling, cache compaction, the rest).
+HFSampler runs it in each ``--dtype`` in turn (``auto``: bf16 where torch has a fast path, as
+``model.dtype: auto``; a dtype ``auto`` already resolved to is measured once). ``--profile`` runs
+HFSampler once more per dtype under the torch profiler and prints where a call's time goes, the
+dtypes side by side (:mod:`impetus.lm.profile`: the forward's matmuls / attention / other ops /
+Python, prefill, nucleus sampling, cache compaction, the rest).
 
 Both sides sample the same few-shot arithmetic prompts with the same N / temperature / top_p /
 stop strings; we report generated tokens per second (tokens kept up to the stop string, as each
@@ -37,7 +38,7 @@ import torch  # noqa: E402
 
 from impetus.lm.loading import load_model, resolve_model  # noqa: E402
 from impetus.lm.precision import choose_dtype  # noqa: E402
-from impetus.lm.profile import format_profile, profile_call  # noqa: E402
+from impetus.lm.profile import format_profiles, profile_call  # noqa: E402
 from impetus.lm.sampler import SamplingParams, get_sampler  # noqa: E402
 
 FEW_SHOT = (
@@ -103,32 +104,53 @@ def main() -> None:
                     help="record energies while decoding (on), not (off), or both, alternating")
     ap.add_argument("--repeats", type=int, default=1, help="timed runs per setting (the median is printed)")
     ap.add_argument("--device", default="cpu", help="torch device (cuda for the GPU path)")
-    ap.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"],
-                    help="HFSampler's dtype (the naive loop is always fp32)")
-    ap.add_argument("--profile", action="store_true", help="print where HFSampler's time goes (torch profiler)")
+    ap.add_argument("--dtype", nargs="+", default=["float32"], choices=["auto", "float32", "bfloat16", "float16"],
+                    help="HFSampler's dtype(s), each measured in turn against the same naive loop (always fp32); "
+                         "a value that resolves to one already listed is measured once")
+    ap.add_argument("--profile", action="store_true",
+                    help="print where HFSampler's time goes (torch profiler), one column per dtype")
     ap.add_argument("--compare-cpu", action="store_true", help="also sample on the CPU (fp32) and print the agreement")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
-    args.dtype, reason = choose_dtype(args.dtype, args.device)
-    model, tok = load_model(resolve_model(args.model), device=args.device, dtype=args.dtype)
+    dtypes: dict[str, str] = {}
+    for requested in args.dtype:
+        dtype, reason = choose_dtype(requested, args.device)
+        dtypes.setdefault(dtype, reason)
     prompts = make_prompts(args.problems)
     base = dict(n=args.n, temperature=0.8, top_p=0.95, max_new_tokens=args.max_new_tokens, stop=STOP, seed=0)
     print(f"model={args.model} problems={args.problems} n={args.n} max_new_tokens={args.max_new_tokens} "
-          f"T=0.8 top_p=0.95 stop={STOP!r} threads={torch.get_num_threads()} device={args.device} dtype={args.dtype} "
-          f"attn={model.config._attn_implementation}")
-    print(f"cpu={cpu_name()}; dtype {args.dtype}: {reason}")
-
-    # warm-up (first-call allocations / kernel selection) so neither side pays it in the timing
-    ours(model, tok, prompts[:1], SamplingParams(**{**base, "n": 2, "max_new_tokens": 4}))
-
+          f"T=0.8 top_p=0.95 stop={STOP!r} threads={torch.get_num_threads()} device={args.device} "
+          f"dtypes={list(dtypes)}")
+    print(f"cpu={cpu_name()}")
     naive_tps = None
     if not args.skip_naive:
-        ref = model if args.dtype == "float32" else load_model(resolve_model(args.model), device=args.device)[0]
+        ref, tok = load_model(resolve_model(args.model), device=args.device)
         nt, ns = naive(ref, tok, prompts, SamplingParams(**base))
         del ref
         naive_tps = nt / ns
-        print(f"naive generate loop : {nt} tokens in {ns:.1f} s = {naive_tps:.1f} tokens/s")
+        print(f"naive generate loop (fp32): {nt} tokens in {ns:.1f} s = {naive_tps:.1f} tokens/s")
+    profiles = {}
+    for dtype, reason in dtypes.items():
+        args.dtype = dtype  # compare_cpu's tolerance follows the last dtype measured
+        print(f"\ndtype {dtype}: {reason}")
+        res, profiles[dtype] = measure(args, dtype, prompts, base, naive_tps)
+    if profiles and all(p is not None for p in profiles.values()):
+        print()
+        print(format_profiles(profiles, f"HFSampler step profile, bs={args.batch_size[-1]}, record on"))
+    if args.compare_cpu:
+        compare_cpu(args, prompts, SamplingParams(**base, batch_size=args.batch_size[-1]), res)
+
+
+def measure(args: argparse.Namespace, dtype: str, prompts: list[str], base: dict, naive_tps: float | None
+            ) -> tuple[list, tuple[dict[str, float], float] | None]:
+    """HFSampler in ``dtype`` at each batch size (median of ``--repeats``, record on/off alternating),
+    printed with the ratio to the naive loop; returns the last run's generations and, with
+    ``--profile``, the split of one more call."""
+    model, tok = load_model(resolve_model(args.model), device=args.device, dtype=dtype)
+    print(f"attn={model.config._attn_implementation}")
+    # warm-up (first-call allocations / kernel selection) so no side pays it in the timing
+    ours(model, tok, prompts[:1], SamplingParams(**{**base, "n": 2, "max_new_tokens": 4}))
     modes = {"on": [True], "off": [False], "both": [True, False]}[args.record]
     for bs in args.batch_size:
         params = SamplingParams(**base, batch_size=bs)
@@ -140,7 +162,7 @@ def main() -> None:
         for record in modes:
             tps, ot, os_, res = sorted(speed[record], key=lambda x: x[0])[len(speed[record]) // 2]
             kept = sum(g.n_tokens for r in res for g in r)
-            msg = (f"HFSampler bs={bs:<3} record={'on ' if record else 'off'}: {ot} tokens ({kept} kept) "
+            msg = (f"HFSampler {dtype} bs={bs:<3} record={'on ' if record else 'off'}: {ot} tokens ({kept} kept) "
                    f"in {os_:.1f} s = {tps:.1f} tokens/s")
             if naive_tps:
                 msg += f"  ratio vs naive = {tps / naive_tps:.2f}x"
@@ -150,12 +172,11 @@ def main() -> None:
             off = sorted(x[0] for x in speed[False])[len(speed[False]) // 2]
             print(f"recording overhead: {100 * (off / on - 1):+.1f}% time (median of {args.repeats})")
     print("example completions:", [g.text for g in res[0][:3]])
+    profile = None
     if args.profile:
         params = SamplingParams(**base, batch_size=args.batch_size[-1])
-        seconds, wall = profile_call(lambda: ours(model, tok, prompts, params, record=True))
-        print(format_profile(seconds, wall, f"HFSampler step profile, {args.dtype}, bs={params.batch_size}, record on"))
-    if args.compare_cpu:
-        compare_cpu(args, prompts, SamplingParams(**base, batch_size=args.batch_size[-1]), res)
+        profile = profile_call(lambda: ours(model, tok, prompts, params, record=True))
+    return res, profile
 
 
 def cpu_name() -> str:

@@ -20,3 +20,14 @@ def test_profile_parts_add_up_to_the_wall_time(tiny):
         assert seconds[part] > 0, part
     table = format_profile(seconds, wall, "tiny")
     assert table.count("\n| ") == len(PARTS) + 1 and "| prefill |" in table
+
+
+def test_profiles_print_side_by_side_with_each_runs_own_shares():
+    from impetus.lm.profile import format_profiles
+
+    a = (dict.fromkeys(PARTS, 0.5) | {"prefill": 1.0}, 4.5)
+    b = (dict.fromkeys(PARTS, 1.0), 8.0)
+    table = format_profiles({"bfloat16": a, "float32": b}, "t")
+    assert "| part | bfloat16 s | bfloat16 share | float32 s | float32 share |" in table
+    assert "| prefill | 1.00 | 22.2% | 1.00 | 12.5% |" in table  # each share over its own run's wall time
+    assert "| wall under the profiler | 4.50 |  | 8.00 |  |" in table and table.count("\n| ") == len(PARTS) + 2

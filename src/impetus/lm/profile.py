@@ -67,3 +67,17 @@ def format_profile(seconds: dict[str, float], wall: float, title: str) -> str:
     lines = [f"{title} (wall {wall:.2f} s under the profiler)", "", "| part | s | share |", "|---|---:|---:|"]
     lines += [f"| {part} | {s:.2f} | {100 * s / wall:.1f}% |" for part, s in seconds.items()]
     return "\n".join(lines)
+
+
+def format_profiles(profiles: dict[str, tuple[dict[str, float], float]], title: str) -> str:
+    """:func:`format_profile` for several runs side by side (``{column: (seconds, wall)}``, e.g. one
+    per dtype): seconds and share of each run's wall time per part."""
+    names = list(profiles)
+    head = "| part | " + " | ".join(f"{n} s | {n} share" for n in names) + " |"
+    lines = [title, "", head, "|---|" + "---:|---:|" * len(names)]
+    for part in PARTS:
+        cells = " | ".join(f"{profiles[n][0][part]:.2f} | {100 * profiles[n][0][part] / profiles[n][1]:.1f}%"
+                           for n in names)
+        lines.append(f"| {part} | {cells} |")
+    lines.append("| wall under the profiler | " + " | ".join(f"{profiles[n][1]:.2f} | " for n in names) + " |")
+    return "\n".join(lines)
