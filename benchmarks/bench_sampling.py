@@ -96,7 +96,8 @@ def main() -> None:
     ap.add_argument("--problems", type=int, default=16)
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=48)
-    ap.add_argument("--batch-size", type=int, nargs="+", default=[64])
+    ap.add_argument("--batch-size", type=int, nargs="+", default=[128],
+                    help="HFSampler's batch sizes (default: the pipeline's sampling.batch_size, 128)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-naive", action="store_true")
     ap.add_argument("--model", default="smollm2-135m-instruct")
