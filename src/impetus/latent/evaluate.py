@@ -39,9 +39,12 @@ from impetus.selection.metrics import paired_bootstrap
 #: ``score(problem_ids, traces) -> energies table`` (row i: trace i, an answer to problem_ids[i]).
 ScoreAnswers = Callable[[list[str], "list[Trace]"], pd.DataFrame]
 Mode = Literal["reinforce", "gradient", "latentseek", "topk_pg"]
-#: The dev answers of a run without a dev grid (its settings were not chosen there: nothing to show).
-_NO_ANSWERS = pd.DataFrame({"problem_id": pd.Series(dtype=str), "method": pd.Series(dtype=str),
-                            "correct": pd.Series(dtype=bool), "tokens": pd.Series(dtype=int)})
+
+
+def _no_answers() -> pd.DataFrame:
+    """The dev answers of a run without a dev grid (its settings were not chosen there: none)."""
+    return pd.DataFrame({"problem_id": pd.Series(dtype=str), "method": pd.Series(dtype=str),
+                         "correct": pd.Series(dtype=bool), "tokens": pd.Series(dtype=int)})
 
 
 @dataclass(frozen=True)
@@ -252,7 +255,7 @@ def evaluate_v2(
         torch.manual_seed(cfg.seed)
         if cfg.grid and dev is None:
             raise ValueError("v2_latent.grid lists settings to choose but no dev split was given")
-        settings, tables, dev_answers = ({m: {} for m in cfg.modes}, {}, _NO_ANSWERS) if not cfg.grid else \
+        settings, tables, dev_answers = ({m: {} for m in cfg.modes}, {}, _no_answers()) if not cfg.grid else \
             choose_settings(sampler, tokenizer, params, dev, cfg, extra)
         configs = {m: cfg.optimizer(m, **settings[m]) for m in cfg.modes}
         v2 = optimize_split(sampler, tokenizer, params, eval_split, pids, starts, configs, cfg.energy, cfg.seed, extra,
