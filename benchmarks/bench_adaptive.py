@@ -12,7 +12,8 @@ dtype ``model.dtype: auto`` picks, three ways, alternating, ``--repeats`` times 
 
 - ``full``: N samples per problem, ``shard_size`` problems per shard (what ``sampling.adaptive: off`` does);
 - ``adaptive``: adaptive N as ``sampling.adaptive`` samples it: one ``generate`` call per wave of the
-  problems still open, shards of ``shard_size x ceil(N / wave)`` problems;
+  problems still open, shards of ``shard_size x N`` problems (:meth:`WaveStop.shard_problems`);
+- ``adaptive@<k>`` (``--adaptive-shard k ...``): the same with ``k``-problem shards;
 - ``adaptive_small``: the same with ``shard_size``-problem shards (what the pipeline did at first).
 
 Prints seconds (median over repeats), tokens, tokens/s and samples per problem for each, and the
@@ -57,6 +58,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--shard-size", type=int, default=None, help="full-N shard size (default: conf/base)")
     ap.add_argument("--n", type=int, default=None, help="N (default: conf/base; --env large runs use 16)")
+    ap.add_argument("--adaptive-shard", type=int, nargs="+", default=None,
+                    help="problems per adaptive shard, one 'adaptive@<k>' way each (default: the pipeline's rule)")
+    ap.add_argument("--ways", nargs="+", default=None, help="only these ways (e.g. full adaptive)")
     args = ap.parse_args()
 
     sampling = SamplingStageParams(**_conf("sampling")["sampling"])
@@ -72,9 +76,11 @@ def main() -> None:
     prompts = pd.read_parquet("data/03_primary/prompts_eval.parquet")[["problem_id", "prompt"]]
     problems = pd.read_parquet("data/02_intermediate/problems_eval.parquet")
     stop = WaveStop(args.rule, args.threshold, args.wave, answer_reader(bench.build(), problems))
-    scale = -(-params.n // args.wave)
-    ways = {"full": (sampler, shard, None), "adaptive": (sampler, shard * scale, stop),
+    ways = {"full": (sampler, shard, None), "adaptive": (sampler, WaveStop.shard_problems(shard, params.n), stop),
             "adaptive_small": (sampler, shard, stop)}
+    ways |= {f"adaptive@{k}": (sampler, k, stop) for k in args.adaptive_shard or []}
+    if args.ways:
+        ways = {k: v for k, v in ways.items() if k in args.ways or k.startswith("adaptive@")}
     print(f"CPU: {cpu_name()}; dtype {dtype} ({why}); {len(prompts)} problems, N = {params.n}, "
           f"rule {args.rule} at {args.threshold:g}, wave {args.wave}, batch {params.batch_size}")
     times: dict[str, list[float]] = {k: [] for k in ways}

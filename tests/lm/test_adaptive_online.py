@@ -159,3 +159,12 @@ def _yaml_sampling() -> dict:
 
     root = Path(__file__).resolve().parents[2]
     return yaml.safe_load((root / "conf/base/parameters_sampling.yml").read_text())["sampling"]
+
+
+def test_an_adaptive_shard_holds_as_many_problems_as_a_full_shard_holds_rows():
+    """Each wave is a generate call ending on its own tail, so waves need several batches of rows:
+    an adaptive shard takes shard_size x N problems (the default: 16 x 8 = 128), not shard_size."""
+    from impetus.selection.online import WaveStop
+
+    assert WaveStop.shard_problems(16, 8) == 128 and WaveStop.shard_problems(16, 16) == 256
+    assert WaveStop.shard_problems(3, 1) == 3  # N = 1: one wave, the full-N shard itself

@@ -90,8 +90,8 @@ def sample_candidates(
     # A choice's row depends on its problem alone, so another split seed's runs can lend it (lm.donors).
     keys = item_keys(_model_key(base_lm), params, items, executor.record) if "choices" in items else None
     shard_size = sampling.shard_size
-    if stop is not None:  # as many rows in flight as a full-N shard: a wave alone would leave the batch half empty
-        shard_size *= -(-params.n // stop.wave)
+    if stop is not None:  # waves need several batches of rows each (WaveStop.shard_problems)
+        shard_size = WaveStop.shard_problems(shard_size, params.n)
     candidates, stats = sample_problems(
         None, items, params, shard_dir=sampling.shard_dir, shard_size=shard_size, run_key=run_key,
         progress=sampling.progress, answer_span=locate, executor=executor, item_keys=keys,
