@@ -17,9 +17,7 @@ CPUs are noisy: run nothing else meanwhile.
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -27,11 +25,9 @@ import pandas as pd
 from impetus.energy.consistency import embed_texts, embedding_consistency, load_embedding_model
 from impetus.learned.ensemble import energy_scores
 from impetus.learned.fitting import text_energy_scores, text_inputs
-from impetus.learned.persist import load_ebm
 from impetus.lm.precision import cpu_bf16_fast_path
-from impetus.pipelines.utils import load_base_tokenizer
 
-DATA = Path("data")
+from bench_text_ebm import load_eval_run  # the benchmarks folder is on sys.path
 
 
 def _timed(fn):  # noqa: ANN001, ANN202 - any zero-argument callable
@@ -51,11 +47,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    version = sorted((DATA / "06_models/text_ebm.pt").iterdir())[-1]
-    ens = load_ebm(version / "text_ebm.pt")
-    tok = load_base_tokenizer(json.loads((DATA / "06_models/base_lm.json").read_text()))
-    df = pd.read_parquet(DATA / "03_primary/graded_eval.parquet")
-    problems = pd.read_parquet(DATA / "02_intermediate/problems_eval.parquet")
+    version, ens, tok, df, problems = load_eval_run()
     pids = df["problem_id"].to_numpy()
     texts = df["completion"].tolist()
     load_embedding_model(None)  # loaded before the clock, as the pipeline does
@@ -74,7 +66,7 @@ def main() -> None:
             seconds[name].append(s)
     key = df["problem_id"].astype(str) + "\x1f" + df["completion"].astype(str)
     print(f"{len(df)} candidates of {df['problem_id'].nunique()} problems, {key.nunique()} distinct; "
-          f"{len(ens)} TextEBM members ({version.name}); bf16 fast path: {cpu_bf16_fast_path()[1]}")
+          f"{len(ens)} TextEBM members ({version}); bf16 fast path: {cpu_bf16_fast_path()[1]}")
     for name, s in seconds.items():
         print(f"{name:>26}: " + ", ".join(f"{x:.3f}" for x in s) + " s")
     print(_compare("TextEBM", out["TextEBM, every candidate"], out["TextEBM, distinct rows"], pids))
