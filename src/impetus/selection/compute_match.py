@@ -5,8 +5,8 @@ family at one setting, with each problem's correctness and generated tokens on e
 family ran there, on dev: V1 methods on each problem's first ``n`` candidates for n = 1..N,
 EBD's two answers after each MH step (:func:`impetus.decoding.evaluate.evaluate_ebd`'s
 ``per_step``), V2's methods at their chosen steps (on dev: the chosen settings' dev run from each
-problem's first sample, :func:`impetus.latent.evaluate.choose_settings`). For a budget of ``b`` × the tokens of one V1 sample,
-:func:`choose` takes the option with the best *dev* accuracy among those whose dev tokens fit, and
+problem's first sample, :func:`impetus.latent.evaluate.choose_settings`). For a budget of ``b`` ×
+the tokens of one V1 sample, :func:`choose` takes the option with the best *dev* accuracy among those whose dev tokens fit, and
 (by default) keeps the V1 headline at the largest ``n`` that fits unless that option beats it on dev
 with a paired CI above 0, so the choice uses train-side data only; it is then measured once on
 eval, paired against that same headline. An option without a dev
@@ -68,29 +68,26 @@ def v1_options(eval_table: pd.DataFrame, dev_table: pd.DataFrame | None, methods
     return out
 
 
+def _per_problem(rows: pd.DataFrame | None) -> tuple[pd.Series | None, pd.Series | None]:
+    """``(correct, tokens)`` by problem_id of one option's rows; ``(None, None)`` without any."""
+    if rows is None or not len(rows):
+        return None, None
+    by = rows.set_index("problem_id")
+    return by["correct"].astype(float), by["tokens"].astype(float)
+
+
 def ebd_options(per_step: pd.DataFrame) -> list[Option]:
     """EBD's answers after each MH step (``per_step``: split, problem_id, method, step, correct, tokens)."""
-    out = []
-    for (method, step), g in per_step[per_step["split"] == "eval"].groupby(["method", "step"]):
-        d = per_step[(per_step["split"] == "dev") & (per_step["method"] == method) & (per_step["step"] == step)]
-        dev = (d.set_index("problem_id")["correct"].astype(float), d.set_index("problem_id")["tokens"].astype(float))
-        out.append(Option("ebd", f"{method}@{step} steps", g.set_index("problem_id")["correct"].astype(float),
-                          g.set_index("problem_id")["tokens"].astype(float), *(dev if len(d) else (None, None))))
-    return out
+    dev = dict(list(per_step[per_step["split"] == "dev"].groupby(["method", "step"])))
+    return [Option("ebd", f"{method}@{step} steps", *_per_problem(g), *_per_problem(dev.get((method, step))))
+            for (method, step), g in per_step[per_step["split"] == "eval"].groupby(["method", "step"])]
 
 
 def v2_options(answers: pd.DataFrame, dev_answers: pd.DataFrame | None = None) -> list[Option]:
     """V2's methods on eval (``v2_answers``: problem_id, method, correct, tokens) and, for those its dev
     grid chose (``v2_dev_answers``, same columns: the first sample's start only), on dev."""
     dev = {} if dev_answers is None else dict(list(dev_answers.groupby("method")))
-    out = []
-    for m, g in answers.groupby("method"):
-        d = dev.get(m)
-        dv = (None, None) if d is None else (d.set_index("problem_id")["correct"].astype(float),
-                                             d.set_index("problem_id")["tokens"].astype(float))
-        out.append(Option("v2", str(m), g.set_index("problem_id")["correct"].astype(float),
-                          g.set_index("problem_id")["tokens"].astype(float), *dv))
-    return out
+    return [Option("v2", str(m), *_per_problem(g), *_per_problem(dev.get(m))) for m, g in answers.groupby("method")]
 
 
 def shared(options: Sequence[Option]) -> list[Option]:
