@@ -106,7 +106,7 @@ class ToySampler:
             ids = list(prompt) + list(a)
             lse, tok, conf, lse_t = self._stats(ids[len(prompt) - 1 :], list(a), temperature)
             traces.append(Trace(ids=list(a), lse=lse, tok_logit=tok, deepconf=conf, lse_temp=lse_t,
-                                states=self.emb[list(a)].numpy().reshape(len(a), -1),
+                                states=self.emb[list(a)].numpy().reshape(len(a), self.emb.shape[1]),
                                 prompt_state=self.emb[prompt[-1]].numpy(), past=ids if keep_past else None))
         return traces
 
@@ -128,6 +128,7 @@ class ToySampler:
 
     def _row(self, ids, params, seed, cap, j, keep_past=False, forced=(), ban=None):
         g, new, logps, forced = torch.Generator().manual_seed(seed), [], [], list(forced)
+        reason = "length"
         while len(new) < cap:
             logits = self.state_logits(self.emb[(ids + new)[-1]])
             probs = torch.softmax(logits / max(params.temperature, 1e-9), -1)
@@ -137,6 +138,7 @@ class ToySampler:
             t = (forced.pop(0) if forced else int(logits.argmax()) if params.temperature == 0 else
                  int(torch.multinomial(probs, 1, generator=g)))
             if t == self.eos:
+                reason = "eos"
                 break
             new.append(t)
             logps.append(float(torch.log_softmax(logits, -1)[t]))
@@ -144,11 +146,11 @@ class ToySampler:
         hits = [p for p in (text.find(s) for s in params.stop) if p >= 0]
         if hits:
             new = new[: kept_before(self.tok, new, min(hits))]
-            text = self.tok.decode(new)
+            text, reason = self.tok.decode(new), "stop"
         lse, tok, conf, lse_t = self._stats((ids + new)[len(ids) - 1 :], new, params.temperature)
         record = {"lse": lse, "tok_logit": tok, "deepconf": conf, "lse_temp": lse_t,
-                  "states": self.emb[new].numpy().reshape(len(new), -1)}
-        return Generation(text=text, token_ids=new, n_tokens=len(new), finish_reason="length",
+                  "states": self.emb[new].numpy().reshape(len(new), self.emb.shape[1])}
+        return Generation(text=text, token_ids=new, n_tokens=len(new), finish_reason=reason,
                           logprob_mean=float(np.mean(logps)) if logps else float("nan"), seconds=0.0, sample_idx=j,
                           record=record, past=(ids + new)[:-1] if keep_past else None)
 
@@ -218,6 +220,34 @@ def test_differing_kernel_runs_on_a_second_backend(toy):
     from impetus.decoding.report import markdown
 
     assert "must change its first token" in markdown(result)
+    pd.testing.assert_frame_equal(answers.drop(columns="seconds"), again.drop(columns="seconds"))
+
+
+def test_power_smc_runs_on_a_second_backend(toy):
+    """``kernel: smc`` reaches the model only through ``encode_answers`` and ``continue_rows``: chains x
+    n_init particles per problem grown from the prompt, their tokens all EBD spends (no V1 starts),
+    every step's row the final answer, deterministic for a seed."""
+    tok, sampler, prompts, cands = toy
+    cfg = EBDConfig(n_problems=None, energy="neg_logprob_mean", tau=0.5, alpha=2.0, block=2, chains=1, n_init=3,
+                    steps=3, answer="vote", kernel="smc", grid={}, search="product", dev_problems=None, n_boot=100,
+                    seed=0, progress=False)
+    table = cands.assign(neg_logprob_mean=np.linspace(0, 1, len(cands)), gen_seconds=0.5)
+    v1 = v1_reference(table, {"headline": {"method": "majority"}}, vote_for=[cfg.energy])
+    split = EBDSplit(prompts, table, lambda _pid, traces: trace_energies(tok, traces, [None] * len(traces))[0], grade)
+    before = sampler.continued_from_cache
+    (result, answers, per_step), (_, again, _) = (evaluate_ebd(sampler, tok, PARAMS, split, v1, cfg) for _ in range(2))
+    assert sampler.continued_from_cache > before and result["reuse_cache"] is True
+    rows = answers[answers["method"] == "ebd_vote"].set_index("problem_id")
+    # 3 particles of at most 6 tokens each, and some tokens (the particles start empty)
+    assert ((rows["tokens"] > 0) & (rows["tokens"] <= 3 * PARAMS.max_new_tokens)).all()
+    assert (rows["proposals"] == 0).all() and (rows["resamples"] >= 0).all() and rows["final_ess"].between(0, 1).all()
+    steps = per_step.groupby(["problem_id", "method"])[["correct", "tokens"]].nunique()
+    assert set(per_step["step"]) == {0, 1, 2, 3} and (steps == 1).all().all()  # no MH steps: one answer throughout
+    assert result["sampling_seconds_per_problem"] == pytest.approx(1.5)  # 3 candidates x 0.5 s
+    assert result["latency_vs_sampling"] == pytest.approx(rows["seconds"].mean() / 1.5)
+    from impetus.decoding.report import markdown
+
+    assert "Power-SMC: 3 particles" in markdown(result)
     pd.testing.assert_frame_equal(answers.drop(columns="seconds"), again.drop(columns="seconds"))
 
 

@@ -183,3 +183,54 @@ def test_differing_chains_do_not_depend_on_the_batch_and_always_propose_a_change
     for chains in big:
         proposals, moves, rejections = chains.move_counts()
         assert proposals == 10 and moves + rejections == proposals and moves > 0
+
+
+def test_smc_particles_grown_block_by_block_equal_a_teacher_forced_pass(setup):
+    """Power-SMC's step: an empty answer encoded once, then extended a block at a time from its cache,
+    records the same values (and log Z, its weight) as one teacher-forced pass over the final answer."""
+    from dataclasses import replace
+
+    from impetus.decoding.proposals import trace_log_norm, trace_log_weight
+
+    tok, sampler, prompt = setup
+    params = replace(PARAMS, temperature=0.5)
+    prop = Proposer(sampler, tok, params, [prompt] * 2, [4, 5])
+    (empty,) = sampler.encode_answers(prompt, [[]], keep_past=True, temperature=0.5)
+    assert len(empty) == 0 and len(empty.lse) == 1
+    states, done, blocks = [empty, empty], [False, False], 0
+    while not all(done):
+        rows = [c for c in range(2) if not done[c]]
+        for c, (s, d) in zip(rows, prop.extend(rows, [states[c] for c in rows], block=3)):
+            assert len(s) - len(states[c]) <= 3 and s.ids[: len(states[c])] == states[c].ids
+            states[c], done[c] = s, d
+        blocks += 1
+    assert blocks >= 2 and states[0].ids != states[1].ids  # several blocks; the two seeds differ
+    for s in states:
+        (again,) = sampler.encode_answers(prompt, [s.ids], keep_past=False, temperature=0.5)
+        for key in ("lse", "tok_logit", "lse_temp"):
+            np.testing.assert_allclose(getattr(s, key), getattr(again, key), atol=1e-4)
+        whole = trace_log_norm(again, 2.0, params.max_new_tokens).sum()
+        assert trace_log_weight(s, True, 2.0, params.max_new_tokens) == pytest.approx(whole, abs=1e-3)
+
+
+def test_smc_with_and_without_the_cache_agree(setup):
+    from dataclasses import replace
+
+    from impetus.decoding.evaluate import EBDConfig, run_smc_problems
+
+    tok, sampler, prompt = setup
+    prompts = [prompt, tok("Add 3 and 4:")["input_ids"]]
+    ebd = EBDConfig(n_problems=None, energy="e", chains=2, steps=0, tau=0.5, alpha=2.0, block=2, n_init=2,
+                    answer="vote", kernel="smc", grid={}, search="product", dev_problems=None, n_boot=100, seed=3,
+                    progress=False)
+    params, energy = replace(PARAMS, temperature=0.5), _energy(tok)
+    runs = []
+    for reuse in (True, False):
+        sampler.can_continue = (lambda r=reuse: r)  # the model's cache cannot be continued: re-encode instead
+        runs.append(run_smc_problems(sampler, tok, params, prompts, lambda _k, s: energy(s), ebd, keys=["a", "b"]))
+    del sampler.can_continue
+    (cached, stats, reused), (fresh, _, not_reused) = runs
+    assert reused and not not_reused
+    assert [c.states for c in cached] == [c.states for c in fresh]
+    np.testing.assert_allclose([c.energies for c in cached], [c.energies for c in fresh], atol=1e-4)
+    assert all(len(c.states) == 4 for c in cached) and all(st.resamples >= 0 for st in stats)

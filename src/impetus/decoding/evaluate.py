@@ -35,11 +35,13 @@ import pandas as pd
 
 from impetus.benchmarks.grading import Grade
 from impetus.decoding.mh import Chains, run_chains
-from impetus.decoding.proposals import Proposer, trace_log_norm, trace_token_logq
+from impetus.decoding.proposals import Proposer, trace_log_norm, trace_log_weight, trace_token_logq
+from impetus.decoding.smc import SMCStats, run_smc
 from impetus.lm.runner import stable_seed
 from impetus.lm.sampler import ContinuingSampler, SamplingParams, row_seed
 from impetus.lm.trace import Trace
-from impetus.selection.budget import V1Reference, compare_at_equal_tokens, prefix_accuracy, v1_budget_curve
+from impetus.selection.budget import (V1Reference, compare_at_equal_tokens, prefix_accuracy, v1_budget_curve,
+                                      v1_seconds)
 from impetus.selection.grid import Search, choose_on_dev, read_off_one_run, run_key
 from impetus.selection.rules import majority_index
 
@@ -60,7 +62,7 @@ class EBDConfig:
     n_init: int
     steps: int
     answer: Literal["lowest", "vote"]
-    kernel: Literal["resample", "differ"]
+    kernel: Literal["resample", "differ", "smc"]
     grid: Mapping[str, Sequence[Any]]
     search: Search
     dev_problems: int | None
@@ -167,14 +169,54 @@ def run_problems(sampler: ContinuingSampler, tokenizer: Any, params: SamplingPar
     return out, reuse
 
 
+def run_smc_problems(sampler: ContinuingSampler, tokenizer: Any, params: SamplingParams, prompts: list[list[int]],
+                     energy: Callable[[int, list], np.ndarray], ebd: EBDConfig, keys: list[Any]
+                     ) -> tuple[list[Chains], list[SMCStats], bool]:
+    """Power-SMC (:mod:`impetus.decoding.smc`) on every problem: ``chains · n_init`` particles each
+    (the candidates MH's starts consume, so the two kernels spend comparable tokens), grown from the
+    prompt in blocks of ``ebd.block`` tokens, chunked and seeded as :func:`run_problems` does."""
+    particles = ebd.chains * ebd.n_init
+    log_weight = partial(trace_log_weight, alpha=ebd.alpha, cap=params.max_new_tokens)
+    size = max(1, params.batch_size // particles)
+    chunks = [list(range(i, min(i + size, len(prompts)))) for i in range(0, len(prompts), size)]
+    bar = None
+    if ebd.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(chunks) * -(-params.max_new_tokens // ebd.block), unit="block",
+                   desc=f"Power-SMC: {len(prompts)} problems x {particles} particles, blocks (at most)")
+    out: list[Chains] = []
+    stats: list[SMCStats] = []
+    reuse = False
+    for chunk in chunks:
+        owners = [k for k in chunk for _ in range(particles)]
+        seeds = [row_seed(stable_seed(ebd.seed, keys[k]), j) for k in chunk for j in range(particles)]
+        propose = Proposer(sampler, tokenizer, params, [prompts[k] for k in owners], seeds)
+        empty = {k: propose.sampler.encode_answers(prompts[k], [[]], keep_past=propose.reuse_cache,
+                                                   temperature=params.temperature)[0] for k in chunk}
+        every, by_owner = run_smc([empty[k] for k in owners], owners, partial(propose.extend, block=ebd.block),
+                                  log_weight, grouped_energy(owners, energy), ebd.tau,
+                                  {k: np.random.default_rng([ebd.seed, k]) for k in chunk},
+                                  on_round=bar.update if bar is not None else None)
+        out += [every.subset([c for c, o in enumerate(owners) if o == k]) for k in chunk]
+        stats += [by_owner[k] for k in chunk]
+        reuse = propose.reuse_cache
+    if bar is not None:
+        bar.close()
+    return out, stats, reuse
+
+
 def mh_stats(rows: pd.DataFrame) -> dict[str, Any]:
     """MH acceptance (mean per problem), the share of proposals that differ from the chain's answer,
     and the acceptance of those (pooled; None without any): :meth:`Chains.move_counts`."""
     proposals, moves, rejections = (int(rows[c].sum()) for c in ("proposals", "moves", "rejections"))
     changed = moves + rejections
-    return {"acceptance": float(rows["acceptance"].mean()),
+    acceptance = rows["acceptance"].mean()
+    smc = ({"smc_resamples": float(rows["resamples"].mean()), "smc_final_ess": float(rows["final_ess"].mean())}
+           if "resamples" in rows else {})  # Power-SMC has no MH moves: how often it resampled instead
+    return {"acceptance": None if pd.isna(acceptance) else float(acceptance),
             "changed_proposals": changed / proposals if proposals else None,
-            "acceptance_of_changes": moves / changed if changed else None}
+            "acceptance_of_changes": moves / changed if changed else None} | smc
 
 
 def summarize(
@@ -195,24 +237,27 @@ def summarize(
 
 
 def answer_rows(pids: list[str], chains_of: list[Chains], base_tokens_of: Mapping[str, int], steps: int,
-                decode: Callable[[list[int]], str], grade: Grade, seconds: float
+                decode: Callable[[list[int]], str], grade: Grade, seconds: float, stepless: bool = False
                 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """``(answers, curve, per_step)``: both EBD answers per problem with their tokens; accuracy and
     mean tokens per problem after each MH step (the starts' tokens + the proposals' so far); and the
-    same per problem (what the compute-matched choice pairs problem by problem)."""
+    same per problem (what the compute-matched choice pairs problem by problem). ``stepless``
+    (Power-SMC, which has no MH steps): every step's row is the final answer at its full tokens, so
+    a grid listing steps reads the same run whatever the kernel."""
     out, curve = [], []
     for pid, chains in zip(pids, chains_of):
         base_tokens = int(base_tokens_of[pid])
-        for name, (answer, ok, text) in chain_answers(chains, decode, pid, grade).items():
+        final = chain_answers(chains, decode, pid, grade)
+        for name, (answer, ok, text) in final.items():
             out.append({"problem_id": pid, "method": name, "answer": answer, "correct": ok, "text": text,
                         "tokens": base_tokens + chains.proposed_tokens, "seconds": seconds,
                         "acceptance": chains.acceptance_rate(),
                         **dict(zip(("proposals", "moves", "rejections"), chains.move_counts()))})
         per_step = chains.proposed_tokens / max(steps, 1)
         for s in range(steps + 1):
-            for name, (_, ok, _) in chain_answers(chains, decode, pid, grade, step=s).items():
+            for name, (_, ok, _) in (final if stepless else chain_answers(chains, decode, pid, grade, step=s)).items():
                 curve.append({"problem_id": pid, "method": name, "step": s, "correct": ok,
-                              "tokens": base_tokens + per_step * s})
+                              "tokens": base_tokens + (chains.proposed_tokens if stepless else per_step * s)})
     per_step = pd.DataFrame(curve)
     curve_df = (per_step.groupby(["method", "step"], as_index=False)
                 .agg(accuracy=("correct", "mean"), tokens_per_problem=("tokens", "mean")))
@@ -239,6 +284,8 @@ def decode_split(sampler: ContinuingSampler, tokenizer: Any, params: SamplingPar
     settings (:func:`answer_rows`)."""
     params = dataclasses.replace(params, n=1, temperature=1.0 / cfg.alpha, top_p=1.0)
     prompt_of = dict(zip(split.prompts["problem_id"], split.prompts["prompt"]))
+    if cfg.kernel == "smc":
+        return _smc_split(sampler, tokenizer, params, split, pids, cfg, prompt_of)
     by_pid = {pid: g for pid, g in split.candidates.groupby("problem_id")}
     picked = {pid: chain_starts(by_pid[pid], cfg.energy, cfg.chains, cfg.n_init) for pid in pids}
     text_of = split.candidates.set_index(["problem_id", "sample_idx"])["completion"]
@@ -252,6 +299,23 @@ def decode_split(sampler: ContinuingSampler, tokenizer: Any, params: SamplingPar
                                            lambda ids: tokenizer.decode(ids, skip_special_tokens=False), split.grade,
                                            seconds)
     return answers, curve, reuse_cache, per_step
+
+
+def _smc_split(sampler: ContinuingSampler, tokenizer: Any, params: SamplingParams, split: EBDSplit, pids: list[str],
+               cfg: EBDConfig, prompt_of: Mapping[str, str]) -> tuple[pd.DataFrame, pd.DataFrame, bool, pd.DataFrame]:
+    """:func:`decode_split` with ``kernel: smc``: Power-SMC from the prompts, no V1 starts (so no
+    start tokens); the answers also carry each problem's resampling count and final tilted ESS."""
+    t0 = time.perf_counter()
+    chains_of, stats, reuse_cache = run_smc_problems(
+        sampler, tokenizer, params, [tokenizer(prompt_of[pid])["input_ids"] for pid in pids],
+        lambda k, traces: split.score(pids[k], traces)[cfg.energy].to_numpy(float), cfg, keys=pids)
+    seconds = (time.perf_counter() - t0) / max(len(pids), 1)
+    answers, curve, per_step = answer_rows(pids, chains_of, dict.fromkeys(pids, 0), cfg.steps,
+                                           lambda ids: tokenizer.decode(ids, skip_special_tokens=False), split.grade,
+                                           seconds, stepless=True)
+    extra = pd.DataFrame({"problem_id": pids, "resamples": [st.resamples for st in stats],
+                          "final_ess": [st.final_ess for st in stats]})
+    return answers.merge(extra, on="problem_id"), curve, reuse_cache, per_step
 
 
 def _dev_run(point: Mapping[str, Any]) -> str:
@@ -306,7 +370,11 @@ def evaluate_ebd(
                          + ([chosen_dev.assign(split="dev")] if cfg.grid else []), ignore_index=True)
     compare_to = v1.resolve([cfg.energy, "majority", f"vote_{cfg.energy}", "headline"])
     result = summarize(answers, curve, v1, compare_to, cfg.n_boot, cfg.seed)
+    sampling = v1_seconds(v1.table[v1.table["problem_id"].isin(pids)], cfg.chains * cfg.n_init)
+    seconds = result["methods"][f"ebd_{cfg.answer}"]["seconds_per_problem"]
     result |= {"energy": cfg.energy, **cfg.settings(), "chosen_method": f"ebd_{cfg.answer}",
+               # seconds per problem over plain sampling of chains x n_init candidates (SMC's particles)
+               "sampling_seconds_per_problem": sampling, "latency_vs_sampling": seconds / sampling if sampling else None,
                "headline_v1": v1.headline, "reuse_cache": reuse_cache,
                "chosen_on": "dev" if cfg.grid else "config", "settings": cfg.settings(), "grid": dict(cfg.grid),
                "search": cfg.search, "grid_dev_accuracy": tables, "dev_problems": cfg.dev_problems}

@@ -33,6 +33,14 @@ def trace_log_norm(trace: Trace, alpha: float, cap: int) -> np.ndarray:
     return z[: len(trace)] if len(trace) >= cap else z
 
 
+def trace_log_weight(trace: Trace, finished: bool, alpha: float, cap: int) -> float:
+    """``Σ log Z_i`` over the steps that produced ``trace`` so far (:func:`trace_log_norm`; the step
+    after its last token only when ``finished`` by the model): Power-SMC's particle weight toward
+    ``p^α`` (:data:`impetus.decoding.smc.LogWeight`)."""
+    z = trace_log_norm(trace, alpha, cap)
+    return float(np.sum(z if finished else z[: len(trace)]))
+
+
 def trace_token_logq(trace: Trace, t: int, temperature: float) -> float:
     """``log q(y_t | x, y_<t) = f_t[y_t]/T − logsumexp(f_t/T)`` from the recorded raw logit and tempered
     log-normaliser: the :data:`impetus.decoding.mh.TokenLogQ` of the differing kernel."""
@@ -91,4 +99,21 @@ class Proposer:
             **({"ban": [banned[c] for c in todo]} if banned is not None else {}))
         for c, gen in zip(todo, gens):
             out[c] = cut_at_stop(continued(states[c], cuts[c], gen), self.tok, self.params.stop)
+        return out
+
+    def extend(self, rows: list[int], states: list[Trace], block: int) -> list[tuple[Trace, bool]]:
+        """Power-SMC's step (:mod:`impetus.decoding.smc`): each state (chain ``rows[i]``) continued by
+        up to ``block`` tokens from its end, and whether it is now complete (ended by EOS or a stop
+        string, or at the answer's length cap)."""
+        cap, step = self.params.max_new_tokens, self.calls
+        self.calls += 1
+        gens = self.sampler.continue_rows(
+            [self.prompts[c] + s.ids for c, s in zip(rows, states)], self.params,
+            [self.seeds[c] + step for c in rows], max_new=[min(block, cap - len(s)) for s in states],
+            past=[s.past for s in states] if self.reuse_cache else None, keep_past=self.reuse_cache)
+        out = []
+        for s, gen in zip(states, gens):
+            whole = continued(s, len(s), gen)
+            new = cut_at_stop(whole, self.tok, self.params.stop)
+            out.append((new, gen.finish_reason != "length" or len(new) < len(whole) or len(new) >= cap))
         return out

@@ -16,6 +16,26 @@ KERNELS = {"resample": "proposals regenerate from a block boundary",
            "differ": "proposals regenerate from a block boundary inside the answer and must change its first token"}
 
 
+def _sampler(result: Mapping[str, Any]) -> str:
+    """What drew EBD's answers: MH chains, or Power-SMC's particles."""
+    if result.get("kernel") == "smc":
+        return (f"block {result['block']} tokens, Power-SMC: {result['chains'] * result['n_init']} particles grown "
+                "from the prompt, resampled toward p_LM^α when their ESS fell below half, tilted at the end "
+                "(`ebd_vote`: majority after resampling by the tilted weights).")
+    return (f"block {result['block']} tokens, {result['chains']} chains × {result['steps']} steps ("
+            + KERNELS[result.get("kernel", "resample")] + "), each chain started from the "
+            f"lowest-energy of {result['n_init']} candidates.")
+
+
+def _latency(result: Mapping[str, Any]) -> str:
+    """EBD's seconds per problem against sampling the candidates it stands in for."""
+    x = result.get("latency_vs_sampling")
+    if x is None:
+        return ""
+    return (f" Latency: {x:.2f}× the sampler's seconds for {result['chains'] * result['n_init']} candidates "
+            f"({result['sampling_seconds_per_problem']:.2f} s/problem, timed by v1_rerank's run).")
+
+
 def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.0f}%"
 
@@ -39,10 +59,8 @@ def markdown(result: Mapping[str, Any]) -> str:
     lines = [
         "## EBD: block-wise Metropolis–Hastings vs best-of-N and V1 at equal tokens", "",
         f"{result['n_problems']} eval problems; target p_LM^α·exp(−E/τ) with energy `{result['energy']}`, "
-        f"τ = {result['tau']:g}, α = {result['alpha']:g} (proposals at temperature {1 / result['alpha']:.2g}), block "
-        f"{result['block']} tokens, {result['chains']} chains × {result['steps']} steps ("
-        + KERNELS[result.get("kernel", "resample")] + "), each chain started from the "
-        f"lowest-energy of {result['n_init']} candidates. {_chosen(result)} `name@n`: the V1 method on "
+        f"τ = {result['tau']:g}, α = {result['alpha']:g} (proposals at temperature {1 / result['alpha']:.2g}), "
+        + _sampler(result) + _latency(result) + f" {_chosen(result)} `name@n`: the V1 method on "
         "each problem's first n candidates, n the smallest whose tokens reach EBD's (best-of-N = argmin of the same "
         "energy). " + ("Proposals continue each chain's KV cache and are scored from recorded values."
                        if result.get("reuse_cache") else

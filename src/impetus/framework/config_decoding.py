@@ -104,9 +104,11 @@ class EBDParams(_Params):
     answer: Literal["lowest", "vote"] = F(
         "EBD's answer: lowest (the lowest-energy state any chain visited) or vote (majority over the chains' final "
         "states); both are reported, this one is the chosen method (a grid may choose it on dev).")
-    kernel: Literal["resample", "differ"] = F(
+    kernel: Literal["resample", "differ", "smc"] = F(
         "MH proposal: resample (regenerate from a block boundary) or differ (the regenerated block's first token "
-        "must change, with its exact ratio; impetus.decoding.mh).")
+        "must change, with its exact ratio; impetus.decoding.mh); or smc: no chains, Power-SMC (chains x n_init "
+        "particles grown from the prompt block by block, resampled toward p_LM^alpha, tilted at the end; steps "
+        "unused; impetus.decoding.smc).")
     grid: dict[str, list[Any]] = F("Settings chosen on dev (name -> values, cheaper first); {} = as set.")
     search: Literal["product", "coordinate"] = F(
         "How the grid is searched: every combination, or one setting at a time in the grid's order "

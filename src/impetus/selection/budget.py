@@ -57,6 +57,14 @@ def v1_budget_curve(df: pd.DataFrame) -> pd.Series:
                       for n in range(1, n_max + 1)})
 
 
+def v1_seconds(df: pd.DataFrame, n: int) -> float | None:
+    """Mean sampling seconds per problem of the first ``n`` candidates (the sampler's per-row time,
+    ``gen_seconds``), or None where the table has no such column."""
+    if "gen_seconds" not in df:
+        return None
+    return float(df[df["sample_idx"] < n].groupby("problem_id")["gen_seconds"].sum().mean())
+
+
 def compare_at_equal_tokens(
     rows: pd.DataFrame, v1: V1Reference, compare_to: Sequence[str], family: str,
     extra: Callable[[pd.DataFrame], dict[str, Any]], n_boot: int, seed: int, at_full_n: bool = False,
@@ -76,7 +84,8 @@ def compare_at_equal_tokens(
         c = prefix_accuracy(v1_sub, v1_methods[name], n).reindex(problems).astype(float)
         key = name if n == n_max and at_full_n else f"{name}@{n}"
         methods.setdefault(key, {"accuracy": float(c.mean()), "ci": list(bootstrap_ci(c.to_numpy(), n_boot=n_boot, seed=seed)),
-                                 "tokens_per_problem": float(curve[n]), "seconds_per_problem": None, "family": "v1", "n": n})
+                                 "tokens_per_problem": float(curve[n]), "seconds_per_problem": v1_seconds(v1_sub, n),
+                                 "family": "v1", "n": n})
         return c
 
     if at_full_n:

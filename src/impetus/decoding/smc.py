@@ -1,0 +1,129 @@
+"""Power-SMC: particles grown block by block toward p_LM^α, tilted by exp(−E/τ) at the end.
+
+After Power-SMC (arXiv:2602.10273): instead of MH chains that start from finished answers, ``P``
+particles per problem grow from the prompt one block of ``B`` tokens at a time, each token drawn
+from the model at temperature ``1/α``, ``q_i(v) = p_i(v)^α / Z_i``, and the particles are resampled
+at block boundaries toward the power distribution. The derivation below is ours.
+
+**Weights.** For a complete answer ``y`` (ended by EOS, a stop string or the length cap, as the
+sampler ends it) the importance weight toward ``p_LM(y|x)^α`` is
+
+    p(y|x)^α / q(y|x) = Π_i p_i(y_i)^α / (p_i(y_i)^α / Z_i) = Π_i Z_i,
+
+the product over every step that produced it (its tokens and, when the model ended it, the ending
+step): the same normalisers ``log Z_i = logsumexp(α f_i) − α·logsumexp(f_i)`` the power-target MH
+uses (:func:`impetus.decoding.proposals.trace_log_norm`), recorded while decoding. A partial answer
+carries the product over its tokens so far, so the weight a block adds is the product over the
+block's steps: the intermediate targets are ``p(y_<t|x)^α``, the prefix's own power (not the
+marginal of ``p^α`` over completions, which no one can compute; any intermediate targets leave the
+final weights exact, they only steer which prefixes survive). α = 1 makes every ``Z_i = 1``: plain
+sampling, resampling never triggered, and the tilt below is all that acts.
+
+**Resampling.** After each block, a problem's particles are resampled (systematic resampling) when
+their effective sample size ``(Σw)² / Σw²`` falls below :data:`RESAMPLE_ESS` of ``P``; the weights
+then restart at 1. Finished particles keep their answer and weight and take part (a good finished
+answer can be copied, a poor one dropped); the run ends when every particle has finished.
+
+**Tilt.** The final weights are multiplied by ``exp(−E(y)/τ)``: the weighted particles then
+approximate ``π(y) ∝ p(y|x)^α e^{−E(y)/τ}``, EBD's target (:mod:`impetus.decoding.mh`). Two answers
+per problem, as EBD reports them: the lowest-energy particle, and the majority over the particles
+after one more systematic resampling by the tilted weights (a vote weighted by them).
+
+The result is a :class:`impetus.decoding.mh.Chains` (one "chain" per particle slot: its answer
+before and after the tilt's resampling), so EBD's answers, token accounting and reports serve both
+samplers. The model is reached only through ``extend`` (:meth:`impetus.decoding.proposals.Proposer.extend`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from impetus.decoding.mh import Chains, token_ids
+
+#: Resample a problem's particles when their effective sample size falls below this share of them:
+#: the usual adaptive rule (resampling at every block would add noise while the weights are even).
+RESAMPLE_ESS = 0.5
+
+#: ``extend(particles, states) -> [(state, finished)]``: each state (of particle index ``particles[i]``)
+#: continued by one block from its end; finished: ended by the model or the length cap.
+Extend = Callable[[list[int], list[Any]], list[tuple[Any, bool]]]
+#: ``log_weight(state, finished) -> Σ log Z_i`` over the steps that produced it (the ending step too
+#: when ``finished`` and the model ended it).
+LogWeight = Callable[[Any, bool], float]
+
+
+@dataclass
+class SMCStats:
+    """Per problem: how often its particles were resampled, and the tilted weights' ESS share at the end."""
+
+    resamples: int
+    final_ess: float
+
+
+def ess_share(log_w: np.ndarray) -> float:
+    """``(Σw)² / (n·Σw²)`` of weights given as logs: 1 for even weights, 1/n for one particle."""
+    w = np.exp(log_w - np.max(log_w))
+    return float(w.sum() ** 2 / (len(w) * np.sum(w ** 2)))
+
+
+def systematic(log_w: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Ancestor indices by systematic resampling (one uniform; each particle is copied
+    ⌊n·w⌋ or ⌈n·w⌉ times): the lowest-variance of the standard schemes."""
+    w = np.exp(log_w - np.max(log_w))
+    cdf = np.cumsum(w / w.sum())
+    cdf[-1] = 1.0
+    n = len(log_w)
+    return np.searchsorted(cdf, (rng.random() + np.arange(n)) / n, side="right").clip(0, n - 1)
+
+
+def run_smc(
+    starts: Sequence[Any], owners: Sequence[Any], extend: Extend, log_weight: LogWeight,
+    energy: Callable[[list[Any]], np.ndarray], tau: float, rngs: dict[Any, np.random.Generator],
+    on_round: Callable[[], None] | None = None,
+) -> tuple[Chains, dict[Any, SMCStats]]:
+    """Power-SMC over the particles ``starts`` (particle ``c`` belongs to problem ``owners[c]``;
+    a start is an empty answer after its problem's prompt), all problems' particles extended in one
+    batch per block. ``rngs[owner]``: each problem's resampling generator, so a problem's particles
+    do not depend on which problems share the batch. Returns the particles as chains (answer before
+    and after the tilt's resampling) and each problem's :class:`SMCStats`."""
+    if tau <= 0:
+        raise ValueError(f"need tau > 0, got {tau}")
+    states, owners = list(starts), list(owners)
+    groups = {o: np.array([c for c, x in enumerate(owners) if x == o]) for o in dict.fromkeys(owners)}
+    done = np.zeros(len(states), bool)
+    cum = np.zeros(len(states))  # each particle's Σ log Z so far
+    log_w = np.zeros(len(states))  # its weight since its problem's last resampling
+    proposed = np.zeros(len(states), int)
+    resamples = dict.fromkeys(groups, 0)
+    while not done.all():
+        todo = np.flatnonzero(~done)
+        for c, (state, finished) in zip(todo, extend([int(c) for c in todo], [states[c] for c in todo])):
+            proposed[c] += len(token_ids(state)) - len(token_ids(states[c]))
+            w = float(log_weight(state, finished))
+            log_w[c] += w - cum[c]
+            states[c], done[c], cum[c] = state, finished, w
+        for o, idx in groups.items():
+            if not done[idx].all() and ess_share(log_w[idx]) < RESAMPLE_ESS:
+                anc = idx[systematic(log_w[idx], rngs[o])]
+                for c, state in zip(idx, [states[a] for a in anc]):  # read every ancestor before writing
+                    states[c] = state
+                done[idx], cum[idx], log_w[idx] = done[anc], cum[anc], 0.0
+                resamples[o] += 1
+        if on_round is not None:
+            on_round()
+    e = np.asarray(energy(states), float)
+    chains = Chains(states=[], energies=[], accepted=[[] for _ in states], proposed=[int(p) for p in proposed])
+    stats = {}
+    after = np.arange(len(states))
+    for o, idx in groups.items():
+        tilted = log_w[idx] - e[idx] / tau
+        after[idx] = idx[systematic(tilted, rngs[o])]
+        stats[o] = SMCStats(resamples[o], ess_share(tilted))
+    for c, a in enumerate(after):
+        chains.states.append([token_ids(states[c]), token_ids(states[a])])
+        chains.energies.append([float(e[c]), float(e[a])])
+    return chains, stats
