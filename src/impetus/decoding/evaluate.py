@@ -5,7 +5,9 @@ Chain ``c`` starts from the lowest-energy of its own ``n_init`` V1 candidates (`
 EBD paper starts from the best of 4 by its reward; any start is allowed, the stationary
 distribution does not depend on it) and proposes from the base model at temperature ``1/α``
 without truncation; ``kernel: differ`` makes each proposal's first regenerated token differ from
-the chain's (:mod:`impetus.decoding.mh`, "Differing proposals"). Two EBD answers per problem: ``ebd_lowest`` (the lowest-energy state any
+the chain's (:mod:`impetus.decoding.mh`, "Differing proposals"); ``kernel: smc`` runs no chains but
+Power-SMC's ``chains · n_init`` particles from the prompt (:mod:`impetus.decoding.smc`, no start
+tokens; its answers are the same at every listed step). Two EBD answers per problem: ``ebd_lowest`` (the lowest-energy state any
 chain visited) and ``ebd_vote`` (majority over the chains' final states, i.e. over samples of the
 tilted distribution). The chains of many problems are proposed in one batch (:func:`run_problems`).
 Tokens = the ``chains · n_init`` candidates' tokens + every proposed token; after ``s`` steps the
@@ -46,7 +48,7 @@ from impetus.selection.grid import Search, choose_on_dev, read_off_one_run, run_
 from impetus.selection.rules import majority_index
 
 #: ``score(problem_id, traces) -> energies table`` (one row per trace, a column per energy).
-ScoreTraces = Callable[[str, "list[Trace]"], pd.DataFrame]
+ScoreTraces = Callable[[str, list[Trace]], pd.DataFrame]
 
 
 @dataclass(frozen=True)
