@@ -251,6 +251,32 @@ def test_power_smc_runs_on_a_second_backend(toy):
     pd.testing.assert_frame_equal(answers.drop(columns="seconds"), again.drop(columns="seconds"))
 
 
+@pytest.mark.parametrize("kernel", ["resample", "smc"])
+def test_scoring_many_problems_at_once_changes_no_chain(toy, kernel):
+    """``EBDSplit.score_many`` scores a batch's states of every problem in one call (one MiniLM and one
+    EBM batch); for a row-wise energy the chains equal those scored problem by problem."""
+    tok, sampler, prompts, cands = toy
+    cfg = EBDConfig(n_problems=None, energy="neg_logprob_mean", tau=0.5, alpha=2.0, block=2, chains=2, n_init=1,
+                    steps=3, answer="lowest", kernel=kernel, grid={}, search="product", dev_problems=None, n_boot=100,
+                    seed=0, progress=False)
+    table = cands.assign(neg_logprob_mean=np.linspace(0, 1, len(cands)))
+    v1 = v1_reference(table, {"headline": {"method": "majority"}}, vote_for=[cfg.energy])
+    calls = []
+
+    def score(pids, traces):
+        calls.append(sorted(set(pids)))
+        return trace_energies(tok, traces, [None] * len(traces))[0]
+
+    one = EBDSplit(prompts, table, lambda pid, traces: score([pid] * len(traces), traces), grade)
+    many = dataclasses.replace(one, score_many=score)
+    _, by_problem, _ = evaluate_ebd(sampler, tok, PARAMS, one, v1, cfg)
+    assert calls and all(len(c) == 1 for c in calls)
+    calls.clear()
+    _, at_once, _ = evaluate_ebd(sampler, tok, PARAMS, many, v1, cfg)
+    assert calls and all(c == ["p0", "p1"] for c in calls)  # both problems' states in each call
+    pd.testing.assert_frame_equal(by_problem.drop(columns="seconds"), at_once.drop(columns="seconds"))
+
+
 def test_ebd_answer_is_chosen_on_dev_from_one_run(toy, monkeypatch):
     """``answer: [lowest, vote]`` in the grid: both are read off the same dev chains (one run), and
     the chosen one is the better on dev."""

@@ -216,18 +216,16 @@ def test_smc_particles_grown_block_by_block_equal_a_teacher_forced_pass(setup):
 def test_smc_with_and_without_the_cache_agree(setup):
     from dataclasses import replace
 
-    from impetus.decoding.evaluate import EBDConfig, run_smc_problems
+    from impetus.decoding.smc import run_smc_problems
 
     tok, sampler, prompt = setup
     prompts = [prompt, tok("Add 3 and 4:")["input_ids"]]
-    ebd = EBDConfig(n_problems=None, energy="e", chains=2, steps=0, tau=0.5, alpha=2.0, block=2, n_init=2,
-                    answer="vote", kernel="smc", grid={}, search="product", dev_problems=None, n_boot=100, seed=3,
-                    progress=False)
     params, energy = replace(PARAMS, temperature=0.5), _energy(tok)
     runs = []
     for reuse in (True, False):
         sampler.can_continue = (lambda r=reuse: r)  # the model's cache cannot be continued: re-encode instead
-        runs.append(run_smc_problems(sampler, tok, params, prompts, lambda _k, s: energy(s), ebd, keys=["a", "b"]))
+        runs.append(run_smc_problems(sampler, tok, params, prompts, lambda _k, s: energy(s), particles=4, block=2,
+                                     alpha=2.0, tau=0.5, seed=3, keys=["a", "b"]))
     del sampler.can_continue
     (cached, stats, reused), (fresh, _, not_reused) = runs
     assert reused and not not_reused

@@ -37,8 +37,8 @@ import pandas as pd
 
 from impetus.benchmarks.grading import Grade
 from impetus.decoding.mh import Chains, run_chains
-from impetus.decoding.proposals import Proposer, trace_log_norm, trace_log_weight, trace_token_logq
-from impetus.decoding.smc import SMCStats, run_smc
+from impetus.decoding.proposals import Proposer, trace_log_norm, trace_token_logq
+from impetus.decoding.smc import run_smc_problems
 from impetus.lm.runner import stable_seed
 from impetus.lm.sampler import ContinuingSampler, SamplingParams, row_seed
 from impetus.lm.trace import Trace
@@ -49,6 +49,8 @@ from impetus.selection.rules import majority_index
 
 #: ``score(problem_id, traces) -> energies table`` (one row per trace, a column per energy).
 ScoreTraces = Callable[[str, list[Trace]], pd.DataFrame]
+#: ``score_many(problem_ids, traces) -> energies table``: ``problem_ids[i]`` is trace ``i``'s problem.
+ScoreMany = Callable[[list[str], list[Trace]], pd.DataFrame]
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,7 @@ class EBDSplit:
     candidates: pd.DataFrame
     score: "ScoreTraces"
     grade: Grade
+    score_many: "ScoreMany | None" = None  # the states of many problems in one call (one batch per energy)
 
 
 def chain_answers(chains: Chains, decode: Callable[[list[int]], str], pid: str, grade: Grade,
@@ -122,6 +125,15 @@ def grouped_energy(owners: list[Any], energy: Callable[[Any, list], np.ndarray])
     return fn
 
 
+def split_energy(split: EBDSplit, pids: list[str], name: str) -> Callable[[list[int], list], np.ndarray]:
+    """``energy(problem indices, states)`` of a split's ``pids``: one scoring call for the states of
+    every problem in a batch when the split can (``score_many``: one MiniLM and one EBM batch instead
+    of one per problem), else problem by problem."""
+    if split.score_many is not None:
+        return lambda ks, states: split.score_many([pids[k] for k in ks], states)[name].to_numpy(float)
+    return lambda ks, states: grouped_energy(ks, lambda k, s: split.score(pids[k], s)[name].to_numpy(float))(states)
+
+
 def run_problem(starts: list, propose: Callable, energy: Callable, tau: float, block: int, steps: int,
                 seed: int) -> Chains:
     """The chains of one problem (deterministic for a seed)."""
@@ -130,11 +142,12 @@ def run_problem(starts: list, propose: Callable, energy: Callable, tau: float, b
 
 
 def run_problems(sampler: ContinuingSampler, tokenizer: Any, params: SamplingParams, prompts: list[list[int]],
-                 starts: list[list[list[int]]], energy: Callable[[int, list], np.ndarray], ebd: EBDConfig,
+                 starts: list[list[list[int]]], energy: Callable[[list[int], list], np.ndarray], ebd: EBDConfig,
                  keys: list[Any] | None = None) -> tuple[list[Chains], bool]:
     """Every problem's chains (problem ``k``: prompt ids ``prompts[k]``, start answers ``starts[k]``,
-    ``energy(k, states)``, seeds from ``keys[k]``, default ``k``: its problem id), and whether
-    proposals reused the chains' KV caches.
+    seeds from ``keys[k]``, default ``k``: its problem id), and whether proposals reused the chains'
+    KV caches. ``energy(owners, states)``: the energies of a batch's states, ``owners[i]`` the
+    problem index of state ``i`` (:func:`split_energy`).
 
     The chains of as many problems as fill one sampler batch run together (one forward decodes
     them all: on a CPU a forward costs about as much for 2 rows as for 60); chunks bound the memory
@@ -161,7 +174,7 @@ def run_problems(sampler: ContinuingSampler, tokenizer: Any, params: SamplingPar
         seeds = [row_seed(stable_seed(ebd.seed, keys[k]), j) for k in chunk for j in range(len(starts[k]))]
         propose = Proposer(sampler, tokenizer, params, [prompts[k] for k in owners], seeds)
         every = run_chains(propose.start([a for k in chunk for a in starts[k]]), propose,
-                           grouped_energy(owners, energy), ebd.tau, ebd.block, ebd.steps,
+                           partial(energy, owners), ebd.tau, ebd.block, ebd.steps,
                            rng=chain_rngs(ebd.seed, owners), on_step=bar.update if bar is not None else None,
                            log_norm=log_norm, token_logq=token_logq)
         out += [every.subset([c for c, o in enumerate(owners) if o == k]) for k in chunk]
@@ -169,43 +182,6 @@ def run_problems(sampler: ContinuingSampler, tokenizer: Any, params: SamplingPar
     if bar is not None:
         bar.close()
     return out, reuse
-
-
-def run_smc_problems(sampler: ContinuingSampler, tokenizer: Any, params: SamplingParams, prompts: list[list[int]],
-                     energy: Callable[[int, list], np.ndarray], ebd: EBDConfig, keys: list[Any]
-                     ) -> tuple[list[Chains], list[SMCStats], bool]:
-    """Power-SMC (:mod:`impetus.decoding.smc`) on every problem: ``chains · n_init`` particles each
-    (the candidates MH's starts consume, so the two kernels spend comparable tokens), grown from the
-    prompt in blocks of ``ebd.block`` tokens, chunked and seeded as :func:`run_problems` does."""
-    particles = ebd.chains * ebd.n_init
-    log_weight = partial(trace_log_weight, alpha=ebd.alpha, cap=params.max_new_tokens)
-    size = max(1, params.batch_size // particles)
-    chunks = [list(range(i, min(i + size, len(prompts)))) for i in range(0, len(prompts), size)]
-    bar = None
-    if ebd.progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(chunks) * -(-params.max_new_tokens // ebd.block), unit="block",
-                   desc=f"Power-SMC: {len(prompts)} problems x {particles} particles, blocks (at most)")
-    out: list[Chains] = []
-    stats: list[SMCStats] = []
-    reuse = False
-    for chunk in chunks:
-        owners = [k for k in chunk for _ in range(particles)]
-        seeds = [row_seed(stable_seed(ebd.seed, keys[k]), j) for k in chunk for j in range(particles)]
-        propose = Proposer(sampler, tokenizer, params, [prompts[k] for k in owners], seeds)
-        empty = {k: propose.sampler.encode_answers(prompts[k], [[]], keep_past=propose.reuse_cache,
-                                                   temperature=params.temperature)[0] for k in chunk}
-        every, by_owner = run_smc([empty[k] for k in owners], owners, partial(propose.extend, block=ebd.block),
-                                  log_weight, grouped_energy(owners, energy), ebd.tau,
-                                  {k: np.random.default_rng([ebd.seed, k]) for k in chunk},
-                                  on_round=bar.update if bar is not None else None)
-        out += [every.subset([c for c, o in enumerate(owners) if o == k]) for k in chunk]
-        stats += [by_owner[k] for k in chunk]
-        reuse = propose.reuse_cache
-    if bar is not None:
-        bar.close()
-    return out, stats, reuse
 
 
 def mh_stats(rows: pd.DataFrame) -> dict[str, Any]:
@@ -295,7 +271,7 @@ def decode_split(sampler: ContinuingSampler, tokenizer: Any, params: SamplingPar
     chains_of, reuse_cache = run_problems(
         sampler, tokenizer, params, [tokenizer(prompt_of[pid])["input_ids"] for pid in pids],
         [[tokenizer(text_of[(pid, i)], add_special_tokens=False)["input_ids"] for i in picked[pid][0]] for pid in pids],
-        lambda k, traces: split.score(pids[k], traces)[cfg.energy].to_numpy(float), cfg, keys=pids)
+        split_energy(split, pids, cfg.energy), cfg, keys=pids)
     seconds = (time.perf_counter() - t0) / max(len(pids), 1)
     answers, curve, per_step = answer_rows(pids, chains_of, {pid: t for pid, (_, t) in picked.items()}, cfg.steps,
                                            lambda ids: tokenizer.decode(ids, skip_special_tokens=False), split.grade,
@@ -310,7 +286,8 @@ def _smc_split(sampler: ContinuingSampler, tokenizer: Any, params: SamplingParam
     t0 = time.perf_counter()
     chains_of, stats, reuse_cache = run_smc_problems(
         sampler, tokenizer, params, [tokenizer(prompt_of[pid])["input_ids"] for pid in pids],
-        lambda k, traces: split.score(pids[k], traces)[cfg.energy].to_numpy(float), cfg, keys=pids)
+        split_energy(split, pids, cfg.energy), particles=cfg.chains * cfg.n_init, block=cfg.block, alpha=cfg.alpha,
+        tau=cfg.tau, seed=cfg.seed, keys=pids, progress=cfg.progress)
     seconds = (time.perf_counter() - t0) / max(len(pids), 1)
     answers, curve, per_step = answer_rows(pids, chains_of, dict.fromkeys(pids, 0), cfg.steps,
                                            lambda ids: tokenizer.decode(ids, skip_special_tokens=False), split.grade,

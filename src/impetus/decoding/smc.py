@@ -31,18 +31,23 @@ after one more systematic resampling by the tilted weights (a vote weighted by t
 
 The result is a :class:`impetus.decoding.mh.Chains` (one "chain" per particle slot: its answer
 before and after the tilt's resampling), so EBD's answers, token accounting and reports serve both
-samplers. The model is reached only through ``extend`` (:meth:`impetus.decoding.proposals.Proposer.extend`).
+samplers. :func:`run_smc` reaches the model only through ``extend``; :func:`run_smc_problems` makes it
+from a :class:`impetus.lm.sampler.ContinuingSampler` (:meth:`impetus.decoding.proposals.Proposer.extend`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from impetus.decoding.mh import Chains, token_ids
+from impetus.decoding.proposals import Proposer, trace_log_weight
+from impetus.lm.runner import stable_seed
+from impetus.lm.sampler import ContinuingSampler, SamplingParams, row_seed
 
 #: Resample a problem's particles when their effective sample size falls below this share of them:
 #: the usual adaptive rule (resampling at every block would add noise while the weights are even).
@@ -127,3 +132,44 @@ def run_smc(
         chains.states.append([token_ids(states[c]), token_ids(states[a])])
         chains.energies.append([float(e[c]), float(e[a])])
     return chains, stats
+
+
+def run_smc_problems(
+    sampler: ContinuingSampler, tokenizer: Any, params: SamplingParams, prompts: list[list[int]],
+    energy: Callable[[list[int], list], np.ndarray], particles: int, block: int, alpha: float, tau: float, seed: int,
+    keys: list[Any], progress: bool = False,
+) -> tuple[list[Chains], list[SMCStats], bool]:
+    """Power-SMC on every problem (prompt ids ``prompts[k]``, seeds from ``keys[k]``): ``particles``
+    each, grown from the prompt in blocks of ``block`` tokens at ``params.temperature`` (``1/alpha``);
+    ``energy(owners, states)`` scores a batch's finished particles (``owners[i]``: state ``i``'s
+    problem index). The particles of as many problems as fill one sampler batch run together, seeded
+    per particle as EBD's chains are (:func:`impetus.decoding.evaluate.run_problems`), so a problem's
+    particles do not depend on the batch. Returns the chains, each problem's :class:`SMCStats`, and
+    whether extensions reused the particles' KV caches."""
+    log_weight = partial(trace_log_weight, alpha=alpha, cap=params.max_new_tokens)
+    size = max(1, params.batch_size // particles)
+    chunks = [list(range(i, min(i + size, len(prompts)))) for i in range(0, len(prompts), size)]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(chunks) * -(-params.max_new_tokens // block), unit="block",
+                   desc=f"Power-SMC: {len(prompts)} problems x {particles} particles, blocks (at most)")
+    out: list[Chains] = []
+    stats: list[SMCStats] = []
+    reuse = False
+    for chunk in chunks:
+        owners = [k for k in chunk for _ in range(particles)]
+        seeds = [row_seed(stable_seed(seed, keys[k]), j) for k in chunk for j in range(particles)]
+        propose = Proposer(sampler, tokenizer, params, [prompts[k] for k in owners], seeds)
+        empty = {k: sampler.encode_answers(prompts[k], [[]], keep_past=propose.reuse_cache,
+                                           temperature=params.temperature)[0] for k in chunk}
+        every, by_owner = run_smc([empty[k] for k in owners], owners, partial(propose.extend, block=block), log_weight,
+                                  partial(energy, owners), tau, {k: np.random.default_rng([seed, k]) for k in chunk},
+                                  on_round=bar.update if bar is not None else None)
+        out += [every.subset([c for c, o in enumerate(owners) if o == k]) for k in chunk]
+        stats += [by_owner[k] for k in chunk]
+        reuse = propose.reuse_cache
+    if bar is not None:
+        bar.close()
+    return out, stats, reuse

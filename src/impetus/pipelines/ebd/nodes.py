@@ -29,7 +29,7 @@ def _split(problems: pd.DataFrame, prompts: pd.DataFrame, graded: pd.DataFrame, 
     against the split's candidate pool from their recorded values, graded against its problems."""
     scorer = NewAnswerScorer(tok, bench, problems, graded, scorers, energies.embedding_model)
     table = score_split(graded, energies_df, hidden, problems, tok, scorers)[0]
-    return EBDSplit(prompts, table, scorer.from_traces, text_grader(bench, problems))
+    return EBDSplit(prompts, table, scorer.from_traces, text_grader(bench, problems), scorer.traces_many)
 
 
 def run_chains(
