@@ -45,7 +45,7 @@ def toy_log_weight(alpha: float):
 def smc_counts(alpha: float, tau: float, block: int, particles: int = 6000, seed: int = 0,
                log_weight=None) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    chains, stats = run_smc([()] * particles, [0] * particles, toy_extend(rng, alpha, block),
+    chains, stats = run_smc(lambda _o: (), [0] * particles, toy_extend(rng, alpha, block),
                             log_weight or toy_log_weight(alpha), lambda ys: energy_fn([list(y) for y in ys]), tau,
                             {0: np.random.default_rng(seed + 1)})
     index = {y: i for i, y in enumerate(answers())}
@@ -82,16 +82,53 @@ def test_resampling_keeps_each_ancestor_once_per_copy():
     assert ess_share(np.log([1.0, 1e-30, 1e-30, 1e-30])) == pytest.approx(0.25)
 
 
-def test_particles_are_independent_of_the_other_problems_in_the_batch():
-    """A problem's particles use its own generator: the lowest answer and stats do not depend on which
-    problems share the run (with a deterministic extend keyed by particle index)."""
+def keyed_extend(block: int = 1, alpha: float = 2.0):
+    """A toy extend seeded by each particle's slot and length (as the sampler seeds a row by its slot
+    and round), so a particle's continuation does not depend on what else is in the batch."""
     def extend(rows, states):
-        return [(tuple(y) + (r % 2,), len(y) + 1 >= MAX_LEN) for r, y in zip(rows, states)]
+        out = []
+        for r, y in zip(rows, states):
+            g = np.random.default_rng([r, len(y)])
+            y, done = list(y), False
+            for _ in range(block):
+                tok = int(g.choice(3, p=tempered(tuple(y), alpha)))
+                if tok == EOS or len(y) + 1 == MAX_LEN:
+                    y += [] if tok == EOS else [tok]
+                    done = True
+                    break
+                y.append(tok)
+            out.append((tuple(y), done))
+        return out
+    return extend
 
-    weight = toy_log_weight(2.0)
+
+@pytest.mark.parametrize("max_rows", [None, 4, 8, 12])
+def test_problems_do_not_depend_on_who_shares_the_round(max_rows):
+    """Problems joining as others finish (``max_rows``) or all at once give the same particles: each
+    problem resamples with its own generator and each particle's extension is seeded by its slot."""
+    owners = [k for k in range(5) for _ in range(4)]
     energy = lambda ys: energy_fn([list(y) for y in ys])  # noqa: E731
-    alone, _ = run_smc([()] * 4, ["a"] * 4, extend, weight, energy, 1.0, {"a": np.random.default_rng(7)})
-    both, _ = run_smc([()] * 8, ["a"] * 4 + ["b"] * 4, extend, weight, energy, 1.0,
-                      {"a": np.random.default_rng(7), "b": np.random.default_rng(9)})
-    assert both.subset(range(4)).states == alone.states
-    assert alone.proposed_tokens == 4 * MAX_LEN
+
+    def uneven(y, _finished):  # any weight of the state will do here; this one makes problems resample
+        return -3.0 * sum(y)
+
+    def run(rows):
+        return run_smc(lambda _o: (), owners, keyed_extend(), uneven, energy, 1.0,
+                       {k: np.random.default_rng(k) for k in range(5)}, max_rows=rows)
+
+    (ref, ref_stats), (got, stats) = run(None), run(max_rows)
+    assert got.states == ref.states and got.proposed == ref.proposed and stats == ref_stats
+    assert any(s.resamples for s in ref_stats.values())  # the weights did move some particles
+
+
+def test_a_round_never_holds_more_than_max_rows():
+    seen = []
+
+    def extend(rows, states):
+        seen.append(len(rows))
+        return keyed_extend()(rows, states)
+
+    run_smc(lambda _o: (), [k for k in range(6) for _ in range(3)], extend, toy_log_weight(1.0),
+            lambda ys: np.zeros(len(ys)), 1.0, {k: np.random.default_rng(k) for k in range(6)}, max_rows=7)
+    assert max(seen) <= 7 and seen[0] == 6  # two problems of 3 fit, a third does not
+    assert sum(seen) > 18  # every particle took several rounds

@@ -14,6 +14,7 @@ prompt + prefix per proposal instead; nothing else changes. Only the
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -69,6 +70,7 @@ class Proposer:
         self.prompts, self.seeds = [list(p) for p in prompts], list(seeds)
         self.reuse_cache = bool(sampler.can_continue())
         self.calls = 0
+        self.rounds: dict[int, int] = {}  # extend() calls per chain
 
     def start(self, answers: list[list[int]]) -> list[Trace]:
         """Chain starts from given answers: one teacher-forced pass per distinct prompt (the only one)."""
@@ -105,15 +107,16 @@ class Proposer:
         """Power-SMC's step (:mod:`impetus.decoding.smc`): each state (chain ``rows[i]``) continued by
         up to ``block`` tokens from its end, and whether it is now complete (ended by EOS or a stop
         string, or at the answer's length cap)."""
-        cap, step = self.params.max_new_tokens, self.calls
-        self.calls += 1
+        cap = self.params.max_new_tokens
         gens = self.sampler.continue_rows(
             [self.prompts[c] + s.ids for c, s in zip(rows, states)], self.params,
-            [self.seeds[c] + step for c in rows], max_new=[min(block, cap - len(s)) for s in states],
+            [self.seeds[c] + self.rounds.get(c, 0) for c in rows], max_new=[min(block, cap - len(s)) for s in states],
             past=[s.past for s in states] if self.reuse_cache else None, keep_past=self.reuse_cache)
         out = []
-        for s, gen in zip(states, gens):
+        for c, s, gen in zip(rows, states, gens):
+            self.rounds[c] = self.rounds.get(c, 0) + 1  # seeds follow the row's own rounds, not the batch's
             whole = continued(s, len(s), gen)
             new = cut_at_stop(whole, self.tok, self.params.stop)
-            out.append((new, gen.finish_reason != "length" or len(new) < len(whole) or len(new) >= cap))
+            finished = gen.finish_reason != "length" or len(new) < len(whole) or len(new) >= cap
+            out.append((replace(new, past=None) if finished else new, finished))  # a finished one's cache is freed
         return out

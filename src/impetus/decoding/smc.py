@@ -86,41 +86,65 @@ def systematic(log_w: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def run_smc(
-    starts: Sequence[Any], owners: Sequence[Any], extend: Extend, log_weight: LogWeight,
+    start: Callable[[Any], Any], owners: Sequence[Any], extend: Extend, log_weight: LogWeight,
     energy: Callable[[list[Any]], np.ndarray], tau: float, rngs: dict[Any, np.random.Generator],
-    on_round: Callable[[], None] | None = None,
+    max_rows: int | None = None, on_done: Callable[[int], None] | None = None,
 ) -> tuple[Chains, dict[Any, SMCStats]]:
-    """Power-SMC over the particles ``starts`` (particle ``c`` belongs to problem ``owners[c]``;
-    a start is an empty answer after its problem's prompt), all problems' particles extended in one
-    batch per block. ``rngs[owner]``: each problem's resampling generator, so a problem's particles
-    do not depend on which problems share the batch. Returns the particles as chains (answer before
-    and after the tilt's resampling) and each problem's :class:`SMCStats`."""
+    """Power-SMC over particles ``c`` of problems ``owners[c]``, each problem's particles starting
+    from ``start(owner)`` (an empty answer after its prompt). Each round extends every unfinished
+    particle of the running problems by one block in one batch; problems start in order whenever
+    their particles fit under ``max_rows`` unfinished rows (None: all at once), so the batch stays
+    full while problems finish (a problem's particles are extended together, never split).
+    ``rngs[owner]``: each problem's resampling generator, so with an ``extend`` seeded per particle a
+    problem's particles do not depend on which problems share a round. ``on_done(k)``: k problems
+    finished this round. Returns the particles as chains (answer before and after the tilt's
+    resampling) and each problem's :class:`SMCStats`."""
     if tau <= 0:
         raise ValueError(f"need tau > 0, got {tau}")
-    states, owners = list(starts), list(owners)
+    owners = list(owners)
     groups = {o: np.array([c for c, x in enumerate(owners) if x == o]) for o in dict.fromkeys(owners)}
-    done = np.zeros(len(states), bool)
-    cum = np.zeros(len(states))  # each particle's Σ log Z so far
-    log_w = np.zeros(len(states))  # its weight since its problem's last resampling
-    proposed = np.zeros(len(states), int)
+    states: list[Any] = [None] * len(owners)
+    done = np.zeros(len(owners), bool)
+    cum = np.zeros(len(owners))  # each particle's Σ log Z so far
+    log_w = np.zeros(len(owners))  # its weight since its problem's last resampling
+    proposed = np.zeros(len(owners), int)
     resamples = dict.fromkeys(groups, 0)
-    while not done.all():
-        todo = np.flatnonzero(~done)
-        for c, (state, finished) in zip(todo, extend([int(c) for c in todo], [states[c] for c in todo])):
+    waiting, running = list(groups), []
+    while waiting or running:
+        rows = sum(int((~done[groups[o]]).sum()) for o in running)
+        while waiting and (not running or max_rows is None or rows + len(groups[waiting[0]]) <= max_rows):
+            o = waiting.pop(0)
+            s0 = start(o)
+            for c in groups[o]:
+                states[c] = s0
+            running.append(o)
+            rows += len(groups[o])
+        todo = [int(c) for o in running for c in groups[o] if not done[c]]
+        for c, (state, finished) in zip(todo, extend(todo, [states[c] for c in todo])):
             proposed[c] += len(token_ids(state)) - len(token_ids(states[c]))
             w = float(log_weight(state, finished))
             log_w[c] += w - cum[c]
             states[c], done[c], cum[c] = state, finished, w
-        for o, idx in groups.items():
+        for o in running:
+            idx = groups[o]
             if not done[idx].all() and ess_share(log_w[idx]) < RESAMPLE_ESS:
                 anc = idx[systematic(log_w[idx], rngs[o])]
                 for c, state in zip(idx, [states[a] for a in anc]):  # read every ancestor before writing
                     states[c] = state
                 done[idx], cum[idx], log_w[idx] = done[anc], cum[anc], 0.0
                 resamples[o] += 1
-        if on_round is not None:
-            on_round()
-    e = np.asarray(energy(states), float)
+        still = [o for o in running if not done[groups[o]].all()]
+        if on_done is not None:
+            on_done(len(running) - len(still))
+        running = still
+    return _tilt(states, groups, np.asarray(energy(states), float), log_w, proposed, tau, rngs, resamples)
+
+
+def _tilt(states: list[Any], groups: dict[Any, np.ndarray], e: np.ndarray, log_w: np.ndarray, proposed: np.ndarray,
+          tau: float, rngs: dict[Any, np.random.Generator], resamples: dict[Any, int]
+          ) -> tuple[Chains, dict[Any, SMCStats]]:
+    """The finished particles as chains: each slot's answer, then the one a systematic resampling by
+    the tilted weights ``w · exp(−E/τ)`` put there (what ``ebd_vote`` votes over)."""
     chains = Chains(states=[], energies=[], accepted=[[] for _ in states], proposed=[int(p) for p in proposed])
     stats = {}
     after = np.arange(len(states))
@@ -141,35 +165,29 @@ def run_smc_problems(
 ) -> tuple[list[Chains], list[SMCStats], bool]:
     """Power-SMC on every problem (prompt ids ``prompts[k]``, seeds from ``keys[k]``): ``particles``
     each, grown from the prompt in blocks of ``block`` tokens at ``params.temperature`` (``1/alpha``);
-    ``energy(owners, states)`` scores a batch's finished particles (``owners[i]``: state ``i``'s
-    problem index). The particles of as many problems as fill one sampler batch run together, seeded
-    per particle as EBD's chains are (:func:`impetus.decoding.evaluate.run_problems`), so a problem's
-    particles do not depend on the batch. Returns the chains, each problem's :class:`SMCStats`, and
-    whether extensions reused the particles' KV caches."""
-    log_weight = partial(trace_log_weight, alpha=alpha, cap=params.max_new_tokens)
-    size = max(1, params.batch_size // particles)
-    chunks = [list(range(i, min(i + size, len(prompts)))) for i in range(0, len(prompts), size)]
+    ``energy(owners, states)`` scores the finished particles (``owners[i]``: state ``i``'s problem
+    index). Up to ``params.batch_size`` unfinished particles are extended per round, problems joining
+    as others finish (:func:`run_smc`); each particle is seeded by its slot and its own round, as
+    the sampler seeds a problem's rows, so a problem's particles do not depend on the batch. Returns
+    the chains, each problem's :class:`SMCStats`, and whether extensions reused the KV caches."""
+    owners = [k for k in range(len(prompts)) for _ in range(particles)]
+    seeds = [row_seed(stable_seed(seed, keys[k]), j) for k in range(len(prompts)) for j in range(particles)]
+    propose = Proposer(sampler, tokenizer, params, [prompts[k] for k in owners], seeds)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(chunks) * -(-params.max_new_tokens // block), unit="block",
-                   desc=f"Power-SMC: {len(prompts)} problems x {particles} particles, blocks (at most)")
-    out: list[Chains] = []
-    stats: list[SMCStats] = []
-    reuse = False
-    for chunk in chunks:
-        owners = [k for k in chunk for _ in range(particles)]
-        seeds = [row_seed(stable_seed(seed, keys[k]), j) for k in chunk for j in range(particles)]
-        propose = Proposer(sampler, tokenizer, params, [prompts[k] for k in owners], seeds)
-        empty = {k: sampler.encode_answers(prompts[k], [[]], keep_past=propose.reuse_cache,
-                                           temperature=params.temperature)[0] for k in chunk}
-        every, by_owner = run_smc([empty[k] for k in owners], owners, partial(propose.extend, block=block), log_weight,
-                                  partial(energy, owners), tau, {k: np.random.default_rng([seed, k]) for k in chunk},
-                                  on_round=bar.update if bar is not None else None)
-        out += [every.subset([c for c, o in enumerate(owners) if o == k]) for k in chunk]
-        stats += [by_owner[k] for k in chunk]
-        reuse = propose.reuse_cache
+        bar = tqdm(total=len(prompts), unit="problem", desc=f"Power-SMC: {particles} particles per problem")
+
+    def start(k: int) -> Any:
+        return sampler.encode_answers(prompts[k], [[]], keep_past=propose.reuse_cache,
+                                      temperature=params.temperature)[0]
+
+    every, by_owner = run_smc(start, owners, partial(propose.extend, block=block),
+                              partial(trace_log_weight, alpha=alpha, cap=params.max_new_tokens), partial(energy, owners),
+                              tau, {k: np.random.default_rng([seed, k]) for k in range(len(prompts))},
+                              max_rows=params.batch_size, on_done=bar.update if bar is not None else None)
     if bar is not None:
         bar.close()
-    return out, stats, reuse
+    chains = [every.subset([c for c, o in enumerate(owners) if o == k]) for k in range(len(prompts))]
+    return chains, [by_owner[k] for k in range(len(prompts))], propose.reuse_cache
