@@ -259,42 +259,41 @@ def chain_starts(candidates: pd.DataFrame, energy: str, chains: int, n_init: int
 def decode_split(sampler: ContinuingSampler, tokenizer: Any, params: SamplingParams, split: EBDSplit,
                  pids: list[str], cfg: EBDConfig) -> tuple[pd.DataFrame, pd.DataFrame, bool, pd.DataFrame]:
     """``(answers, curve, reuse_cache, per_step)`` of EBD on ``pids`` of one split with ``cfg``'s
-    settings (:func:`answer_rows`)."""
+    settings (:func:`answer_rows`). ``kernel: smc`` runs Power-SMC from the prompts, with no V1
+    starts (so no start tokens), and its answers also carry each problem's resampling count and
+    final tilted ESS."""
     params = dataclasses.replace(params, n=1, temperature=1.0 / cfg.alpha, top_p=1.0)
     prompt_of = dict(zip(split.prompts["problem_id"], split.prompts["prompt"]))
-    if cfg.kernel == "smc":
-        return _smc_split(sampler, tokenizer, params, split, pids, cfg, prompt_of)
-    by_pid = {pid: g for pid, g in split.candidates.groupby("problem_id")}
-    picked = {pid: chain_starts(by_pid[pid], cfg.energy, cfg.chains, cfg.n_init) for pid in pids}
-    text_of = split.candidates.set_index(["problem_id", "sample_idx"])["completion"]
+    prompts = [tokenizer(prompt_of[pid])["input_ids"] for pid in pids]
+    energy = split_energy(split, pids, cfg.energy)
+    smc = cfg.kernel == "smc"
+    starts, base_tokens = ([], dict.fromkeys(pids, 0)) if smc else _mh_starts(tokenizer, split, pids, cfg)
     t0 = time.perf_counter()
-    chains_of, reuse_cache = run_problems(
-        sampler, tokenizer, params, [tokenizer(prompt_of[pid])["input_ids"] for pid in pids],
-        [[tokenizer(text_of[(pid, i)], add_special_tokens=False)["input_ids"] for i in picked[pid][0]] for pid in pids],
-        split_energy(split, pids, cfg.energy), cfg, keys=pids)
+    if smc:
+        chains_of, stats, reuse_cache = run_smc_problems(
+            sampler, tokenizer, params, prompts, energy, particles=cfg.chains * cfg.n_init, block=cfg.block,
+            alpha=cfg.alpha, tau=cfg.tau, seed=cfg.seed, keys=pids, progress=cfg.progress)
+    else:
+        chains_of, reuse_cache = run_problems(sampler, tokenizer, params, prompts, starts, energy, cfg, keys=pids)
     seconds = (time.perf_counter() - t0) / max(len(pids), 1)
-    answers, curve, per_step = answer_rows(pids, chains_of, {pid: t for pid, (_, t) in picked.items()}, cfg.steps,
+    answers, curve, per_step = answer_rows(pids, chains_of, base_tokens, cfg.steps,
                                            lambda ids: tokenizer.decode(ids, skip_special_tokens=False), split.grade,
-                                           seconds)
+                                           seconds, stepless=smc)
+    if smc:
+        answers = answers.merge(pd.DataFrame({"problem_id": pids, "resamples": [st.resamples for st in stats],
+                                              "final_ess": [st.final_ess for st in stats]}), on="problem_id")
     return answers, curve, reuse_cache, per_step
 
 
-def _smc_split(sampler: ContinuingSampler, tokenizer: Any, params: SamplingParams, split: EBDSplit, pids: list[str],
-               cfg: EBDConfig, prompt_of: Mapping[str, str]) -> tuple[pd.DataFrame, pd.DataFrame, bool, pd.DataFrame]:
-    """:func:`decode_split` with ``kernel: smc``: Power-SMC from the prompts, no V1 starts (so no
-    start tokens); the answers also carry each problem's resampling count and final tilted ESS."""
-    t0 = time.perf_counter()
-    chains_of, stats, reuse_cache = run_smc_problems(
-        sampler, tokenizer, params, [tokenizer(prompt_of[pid])["input_ids"] for pid in pids],
-        split_energy(split, pids, cfg.energy), particles=cfg.chains * cfg.n_init, block=cfg.block, alpha=cfg.alpha,
-        tau=cfg.tau, seed=cfg.seed, keys=pids, progress=cfg.progress)
-    seconds = (time.perf_counter() - t0) / max(len(pids), 1)
-    answers, curve, per_step = answer_rows(pids, chains_of, dict.fromkeys(pids, 0), cfg.steps,
-                                           lambda ids: tokenizer.decode(ids, skip_special_tokens=False), split.grade,
-                                           seconds, stepless=True)
-    extra = pd.DataFrame({"problem_id": pids, "resamples": [st.resamples for st in stats],
-                          "final_ess": [st.final_ess for st in stats]})
-    return answers.merge(extra, on="problem_id"), curve, reuse_cache, per_step
+def _mh_starts(tokenizer: Any, split: EBDSplit, pids: list[str], cfg: EBDConfig
+               ) -> tuple[list[list[list[int]]], dict[str, int]]:
+    """Each problem's chain starts (token ids, :func:`chain_starts`) and the tokens they cost."""
+    by_pid = {pid: g for pid, g in split.candidates.groupby("problem_id")}
+    picked = {pid: chain_starts(by_pid[pid], cfg.energy, cfg.chains, cfg.n_init) for pid in pids}
+    text_of = split.candidates.set_index(["problem_id", "sample_idx"])["completion"]
+    starts = [[tokenizer(text_of[(pid, i)], add_special_tokens=False)["input_ids"] for i in picked[pid][0]]
+              for pid in pids]
+    return starts, {pid: t for pid, (_, t) in picked.items()}
 
 
 def _dev_run(point: Mapping[str, Any]) -> str:

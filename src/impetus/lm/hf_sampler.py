@@ -178,7 +178,7 @@ class HFSampler:
             for r, k in zip(rows, sel.tolist()):
                 r.rec.prompt_state = state[k]
                 r.rec.prompt_layer_state = {layer: h[k] for layer, h in layer_state.items()}
-        if len(uniq) < len(rows) or uniq != [r.prompt_idx for r in rows]:  # (continued rows: one each, in order)
+        if uniq != [r.prompt_idx for r in rows]:  # continued rows are one per prompt, in order: no gather
             cache.batch_select_indices(sel)  # gather: the n rows of a prompt share its prefill
         next_pos = torch.tensor([len(prompt_ids[r.prompt_idx]) for r in rows], device=self.device)
         return cache, mask[sel], next_pos, out.logits[:, -1][sel]
