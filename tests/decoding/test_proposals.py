@@ -225,7 +225,7 @@ def test_smc_with_and_without_the_cache_agree(setup):
     for reuse in (True, False):
         sampler.can_continue = (lambda r=reuse: r)  # the model's cache cannot be continued: re-encode instead
         runs.append(run_smc_problems(sampler, tok, params, prompts, lambda _k, s: energy(s), particles=4, block=2,
-                                     alpha=2.0, tau=0.5, seed=3, keys=["a", "b"]))
+                                     alpha=2.0, tau=0.5, seed=3, keys=["a", "b"], in_loop=False))
     del sampler.can_continue
     (cached, stats, reused), (fresh, _, not_reused) = runs
     assert reused and not not_reused

@@ -170,3 +170,39 @@ def test_ebd_proposals_reencode_and_record_the_models_values(gemma):
             np.testing.assert_allclose(out.states, ref.states, atol=1e-4)
     finally:
         model.generation_config.eos_token_id = tok.eos_token_id
+
+
+def test_power_smc_in_one_loop_equals_reencoded_blocks(gemma, monkeypatch):
+    """Sliding-window layers: the particle loop copies cache rows of any layer type, and gives the
+    particles that re-encoding every block through ``continue_rows`` gives."""
+    from dataclasses import replace
+
+    import impetus.lm.hf_particles as hp
+    from impetus.decoding.smc import run_smc_problems
+    from impetus.lm.trace import generated_trace
+
+    model, tok = gemma
+    model.generation_config.eos_token_id = [tok.convert_tokens_to_ids("e")]
+    try:
+        sampler = HFSampler(model, tok)
+        params = SamplingParams(n=1, temperature=0.5, top_p=1.0, max_new_tokens=8, stop=["k"], batch_size=6)
+        prompts = [tok(p)["input_ids"] for p in PROMPTS[:3]]
+        energy = lambda _k, trs: trace_energies(tok, trs, [None] * len(trs))[0]["neg_logprob_mean"].to_numpy()  # noqa: E731
+        runs = [run_smc_problems(sampler, tok, params, prompts, energy, particles=3, block=2, alpha=3.0, tau=0.5,
+                                 seed=1, keys=["a", "b", "c"], in_loop=flag) for flag in (True, False)]
+        (loop, stats, _), (blocks, by_stats, reused) = runs
+        assert not reused
+        assert [c.states for c in loop] == [c.states for c in blocks]
+        assert [st.resamples for st in stats] == [st.resamples for st in by_stats]
+        # soft-capped logits leave the weights even: force copies at every boundary instead
+        grown, append = [], hp._Loop._append
+        monkeypatch.setattr(hp._Loop, "_append", lambda self, src: (grown.append(len(src)), append(self, src)))
+        gens = sampler.sample_particles(prompts, replace(params, n=3), [[7, 8, 9]] * 3, 2, lambda i, v: [0, 0, 1])
+        assert grown  # finished particles revived into slots appended to the batch (of sliding-window layers)
+        for prompt, gs in zip(prompts, gens):
+            for tr in map(generated_trace, gs):
+                (ref,) = sampler.encode_answers(prompt, [tr.ids], keep_past=False, temperature=0.5)
+                for key in ("lse", "tok_logit", "lse_temp", "states"):
+                    np.testing.assert_allclose(getattr(tr, key), getattr(ref, key), atol=1e-4, err_msg=key)
+    finally:
+        model.generation_config.eos_token_id = tok.eos_token_id

@@ -15,7 +15,7 @@ prompt + prefix per proposal instead; nothing else changes. Only the
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -34,12 +34,20 @@ def trace_log_norm(trace: Trace, alpha: float, cap: int) -> np.ndarray:
     return z[: len(trace)] if len(trace) >= cap else z
 
 
+def log_weight(lse: Sequence[float], lse_temp: Sequence[float] | None, n: int, finished: bool, alpha: float,
+               cap: int) -> float:
+    """``Σ log Z_i`` over the steps that produced an answer of ``n`` tokens so far, ``log Z_i =
+    lse_temp_i − α·lse_i`` (:func:`trace_log_norm`): its tokens' steps, and the step after them when
+    the model ended it (``finished`` below the cap ``cap``). Power-SMC's particle weight toward ``p^α``."""
+    if lse_temp is None:
+        raise ValueError("no tempered log-normalisers (lse_temp): the backend did not record them")
+    m = n + 1 if finished and n < cap else n
+    return float(np.sum(np.asarray(lse_temp[:m], float) - alpha * np.asarray(lse[:m], float)))
+
+
 def trace_log_weight(trace: Trace, finished: bool, alpha: float, cap: int) -> float:
-    """``Σ log Z_i`` over the steps that produced ``trace`` so far (:func:`trace_log_norm`; the step
-    after its last token only when ``finished`` by the model): Power-SMC's particle weight toward
-    ``p^α`` (:data:`impetus.decoding.smc.LogWeight`)."""
-    z = trace_log_norm(trace, alpha, cap)
-    return float(np.sum(z if finished else z[: len(trace)]))
+    """:func:`log_weight` of a trace (:data:`impetus.decoding.smc.LogWeight`)."""
+    return log_weight(trace.lse, trace.lse_temp, len(trace), finished, alpha, cap)
 
 
 def trace_token_logq(trace: Trace, t: int, temperature: float) -> float:

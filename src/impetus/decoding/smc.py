@@ -31,23 +31,28 @@ after one more systematic resampling by the tilted weights (a vote weighted by t
 
 The result is a :class:`impetus.decoding.mh.Chains` (one "chain" per particle slot: its answer
 before and after the tilt's resampling), so EBD's answers, token accounting and reports serve both
-samplers. :func:`run_smc` reaches the model only through ``extend``; :func:`run_smc_problems` makes it
-from a :class:`impetus.lm.sampler.ContinuingSampler` (:meth:`impetus.decoding.proposals.Proposer.extend`).
+samplers. The weights and resampling are kept by a :class:`Book`, whoever grows the particles: a
+:class:`impetus.lm.sampler.ParticleSampler` in its own decoding loop (one batch cache whose rows are
+copied by ancestor, :mod:`impetus.lm.hf_particles`; :func:`run_smc_problems`' default), or any
+:class:`impetus.lm.sampler.ContinuingSampler` one block at a time through ``continue_rows``
+(:func:`run_smc` with :meth:`impetus.decoding.proposals.Proposer.extend`), which gives the same
+particles (tested) at the cost of copying every particle's cache out of the batch and back at each block.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
 import numpy as np
 
 from impetus.decoding.mh import Chains, token_ids
-from impetus.decoding.proposals import Proposer, trace_log_weight
+from impetus.decoding.proposals import Proposer, log_weight, trace_log_weight
 from impetus.lm.runner import stable_seed
-from impetus.lm.sampler import ContinuingSampler, SamplingParams, row_seed
+from impetus.lm.sampler import ContinuingSampler, Particle, ParticleSampler, SamplingParams, row_seed
+from impetus.lm.trace import generated_trace
 
 #: Resample a problem's particles when their effective sample size falls below this share of them:
 #: the usual adaptive rule (resampling at every block would add noise while the weights are even).
@@ -85,6 +90,57 @@ def systematic(log_w: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.searchsorted(cdf, (rng.random() + np.arange(n)) / n, side="right").clip(0, n - 1)
 
 
+class Book:
+    """Each particle's Σ log Z so far, its weight since its problem's last resampling, its tokens and
+    whether it has finished, kept apart from whoever grows the particles (:func:`run_smc`'s blocks
+    through ``extend``, or a :class:`impetus.lm.sampler.ParticleSampler`'s own loop), so both
+    resample alike. ``rngs[owner]``: each problem's resampling generator."""
+
+    def __init__(self, owners: Sequence[Any], rngs: dict[Any, np.random.Generator]):
+        owners = list(owners)
+        self.groups = {o: np.array([c for c, x in enumerate(owners) if x == o]) for o in dict.fromkeys(owners)}
+        self.rngs = rngs
+        self.done = np.zeros(len(owners), bool)
+        self.cum = np.zeros(len(owners))  # Σ log Z so far
+        self.log_w = np.zeros(len(owners))  # the weight since the problem's last resampling
+        self.n = np.zeros(len(owners), int)  # tokens
+        self.proposed = np.zeros(len(owners), int)  # tokens each particle slot decoded
+        self.resamples = dict.fromkeys(self.groups, 0)
+
+    def observe(self, o: Any, cum: Sequence[float], n_tokens: Sequence[int], finished: Sequence[bool]
+                ) -> np.ndarray | None:
+        """Problem ``o``'s particles after a block: each one's Σ log Z, tokens and whether it has
+        finished. Resamples them (systematic) when their ESS share falls below :data:`RESAMPLE_ESS`
+        and some are unfinished; returns the ancestors (indices within the problem), or None."""
+        idx = self.groups[o]
+        self.proposed[idx] += np.asarray(n_tokens, int) - self.n[idx]
+        self.log_w[idx] += np.asarray(cum, float) - self.cum[idx]
+        self.cum[idx], self.n[idx], self.done[idx] = cum, n_tokens, finished
+        if self.done[idx].all() or ess_share(self.log_w[idx]) >= RESAMPLE_ESS:
+            return None
+        local = systematic(self.log_w[idx], self.rngs[o])
+        anc = idx[local]
+        self.done[idx], self.cum[idx], self.n[idx] = self.done[anc], self.cum[anc], self.n[anc]
+        self.log_w[idx] = 0.0
+        self.resamples[o] += 1
+        return local
+
+    def tilt(self, states: list[Any], e: np.ndarray, tau: float) -> tuple[Chains, dict[Any, SMCStats]]:
+        """The finished particles as chains: each slot's answer, then the one a systematic resampling
+        by the tilted weights ``w · exp(−E/τ)`` put there (what ``ebd_vote`` votes over)."""
+        chains = Chains(states=[], energies=[], accepted=[[] for _ in states], proposed=[int(p) for p in self.proposed])
+        stats = {}
+        after = np.arange(len(states))
+        for o, idx in self.groups.items():
+            tilted = self.log_w[idx] - e[idx] / tau
+            after[idx] = idx[systematic(tilted, self.rngs[o])]
+            stats[o] = SMCStats(self.resamples[o], ess_share(tilted))
+        for c, a in enumerate(after):
+            chains.states.append([token_ids(states[c]), token_ids(states[a])])
+            chains.energies.append([float(e[c]), float(e[a])])
+        return chains, stats
+
+
 def run_smc(
     start: Callable[[Any], Any], owners: Sequence[Any], extend: Extend, log_weight: LogWeight,
     energy: Callable[[list[Any]], np.ndarray], tau: float, rngs: dict[Any, np.random.Generator],
@@ -101,17 +157,12 @@ def run_smc(
     resampling) and each problem's :class:`SMCStats`."""
     if tau <= 0:
         raise ValueError(f"need tau > 0, got {tau}")
-    owners = list(owners)
-    groups = {o: np.array([c for c, x in enumerate(owners) if x == o]) for o in dict.fromkeys(owners)}
-    states: list[Any] = [None] * len(owners)
-    done = np.zeros(len(owners), bool)
-    cum = np.zeros(len(owners))  # each particle's Σ log Z so far
-    log_w = np.zeros(len(owners))  # its weight since its problem's last resampling
-    proposed = np.zeros(len(owners), int)
-    resamples = dict.fromkeys(groups, 0)
+    book = Book(owners, rngs)
+    groups = book.groups
+    states: list[Any] = [None] * len(book.done)
     waiting, running = list(groups), []
     while waiting or running:
-        rows = sum(int((~done[groups[o]]).sum()) for o in running)
+        rows = sum(int((~book.done[groups[o]]).sum()) for o in running)
         while waiting and (not running or max_rows is None or rows + len(groups[waiting[0]]) <= max_rows):
             o = waiting.pop(0)
             s0 = start(o)
@@ -119,65 +170,77 @@ def run_smc(
                 states[c] = s0
             running.append(o)
             rows += len(groups[o])
-        todo = [int(c) for o in running for c in groups[o] if not done[c]]
+        todo = [int(c) for o in running for c in groups[o] if not book.done[c]]
+        cum, n, done = book.cum.copy(), book.n.copy(), book.done.copy()
         for c, (state, finished) in zip(todo, extend(todo, [states[c] for c in todo])):
-            proposed[c] += len(token_ids(state)) - len(token_ids(states[c]))
-            w = float(log_weight(state, finished))
-            log_w[c] += w - cum[c]
-            states[c], done[c], cum[c] = state, finished, w
+            states[c], cum[c], n[c], done[c] = state, float(log_weight(state, finished)), len(token_ids(state)), finished
         for o in running:
             idx = groups[o]
-            if not done[idx].all() and ess_share(log_w[idx]) < RESAMPLE_ESS:
-                anc = idx[systematic(log_w[idx], rngs[o])]
-                for c, state in zip(idx, [states[a] for a in anc]):  # read every ancestor before writing
+            local = book.observe(o, cum[idx], n[idx], done[idx])
+            if local is not None:
+                for c, state in zip(idx, [states[a] for a in idx[local]]):  # read every ancestor before writing
                     states[c] = state
-                done[idx], cum[idx], log_w[idx] = done[anc], cum[anc], 0.0
-                resamples[o] += 1
-        still = [o for o in running if not done[groups[o]].all()]
+        still = [o for o in running if not book.done[groups[o]].all()]
         if on_done is not None:
             on_done(len(running) - len(still))
         running = still
-    return _tilt(states, groups, np.asarray(energy(states), float), log_w, proposed, tau, rngs, resamples)
-
-
-def _tilt(states: list[Any], groups: dict[Any, np.ndarray], e: np.ndarray, log_w: np.ndarray, proposed: np.ndarray,
-          tau: float, rngs: dict[Any, np.random.Generator], resamples: dict[Any, int]
-          ) -> tuple[Chains, dict[Any, SMCStats]]:
-    """The finished particles as chains: each slot's answer, then the one a systematic resampling by
-    the tilted weights ``w · exp(−E/τ)`` put there (what ``ebd_vote`` votes over)."""
-    chains = Chains(states=[], energies=[], accepted=[[] for _ in states], proposed=[int(p) for p in proposed])
-    stats = {}
-    after = np.arange(len(states))
-    for o, idx in groups.items():
-        tilted = log_w[idx] - e[idx] / tau
-        after[idx] = idx[systematic(tilted, rngs[o])]
-        stats[o] = SMCStats(resamples[o], ess_share(tilted))
-    for c, a in enumerate(after):
-        chains.states.append([token_ids(states[c]), token_ids(states[a])])
-        chains.energies.append([float(e[c]), float(e[a])])
-    return chains, stats
+    return book.tilt(states, np.asarray(energy(states), float), tau)
 
 
 def run_smc_problems(
     sampler: ContinuingSampler, tokenizer: Any, params: SamplingParams, prompts: list[list[int]],
     energy: Callable[[list[int], list], np.ndarray], particles: int, block: int, alpha: float, tau: float, seed: int,
-    keys: list[Any], progress: bool = False,
+    keys: list[Any], progress: bool = False, in_loop: bool = True,
 ) -> tuple[list[Chains], list[SMCStats], bool]:
     """Power-SMC on every problem (prompt ids ``prompts[k]``, seeds from ``keys[k]``): ``particles``
     each, grown from the prompt in blocks of ``block`` tokens at ``params.temperature`` (``1/alpha``);
     ``energy(owners, states)`` scores the finished particles (``owners[i]``: state ``i``'s problem
-    index). Up to ``params.batch_size`` unfinished particles are extended per round, problems joining
-    as others finish (:func:`run_smc`); each particle is seeded by its slot and its own round, as
-    the sampler seeds a problem's rows, so a problem's particles do not depend on the batch. Returns
-    the chains, each problem's :class:`SMCStats`, and whether extensions reused the KV caches."""
+    index). Up to ``params.batch_size`` particles decode together, problems joining as others
+    finish; each particle is seeded by its slot and its own blocks, as the sampler seeds a
+    problem's rows, so a problem's particles do not depend on the batch. A
+    :class:`impetus.lm.sampler.ParticleSampler` grows them in its own loop (``in_loop``); any other
+    backend, block by block through ``continue_rows`` (:func:`run_smc`), with the same particles.
+    Returns the chains, each problem's :class:`SMCStats`, and whether the KV caches were reused."""
+    if tau <= 0:
+        raise ValueError(f"need tau > 0, got {tau}")
     owners = [k for k in range(len(prompts)) for _ in range(particles)]
     seeds = [row_seed(stable_seed(seed, keys[k]), j) for k in range(len(prompts)) for j in range(particles)]
-    propose = Proposer(sampler, tokenizer, params, [prompts[k] for k in owners], seeds)
+    rngs = {k: np.random.default_rng([seed, k]) for k in range(len(prompts))}
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(prompts), unit="problem", desc=f"Power-SMC: {particles} particles per problem")
+    on_done = bar.update if bar is not None else None
+    if in_loop and isinstance(sampler, ParticleSampler):
+        book, cap = Book(owners, rngs), params.max_new_tokens
+
+        def resample(k: int, views: list[Particle]) -> np.ndarray | None:
+            return book.observe(k, [log_weight(v.lse, v.lse_temp, v.n_tokens, v.finished, alpha, cap) for v in views],
+                                [v.n_tokens for v in views], [v.finished for v in views])
+
+        gens = sampler.sample_particles(prompts, replace(params, n=particles),
+                                        [seeds[k * particles: (k + 1) * particles] for k in range(len(prompts))],
+                                        block, resample, on_done)
+        states = [generated_trace(g) for gs in gens for g in gs]
+        every, by_owner = book.tilt(states, np.asarray(energy(owners, states), float), tau)
+        reuse = True
+    else:
+        every, by_owner, reuse = _by_blocks(sampler, tokenizer, params, prompts, energy, owners, seeds, rngs, block,
+                                            alpha, tau, on_done)
+    if bar is not None:
+        bar.close()
+    chains = [every.subset([c for c, o in enumerate(owners) if o == k]) for k in range(len(prompts))]
+    return chains, [by_owner[k] for k in range(len(prompts))], reuse
+
+
+def _by_blocks(sampler: ContinuingSampler, tokenizer: Any, params: SamplingParams, prompts: list[list[int]],
+               energy: Callable[[list[int], list], np.ndarray], owners: list[int], seeds: list[int],
+               rngs: dict[Any, np.random.Generator], block: int, alpha: float, tau: float,
+               on_done: Callable[[int], None] | None) -> tuple[Chains, dict[Any, SMCStats], bool]:
+    """:func:`run_smc` through ``continue_rows`` (:meth:`impetus.decoding.proposals.Proposer.extend`),
+    each problem's particles starting from its encoded prompt."""
+    propose = Proposer(sampler, tokenizer, params, [prompts[k] for k in owners], seeds)
 
     def start(k: int) -> Any:
         return sampler.encode_answers(prompts[k], [[]], keep_past=propose.reuse_cache,
@@ -185,9 +248,5 @@ def run_smc_problems(
 
     every, by_owner = run_smc(start, owners, partial(propose.extend, block=block),
                               partial(trace_log_weight, alpha=alpha, cap=params.max_new_tokens), partial(energy, owners),
-                              tau, {k: np.random.default_rng([seed, k]) for k in range(len(prompts))},
-                              max_rows=params.batch_size, on_done=bar.update if bar is not None else None)
-    if bar is not None:
-        bar.close()
-    chains = [every.subset([c for c, o in enumerate(owners) if o == k]) for k in range(len(prompts))]
-    return chains, [by_owner[k] for k in range(len(prompts))], propose.reuse_cache
+                              tau, rngs, max_rows=params.batch_size, on_done=on_done)
+    return every, by_owner, propose.reuse_cache

@@ -37,8 +37,8 @@ from impetus.lm.kv_cache import (GrowLayer, RowPast, compact_layers, forward, me
 from impetus.lm.nucleus import force_tokens
 from impetus.lm.nucleus import sample_tokens as _sample_tokens
 from impetus.lm.recording import RowRecord, last_state_hook, layer_state_hook, tempered_lse
-from impetus.lm.rows import AnswerSpan, Row, check_stop, finish_row, pooled_record
-from impetus.lm.sampler import Generation, ProgressFn, Prompt, SamplingParams, row_seed
+from impetus.lm.rows import AnswerSpan, Row, advance, pooled_record
+from impetus.lm.sampler import Generation, ProgressFn, Prompt, Resample, SamplingParams, row_seed
 from impetus.lm.trace import Trace
 
 @dataclass
@@ -232,6 +232,13 @@ class HFSampler:
         return encode_traces(self.model, self.tok, list(prompt), answers, keep_past=keep_past, temperature=temperature,
                              layers=self.layers)
 
+    def sample_particles(self, prompts: list[list[int]], params: SamplingParams, seeds: list[list[int]], block: int,
+                         resample: Resample, on_done: Callable[[int], None] | None = None) -> list[list[Generation]]:
+        """Power-SMC's particles in one decoding loop (:func:`impetus.lm.hf_particles.sample_particles`)."""
+        from impetus.lm.hf_particles import sample_particles
+
+        return sample_particles(self, prompts, params, seeds, block, resample, on_done)
+
     def state_logits(self, states: torch.Tensor) -> torch.Tensor:
         """The logits the model's forward makes of given last-layer states (differentiable): the LM
         head, then Gemma 2's final logit soft-capping ``cap * tanh(logits / cap)`` where the config
@@ -322,23 +329,11 @@ class HFSampler:
             stats = stats.tolist() if stats is not None else [None] * len(rows)
             done, tails = 0, {}
             for i, r, t, lp, st in zip(idx, rows, toks.tolist(), lps.tolist(), stats):
-                if st is not None:
-                    r.rec.lse.append(st[0])
-                    r.rec.lse_temp.append(st[3])
-                if t in self.eos_ids:
-                    finish_row(self.tok, r, "eos", None)
-                else:
-                    r.ids.append(t)
-                    r.logps.append(lp)
-                    if st is not None:
-                        r.rec.tok_logit.append(st[1])
-                        r.rec.deepconf.append(st[2])
-                    if not (max_stop and check_stop(self.tok, r, params.stop, max_stop)):
-                        if len(r.ids) < r.cap:
-                            continue
-                        finish_row(self.tok, r, "length", None)
-                        if call.record:  # one more forward of its last token gives lse after it
-                            tails[i] = r
+                end = advance(self.tok, r, t, lp, st, self.eos_ids, params.stop, max_stop)
+                if end is None:
+                    continue
+                if end == "length" and call.record:  # one more forward of its last token gives lse after it
+                    tails[i] = r
                 if call.keep_past:  # the cache holds the prompt and every token but this step's
                     r.past = row_past(cache.layers, mask, i)
                 slots[i] = None

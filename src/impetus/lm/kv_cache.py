@@ -210,3 +210,13 @@ def stack_caches(cache: Any, mask: torch.Tensor, c2: Any, m2: torch.Tensor) -> t
             kb, vb = F.pad(b.keys, (0, 0, length - lb, 0)), F.pad(b.values, (0, 0, length - lb, 0))
             a.keys, a.values = torch.cat([ka, kb]), torch.cat([va, vb])
     return torch.cat([F.pad(mask, (length - la, 0)), F.pad(m2, (length - lb, 0))])
+
+
+def copy_rows(cache: Any, dst: torch.Tensor, src: torch.Tensor) -> None:
+    """Batch rows ``dst`` of every layer become copies of rows ``src``, in place: only the rows that
+    change are written (Power-SMC's resampling, :mod:`impetus.lm.hf_particles`). All of ``src`` is
+    read before anything is written, so a row may be both a source and a destination."""
+    for layer in cache.layers:
+        k, v = (layer._k, layer._v) if isinstance(layer, GrowLayer) else (layer.keys, layer.values)
+        k[dst] = k[src]
+        v[dst] = v[src]

@@ -88,7 +88,8 @@ def finalize(rec: RowRecord, n_tokens: int, answer_span: tuple[int, int] | None,
     ``answer_span`` is the answer's *token* span (None: not found); the answer state follows the
     teacher-forced rule of :func:`impetus.lm.scoring.score_candidates`: the state at the span's
     last token, else at the last token; with no token at all, the last prompt token's state.
-    ``keep_states`` adds ``states``, every kept token's state (``[T, H]``), for continuing.
+    ``keep_states`` adds ``states``, every kept token's state (``[T, H]``), for continuing, and the last
+    prompt token's (``prompt_state``; ``prompt_states_l<k>`` per further layer).
     """
     T = int(n_tokens)
     if len(rec.lse) < T + 1 or len(rec.states) < T:
@@ -112,6 +113,10 @@ def finalize(rec: RowRecord, n_tokens: int, answer_span: tuple[int, int] | None,
         out["states"] = states.float().numpy() if T else np.zeros((0, width), np.float32)
         for k, seq in rec.layer_states.items():  # each further layer's too (traces: V2, EBD)
             out[f"states_l{k}"] = torch.stack(seq[:T]).float().numpy() if T else np.zeros((0, width), np.float32)
+        if rec.prompt_state is not None:  # a trace's T = 0 fallback (Power-SMC's particles start at the prompt)
+            out["prompt_state"] = rec.prompt_state.float().numpy()
+        for k, h in rec.prompt_layer_state.items():
+            out[f"prompt_states_l{k}"] = h.float().numpy()
     return out
 
 

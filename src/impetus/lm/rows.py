@@ -53,6 +53,30 @@ def pooled_record(tok: Any, r: Row, answer_span: AnswerSpan | None, keep_states:
     return out
 
 
+def advance(tok: Any, r: Row, t: int, lp: float, st: list[float] | None, eos_ids: set[int], stops: list[str],
+            max_stop: int) -> str | None:
+    """Row ``r`` takes its sampled token ``t`` (log-prob ``lp``; ``st``: the step's recorded statistics,
+    :func:`impetus.lm.recording.step_stats`, or None): how it ended (``"eos"``, ``"stop"``,
+    ``"length"``, frozen by :func:`finish_row`), or None while it goes on."""
+    if st is not None:
+        r.rec.lse.append(st[0])
+        r.rec.lse_temp.append(st[3])
+    if t in eos_ids:
+        finish_row(tok, r, "eos", None)
+        return "eos"
+    r.ids.append(t)
+    r.logps.append(lp)
+    if st is not None:
+        r.rec.tok_logit.append(st[1])
+        r.rec.deepconf.append(st[2])
+    if max_stop and check_stop(tok, r, stops, max_stop):
+        return "stop"
+    if len(r.ids) < r.cap:
+        return None
+    finish_row(tok, r, "length", None)
+    return "length"
+
+
 def check_stop(tok: Any, r: Row, stops: list[str], max_stop: int) -> bool:
     """Finish ``r`` if its decoded text now contains a stop string; only new text is searched."""
     text = tok.decode(r.ids, skip_special_tokens=False)

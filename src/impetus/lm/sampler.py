@@ -7,7 +7,9 @@ protocols below, and obtain a backend with ``get_sampler(name, model, tokenizer)
 - :class:`ContinuingSampler` also continues rows from a kept cache with per-row caps and encodes
   given answers into continuable :class:`impetus.lm.trace.Trace` s (EBD's proposals);
 - :class:`LatentSampler` also decodes given last-layer states to logits, differentiably (V2's
-  latent optimisation).
+  latent optimisation);
+- :class:`ParticleSampler` also grows and resamples particles in one decoding loop (Power-SMC;
+  optional: EBD falls back to ``continue_rows``).
 
 EBD and V2 (``impetus.decoding``, ``impetus.latent``) use these protocols only, never a backend
 class, so a new backend serves them by implementing the methods below.
@@ -217,6 +219,47 @@ class LatentSampler(ContinuingSampler, Protocol):
 
     def state_logits(self, states: torch.Tensor) -> torch.Tensor:
         """Next-token logits ``[..., V]`` of given last-layer states, differentiable in ``states``."""
+        ...
+
+
+@dataclass
+class Particle:
+    """One particle of a :class:`ParticleSampler` at a block boundary: its answer so far (``n_tokens``
+    kept tokens), every step's raw ``lse`` and tempered ``lse_temp`` so far (one per token; when it
+    has finished, the ending step's too, as in :class:`impetus.lm.trace.Trace`), and whether it has
+    finished (EOS, a stop string or the length cap)."""
+
+    n_tokens: int
+    lse: Sequence[float]
+    lse_temp: Sequence[float]
+    finished: bool
+
+
+Resample = Callable[[int, "list[Particle]"], "Sequence[int] | None"]
+"""``resample(prompt_index, particles) -> ancestors``: called at each of a prompt's block boundaries
+and once when its last particle has finished; particle ``j`` then becomes a copy of particle
+``ancestors[j]`` (its tokens, record and cache); None: keep them all."""
+
+
+@runtime_checkable
+class ParticleSampler(ContinuingSampler, Protocol):
+    """A continuing backend that resamples particles inside its own decoding loop (Power-SMC,
+    :mod:`impetus.decoding.smc`): one prefill per prompt and one batch cache, rows copied by ancestor
+    at block boundaries, instead of one ``continue_rows`` call (and cache copy) per block. Backends
+    without it serve Power-SMC through ``continue_rows``, with the same particles."""
+
+    def sample_particles(
+        self, prompts: Sequence[Sequence[int]], params: SamplingParams, seeds: list[list[int]], block: int,
+        resample: Resample, on_done: Callable[[int], None] | None = None,
+    ) -> list[list[Generation]]:
+        """``params.n`` particles per token-id prompt, all of a prompt's particles in one batch. A
+        prompt's unfinished particles grow together, one token per step; after every ``block``
+        steps (and when its last particle finishes) ``resample`` sees them. Particle ``j`` of prompt
+        ``i`` draws the ``b``-th block it decodes (b = 0, 1, …) from a generator seeded
+        ``row_seed(seeds[i][j] + b, 0)``, as ``continue_rows`` would for that block, so the particles do
+        not depend on which prompts share the batch. Records as ``continue_rows`` records, plus the
+        last prompt token's states (``prompt_state``, ``prompt_states_l<k>``). ``on_done(k)``: k
+        prompts finished."""
         ...
 
 

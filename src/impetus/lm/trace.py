@@ -67,6 +67,21 @@ def continued(prefix: Trace, t: int, gen: Generation) -> Trace:
                  layer_states=_spliced_layers(prefix, t, rec), prompt_layer_states=prefix.prompt_layer_states)
 
 
+def generated_trace(gen: Generation) -> Trace:
+    """The trace of a whole answer sampled after its prompt with its states kept (a particle of
+    :meth:`impetus.lm.sampler.ParticleSampler.sample_particles`); no cache."""
+    rec = gen.record
+    if rec is None or "prompt_state" not in rec:
+        raise ValueError("the answer was sampled without recording its states (use sample_particles)")
+    layers = {int(k[len("prompt_states_l"):]): v for k, v in rec.items() if k.startswith("prompt_states_l")}
+    empty = Trace(ids=[], lse=np.zeros(0, np.float32), tok_logit=np.zeros(0, np.float32),
+                  deepconf=np.zeros(0, np.float32), states=np.zeros((0, len(rec["prompt_state"])), np.float32),
+                  prompt_state=rec["prompt_state"], lse_temp=np.zeros(0, np.float32),
+                  layer_states={k: np.zeros((0, len(v)), np.float32) for k, v in layers.items()},
+                  prompt_layer_states=layers)
+    return replace(continued(empty, 0, gen), past=None)
+
+
 def _spliced_layers(prefix: Trace, t: int, rec: dict[str, Any]) -> dict[int, np.ndarray]:
     """Each recorded further layer's states: the prefix's first ``t`` and the continuation's (a layer
     the prefix lacks is kept only when nothing of the prefix is)."""
