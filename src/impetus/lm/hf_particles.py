@@ -65,7 +65,8 @@ def _become(r: Row, a: Row) -> dict[str, Any]:
 
 
 class _Loop:
-    """The batch: ``slots[i]`` is the row in batch position ``i`` (None: a finished problem's, to drop)."""
+    """The batch: ``slots[i]`` is the unfinished particle's row in batch position ``i`` (None: a slot whose
+    particle has finished, dropped at the next compaction or reused by a resampling copy)."""
 
     def __init__(self, s: HFSampler, prompts: list[list[int]], params: SamplingParams, seeds: list[list[int]],
                  block: int, resample: Resample, on_done: Callable[[int], None] | None, state: Any, layer_state: Any):
