@@ -23,31 +23,28 @@ from impetus.lm.sampler import ContinuingSampler, SamplingParams
 from impetus.lm.trace import Trace, continued, cut_at_stop
 
 
-def trace_log_norm(trace: Trace, alpha: float, cap: int) -> np.ndarray:
-    """``log Z_i = lse_temp_i − α·lse_i`` of each step that produced ``trace``'s answer at temperature
-    1/α: one per token, plus the ending step unless the length cap ended it (``len == cap``): the
-    :data:`impetus.decoding.mh.LogNorm` of a power-target chain. Exact for answers ended by EOS or a
-    one-token stop string; for a longer stop string the steps after its first token are left out."""
-    if trace.lse_temp is None:
-        raise ValueError("this trace has no tempered log-normalisers (lse_temp): its backend did not record them")
-    z = np.asarray(trace.lse_temp, float) - alpha * np.asarray(trace.lse, float)
-    return z[: len(trace)] if len(trace) >= cap else z
-
-
-def log_weight(lse: Sequence[float], lse_temp: Sequence[float] | None, n: int, finished: bool, alpha: float,
-               cap: int) -> float:
-    """``Σ log Z_i`` over the steps that produced an answer of ``n`` tokens so far, ``log Z_i =
-    lse_temp_i − α·lse_i`` (:func:`trace_log_norm`): its tokens' steps, and the step after them when
-    the model ended it (``finished`` below the cap ``cap``). Power-SMC's particle weight toward ``p^α``."""
+def log_norms(lse: Sequence[float], lse_temp: Sequence[float] | None, n: int, ended: bool, alpha: float,
+              cap: int) -> np.ndarray:
+    """``log Z_i = lse_temp_i − α·lse_i`` of each step that produced an answer of ``n`` tokens at
+    temperature 1/α: one per token, plus the ending step when the model ``ended`` it below the length
+    cap (an answer at ``n == cap`` was ended by the cap, with no ending step)."""
     if lse_temp is None:
         raise ValueError("no tempered log-normalisers (lse_temp): the backend did not record them")
-    m = n + 1 if finished and n < cap else n
-    return float(np.sum(np.asarray(lse_temp[:m], float) - alpha * np.asarray(lse[:m], float)))
+    m = n + 1 if ended and n < cap else n
+    return np.asarray(lse_temp[:m], float) - alpha * np.asarray(lse[:m], float)
+
+
+def trace_log_norm(trace: Trace, alpha: float, cap: int) -> np.ndarray:
+    """:func:`log_norms` of a complete trace: the :data:`impetus.decoding.mh.LogNorm` of a power-target
+    chain. Exact for answers ended by EOS or a one-token stop string; for a longer stop string the steps
+    after its first token are left out."""
+    return log_norms(trace.lse, trace.lse_temp, len(trace), True, alpha, cap)
 
 
 def trace_log_weight(trace: Trace, finished: bool, alpha: float, cap: int) -> float:
-    """:func:`log_weight` of a trace (:data:`impetus.decoding.smc.LogWeight`)."""
-    return log_weight(trace.lse, trace.lse_temp, len(trace), finished, alpha, cap)
+    """``Σ log Z_i`` over the steps that produced ``trace`` so far (:func:`log_norms`; the ending step
+    only when ``finished``): Power-SMC's particle weight toward ``p^α`` (:data:`impetus.decoding.smc.LogWeight`)."""
+    return float(log_norms(trace.lse, trace.lse_temp, len(trace), finished, alpha, cap).sum())
 
 
 def trace_token_logq(trace: Trace, t: int, temperature: float) -> float:

@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from impetus.decoding.mh import Chains, token_ids
-from impetus.decoding.proposals import Proposer, log_weight, trace_log_weight
+from impetus.decoding.proposals import Proposer, log_norms, trace_log_weight
 from impetus.lm.runner import stable_seed
 from impetus.lm.sampler import ContinuingSampler, Particle, ParticleSampler, SamplingParams, row_seed
 from impetus.lm.trace import generated_trace
@@ -216,7 +216,8 @@ def run_smc_problems(
         book, cap = Book(owners, rngs), params.max_new_tokens
 
         def resample(k: int, views: list[Particle]) -> np.ndarray | None:
-            return book.observe(k, [log_weight(v.lse, v.lse_temp, v.n_tokens, v.finished, alpha, cap) for v in views],
+            return book.observe(k, [float(log_norms(v.lse, v.lse_temp, v.n_tokens, v.finished, alpha, cap).sum())
+                                    for v in views],
                                 [v.n_tokens for v in views], [v.finished for v in views])
 
         gens = sampler.sample_particles(prompts, replace(params, n=particles),
