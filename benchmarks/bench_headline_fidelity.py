@@ -53,23 +53,18 @@ def _catalog():
     return ctx.catalog, ctx.params
 
 
-def _pick_accuracy(df: pd.DataFrame, col: str) -> pd.Series:
-    """Per problem: whether its lowest-``col`` candidate is right (ties: the first sample)."""
-    order = df.sort_values([col, "sample_idx"], kind="mergesort")
-    return order.groupby("problem_id", sort=True)["correct"].first().astype(float)
+def _pick_correct(df: pd.DataFrame, col: str) -> pd.Series:
+    """Per problem: whether its lowest-``col`` candidate is right (the report's argmin rule)."""
+    from impetus.selection.rules import select_argmin, selection_correct
 
-
-def _paired(a: pd.Series, b: pd.Series, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    d = (a - b).to_numpy()
-    rng = np.random.default_rng(seed)
-    boots = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)
-    return float(d.mean()), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
+    return selection_correct(df, select_argmin(df, col)).astype(float)
 
 
 def main() -> None:
     from impetus.learned.fitting import LearnedScorers, score_split
     from impetus.lm.scoring import score_table
     from impetus.pipelines.utils import load_base_lm, load_base_tokenizer
+    from impetus.selection.metrics import paired_bootstrap
 
     catalog, params = _catalog()
     graded, prompts, problems = (catalog.load(f"{k}_eval") for k in ("graded", "prompts", "problems"))
@@ -104,8 +99,9 @@ def main() -> None:
             continue
         r = pearsonr(a[ok], b[ok])[0]
         rho, same = within_problem(np.nan_to_num(a, nan=1e9), np.nan_to_num(b, nan=1e9), groups, texts)
-        acc_a, acc_b = _pick_accuracy(rec, c), _pick_accuracy(tf, c)
-        d, lo, hi = _paired(acc_a, acc_b)
+        acc_a, acc_b = _pick_correct(rec, c), _pick_correct(tf, c)
+        diff = paired_bootstrap(acc_a.to_numpy(), acc_b.reindex(acc_a.index).to_numpy())
+        d, lo, hi = diff["mean_diff"], diff["lo"], diff["hi"]
         mark = "yes" if c in shortlist else ""
         print(f"| {c} | {mark} | {r:.4f} | {rho:.3f} | {same:.3f} | {100 * acc_a.mean():.1f} | "
               f"{100 * acc_b.mean():.1f} | {100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] |")
