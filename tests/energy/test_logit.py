@@ -9,6 +9,7 @@ from torch.testing import assert_close
 from impetus.energy import (
     ENERGY_COLUMNS,
     FILL_VALUE,
+    candidate_energy_columns,
     candidate_energy_row,
     group_confidences,
     logit_energies,
@@ -134,3 +135,46 @@ def test_candidate_energy_row_fallbacks():
     row = candidate_energy_row(empty, None, 0)
     assert row["empty_completion"] is True
     assert all(row[c] == FILL_VALUE for c in ENERGY_COLUMNS)
+
+
+def _reference_row(per: dict, span, T: int, window: int, tail: int) -> dict:
+    """The columns from the per-sequence helpers, one completion at a time (the formulas as written)."""
+    s, e, found = 0, T, False
+    if span is not None and min(T, span[1]) > max(0, span[0]):
+        s, e, found = max(0, span[0]), min(T, span[1]), True
+    sp, mg, sp_all = pool_span(per["spilled"], s, e), pool_span(per["marginal"], s, e), pool_span(per["spilled"], 0, T)
+    lp, conf = per["logprob"][:T], per["deepconf"][:T]
+    row = {"spilled_max": sp["max"], "spilled_mean": sp["mean"], "spilled_min": sp["min"],
+           "marginal_max": mg["max"], "marginal_mean": mg["mean"], "marginal_min": mg["min"],
+           "spilled_max_all": sp_all["max"], "spilled_mean_all": sp_all["mean"],
+           "neg_logprob_mean": -float(lp.mean()) if T else math.nan,
+           "neg_logprob_min": -float(lp.min()) if T else math.nan,
+           "neg_logprob_answer": -float(lp[s:e].mean()) if e > s else math.nan,
+           "neg_deepconf_mean": -float(conf.mean()) if T else math.nan,
+           "neg_deepconf_lowest_group": -lowest_group_confidence(conf, window),
+           "neg_deepconf_tail": -tail_confidence(conf, tail)}
+    row = {k: v if math.isfinite(v) else FILL_VALUE for k, v in row.items()}
+    return {**row, "answer_span_found": found, "empty_completion": T == 0}
+
+
+@pytest.mark.parametrize("window,tail", [(16, 32), (3, 2), (1, 1)])
+def test_candidate_energy_columns_equal_one_completion_at_a_time(window, tail):
+    """The vectorised pooling over a right-padded batch gives each completion's row as the
+    per-sequence helpers do: ragged lengths, empty completions, spans missing, outside or clipped,
+    rows shorter than the DeepConf window or tail, and padding filled with garbage."""
+    g = torch.Generator().manual_seed(3)
+    lengths = [0, 1, 2, 5, 17, 40, 3, 9]
+    spans = [None, (0, 1), (5, 9), (1, 4), (10, 30), None, (2, 2), (-2, 3)]
+    width = max(lengths)
+    per = {k: torch.randn(len(lengths), width, generator=g) * 3 for k in ("spilled", "marginal", "logprob", "deepconf")}
+    for k in per:
+        for i, t in enumerate(lengths):
+            per[k][i, t:] = float("nan")  # nothing beyond a row's T may leak into its energies
+    cols = candidate_energy_columns(per, spans, lengths, window, tail)
+    for i, (t, span) in enumerate(zip(lengths, spans)):
+        ref = _reference_row({k: v[i, :t] for k, v in per.items()}, span, t, window, tail)
+        for k, v in ref.items():
+            assert cols[k][i] == pytest.approx(v, rel=1e-5, abs=1e-5), (i, k)
+    assert cols["empty_completion"].tolist() == [t == 0 for t in lengths]
+    with pytest.raises(ValueError, match="per-token values"):
+        candidate_energy_columns({k: v[:, :5] for k, v in per.items()}, spans, lengths)

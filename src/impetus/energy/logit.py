@@ -32,7 +32,9 @@ teacher-forced pass, :func:`logit_energies`, or of the sampler's recording,
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -187,16 +189,67 @@ def candidate_energy_row(
 ) -> dict[str, float | bool]:
     """Pool per-token quantities into one row of candidate energies (**lower = better** everywhere).
 
-    Args:
-        per_token: output of :func:`logit_energies` for one completion (1-D tensors of length T).
-        answer_span: completion *token* indices ``[start, end)`` of the extracted answer, or
-            ``None`` when no answer was located (then the whole completion is pooled).
-        n_completion_tokens: ``T``; used to validate the span and for the fallback.
-        window, tail: DeepConf group window and tail length.
+    One completion's row of :func:`candidate_energy_columns` (see there for the columns, signs and
+    fallbacks). ``per_token``: output of :func:`logit_energies` for one completion (1-D tensors of
+    length ``>= T``); ``answer_span``: completion *token* indices ``[start, end)`` of the extracted
+    answer, or ``None``; ``n_completion_tokens``: ``T``.
+    """
+    cols = candidate_energy_columns({k: v.reshape(1, -1) for k, v in per_token.items()}, [answer_span],
+                                    [n_completion_tokens], window, tail)
+    return {k: bool(v[0]) if k in FLAG_COLUMNS else float(v[0]) for k, v in cols.items()}
 
-    Columns and signs:
+
+def _pool(values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per row: min, max and mean of ``values`` where ``mask``; NaN for a row with an empty mask."""
+    inf = torch.tensor(math.inf, dtype=values.dtype)
+    empty = ~mask.any(dim=-1)
+    low = torch.where(mask, values, inf).amin(dim=-1).masked_fill(empty, math.nan)
+    high = torch.where(mask, values, -inf).amax(dim=-1).masked_fill(empty, math.nan)
+    mean = torch.where(mask, values, 0.0).sum(dim=-1) / mask.sum(dim=-1)  # 0/0 = NaN when empty
+    return low, high, mean
+
+
+def _deepconf_groups(conf: Tensor, n_tok: Tensor, window: int, tail: int) -> tuple[Tensor, Tensor]:
+    """Per row: the lowest sliding-window mean confidence and the mean of the last ``tail`` tokens
+    (:func:`lowest_group_confidence`, :func:`tail_confidence`), from one cumulative sum; the window
+    and the tail are shortened to a shorter row's length, and an empty row gives NaN."""
+    width = conf.shape[-1]
+    cum = torch.cat([conf.new_zeros(conf.shape[0], 1), conf.cumsum(dim=-1)], dim=-1)  # [N, W + 1]
+    w = n_tok.clamp(max=max(1, int(window))).clamp(min=1)[:, None]
+    start = torch.arange(width)[None]
+    means = (cum.gather(1, (start + w).clamp(max=width)) - cum[:, :width]) / w
+    valid = start <= n_tok[:, None] - w
+    lowest = torch.where(valid, means, math.inf).amin(dim=-1).masked_fill(~valid.any(dim=-1), math.nan)
+    t = n_tok.clamp(max=max(1, int(tail)))
+    last = (cum.gather(1, n_tok[:, None]) - cum.gather(1, (n_tok - t)[:, None]))[:, 0] / t
+    return lowest, last.masked_fill(n_tok == 0, math.nan)
+
+
+def candidate_energy_columns(
+    per_token: dict[str, Tensor],
+    answer_spans: Sequence[tuple[int, int] | None],
+    n_completion_tokens: Sequence[int],
+    window: int = DEFAULT_GROUP_WINDOW,
+    tail: int = DEFAULT_TAIL,
+) -> dict[str, np.ndarray]:
+    """Candidate energies of many completions at once, one array per column (**lower = better**).
+
+    Vectorised over candidates: pooling 800 recorded candidates one by one cost ~0.1 s of small
+    torch ops, 0.4% of the default run's sampling time, most of it per-op overhead.
+
+    Args:
+        per_token: :func:`logit_energies` / :func:`per_token_from_record` quantities as right-padded
+            ``[N, W]`` tensors; row ``i``'s entries beyond ``n_completion_tokens[i]`` are ignored.
+        answer_spans: per completion, the *token* indices ``[start, end)`` of the extracted answer,
+            or ``None`` when no answer was located (then the whole completion is pooled, as is a span
+            outside ``[0, T)``).
+        n_completion_tokens: ``T`` per completion (``<= W``).
+        window, tail: DeepConf group window and tail length, shortened to ``T`` for shorter rows.
+
+    Columns and signs (pooled in float64):
         * ``spilled_{max,mean,min}``: Spilled Energy pooled over the answer span. Used as is:
-          a larger spill means a likelier error (arXiv:2602.18671).
+          a larger spill means a likelier error (arXiv:2602.18671; the authors pool over the exact
+          answer tokens with mean/max/min, their ``compute_token_metrics``).
         * ``marginal_{max,mean,min}``: marginal energy ``-logsumexp`` over the answer span, as is
           (higher energy = less plausible, arXiv:2602.18671).
         * ``spilled_{max,mean}_all``: Spilled Energy pooled over the whole completion, as is.
@@ -211,41 +264,37 @@ def candidate_energy_row(
         * ``empty_completion`` (bool flag): ``T == 0``; every energy is then :data:`FILL_VALUE`
           (a large finite number, so the candidate ranks last and no NaN leaks downstream).
     """
-    T = int(n_completion_tokens)
-    found = False
-    s, e = 0, T
-    if answer_span is not None:
-        a, b = max(0, int(answer_span[0])), min(T, int(answer_span[1]))
-        if b > a:
-            s, e, found = a, b, True
-    sp = pool_span(per_token["spilled"], s, e)
-    mg = pool_span(per_token["marginal"], s, e)
-    sp_all = pool_span(per_token["spilled"], 0, T)
-    conf = per_token["deepconf"][:T]
-    lp = per_token["logprob"][:T].float()
-    row: dict[str, float | bool] = {
-        "spilled_max": sp["max"],
-        "spilled_mean": sp["mean"],
-        "spilled_min": sp["min"],
-        "marginal_max": mg["max"],
-        "marginal_mean": mg["mean"],
-        "marginal_min": mg["min"],
-        "spilled_max_all": sp_all["max"],
-        "spilled_mean_all": sp_all["mean"],
-        "neg_logprob_mean": -float(lp.mean()) if T else math.nan,
-        "neg_logprob_min": -float(lp.min()) if T else math.nan,
-        "neg_logprob_answer": -float(lp[s:e].mean()) if e > s else math.nan,
-        "neg_deepconf_mean": -float(conf.float().mean()) if T else math.nan,
-        "neg_deepconf_lowest_group": -lowest_group_confidence(conf, window),
-        "neg_deepconf_tail": -tail_confidence(conf, tail),
+    n_tok = torch.as_tensor(list(n_completion_tokens), dtype=torch.long)
+    width = per_token["spilled"].shape[-1]
+    if len(n_tok) and int(n_tok.max()) > width:
+        raise ValueError(f"a completion of {int(n_tok.max())} tokens has only {width} per-token values")
+    pad = max(1, width)  # a zero-width batch (all completions empty) still pools to NaN rows
+    per = {k: torch.nn.functional.pad(v.double(), (0, pad - width)) for k, v in per_token.items()}
+    a = torch.tensor([-1 if sp is None else max(0, int(sp[0])) for sp in answer_spans], dtype=torch.long)
+    b = torch.minimum(torch.tensor([-1 if sp is None else int(sp[1]) for sp in answer_spans], dtype=torch.long), n_tok)
+    found = (a >= 0) & (b > a)
+    s, e = torch.where(found, a, 0), torch.where(found, b, n_tok)
+    pos = torch.arange(pad)[None]
+    span, whole = (pos >= s[:, None]) & (pos < e[:, None]), pos < n_tok[:, None]
+    sp_min, sp_max, sp_mean = _pool(per["spilled"], span)
+    mg_min, mg_max, mg_mean = _pool(per["marginal"], span)
+    _, all_max, all_mean = _pool(per["spilled"], whole)
+    lp_min, _, lp_mean = _pool(per["logprob"], whole)
+    conf = torch.where(whole, per["deepconf"], 0.0)
+    lowest, last = _deepconf_groups(conf, n_tok, window, tail)
+    cols = {
+        "spilled_max": sp_max, "spilled_mean": sp_mean, "spilled_min": sp_min,
+        "marginal_max": mg_max, "marginal_mean": mg_mean, "marginal_min": mg_min,
+        "spilled_max_all": all_max, "spilled_mean_all": all_mean,
+        "neg_logprob_mean": -lp_mean, "neg_logprob_min": -lp_min,
+        "neg_logprob_answer": -_pool(per["logprob"], span)[2],
+        "neg_deepconf_mean": -_pool(conf, whole)[2],
+        "neg_deepconf_lowest_group": -lowest, "neg_deepconf_tail": -last,
     }
     # Fill anything non-finite (empty completion, or inf logits) so downstream never sees NaN.
-    for key in ENERGY_COLUMNS:
-        v = float(row[key])
-        row[key] = v if math.isfinite(v) else FILL_VALUE
-    row["answer_span_found"] = found
-    row["empty_completion"] = T == 0
-    return row
+    out = {k: np.where(np.isfinite(v.numpy()), v.numpy(), FILL_VALUE) for k, v in cols.items()}
+    return {**{k: out[k] for k in ENERGY_COLUMNS}, "answer_span_found": found.numpy(),
+            "empty_completion": (n_tok == 0).numpy()}
 
 
 def per_token_from_record(lse: Tensor, tok_logit: Tensor, deepconf: Tensor) -> dict[str, Tensor]:
@@ -254,13 +303,15 @@ def per_token_from_record(lse: Tensor, tok_logit: Tensor, deepconf: Tensor) -> d
     ``lse`` (T + 1): logsumexp of each step's raw logits, the last one *after* the final token;
     ``tok_logit`` (T): the sampled tokens' raw logits; ``deepconf`` (T): DeepConf confidence.
     Same formulas: spilled ``lse[i+1] - f_i[x_i]`` and marginal ``-lse[i+1]`` (arXiv:2602.18671).
+    Leading dimensions broadcast: right-padded ``[N, W + 1]`` and ``[N, W]`` rows give ``[N, W]``
+    quantities whose entries beyond a row's own ``T`` are meaningless (masked by the pooling).
     """
     lse, tok_logit = lse.float(), tok_logit.float()
     if lse.shape[-1] != tok_logit.shape[-1] + 1:
         raise ValueError(f"lse needs T+1 entries for T tokens; got {tuple(lse.shape)} and {tuple(tok_logit.shape)}")
     return {
-        "spilled": lse[1:] - tok_logit,
-        "marginal": -lse[1:],
-        "logprob": tok_logit - lse[:-1],
+        "spilled": lse[..., 1:] - tok_logit,
+        "marginal": -lse[..., 1:],
+        "logprob": tok_logit - lse[..., :-1],
         "deepconf": deepconf.float(),
     }

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from impetus.energy.logit import ENERGY_COLUMNS, FLAG_COLUMNS, candidate_energy_row, per_token_from_record
+from impetus.energy.logit import (ENERGY_COLUMNS, FLAG_COLUMNS, candidate_energy_columns, candidate_energy_row,
+                                  per_token_from_record)
 
 # The one record schema: what a recording sampler keeps per candidate (``impetus.lm.recording``)
 # and the candidate-table column each value is stored under. Defined here, the lowest layer that
@@ -107,15 +108,41 @@ def recorded_row(lse: Any, tok_logit: Any, deepconf: Any, ends: list[int], char_
     return candidate_energy_row(per_tok, span, int(n_tokens)), span
 
 
+def _padded(arrays: Any, extra: int = 0) -> torch.Tensor:
+    """Ragged 1-D arrays as one right-padded (zeros) float32 ``[N, max length]`` tensor; ``extra``:
+    how many more entries than its token count each array has (``lse``: 1)."""
+    lengths = [len(a) for a in arrays]
+    out = np.zeros((len(lengths), max([extra, *lengths])), np.float32)
+    for i, a in enumerate(arrays):
+        out[i, : lengths[i]] = a
+    return torch.from_numpy(out)
+
+
+def _check_lengths(graded: pd.DataFrame) -> None:
+    """Every record holds ``n_tokens`` values per token array and one more ``lse`` (else a padded
+    batch would silently pool another row's layout); the error names the first bad candidate."""
+    for row in graded[["problem_id", "sample_idx", "n_tokens", "rec_lse", "rec_tok_logit", "rec_deepconf"]].itertuples():
+        t = int(row.n_tokens)
+        if (len(row.rec_lse), len(row.rec_tok_logit), len(row.rec_deepconf)) != (t + 1, t, t):
+            raise ValueError(f"candidate (problem {row.problem_id}, sample {row.sample_idx}): {t} tokens but "
+                             f"{len(row.rec_lse)} lse, {len(row.rec_tok_logit)} tok_logit and "
+                             f"{len(row.rec_deepconf)} deepconf values (expected T + 1, T, T)")
+
+
 def recorded_energies(graded: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Energies table (problem_id, sample_idx, logit energies, flags) and pooled hidden states of a
-    graded candidates table with recorded statistics; the answer span is the graded one."""
+    graded candidates table with recorded statistics; the answer span is the graded one. All
+    candidates are pooled in one vectorised call (:func:`candidate_energy_columns`)."""
     if not has_record(graded):
         raise ValueError("candidates carry no recorded statistics (sampled without recording?); "
                          "use the teacher-forced path (impetus.lm.scoring.score_table)")
-    rows = [recorded_row(r.rec_lse, r.rec_tok_logit, r.rec_deepconf, r.rec_char_ends,
-                         _char_span(r.answer_start, r.answer_end), r.n_tokens)[0] for r in graded.itertuples(index=False)]
-    table = energy_table(rows)
+    _check_lengths(graded)
+    per_tok = per_token_from_record(_padded(graded["rec_lse"], extra=1), _padded(graded["rec_tok_logit"]),
+                                    _padded(graded["rec_deepconf"]))
+    spans = [token_span(list(ends), _char_span(a, b))
+             for ends, a, b in zip(graded["rec_char_ends"], graded["answer_start"], graded["answer_end"])]
+    table = pd.DataFrame(candidate_energy_columns(per_tok, spans, graded["n_tokens"].astype(int).tolist()))
+    table = table.astype({c: np.float64 for c in ENERGY_COLUMNS} | {c: bool for c in FLAG_COLUMNS})
     if is_choices(graded):  # the field's baselines, from the same recorded values
         table = pd.concat([table, loglik_energies(graded).reset_index(drop=True)], axis=1)
     table.insert(0, "problem_id", graded["problem_id"].to_numpy())
