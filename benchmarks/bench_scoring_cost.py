@@ -4,9 +4,11 @@ Usage (after any v1_rerank run: it reads that run's eval candidates, problems an
 
     python benchmarks/bench_scoring_cost.py [--repeats 3]
 
-- TextEBM ensemble: every candidate encoded, against each distinct (problem, completion) once
-  (:func:`impetus.learned.fitting.text_energy_scores`, what the pipeline runs).
-- Embedding consistency: MiniLM in fp32, against bf16 autocast (``energies.embedding_dtype``).
+- TextEBM ensemble: every candidate encoded; each distinct (problem, completion) once in row order,
+  64 a batch (the pipeline before length-sorted scoring); and what the pipeline runs now
+  (:func:`impetus.learned.fitting.text_energy_scores`: distinct rows, length-sorted, 128 a batch).
+- Embedding consistency: MiniLM in fp32, against bf16 autocast (``energies.embedding_dtype``) at 64
+  and at 128 texts a batch (``energies.embedding_batch_size``).
 
 Interleaved repeats in one process; prints each side's seconds and how far the energies moved
 (largest difference, Pearson r, share of problems whose lowest-energy candidate is the same row).
@@ -24,7 +26,8 @@ import pandas as pd
 
 from impetus.energy.consistency import embed_texts, embedding_consistency, load_embedding_model
 from impetus.learned.ensemble import energy_scores
-from impetus.learned.fitting import text_energy_scores, text_inputs
+from impetus.learned.fitting import distinct_rows, text_energy_scores, text_inputs
+from impetus.learned.models import TokenInputs
 from impetus.lm.precision import cpu_bf16_fast_path
 
 from bench_text_ebm import load_eval_run  # the benchmarks folder is on sys.path
@@ -43,6 +46,26 @@ def _compare(name: str, a: np.ndarray, b: np.ndarray, pids: np.ndarray) -> str:
             f"same argmin on {100 * same:.1f}% of problems")
 
 
+class _RowOrder:
+    """Token inputs scored in row order: ``score`` length-sorts only :class:`TokenInputs`."""
+
+    def __init__(self, inputs: TokenInputs):
+        self.inputs = inputs
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __call__(self, idx: np.ndarray):  # noqa: ANN204 - TokenInputs' own return
+        return self.inputs(idx)
+
+
+def _distinct_in_row_order(ens, tok, df: pd.DataFrame, problems: pd.DataFrame) -> np.ndarray:  # noqa: ANN001
+    first, codes = distinct_rows(df, ["problem_id", "completion"])
+    unique = df.iloc[first]
+    inputs = _RowOrder(text_inputs(tok, unique, problems, ens.config.max_len))
+    return energy_scores(ens, inputs, unique["problem_id"].to_numpy(), batch_size=64)[0][codes]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -54,9 +77,12 @@ def main() -> None:
     sides = {
         "TextEBM, every candidate": lambda: energy_scores(ens, text_inputs(tok, df, problems, ens.config.max_len),
                                                           pids, batch_size=64)[0],
+        "TextEBM, distinct, row order": lambda: _distinct_in_row_order(ens, tok, df, problems),
         "TextEBM, distinct rows": lambda: text_energy_scores(ens, tok, df, problems)[0],
         "MiniLM fp32": lambda: embedding_consistency(embed_texts(texts), pids),
         "MiniLM bf16 autocast": lambda: embedding_consistency(embed_texts(texts, dtype="bfloat16"), pids),
+        "MiniLM bf16, batch 128": lambda: embedding_consistency(embed_texts(texts, batch_size=128, dtype="bfloat16"),
+                                                                pids),
     }
     seconds: dict[str, list[float]] = {k: [] for k in sides}
     out = {}
@@ -68,9 +94,13 @@ def main() -> None:
     print(f"{len(df)} candidates of {df['problem_id'].nunique()} problems, {key.nunique()} distinct; "
           f"{len(ens)} TextEBM members ({version}); bf16 fast path: {cpu_bf16_fast_path()[1]}")
     for name, s in seconds.items():
-        print(f"{name:>26}: " + ", ".join(f"{x:.3f}" for x in s) + " s")
+        print(f"{name:>29}: " + ", ".join(f"{x:.3f}" for x in s) + " s")
     print(_compare("TextEBM", out["TextEBM, every candidate"], out["TextEBM, distinct rows"], pids))
+    print(_compare("TextEBM, length-sorted against row order", out["TextEBM, distinct, row order"],
+                   out["TextEBM, distinct rows"], pids))
     print(_compare("embedding consistency", out["MiniLM fp32"], out["MiniLM bf16 autocast"], pids))
+    print(_compare("embedding consistency, batch 128 against 64", out["MiniLM bf16 autocast"],
+                   out["MiniLM bf16, batch 128"], pids))
 
 
 if __name__ == "__main__":

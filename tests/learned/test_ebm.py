@@ -199,3 +199,21 @@ def test_text_ebm_eval_forward_equals_the_full_encoder():
         dropped = model(ids, mask)  # training keeps the full encoder (and its dropout)
     torch.testing.assert_close(fast, full, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(dropped, full, atol=1e-3)
+
+
+def test_score_in_length_order_returns_energies_in_row_order():
+    """``score`` batches token rows by length; each row's energy comes back in its own place, equal to
+    scoring that row alone (a missing un-sort would permute them)."""
+    torch.manual_seed(0)
+    cfg = TextEBMConfig(vocab_size=50, d_model=16, n_layers=2, n_heads=2, d_ff=32, max_len=32, dropout=0.0)
+    model = TextEBM(cfg).eval()
+    lengths = [20, 3, 11, 1, 19, 7, 3, 14]
+    ids = torch.randint(0, 50, (len(lengths), 20))
+    mask = torch.zeros_like(ids)
+    for i, n in enumerate(lengths):
+        mask[i, :n] = 1
+        ids[i, n:] = cfg.pad_id
+    alone = np.array([score(model, (ids[i:i + 1, :n], mask[i:i + 1, :n]), batch_size=1)[0] for i, n in enumerate(lengths)])
+    batched = score(model, TokenInputs(ids, mask), batch_size=3)
+    np.testing.assert_allclose(batched, alone, atol=1e-5, rtol=1e-5)
+    assert len(set(np.round(alone, 4))) == len(lengths)  # distinct energies: a permutation would show

@@ -118,7 +118,8 @@ def text_energy_scores(model: Any, tokenizer: Any, df: pd.DataFrame, problems: p
     first, codes = distinct_rows(df, ["problem_id", "completion"])
     unique = df.iloc[first]
     inputs = text_inputs(tokenizer, unique, problems, model.config.max_len)
-    energy, z = energy_scores(model, inputs, unique["problem_id"].to_numpy(), batch_size=64)
+    # 128 rows a batch: fewer, fuller length-sorted batches (benchmarks/bench_scoring_cost.py).
+    energy, z = energy_scores(model, inputs, unique["problem_id"].to_numpy(), batch_size=128)
     return energy[codes], (None if z is None else z[codes])
 
 

@@ -212,13 +212,20 @@ def as_inputs(x: Any) -> Any:
 def score(model: nn.Module, inputs: Any, batch_size: int = 256, device: str = "cpu") -> np.ndarray:
     """Energies for every row of ``inputs`` (eval mode, no grad) as a float ``np.ndarray``."""
     inputs = as_inputs(inputs)
+    # Token rows go in length order, so each batch is trimmed to rows of about its own length (the
+    # TextEBM's cost grows with the padded width; docs/results.md, "The cost target").
+    order = (np.argsort(inputs.mask.sum(dim=1).numpy(), kind="stable") if isinstance(inputs, TokenInputs)
+             else np.arange(len(inputs)))
     was_training = model.training
     model.eval()
     out = []
     for s in range(0, len(inputs), batch_size):
-        batch = inputs(np.arange(s, min(s + batch_size, len(inputs))))
+        batch = inputs(order[s: s + batch_size])
         out.append(model(*(t.to(device) for t in batch)).float().cpu())
     model.train(was_training)
-    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+    energy = np.zeros(len(inputs), dtype=np.float32)
+    if out:
+        energy[order] = torch.cat(out).numpy()
+    return energy
 
 
