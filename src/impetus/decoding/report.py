@@ -54,20 +54,33 @@ def _chosen(result: Mapping[str, Any]) -> str:
             f"EBD's answer: `{chosen}`.")
 
 
+def _is_smc(result: Mapping[str, Any]) -> bool:
+    return result.get("kernel") == "smc"
+
+
+def _decoding(result: Mapping[str, Any]) -> str:
+    """How the answers' statistics were obtained: MH proposals' cache reuse, or SMC's recording."""
+    if _is_smc(result):
+        return "Particles decode with recording on; their energies are scored from the recorded values."
+    return ("Proposals continue each chain's KV cache and are scored from recorded values."
+            if result.get("reuse_cache") else
+            "This model's cache cannot be continued: proposals re-encode prompt + prefix.")
+
+
 def markdown(result: Mapping[str, Any]) -> str:
     """Methods by accuracy and paired comparisons with CIs."""
+    kind = "Power-SMC" if _is_smc(result) else "block-wise Metropolis–Hastings"
+    legend = ([] if _is_smc(result) else [
+        "`changed`: the share of proposals that differ from the chain's answer; `accepted of changed`: their "
+        "acceptance (an identical proposal is always accepted, so only these show the tilt at work).", ""])
     lines = [
-        "## EBD: block-wise Metropolis–Hastings vs best-of-N and V1 at equal tokens", "",
+        f"## EBD: {kind} vs best-of-N and V1 at equal tokens", "",
         f"{result['n_problems']} eval problems; target p_LM^α·exp(−E/τ) with energy `{result['energy']}`, "
         f"τ = {result['tau']:g}, α = {result['alpha']:g} (proposals at temperature {1 / result['alpha']:.2g}), "
         + _sampler(result) + _latency(result) + f" {_chosen(result)} `name@n`: the V1 method on "
         "each problem's first n candidates, n the smallest whose tokens reach EBD's (best-of-N = argmin of the same "
-        "energy). " + ("Proposals continue each chain's KV cache and are scored from recorded values."
-                       if result.get("reuse_cache") else
-                       "This model's cache cannot be continued: proposals re-encode prompt + prefix.")
-        + (" " + over_budget_note(result, ["ebd"])).rstrip(), "",
-        "`changed`: the share of proposals that differ from the chain's answer; `accepted of changed`: their "
-        "acceptance (an identical proposal is always accepted, so only these show the tilt at work).", "",
+        "energy). " + _decoding(result) + (" " + over_budget_note(result, ["ebd"])).rstrip(), "",
+        *legend,
         "| method | family | acc % | 95% CI | tokens/problem | s/problem | MH acceptance | changed "
         "| accepted of changed |",
         "|---|---|---:|---|---:|---:|---:|---:|---:|",
@@ -94,7 +107,8 @@ def plot_tokens(result: Mapping[str, Any]) -> Figure:
         ax.plot(d["tokens_per_problem"], 100 * d["accuracy"], marker=".", label=f"{name} (V1, n = 1..N)")
     ebd = pd.DataFrame(result["ebd_curve"])
     for name, d in ebd.groupby("method"):
-        ax.plot(d["tokens_per_problem"], 100 * d["accuracy"], marker="*", lw=2, label=f"{name} (per MH step)")
+        ax.plot(d["tokens_per_problem"], 100 * d["accuracy"], marker="*", lw=2,
+                label=f"{name} (Power-SMC)" if _is_smc(result) else f"{name} (per MH step)")
     ax.set(xlabel="generated tokens per problem", ylabel="accuracy (%)", title="EBD vs best-of-N and V1")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
