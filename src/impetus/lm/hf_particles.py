@@ -28,7 +28,7 @@ from torch.profiler import record_function
 from impetus.lm.kv_cache import copy_rows, forward, mergeable, out_cache, stack_caches
 from impetus.lm.nucleus import sample_tokens
 from impetus.lm.recording import RowRecord, last_state_hook, layer_state_hook, tempered_lse
-from impetus.lm.rows import Row, advance, pooled_record
+from impetus.lm.rows import CallOptions, Row, advance, pooled_record
 from impetus.lm.sampler import Generation, Particle, Resample, SamplingParams, row_seed
 
 if TYPE_CHECKING:
@@ -98,16 +98,17 @@ class _Loop:
         dead = len(self.slots) - live
         if dead and (take or dead >= max(1, int(self.bs * self.s.compact_fraction)) or not merge):
             with record_function("impetus.cache"):
-                self.cache, self.mask, self.pos, self.logits = self.s._compact(self.slots, self.cache, self.mask,
-                                                                              self.pos, self.logits)
+                self.cache, self.mask, self.pos, self.logits = self.s.compact(self.slots, self.cache, self.mask,
+                                                                             self.pos, self.logits)
             self.slots = [r for r in self.slots if r is not None]
         if not take:
             return
         new = [self._problem(pending.popleft()) for _ in range(take)]
         every.extend(new)
         rows = [r for p in new for r in p.rows]
+        call = CallOptions(record=True, keep_states=True, state=self.state, layer_state=self.layer_state)
         with record_function("impetus.prefill"):
-            c2, m2, p2, l2 = self.s._prefill(self.prompts, rows, _call(self.state, self.layer_state))
+            c2, m2, p2, l2 = self.s.prefill(self.prompts, rows, call)
         if not self.slots:
             self.cache, self.mask, self.pos, self.logits = c2, m2, p2, l2
         else:
@@ -232,12 +233,6 @@ class _Loop:
         idx = torch.cat([torch.arange(len(self.slots)), torch.tensor(src)]).to(self.logits.device)
         self.cache.batch_select_indices(idx)
         self.mask, self.pos, self.logits = self.mask[idx], self.pos[idx], self.logits[idx]
-
-
-def _call(state: Any, layer_state: Any) -> Any:
-    from impetus.lm.hf_sampler import _Call
-
-    return _Call(record=True, keep_states=True, state=state, layer_state=layer_state)
 
 
 @torch.inference_mode()

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass
 from contextlib import nullcontext
 from typing import Any, Callable
 
@@ -37,23 +36,9 @@ from impetus.lm.kv_cache import (GrowLayer, RowPast, compact_layers, forward, me
 from impetus.lm.nucleus import force_tokens
 from impetus.lm.nucleus import sample_tokens as _sample_tokens
 from impetus.lm.recording import RowRecord, last_state_hook, layer_state_hook, tempered_lse
-from impetus.lm.rows import AnswerSpan, Row, advance, pooled_record
+from impetus.lm.rows import AnswerSpan, CallOptions, Row, advance, pooled_record
 from impetus.lm.sampler import Generation, ProgressFn, Prompt, Resample, SamplingParams, row_seed
 from impetus.lm.trace import Trace
-
-@dataclass
-class _Call:
-    """The options of one ``generate``/``continue_rows`` call, passed down (never kept on ``self``)."""
-
-    record: bool
-    past: list[RowPast] | None = None  # given caches of the prompts' first tokens
-    keep_past: bool = False  # give each row its cache
-    keep_states: bool = False  # keep each row's per-token states in its record
-    forced: list[list[int]] | None = None  # per prompt: tokens its row emits first, recorded as if sampled
-    ban: list[int | None] | None = None  # per prompt: a token its row's first step must not pick
-    state: Callable[[], torch.Tensor | None] = lambda: None  # the last forward's last-layer states
-    layer_state: Callable[[], dict[int, torch.Tensor]] = dict  # and its states at model.hidden_layers
-
 
 def _common_prefix(seqs: list[list[int]]) -> int:
     """Length of the longest token prefix shared by all ``seqs``."""
@@ -109,8 +94,8 @@ class HFSampler:
         self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
         self.device = next(model.parameters()).device
 
-    # ----------------------------------------------------------------- cache helpers
-    def _compact(
+    # ------------------------------------------- batch primitives (this loop's and hf_particles')
+    def compact(
         self, slots: list[Row | None], cache: DynamicCache, mask: torch.Tensor, pos: torch.Tensor,
         logits: torch.Tensor,
     ) -> tuple[DynamicCache, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -125,9 +110,8 @@ class HFSampler:
         compact_layers(cache, sel, start)
         return cache, mask[:, start:], pos, logits
 
-    # ----------------------------------------------------------------- model calls
-    def _prefill(
-        self, prompt_ids: list[list[int]], rows: list[Row], call: _Call
+    def prefill(
+        self, prompt_ids: list[list[int]], rows: list[Row], call: CallOptions
     ) -> tuple[DynamicCache, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Prefill the distinct prompts of ``rows`` once; gather cache/logits to one entry per row.
 
@@ -195,7 +179,7 @@ class HFSampler:
         the full-N candidates. ``answer_span(prompt_index, text)``: the answer's character span,
         for the recorded answer-token state (None: the last token's state).
         """
-        return self._run(prompts, params, seeds, _Call(record=self.record), progress, first_sample, answer_span)
+        return self._run(prompts, params, seeds, CallOptions(record=self.record), progress, first_sample, answer_span)
 
     def continue_rows(
         self, prompts: list[list[int]], params: SamplingParams, seeds: list[int], max_new: list[int],
@@ -214,7 +198,7 @@ class HFSampler:
         if ban is not None and (len(ban) != len(prompts) or forced is not None):
             raise ValueError(f"got {len(prompts)} prompts but {len(ban)} banned tokens" if len(ban) != len(prompts)
                              else "ban= and forced= cannot be combined (the first step is forced)")
-        call = _Call(record=True, past=past, keep_past=keep_past, keep_states=True, forced=forced, ban=ban)
+        call = CallOptions(record=True, past=past, keep_past=keep_past, keep_states=True, forced=forced, ban=ban)
         return [g for (g,) in self._run(prompts, params, seeds, call, max_new=max_new)]
 
     def score_choices(self, contexts: list[str], continuations: list[list[str]],
@@ -249,7 +233,7 @@ class HFSampler:
 
     @torch.inference_mode()
     def _run(
-        self, prompts: list[Prompt], params: SamplingParams, seeds: list[int], call: _Call,
+        self, prompts: list[Prompt], params: SamplingParams, seeds: list[int], call: CallOptions,
         progress: ProgressFn | None = None, first_sample: int = 0, answer_span: AnswerSpan | None = None,
         max_new: list[int] | None = None,
     ) -> list[list[Generation]]:
@@ -260,7 +244,7 @@ class HFSampler:
             return self._generate(prompts, params, seeds, call, progress, first_sample, answer_span, max_new)
 
     def _generate(
-        self, prompts: list[Prompt], params: SamplingParams, seeds: list[int], call: _Call,
+        self, prompts: list[Prompt], params: SamplingParams, seeds: list[int], call: CallOptions,
         progress: ProgressFn | None, first_sample: int, answer_span: AnswerSpan | None, max_new: list[int] | None,
     ) -> list[list[Generation]]:
         if not (len(seeds) == len(prompts) == len(max_new or prompts) == len(call.past or prompts)):
@@ -299,13 +283,13 @@ class HFSampler:
             dead = len(slots) - live
             if dead and (refill or dead >= compact_at or not mergeable(cache)):
                 with record_function("impetus.cache"):
-                    cache, mask, pos, logits = self._compact(slots, cache, mask, pos, logits)
+                    cache, mask, pos, logits = self.compact(slots, cache, mask, pos, logits)
                 slots = [r for r in slots if r is not None]
             if refill:
                 new = [pending.popleft() for _ in range(min(free, len(pending)))]
                 t0 = time.perf_counter()
                 with record_function("impetus.prefill"):
-                    c2, m2, p2, l2 = self._prefill(prompt_ids, new, call)
+                    c2, m2, p2, l2 = self.prefill(prompt_ids, new, call)
                 dt = (time.perf_counter() - t0) / len(new)
                 for r in new:
                     r.seconds += dt

@@ -23,6 +23,21 @@ AnswerSpan = Callable[[int, str], "tuple[int, int] | None"]
 
 
 @dataclass
+class CallOptions:
+    """The options of one decoding call of the HF backend (``generate``, ``continue_rows``, Power-SMC's
+    particle loop), passed down to ``HFSampler.prefill`` and the loops (never kept on the sampler)."""
+
+    record: bool
+    past: list[RowPast] | None = None  # given caches of the prompts' first tokens
+    keep_past: bool = False  # give each row its cache
+    keep_states: bool = False  # keep each row's per-token states in its record
+    forced: list[list[int]] | None = None  # per prompt: tokens its row emits first, recorded as if sampled
+    ban: list[int | None] | None = None  # per prompt: a token its row's first step must not pick
+    state: Callable[[], torch.Tensor | None] = lambda: None  # the last forward's last-layer states
+    layer_state: Callable[[], dict[int, torch.Tensor]] = dict  # and its states at model.hidden_layers
+
+
+@dataclass
 class Row:
     """Mutable state of one (prompt, sample) row."""
 
