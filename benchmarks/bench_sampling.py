@@ -5,6 +5,7 @@ Usage::
     python benchmarks/bench_sampling.py [--problems 16 --n 8 --max-new-tokens 48 --batch-size 32]
     python benchmarks/bench_sampling.py --skip-naive --device cuda --dtype bfloat16 --compare-cpu
     python benchmarks/bench_sampling.py --dtype auto float32 --profile     # what `make bench` runs
+    python benchmarks/bench_sampling.py --dtype auto --record on --cpu-isa avx2   # as on a CPU without bf16
 
 The naive loop always runs the model in fp32 (the reference every speed-up is measured against);
 HFSampler runs it in each ``--dtype`` in turn (``auto``: bf16 where torch has a fast path, as
@@ -29,10 +30,19 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import sys
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# --cpu-isa avx2: the CPU kernels limited to AVX2 before torch loads them (ATen's own kernels, oneDNN
+# and MKL read these at start-up), a proxy on this machine for a CPU without AVX-512 or a bf16 fast
+# path (such as the AMD machines of this project's kind). It changes instructions, not clocks,
+# caches or memory bandwidth, so its numbers estimate such a CPU and do not replace measuring one.
+AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+if "--cpu-isa" in sys.argv[:-1] and sys.argv[sys.argv.index("--cpu-isa") + 1] == "avx2":
+    os.environ.update(AVX2_ONLY)
 
 import torch  # noqa: E402
 
@@ -111,19 +121,26 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true",
                     help="print where HFSampler's time goes (torch profiler), one column per dtype")
     ap.add_argument("--compare-cpu", action="store_true", help="also sample on the CPU (fp32) and print the agreement")
+    ap.add_argument("--cpu-isa", choices=["native", "avx2"], default="native",
+                    help="avx2: limit the CPU kernels to AVX2 (both sides), a proxy for a CPU without a bf16 "
+                         "fast path; there `auto` is fp32, as model.dtype: auto resolves on such a CPU")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
     dtypes: dict[str, str] = {}
     for requested in args.dtype:
-        dtype, reason = choose_dtype(requested, args.device)
+        if requested == "auto" and args.cpu_isa == "avx2":
+            dtype, reason = "float32", "auto: kernels limited to AVX2 (--cpu-isa avx2), no bf16 fast path"
+        else:
+            dtype, reason = choose_dtype(requested, args.device)
         dtypes.setdefault(dtype, reason)
     prompts = make_prompts(args.problems)
     base = dict(n=args.n, temperature=0.8, top_p=0.95, max_new_tokens=args.max_new_tokens, stop=STOP, seed=0)
     print(f"model={args.model} problems={args.problems} n={args.n} max_new_tokens={args.max_new_tokens} "
           f"T=0.8 top_p=0.95 stop={STOP!r} threads={torch.get_num_threads()} device={args.device} "
           f"dtypes={list(dtypes)}")
-    print(f"cpu={cpu_name()}")
+    print(f"cpu={cpu_name()}; torch CPU kernels: {torch.backends.cpu.get_cpu_capability()}"
+          + (f" (limited by {' '.join(f'{k}={v}' for k, v in AVX2_ONLY.items())})" if args.cpu_isa == "avx2" else ""))
     naive_tps = None
     if not args.skip_naive:
         ref, tok = load_model(resolve_model(args.model), device=args.device)
