@@ -38,6 +38,7 @@ from impetus.lm.nucleus import sample_tokens as _sample_tokens
 from impetus.lm.recording import RowRecord, last_state_hook, layer_state_hook, tempered_lse
 from impetus.lm.rows import AnswerSpan, CallOptions, Row, advance, pooled_record
 from impetus.lm.sampler import Generation, ProgressFn, Prompt, Resample, SamplingParams, row_seed
+from impetus.lm.shared_prefix import ATTENTION, shared_prefix
 from impetus.lm.trace import Trace
 
 def _common_prefix(seqs: list[list[int]]) -> int:
@@ -73,6 +74,7 @@ class HFSampler:
         compact_fraction: float = 0.125,
         record: bool = True,
         hidden_layers: tuple[int | str, ...] = (),
+        share_prefix: bool = True,
     ) -> None:
         self.model = model
         # Further layers whose states are pooled (``model.hidden_layers``; "mid" = the middle block), for
@@ -93,6 +95,13 @@ class HFSampler:
         eos = getattr(model.generation_config, "eos_token_id", None) or tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
         self.device = next(model.parameters()).device
+        # generate() keeps the few-shot prefix its prompts share once instead of in every row's cache
+        # (impetus.lm.shared_prefix): on CPU, for models whose layers all attend to the whole cache
+        # (can_continue) and that run SDPA, whose path the attention takes outside generate().
+        self.share_prefix = (share_prefix and self.device.type == "cpu" and self.can_continue()
+                             and model.config._attn_implementation in ("sdpa", ATTENTION))
+        if self.share_prefix:
+            model.set_attn_implementation(ATTENTION)
 
     # ------------------------------------------- batch primitives (this loop's and hf_particles')
     def compact(
@@ -122,7 +131,10 @@ class HFSampler:
         uniq = list(dict.fromkeys(r.prompt_idx for r in rows))
         seqs = [prompt_ids[p] for p in uniq]
         cache = DynamicCache(config=self.model.config)
-        if call.past is not None:  # continuing: the heads are the given caches
+        if call.prefix is not None:  # the call's shared prefix is attended apart: rows cache the rest only
+            cache.layers = [GrowLayer() for _ in cache.layers]
+            heads, head_mask = [call.prefix_len] * len(seqs), torch.ones((len(seqs), 0), dtype=torch.long)
+        elif call.past is not None:  # continuing: the heads are the given caches
             heads = [min(call.past[p][0][0].shape[-2], len(prompt_ids[p]) - 1) for p in uniq]
             cache.layers, head_mask = stack_pasts([call.past[p] for p in uniq], heads)
         else:  # few-shot prompts share a long token prefix: prefill it once
@@ -241,20 +253,34 @@ class HFSampler:
         with last_state_hook(self.model) if call.record else nullcontext(lambda: None) as state, \
                 layer_state_hook(self.model, layers) as layer_state:
             call.state, call.layer_state = state, layer_state
-            return self._generate(prompts, params, seeds, call, progress, first_sample, answer_span, max_new)
+            prompt_ids = [list(p) if isinstance(p, (list, tuple)) else self.tok(p)["input_ids"] for p in prompts]
+            if self.share_prefix and call.past is None and not call.keep_past:
+                call.prefix_len, call.prefix = self._shared_prefix(prompt_ids)
+            with shared_prefix(call.prefix):
+                return self._generate(prompt_ids, params, seeds, call, progress, first_sample, answer_span, max_new)
+
+    def _shared_prefix(self, prompt_ids: list[list[int]]) -> tuple[int, DynamicCache | None]:
+        """The token prefix all the prompts share (at least ``min_shared_prefix`` tokens, and one fewer
+        than the shortest prompt, whose last token's logits are needed) and its cache, prefilled once."""
+        seqs = list({tuple(q): q for q in prompt_ids if q}.values())
+        n = min(_common_prefix(seqs), min(len(q) for q in seqs) - 1) if len(seqs) > 1 else 0
+        if n < self.min_shared_prefix:
+            return 0, None
+        prefix = DynamicCache(config=self.model.config)
+        forward(self.model, prefix, input_ids=torch.tensor([seqs[0][:n]], device=self.device),
+                position_ids=torch.arange(n, device=self.device)[None], use_cache=True, logits_to_keep=1)
+        return n, prefix
 
     def _generate(
-        self, prompts: list[Prompt], params: SamplingParams, seeds: list[int], call: CallOptions,
+        self, prompt_ids: list[list[int]], params: SamplingParams, seeds: list[int], call: CallOptions,
         progress: ProgressFn | None, first_sample: int, answer_span: AnswerSpan | None, max_new: list[int] | None,
     ) -> list[list[Generation]]:
-        if not (len(seeds) == len(prompts) == len(max_new or prompts) == len(call.past or prompts)):
-            raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds"
+        if not (len(seeds) == len(prompt_ids) == len(max_new or prompt_ids) == len(call.past or prompt_ids)):
+            raise ValueError(f"got {len(prompt_ids)} prompts but {len(seeds)} seeds"
                              + (f", {len(max_new)} caps" if max_new is not None else "")
                              + (f", {len(call.past)} caches" if call.past is not None else ""))
-        if not prompts:
+        if not prompt_ids:
             return []
-        # A prompt may come as token ids (V2 regenerates after a prefix decoded from latents).
-        prompt_ids = [list(p) if isinstance(p, (list, tuple)) else self.tok(p)["input_ids"] for p in prompts]
         if any(len(p) == 0 for p in prompt_ids):
             raise ValueError("empty prompt (no tokens); the model needs at least one token to condition on")
         pending: deque[Row] = deque()
@@ -360,7 +386,7 @@ class HFSampler:
             if not live:
                 cache, slots = None, []
 
-        results: list[list[Generation]] = [[] for _ in prompts]
+        results: list[list[Generation]] = [[] for _ in prompt_ids]
         for r in all_rows:
             r.result.seconds = r.seconds  # includes a tail forward after the row finished
             if r.rec is not None:

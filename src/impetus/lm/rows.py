@@ -35,6 +35,10 @@ class CallOptions:
     ban: list[int | None] | None = None  # per prompt: a token its row's first step must not pick
     state: Callable[[], torch.Tensor | None] = lambda: None  # the last forward's last-layer states
     layer_state: Callable[[], dict[int, torch.Tensor]] = dict  # and its states at model.hidden_layers
+    # The token prefix every prompt of the call shares, kept once (impetus.lm.shared_prefix): its
+    # batch-1 cache and length; rows' caches then hold only their own tokens.
+    prefix: Any = None
+    prefix_len: int = 0
 
 
 @dataclass

@@ -1,0 +1,107 @@
+"""The few-shot prefix kept once and attended apart (impetus.lm.shared_prefix): the same attention,
+the same samples."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import impetus.lm.shared_prefix as sp_mod
+from impetus.lm.hf_sampler import HFSampler
+from impetus.lm.sampler import SamplingParams
+from impetus.lm.shared_prefix import ATTENTION, attention, shared_prefix
+
+from .conftest import make_tiny
+
+SHOTS = "Q: 1+1?\nA: 2.\n\nQ: 2+2?\nA: 4.\n\nQ: 7+1?\nA: 8.\n\n"
+PROMPTS = [SHOTS + "Q: 3+4?\nA:", SHOTS + "Q: 10+20?\nA:", SHOTS + "Q: 5?\nA:", SHOTS + "Q: 6+16?\nA:"]
+
+
+class _Layer:
+    def __init__(self, k: torch.Tensor, v: torch.Tensor):
+        self.keys, self.values = k, v
+
+
+class _Prefix:
+    def __init__(self, k: torch.Tensor, v: torch.Tensor):
+        self.layers = [_Layer(k, v)]
+
+
+class _Module:
+    layer_idx = 0
+    num_key_value_groups = 3
+    is_causal = True
+
+
+@pytest.mark.parametrize("q", [1, 4])
+def test_attention_over_a_shared_prefix_equals_attention_over_each_rows_whole_cache(q):
+    """Every row attending to one stored prefix and then its own keys equals SDPA over the row's
+    prefix + own keys (prefix always visible, own keys under the padding/causal mask), also for a
+    row whose own keys are all masked (a left-padding position while prefilling)."""
+    g = torch.Generator().manual_seed(0)
+    b, kv, groups, d, p, s = 3, 2, 3, 8, 5, 6
+    query = torch.randn(b, kv * groups, q, d, generator=g)
+    kp, vp = torch.randn(1, kv, p, d, generator=g), torch.randn(1, kv, p, d, generator=g)
+    ks, vs = torch.randn(b, kv, s, d, generator=g), torch.randn(b, kv, s, d, generator=g)
+    own = torch.ones(b, 1, q, s, dtype=torch.bool)
+    own[1, :, :, :2] = False  # row 1: two padding columns
+    own[2, :, 0, :] = False  # row 2: its first query position sees none of its own keys
+    if q > 1:
+        own &= torch.ones(q, s, dtype=torch.bool).tril(diagonal=s - q)  # causal over the own keys
+    with shared_prefix(_Prefix(kp, vp)):
+        got, _ = attention(_Module(), query, ks, vs, own, scaling=d ** -0.5)
+    keys = torch.cat([kp.expand(b, -1, -1, -1), ks], dim=2).repeat_interleave(groups, dim=1)
+    values = torch.cat([vp.expand(b, -1, -1, -1), vs], dim=2).repeat_interleave(groups, dim=1)
+    whole = torch.cat([torch.ones(b, 1, q, p, dtype=torch.bool), own], dim=-1)
+    ref = F.scaled_dot_product_attention(query, keys, values, attn_mask=whole, scale=d ** -0.5).transpose(1, 2)
+    assert got.shape == (b, q, kv * groups, d) and torch.isfinite(got).all()
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    if q > 1:  # no mask given (transformers' is_causal case): causal over the own keys
+        with shared_prefix(_Prefix(kp, vp)):
+            causal, _ = attention(_Module(), query, ks, vs, None, scaling=d ** -0.5)
+        tri = torch.ones(q, s, dtype=torch.bool).tril(diagonal=s - q).expand(b, 1, q, s)
+        whole = torch.cat([torch.ones(b, 1, q, p, dtype=torch.bool), tri], dim=-1)
+        ref = F.scaled_dot_product_attention(query, keys, values, attn_mask=whole, scale=d ** -0.5).transpose(1, 2)
+        torch.testing.assert_close(causal, ref, atol=1e-5, rtol=1e-5)
+    # outside the context it is transformers' SDPA on the given keys only
+    plain, _ = attention(_Module(), query, ks, vs, own[:1].expand(b, -1, -1, -1) | True, scaling=d ** -0.5)
+    torch.testing.assert_close(plain, F.scaled_dot_product_attention(
+        query, ks.repeat_interleave(groups, 1), vs.repeat_interleave(groups, 1), scale=d ** -0.5).transpose(1, 2),
+        atol=1e-5, rtol=1e-5)
+
+
+def test_sampling_with_the_prefix_kept_once_gives_the_same_samples(monkeypatch):
+    """generate() with the shared prefix attended apart gives the tokens and recorded statistics of
+    the path that copies the prefix into every row, and the apart path really runs."""
+    model, tok = make_tiny(seed=3)
+    model.set_attn_implementation("sdpa")
+    params = SamplingParams(n=3, temperature=1.0, top_p=0.9, max_new_tokens=16, stop=["e", "\n"], seed=0,
+                            batch_size=5)
+    calls = []
+    flash = sp_mod._flash
+    monkeypatch.setattr(sp_mod, "_flash", lambda *a: calls.append(a[0].shape) or flash(*a))
+    shared = HFSampler(model, tok)
+    assert shared.share_prefix and model.config._attn_implementation == ATTENTION
+    got = shared.generate(PROMPTS, params, [0, 1, 2, 3])
+    assert calls, "the shared-prefix attention never ran"
+    ref = HFSampler(model, tok, share_prefix=False).generate(PROMPTS, params, [0, 1, 2, 3])
+    assert [[x.token_ids for x in r] for r in got] == [[x.token_ids for x in r] for r in ref]
+    assert len({len(x.token_ids) for r in got for x in r}) > 1  # rows end apart: compaction and refills ran
+    for a, b in zip((x for r in got for x in r), (x for r in ref for x in r)):
+        for key in ("lse", "tok_logit", "deepconf"):
+            torch.testing.assert_close(torch.as_tensor(a.record[key]), torch.as_tensor(b.record[key]),
+                                       atol=1e-4, rtol=1e-4)
+        assert math.isclose(a.logprob_mean, b.logprob_mean, abs_tol=1e-4)
+
+
+def test_models_it_cannot_serve_keep_their_attention():
+    """A sampler asked not to share, or a model not on SDPA, leaves the model's attention as it is."""
+    model, tok = make_tiny(seed=4)
+    model.set_attn_implementation("eager")
+    assert not HFSampler(model, tok).share_prefix and model.config._attn_implementation == "eager"
+    model.set_attn_implementation("sdpa")
+    assert not HFSampler(model, tok, share_prefix=False).share_prefix
+    assert model.config._attn_implementation == "sdpa"
