@@ -9,9 +9,10 @@ once, at batch 1, a row's cache holds only its own tokens, and each layer attend
 merged exactly by their log-sum-exps (``o = Σ_part o_part · exp(lse_part − lse)``), as FlashInfer's
 cascade inference and FlashAttention's split-KV decoding merge partial softmaxes.
 
-Use: load a model with ``attn_implementation=ATTENTION`` (:func:`impetus.lm.loading.load_model` does
-on CPU), and run forwards inside ``with shared_prefix(prefix_cache):``. Outside that context the
-attention is transformers' SDPA path unchanged, so teacher-forced scoring, V2 and EBD are untouched.
+Use: set the model's attention to ``ATTENTION`` (:class:`impetus.lm.hf_sampler.HFSampler` does, for a
+model on SDPA), and run forwards inside ``with shared_prefix(prefix_cache):``. Outside that context
+the attention is transformers' SDPA path unchanged, so teacher-forced scoring, choices, V2's and EBD's
+continuations and Power-SMC's loop (which do not enter it) are untouched.
 Only for models whose every layer attends to the whole cache (a sliding window counts cache columns)
 and on CPU (the merge uses the CPU kernel that returns its log-sum-exp).
 """
