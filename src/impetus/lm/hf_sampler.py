@@ -8,7 +8,9 @@ one of the ``n`` copies of a prompt. This loop instead
 - refills freed slots with pending rows (continuous batching): the new rows are prefilled apart
   and their cache is left-padded to the batch's length (or vice versa) before concatenation;
 - samples each row with its own ``torch.Generator`` drawing exactly one uniform per step, so a
-  row's tokens depend only on its seed and its own logits, not on which rows share the batch.
+  row's tokens depend only on its seed and its own logits, not on which rows share the batch;
+- on CPU, keeps the few-shot prefix all the prompts share once, outside the rows' caches, and
+  attends to it apart (:mod:`impetus.lm.shared_prefix`): the rows' caches hold their own tokens only.
 
 Cache copies dominate with long prompts, so (a) the KV cache layers (``GrowLayer``) keep spare
 room along the sequence and write each new token in place instead of ``torch.cat``-ing it onto the
