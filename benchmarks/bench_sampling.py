@@ -121,6 +121,10 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true",
                     help="print where HFSampler's time goes (torch profiler), one column per dtype")
     ap.add_argument("--compare-cpu", action="store_true", help="also sample on the CPU (fp32) and print the agreement")
+    ap.add_argument("--prompts-parquet", default=None,
+                    help="take the first --problems prompts from this table's `prompt` column (a pipeline run's "
+                         "data/03_primary/prompts_eval.parquet) instead of the built-in additions")
+    ap.add_argument("--stop", nargs="+", default=None, help=f"stop strings (default {STOP!r})")
     ap.add_argument("--cpu-isa", choices=["native", "avx2"], default="native",
                     help="avx2: limit the CPU kernels to AVX2 (both sides), a proxy for a CPU without a bf16 "
                          "fast path; there `auto` is fp32, as model.dtype: auto resolves on such a CPU")
@@ -135,9 +139,14 @@ def main() -> None:
             dtype, reason = choose_dtype(requested, args.device)
         dtypes.setdefault(dtype, reason)
     prompts = make_prompts(args.problems)
-    base = dict(n=args.n, temperature=0.8, top_p=0.95, max_new_tokens=args.max_new_tokens, stop=STOP, seed=0)
-    print(f"model={args.model} problems={args.problems} n={args.n} max_new_tokens={args.max_new_tokens} "
-          f"T=0.8 top_p=0.95 stop={STOP!r} threads={torch.get_num_threads()} device={args.device} "
+    if args.prompts_parquet:
+        import pandas as pd
+
+        prompts = pd.read_parquet(args.prompts_parquet)["prompt"].tolist()[: args.problems]
+    stop = args.stop or STOP
+    base = dict(n=args.n, temperature=0.8, top_p=0.95, max_new_tokens=args.max_new_tokens, stop=stop, seed=0)
+    print(f"model={args.model} problems={len(prompts)} n={args.n} max_new_tokens={args.max_new_tokens} "
+          f"T=0.8 top_p=0.95 stop={stop!r} threads={torch.get_num_threads()} device={args.device} "
           f"dtypes={list(dtypes)}")
     print(f"cpu={cpu_name()}; torch CPU kernels: {torch.backends.cpu.get_cpu_capability()}"
           + (f" (limited by {' '.join(f'{k}={v}' for k, v in AVX2_ONLY.items())})" if args.cpu_isa == "avx2" else ""))
