@@ -140,8 +140,7 @@ class HFSampler:
             heads = [min(call.past[p][0][0].shape[-2], len(prompt_ids[p]) - 1) for p in uniq]
             cache.layers, head_mask = stack_pasts([call.past[p] for p in uniq], heads)
         else:  # few-shot prompts share a long token prefix: prefill it once
-            common = min(_common_prefix(seqs) if len(seqs) > 1 else 0, min(len(q) for q in seqs) - 1)
-            common = common if common >= self.min_shared_prefix else 0
+            common = self._shared_len(seqs)
             if all(type(layer) is DynamicLayer for layer in cache.layers):
                 cache.layers = [GrowLayer() for _ in cache.layers]  # in-place growth, same semantics
             elif len({len(q) for q in seqs}) > 1:
@@ -150,9 +149,7 @@ class HFSampler:
                 # window: share the head only when no row needs padding.
                 common = 0
             if common:
-                forward(self.model, cache, input_ids=torch.tensor([seqs[0][:common]], device=self.device),
-                        position_ids=torch.arange(common, device=self.device)[None], use_cache=True,
-                        logits_to_keep=1)
+                self._prefill_head(cache, seqs[0][:common])
                 cache.batch_repeat_interleave(len(seqs))
             heads, head_mask = [common] * len(seqs), torch.ones((len(seqs), common), dtype=torch.long)
         rests = [q[n:] for q, n in zip(seqs, heads)]
@@ -265,13 +262,23 @@ class HFSampler:
         """The token prefix all the prompts share (at least ``min_shared_prefix`` tokens, and one fewer
         than the shortest prompt, whose last token's logits are needed) and its cache, prefilled once."""
         seqs = list({tuple(q): q for q in prompt_ids if q}.values())
-        n = min(_common_prefix(seqs), min(len(q) for q in seqs) - 1) if len(seqs) > 1 else 0
-        if n < self.min_shared_prefix:
+        n = self._shared_len(seqs)
+        if not n:
             return 0, None
         prefix = DynamicCache(config=self.model.config)
-        forward(self.model, prefix, input_ids=torch.tensor([seqs[0][:n]], device=self.device),
-                position_ids=torch.arange(n, device=self.device)[None], use_cache=True, logits_to_keep=1)
+        self._prefill_head(prefix, seqs[0][:n])
         return n, prefix
+
+    def _shared_len(self, seqs: list[list[int]]) -> int:
+        """Tokens all the distinct prompts ``seqs`` share, at most one fewer than the shortest (its last
+        token's logits are needed); 0 below ``min_shared_prefix`` (not worth a forward)."""
+        n = min(_common_prefix(seqs), min(len(q) for q in seqs) - 1) if len(seqs) > 1 else 0
+        return n if n >= self.min_shared_prefix else 0
+
+    def _prefill_head(self, cache: DynamicCache, ids: list[int]) -> None:
+        """One batch-1 forward of the shared tokens ``ids`` into ``cache``, from position 0."""
+        forward(self.model, cache, input_ids=torch.tensor([ids], device=self.device),
+                position_ids=torch.arange(len(ids), device=self.device)[None], use_cache=True, logits_to_keep=1)
 
     def _generate(
         self, prompt_ids: list[list[int]], params: SamplingParams, seeds: list[int], call: CallOptions,
