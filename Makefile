@@ -87,7 +87,7 @@ test-fast: setup
 	$(VENV)/bin/pytest -m "not integration" $(PYTEST_ARGS)
 
 bench: setup
-	$(PY) benchmarks/bench_sampling.py --dtype auto float32 --profile
+	$(PY) benchmarks/bench_sampling.py --dtype auto float32 --profile --problems 64
 
 # Cross-check of the multiple-choice scoring (impetus.lm.hf_choices) against lm-evaluation-harness
 # (benchmarks/lmeval_check.py). lm-eval gets a venv of its own, so its requirements never move a

@@ -4,7 +4,7 @@ Usage::
 
     python benchmarks/bench_sampling.py [--problems 16 --n 8 --max-new-tokens 48 --batch-size 32]
     python benchmarks/bench_sampling.py --skip-naive --device cuda --dtype bfloat16 --compare-cpu
-    python benchmarks/bench_sampling.py --dtype auto float32 --profile     # what `make bench` runs
+    python benchmarks/bench_sampling.py --dtype auto float32 --profile --problems 64   # what `make bench` runs
     python benchmarks/bench_sampling.py --dtype auto --record on --cpu-isa avx2   # as on a CPU without bf16
 
 The naive loop always runs the model in fp32 (the reference every speed-up is measured against);
@@ -103,11 +103,12 @@ def ours(model, tok, prompts: list[str], params: SamplingParams, record: bool = 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--problems", type=int, default=16)
+    ap.add_argument("--problems", type=int, default=16,
+                    help="prompts sampled in one call (`make bench`: 64, the pipeline's sampling.shard_size)")
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=48)
-    ap.add_argument("--batch-size", type=int, nargs="+", default=[128],
-                    help="HFSampler's batch sizes (default: the pipeline's sampling.batch_size, 128)")
+    ap.add_argument("--batch-size", type=int, nargs="+", default=[512],
+                    help="HFSampler's batch sizes (default: the pipeline's sampling.batch_size, 512)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-naive", action="store_true")
     ap.add_argument("--model", default="smollm2-135m-instruct")

@@ -70,7 +70,7 @@ class SamplingParams:
     top_p: float
     max_new_tokens: int
     stop: list[str] = field(default_factory=list)
-    batch_size: int = 128
+    batch_size: int = 512
     seed: int = 0
 
     def __post_init__(self) -> None:
