@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import time
 import types
 
@@ -230,6 +231,14 @@ def pickle_folder(tiny, tmp_path):
     torch.save(model.state_dict(), folder / "pytorch_model.bin")
     assert not loading.has_safetensors(folder)
     return folder
+
+
+@pytest.mark.parametrize("path", ["", "no/such/folder"])
+def test_a_missing_model_folder_is_named_not_blamed_on_pickle(recorded, tmp_path, path):
+    where = "" if not path else str(tmp_path / path)
+    with pytest.raises(FileNotFoundError, match=rf"model folder '{re.escape(where)}' does not exist"):
+        load_model(where)
+    assert recorded["model"] == []
 
 
 def test_pickle_only_folder_is_refused_naming_the_parameter(recorded, pickle_folder):

@@ -289,6 +289,10 @@ def check_weights_format(path: str | Path, allow_pickle: bool = False) -> bool:
     With ``allow_pickle`` the pickle checkpoint is accepted with a WARNING (it is the user's own,
     trusted folder). The error names the parameter to set and the safe alternative.
     """
+    if not str(path) or not Path(path).is_dir():
+        # Before the pickle check, whose message would blame pickle for a path that is simply wrong.
+        raise FileNotFoundError(f"model folder {str(path)!r} does not exist; pass a Hugging Face model folder "
+                                "or resolve a name first (impetus.lm.loading.resolve_model)")
     if has_safetensors(path):
         return True
     found = sorted(p.name for p in Path(path).glob("*") if p.suffix in _PICKLE_SUFFIXES)
