@@ -155,6 +155,9 @@ class _Job:
     last: tuple[float, Trace] | None = None  # the answer decoded from the current z (latentseek, topk_pg)
     pool: tuple[float, float, float] | None = None  # the problem's candidate energies: mean, std, min
     alts: tuple[torch.Tensor, torch.Tensor] | None = None  # topk_pg: the k tokens and their rewards
+    # topk_pg: each top-k token's greedy answer and energy; the decode of z whose argmax is one of them is
+    # that same answer (same cut, same token, greedy), so it is looked up instead of generated again
+    known: dict[int, tuple[float, Trace]] = field(default_factory=dict)
     done: bool = False  # latentseek: the answer is as good as the pool's best; stop
 
     @property
@@ -264,9 +267,16 @@ class LatentOptimizer:
                 job.z.copy_(job.z0 + d * torch.clamp(cap / d.norm(dim=-1, keepdim=True).clamp_min(1e-12), max=1.0))
 
     def _decode(self, jobs: list[tuple[int, _Job]], energy: BatchEnergy, windows: list[list[int]]
-                ) -> tuple[list[Trace], np.ndarray]:
-        gens = self.regenerate([j for _, j in jobs], windows)
-        return gens, self._score(energy, [k for k, _ in jobs], gens)
+                ) -> tuple[list[Trace], np.ndarray, list[bool]]:
+        """Each job's answer for its window, and whether it was generated now (else a known answer)."""
+        found = [j.known.get(w[0]) if len(w) == 1 else None for (_, j), w in zip(jobs, windows)]
+        todo = [c for c, f in enumerate(found) if f is None]
+        gens = self.regenerate([jobs[c][1] for c in todo], [windows[c] for c in todo]) if todo else []
+        e = self._score(energy, [jobs[c][0] for c in todo], gens)
+        out: list[Any] = list(found)
+        for c, g, ek in zip(todo, gens, e):
+            out[c] = (float(ek), g)
+        return [g for _, g in out], np.asarray([ek for ek, _ in out], dtype=float), [f is None for f in found]
 
     def optimize_many(
         self, items: list[tuple[list[int], list[int]]], energy: BatchEnergy, seeds: list[int],
@@ -293,7 +303,7 @@ class LatentOptimizer:
             if job.start.ids:
                 self._prepare(job)
         live = [(k, j) for k, j in enumerate(jobs) if j.active]
-        gens, e = self._decode(live, energy, [j.argmax0 for _, j in live])  # step 0: the control
+        gens, e, _ = self._decode(live, energy, [j.argmax0 for _, j in live])  # step 0: the control
         for (_, job), g, ek in zip(live, gens, e):
             job.tokens += len(g) - job.p - job.w
             if ek < job.best[0]:
@@ -318,10 +328,11 @@ class LatentOptimizer:
                 owners, drawn, e_drawn = POLICY_STEPS[cfg.mode](self, live, energy)
             with torch.no_grad():
                 windows = [self.sampler.state_logits(j.z.detach()).argmax(dim=-1).tolist() for _, j in live]
-            gens, e = self._decode(live, energy, windows)
-            for c, ((k, job), g, ek, win) in enumerate(zip(live, gens, e, windows)):
-                mine = [(ed, gd) for o, gd, ed in zip(owners, drawn, e_drawn) if o == k] + [(float(ek), g)]
-                job.tokens += sum(len(gd) - job.p - job.w for _, gd in mine)
+            gens, e, fresh = self._decode(live, energy, windows)
+            for c, ((k, job), g, ek, win, new) in enumerate(zip(live, gens, e, windows, fresh)):
+                mine = [(ed, gd) for o, gd, ed in zip(owners, drawn, e_drawn) if o == k]
+                job.tokens += sum(len(gd) - job.p - job.w for _, gd in mine + ([(ek, g)] if new else []))
+                mine.append((float(ek), g))
                 job.moved |= win != job.argmax0
                 low = min(mine, key=lambda t: t[0])
                 job.stale = 0 if low[0] < job.best[0] else job.stale + 1

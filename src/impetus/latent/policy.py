@@ -11,7 +11,8 @@ last answer returned. Here ``R = −(E − mean) / std`` of the problem's candid
 the ``k`` tokens the model ranks highest at the window's first position (``p`` renormalised over
 them): ``∇J = Σ_v p_v (R_v − R̄) ∇log p_v``, with ``R_v`` the z-scored reward of the answer forced
 to ``v`` there and decoded greedily. Those answers depend on ``v`` only, so they are generated and
-scored once; ``z`` then moves whenever their energies differ (a sampled REINFORCE step with 4
+scored once, and each step's decode of ``z`` (its argmax, one of the ``k``) is looked up among them
+(``_Job.known``) rather than generated again; ``z`` moves whenever their energies differ (a sampled REINFORCE step with 4
 draws from a peaked distribution mostly draws the argmax 4 times and does not move).
 
 Both take :class:`impetus.latent.optimize.LatentOptimizer` and its live jobs, and return the
@@ -65,6 +66,7 @@ def _alternatives(opt: LatentOptimizer, jobs: list[tuple[int, _Job]], energy: Ba
         sd = ej.std()
         r = -(ej - ej.mean()) / sd if sd > 0 else np.zeros_like(ej)
         job.alts = (top, torch.as_tensor(r, dtype=torch.float32))
+        job.known = {int(v): (float(ek), g) for v, ek, g in zip(top, ej, gens[c * m: (c + 1) * m])}
     return owners, gens, e
 
 
