@@ -28,6 +28,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -41,13 +42,29 @@ from impetus.lm.loading import load_model  # noqa: E402
 from impetus.lm.precision import choose_dtype  # noqa: E402
 from bench_sampling import cpu_name  # noqa: E402 - the benchmarks folder is on sys.path
 from impetus.lm.runner import sample_problems  # noqa: E402
-from impetus.lm.sampler import get_sampler  # noqa: E402
+from impetus.lm.sampler import SamplingParams, get_sampler  # noqa: E402
 from impetus.pipelines.utils import sampling_params  # noqa: E402
 from impetus.selection.online import WaveStop  # noqa: E402
 
 
 def _conf(name: str) -> dict:
     return yaml.safe_load(Path(f"conf/base/parameters_{name}.yml").read_text())
+
+
+def run_settings() -> tuple[SamplingStageParams, BenchmarkParams, SamplingParams]:
+    """``conf/base``'s sampling stage and benchmark, and the SamplingParams a run derives from them."""
+    sampling = SamplingStageParams(**_conf("sampling")["sampling"])
+    bench = BenchmarkParams(**_conf("ingest")["benchmark"])
+    return sampling, bench, sampling_params(sampling, bench)
+
+
+def run_sampler(requested: str = "auto") -> tuple[Any, Any, str, str]:
+    """The last run's model (``data/06_models/base_lm.json``) in ``requested``'s dtype, and its sampler:
+    ``(model, sampler, dtype, why)``."""
+    lm = yaml.safe_load(Path("data/06_models/base_lm.json").read_text())
+    dtype, why = choose_dtype(requested, "cpu")
+    model, tok = load_model(lm["path"], device="cpu", dtype=dtype)
+    return model, get_sampler("hf", model, tok, record=True), dtype, why
 
 
 def main() -> None:
@@ -63,16 +80,11 @@ def main() -> None:
     ap.add_argument("--ways", nargs="+", default=None, help="only these ways (e.g. full adaptive)")
     args = ap.parse_args()
 
-    sampling = SamplingStageParams(**_conf("sampling")["sampling"])
-    bench = BenchmarkParams(**_conf("ingest")["benchmark"])
-    params = sampling_params(sampling, bench)
+    sampling, bench, params = run_settings()
     if args.n:
         params.n = args.n
     shard = args.shard_size or sampling.shard_size
-    lm = yaml.safe_load(Path("data/06_models/base_lm.json").read_text())
-    dtype, why = choose_dtype("auto", "cpu")
-    model, tok = load_model(lm["path"], device="cpu", dtype=dtype)
-    sampler = get_sampler("hf", model, tok, record=True)
+    _, sampler, dtype, why = run_sampler()
     prompts = pd.read_parquet("data/03_primary/prompts_eval.parquet")[["problem_id", "prompt"]]
     problems = pd.read_parquet("data/02_intermediate/problems_eval.parquet")
     stop = WaveStop(args.rule, args.threshold, args.wave, answer_reader(bench.build(), problems))

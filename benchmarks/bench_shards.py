@@ -26,25 +26,15 @@ import statistics
 import tempfile
 import time
 from dataclasses import replace
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pandas as pd  # noqa: E402
-import yaml  # noqa: E402
 
-from bench_sampling import cpu_name  # noqa: E402 - the benchmarks folder is on sys.path
-from impetus.framework.config import BenchmarkParams, SamplingStageParams  # noqa: E402
-from impetus.lm.loading import load_model  # noqa: E402
-from impetus.lm.precision import choose_dtype  # noqa: E402
+from bench_adaptive import run_sampler, run_settings  # noqa: E402 - the benchmarks folder is on sys.path
+from bench_sampling import cpu_name  # noqa: E402
 from impetus.lm.runner import sample_problems  # noqa: E402
-from impetus.lm.sampler import get_sampler  # noqa: E402
-from impetus.pipelines.utils import sampling_params  # noqa: E402
-
-
-def _conf(name: str) -> dict:
-    return yaml.safe_load(Path(f"conf/base/parameters_{name}.yml").read_text())
 
 
 def _setting(text: str) -> tuple[int, int]:
@@ -65,12 +55,8 @@ def main() -> None:
                     help="keep the shared few-shot prefix once (on, the sampler's default) or copy it per row")
     args = ap.parse_args()
 
-    params = sampling_params(SamplingStageParams(**_conf("sampling")["sampling"]),
-                             BenchmarkParams(**_conf("ingest")["benchmark"]))
-    lm = yaml.safe_load(Path("data/06_models/base_lm.json").read_text())
-    dtype, why = choose_dtype(args.dtype, "cpu")
-    model, tok = load_model(lm["path"], device="cpu", dtype=dtype)
-    sampler = get_sampler("hf", model, tok, record=True)
+    _, _, params = run_settings()
+    model, sampler, dtype, why = run_sampler(args.dtype)
     steps = [0]
     model.model.register_forward_pre_hook(lambda *_: steps.__setitem__(0, steps[0] + 1))
     prompts = pd.read_parquet("data/03_primary/prompts_eval.parquet")[["problem_id", "prompt"]].iloc[: args.problems]
