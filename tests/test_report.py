@@ -106,6 +106,7 @@ def test_dev_choice_breaks_ties_by_cost_and_vote_tau_on_dev():
     result = {"methods": {"a": {"accuracy": 0.5, "seconds_per_problem": 2.0}, "b": {"accuracy": 0.5, "seconds_per_problem": 1.0},
                           "first": {"accuracy": 0.9, "seconds_per_problem": 0.0}}}
     assert choose_on_dev(result) == "b"  # 'first' is never the headline; ties go to the cheaper
+    assert choose_on_dev(result, shortlist=["a", "b"]) == "a"  # ... after the shortlist's order
     # Two answers: "5" (right) once with low energy, "7" (wrong) three times with higher energy.
     dev = _table("p", [True, False, False, False], {"hybrid": [0.0, 1.0, 1.0, 1.0]}, ["5", "7", "7", "7"])
     taus = choose_taus(dev, ["hybrid", "missing"], [0.05, 100.0])

@@ -83,3 +83,16 @@ def test_the_headline_is_the_best_of_the_shortlist_and_all_methods_when_none_is_
     assert choose_by_cv(summary, {}, shortlist=["hybrid", "majority", "absent"]) == "hybrid"
     assert shortlisted(summary, ["absent"]) == ["text_ebm", "hybrid", "majority"]  # none listed: all
     assert choose_by_cv(summary, {}, shortlist=["absent"]) == "text_ebm"
+
+
+def test_an_exact_tie_goes_to_the_method_listed_first_not_the_cheaper():
+    """The seed-41 case of docs/results.md (issue 25): `latent_ebm` and `hybrid` both 69 of 240 right
+    and one fold won each; the cheaper `latent_ebm` used to take it."""
+    summary = {"latent_ebm": {"accuracy": 69 / 240, "fold_wins": 1}, "hybrid": {"accuracy": 69 / 240, "fold_wins": 1},
+               "vote_hybrid": {"accuracy": 67 / 240, "fold_wins": 1}}
+    costs = {"latent_ebm": 0.0006, "hybrid": 0.007, "vote_hybrid": 0.0075}
+    assert choose_by_cv(summary, costs, shortlist=["hybrid", "latent_ebm", "vote_hybrid"]) == "hybrid"
+    assert choose_by_cv(summary, costs, shortlist=["latent_ebm", "hybrid"]) == "latent_ebm"
+    assert choose_by_cv(summary, costs) == "latent_ebm"  # no shortlist: cost breaks the tie, as before
+    summary["latent_ebm"]["fold_wins"] = 2
+    assert choose_by_cv(summary, costs, shortlist=["hybrid", "latent_ebm"]) == "latent_ebm"  # folds won first

@@ -39,15 +39,17 @@ def test_replay_scores_picks_on_eval(tmp_path):
 
 
 def test_shortlist_replay_breaks_ties_as_the_pipeline_does():
-    """Tied out of fold: more folds won, then cheaper (the costs the run recorded), as choose_by_cv."""
+    """Tied out of fold: more folds won, then the shortlist's order, then cheaper (the costs the run
+    recorded), as choose_by_cv."""
     m = _metrics()
     m["selection"]["methods"]["hybrid"]["accuracy"] = 0.66
     m["selection"]["methods"]["majority"] = {"accuracy": 0.66, "se": 0.01, "fold_wins": 1}
     m["methods"]["majority"] = {"accuracy": 0.58}
     m["selection"]["costs"] = {"hybrid": 0.02, "majority": 0.0001}
-    assert pick(m, "shortlist") == "majority"  # same accuracy and folds won: the cheaper one
-    m["selection"]["methods"]["hybrid"]["fold_wins"] = 2
-    assert pick(m, "shortlist") == "hybrid"  # more folds won comes first
+    assert pick(m, "shortlist") == "hybrid"  # same accuracy and folds won: listed first, though dearer
+    assert pick(m, "shortlist", shortlist=("majority", "hybrid")) == "majority"
+    m["selection"]["methods"]["majority"]["fold_wins"] = 2
+    assert pick(m, "shortlist") == "majority"  # more folds won comes first
     assert pick(m, "cv") == "a"
 
 

@@ -67,7 +67,7 @@ def choice_selection(train_side: pd.DataFrame, fold_of: pd.Series, energy_cols: 
 
     ``train_side``'s learned-energy columns are out of fold (cross-validation) or fit on other
     problems (``selected_on="dev"``, one fold); the other energies learn nothing, so their accuracy
-    there is already held-out. Ties: more folds won, then cheaper, then name (:func:`choose_by_cv`).
+    there is already held-out. Ties: more folds won, then cheaper, then name (:func:`choose_by_cv`, no shortlist here).
     """
     cols = [c for c in energy_cols if c in train_side.columns]
     methods = choice_methods(cols)

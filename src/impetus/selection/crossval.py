@@ -12,7 +12,8 @@ pooled out-of-fold accuracy then rests on all n train-side problems, an SE of
 
 **The rule and its near-ties** (:func:`choose_by_cv`): the highest pooled out-of-fold accuracy
 wins; an exact tie (the same number of problems right) goes to the method that won more folds,
-then to the cheaper one (registry cost), then to the first name. Why no one-SE rule toward cheaper
+then to the one listed first in the shortlist (``rerank_eval.shortlist``, whose first entry is the
+hybrid), then to the cheaper one (registry cost), then to the first name. Why no one-SE rule toward cheaper
 or simpler methods (Breiman et al., *Classification and Regression Trees*, 1984; Hastie et al.,
 *The Elements of Statistical Learning*, §7.10): the candidates are not a nested family where the
 simpler one generalises better, every method's scoring is a small share of the sampling time
@@ -110,17 +111,22 @@ def shortlisted(names: Iterable[str], shortlist: Sequence[str] | None, exclude: 
 def choose_by_cv(summary: Mapping[str, Mapping[str, Any]], costs: Mapping[str, float],
                  exclude: Sequence[str] = NOT_CHOSEN, shortlist: Sequence[str] | None = None) -> str:
     """The highest pooled out-of-fold accuracy among the shortlisted methods (:func:`shortlisted`);
-    exact ties: more fold wins, then cheaper, then name.
+    exact ties: more fold wins, then the one listed first in ``shortlist``, then cheaper, then name.
 
     See the module docstring for why near-ties are not bent toward cheaper methods (no one-SE rule),
     and docs/results.md (issue 25) for why a short list fixed in advance: with ~25 methods whose
     out-of-fold accuracies have SEs of ~2 points, the top of the full table is often a tie won by noise.
+    Why the list's order before cost: an exact tie says the train-side data cannot tell the two apart,
+    so the prior decides, and every shortlisted method costs a few percent of sampling at most, so
+    "cheaper" bought nothing while it handed ties to whichever single energy was cheapest; on one
+    testbed that moved the headline by 5 points between training seeds (docs/results.md, issue 25).
     Majority may win: then the honest headline is that no energy beat majority vote out of fold.
     """
     cands = shortlisted(summary, shortlist, exclude)
+    order = {m: i for i, m in enumerate(shortlist or ())}
     # Accuracies are counts over the same n problems: round so equal counts tie exactly.
     return min(cands, key=lambda n: (-round(summary[n]["accuracy"], 9), -summary[n]["fold_wins"],
-                                     costs.get(n, 0.0), n))
+                                     order.get(n, len(order)), costs.get(n, 0.0), n))
 
 
 def cross_validate(

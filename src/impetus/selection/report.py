@@ -69,13 +69,15 @@ def evaluate_split(
 def choose_on_dev(dev_result: Mapping[str, Any], exclude: Sequence[str] = NOT_CHOSEN,
                   shortlist: Sequence[str] | None = None) -> str:
     """The shortlisted method (:func:`~impetus.selection.crossval.shortlisted`) with the best dev
-    accuracy (ties: cheaper, then name). Majority may win: then the honest headline is that no
-    energy beat majority vote on dev."""
+    accuracy (ties: the one listed first in ``shortlist``, then cheaper, then name, as
+    :func:`~impetus.selection.crossval.choose_by_cv`). Majority may win: then the honest headline is
+    that no energy beat majority vote on dev."""
     names = shortlisted(dev_result["methods"], shortlist, exclude)
-    cands = [(m["accuracy"], -(m.get("seconds_per_problem") or 0.0), n)
-             for n, m in dev_result["methods"].items() if n in names]
-    best = max(a for a, _, _ in cands)
-    return max((c for c in cands if c[0] >= best - 1e-12), key=lambda c: (c[1], c[2]))[2]
+    order = {m: i for i, m in enumerate(shortlist or ())}
+    methods = dev_result["methods"]
+    best = max(methods[n]["accuracy"] for n in names)
+    tied = [n for n in names if methods[n]["accuracy"] >= best - 1e-12]
+    return min(tied, key=lambda n: (order.get(n, len(order)), methods[n].get("seconds_per_problem") or 0.0, n))
 
 
 def dev_selection(
@@ -187,7 +189,7 @@ def cv_lines(selection: Mapping[str, Any], fit: str = "learned energies and vote
         "", f"### Selection: {k}-fold cross-validation over {selection['n_problems']} train-side problems", "",
         f"Each method scored on each fold with its {fit} fit on the other "
         f"folds. Headline: the highest pooled out-of-fold accuracy {_among(selection)}(exact ties: more folds "
-        "won, then cheaper). Folds won: folds where the method had the best accuracy (a tie is a win for each).", "",
+        "won, then the one listed first in the shortlist, then cheaper). Folds won: folds where the method had the best accuracy (a tie is a win for each).", "",
         "| method | out-of-fold acc % | SE (pts) | per fold % | folds won |", "|---|---:|---:|---|---:|",
     ]
     for name, m in sorted(selection["methods"].items(), key=lambda kv: -kv[1]["accuracy"]):

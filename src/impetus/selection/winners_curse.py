@@ -6,7 +6,8 @@ table is often a tie, and the maximum of noisy estimates is biased upwards (the 
 This module replays, on finished runs' ``rerank_metrics.json``, rules that each choose on the
 out-of-fold (train-side) table only:
 
-- ``cv``: the best out-of-fold accuracy over the whole table (ties: more folds won, then cheaper),
+- ``cv``: the best out-of-fold accuracy over the whole table (ties: more folds won, then cheaper;
+  with a shortlist, its order before cost),
   the headline rule before issue 25;
 - ``shortlist``: the same among a short list decided before seeing any eval number (the learned
   ensembles, majority or lm-eval's rules, one logit energy): ``rerank_eval.shortlist``, the
