@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from impetus.learned.ensemble import EnsembleEBM, build_ensemble, ensemble_scores, member_accuracy
+from impetus.learned.ensemble import EnsembleEBM, build_ensemble, energy_scores, ensemble_scores, member_accuracy
 from impetus.learned.models import LatentEBM, LatentEBMConfig, score
 from impetus.learned.persist import ebm_from_dict, ebm_to_dict
 from impetus.learned.train import TrainConfig, train_ebm
@@ -66,6 +66,49 @@ def test_fold_members_never_score_a_problem_they_were_trained_on():
     assert (energy[~seen] > 1e5).all()  # p2 was held out of the fold member: it scores there
     # Without problem ids (V2's gradient, torch.export) every member counts.
     assert (ensemble_scores(ens, x)[0] > 1e5).all()
+
+
+def _constant(value: float) -> LatentEBM:
+    m = _latent(0)
+    with torch.no_grad():
+        for q in m.parameters():
+            q.zero_()
+        m.net[-1].bias.fill_(value)
+    return m
+
+
+def test_held_out_scoring_gives_a_training_problem_only_the_fold_member_that_held_it_out():
+    """Dev problems (train-side) must get energies no member was fit on: the seed member saw every
+    training problem, fold k saw all but fold k's. An eval problem (p3) is scored by everyone."""
+    x = np.random.default_rng(0).normal(size=(8, 6)).astype(np.float32)
+    pids = np.array(["p0", "p0", "p1", "p1", "p2", "p2", "p3", "p3"])
+    folds = [_latent(5), _latent(6), _latent(7)]
+    members = [_constant(1e6)] + folds  # any use of the seed member shows as a huge energy
+    ens = EnsembleEBM(members, mu=[0.0, 0.5, -0.5, 0.2], sd=[1.0, 2.0, 0.5, 1.5], out=(0.3, 0.7),
+                      names=["seed0", "fold0", "fold1", "fold2"],
+                      trained_on=[None, ["p1", "p2"], ["p0", "p2"], ["p0", "p1"]])
+    energy, z = ensemble_scores(ens, x, pids, held_out=True)
+    for k, p in enumerate(["p0", "p1", "p2"]):
+        rows = pids == p
+        want = (score(folds[k], x[rows]) - float(ens.mu[k + 1])) / float(ens.sd[k + 1])
+        np.testing.assert_allclose(energy[rows], want, rtol=1e-6)  # the member's own z: the hybrid's input scale
+        assert np.isfinite(z[rows]).sum(axis=1).tolist() == [1, 1]
+    assert (energy[pids == "p3"] > 1e5).all()  # nobody saw p3: every member counts, as before
+    in_sample, _ = ensemble_scores(ens, x, pids)
+    assert (in_sample[pids != "p3"] > 1e5).all()  # without held_out the seed member scores dev too
+
+
+def test_held_out_scoring_needs_fold_members_and_problem_ids():
+    x = np.random.default_rng(0).normal(size=(4, 6)).astype(np.float32)
+    pids = np.array(["p0", "p0", "p1", "p1"])
+    seeds_only = build_ensemble([_latent(1), _latent(2)], x)
+    with pytest.raises(ValueError, match="fold members"):
+        ensemble_scores(seeds_only, x, pids, held_out=True)
+    with_fold = EnsembleEBM([_latent(1), _latent(2)], mu=[0, 0], sd=[1, 1], trained_on=[None, ["p1"]])
+    with pytest.raises(ValueError, match="problem ids"):
+        ensemble_scores(with_fold, x, held_out=True)
+    with pytest.raises(ValueError, match="single model"):
+        energy_scores(_latent(1), x, pids, held_out=True)
 
 
 def test_ensemble_round_trips_as_plain_data(tmp_path):
@@ -172,6 +215,15 @@ def test_fit_builds_seed_and_fold_members_and_is_seed_determined():
     assert not np.allclose(score(other.scorers.latent_ebm, x), score(fit.scorers.latent_ebm, x))
     assert other.scorers.latent_ebm.names[:2] == ["seed10", "seed11"]
     assert np.isfinite(scored[["text_ebm", "latent_ebm", "hybrid"]].to_numpy()).all()
+    # Held out: each training row is scored by its one fold member alone, on that member's scale.
+    assert fit.scorers.can_hold_out
+    held_members: dict = {}
+    held, _ = add_learned_energies(groups, problems, hidden, tok, fit.scorers, held_members, held_out=True)
+    for name in ("text_ebm", "latent_ebm"):
+        zh = held_members[name]
+        assert (np.isfinite(zh).sum(axis=1) == 1).all() and np.isnan(zh[:, :2]).all()  # no seed member
+        np.testing.assert_allclose(held[name].to_numpy(), np.nansum(zh, axis=1), rtol=1e-6)
+    assert not np.allclose(held["latent_ebm"], scored["latent_ebm"])
 
 
 def test_without_fold_members_one_seed_is_one_model():
@@ -192,6 +244,8 @@ def test_without_fold_members_one_seed_is_one_model():
     # the same seed member in both, and the hybrid saw the same out-of-fold inputs
     torch.testing.assert_close(member.state_dict()["net.1.weight"], full.scorers.latent_ebm.members[0].state_dict()["net.1.weight"])
     assert one.scorers.hybrid.weights == full.scorers.hybrid.weights
+    from impetus.learned.fitting import dev_held_out
+    assert dev_held_out(full.scorers, "test") and not dev_held_out(one.scorers, "test")  # no fold member: in sample
 
 
 def test_text_energies_encode_each_distinct_completion_once_with_the_same_values():

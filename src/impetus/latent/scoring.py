@@ -38,11 +38,14 @@ def against_pool(pool_answers: list[Any], pool_emb: np.ndarray, answers: list[An
 
 
 class NewAnswerScorer:
-    """``scorer.traces_many(problem_ids, traces) -> energies table`` (one row per trace, in order)."""
+    """``scorer.traces_many(problem_ids, traces) -> energies table`` (one row per trace, in order).
+
+    ``held_out``: the learned energies of a training-side problem (dev) come from the fold member
+    that held it out (:func:`~impetus.learned.fitting.add_learned_energies`)."""
 
     def __init__(self, tokenizer: Any, bench: Any, problems: pd.DataFrame, pool: pd.DataFrame, scorers: LearnedScorers,
-                 embedding_model: str | None):
-        self.tok, self.bench, self.scorers = tokenizer, bench, scorers
+                 embedding_model: str | None, held_out: bool = False):
+        self.tok, self.bench, self.scorers, self.held_out = tokenizer, bench, scorers, held_out
         self.rows = problem_rows(problems)
         self.pool = {pid: g for pid, g in pool.groupby("problem_id")}
         self.problems = problems
@@ -73,5 +76,5 @@ class NewAnswerScorer:
             agreement, consistency = against_pool(self.pool[pid]["answer"].tolist(), self._pool_embeddings(pid),
                                                   [answers[i] for i in idx], emb[idx])
             df.loc[idx, "answer_agreement"], df.loc[idx, "embedding_consistency"] = agreement, consistency
-        out, _ = add_learned_energies(df, self.problems, hidden, self.tok, self.scorers)
+        out, _ = add_learned_energies(df, self.problems, hidden, self.tok, self.scorers, held_out=self.held_out)
         return out

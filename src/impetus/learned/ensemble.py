@@ -105,29 +105,49 @@ def build_ensemble(members: Sequence[nn.Module], reference: Any, names: Sequence
 
 
 def ensemble_scores(ens: EnsembleEBM, inputs: Any, problem_ids: Sequence[Any] | None = None,
-                    batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+                    batch_size: int = 256, held_out: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``(energy [N], z [N, K])`` for every row of ``inputs``. With ``problem_ids``, a member's
     ``z`` is NaN on the problems it was trained on (fold members), and the energy is the mean over
-    the others; without, every member counts (as in ``forward``)."""
+    the others; without, every member counts (as in ``forward``).
+
+    ``held_out`` (with ``problem_ids``): the seed members, fit on every training problem, count as
+    having seen each problem some fold member was fit on, so a training problem is scored by the one
+    fold member that held it out, on that member's standardised scale ``z`` (the scale the hybrid was
+    fit on, :mod:`impetus.learned.ensemble_fit`). A problem no member saw (eval) is scored as usual.
+    This is how dev problems, on which V2, EBD and the compute-matched choice pick their settings,
+    get energies no member was fit on."""
     z = np.stack([(score(m, inputs, batch_size=batch_size) - float(ens.mu[j])) / float(ens.sd[j])
                   for j, m in enumerate(ens.members)], axis=1)
+    seen_by_all = np.zeros(len(z), dtype=bool)
     if problem_ids is not None:
         pids = np.asarray(problem_ids).astype(str)
         for j, seen in enumerate(ens.trained_on):
             if seen:
                 z[np.isin(pids, list(seen)), j] = np.nan
+        if held_out:
+            folds = [s for s in ens.trained_on if s]
+            if not folds:
+                raise ValueError("held-out scoring needs the ensemble's fold members (scorer.fold_members: true)")
+            seen_by_all = np.isin(pids, list(frozenset().union(*folds)))
+            z[np.ix_(seen_by_all, [j for j, s in enumerate(ens.trained_on) if not s])] = np.nan
+    elif held_out:
+        raise ValueError("held-out scoring needs the rows' problem ids")
     if np.isnan(z).all(axis=1).any():
         raise ValueError("some rows have no ensemble member that was not trained on their problem")
     mean = np.nanmean(z, axis=1) if np.isnan(z).any() else z.mean(axis=1)
-    return (mean - float(ens.out[0])) / float(ens.out[1]), z
+    energy = (mean - float(ens.out[0])) / float(ens.out[1])
+    return np.where(seen_by_all, mean, energy), z
 
 
 def energy_scores(model: nn.Module, inputs: Any, problem_ids: Sequence[Any] | None = None,
-                  batch_size: int = 256) -> tuple[np.ndarray, np.ndarray | None]:
+                  batch_size: int = 256, held_out: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """Energies of any learned EBM: an ensemble through :func:`ensemble_scores` (with its members'
-    ``z``), a single model through :func:`~impetus.learned.models.score` (members: None)."""
+    ``z``), a single model through :func:`~impetus.learned.models.score` (members: None; it has no
+    held-out member, so ``held_out`` raises)."""
     if isinstance(model, EnsembleEBM):
-        return ensemble_scores(model, inputs, problem_ids, batch_size)
+        return ensemble_scores(model, inputs, problem_ids, batch_size, held_out)
+    if held_out:
+        raise ValueError("held-out scoring needs an ensemble with fold members, not a single model")
     return score(model, inputs, batch_size=batch_size), None
 
 

@@ -109,7 +109,7 @@ def distinct_rows(df: pd.DataFrame, cols: list[str]) -> tuple[np.ndarray, np.nda
     return first, codes
 
 
-def text_energy_scores(model: Any, tokenizer: Any, df: pd.DataFrame, problems: pd.DataFrame
+def text_energy_scores(model: Any, tokenizer: Any, df: pd.DataFrame, problems: pd.DataFrame, held_out: bool = False,
                        ) -> tuple[np.ndarray, np.ndarray | None]:
     """The TextEBM's energies (and ensemble members' ``z``) for every row of ``df``, each distinct
     (problem, completion) encoded once: a text energy is a function of those two alone, and sampled
@@ -119,7 +119,7 @@ def text_energy_scores(model: Any, tokenizer: Any, df: pd.DataFrame, problems: p
     unique = df.iloc[first]
     inputs = text_inputs(tokenizer, unique, problems, model.config.max_len)
     # 128 rows a batch: fewer, fuller length-sorted batches (benchmarks/bench_scoring_cost.py).
-    energy, z = energy_scores(model, inputs, unique["problem_id"].to_numpy(), batch_size=128)
+    energy, z = energy_scores(model, inputs, unique["problem_id"].to_numpy(), batch_size=128, held_out=held_out)
     return energy[codes], (None if z is None else z[codes])
 
 
@@ -187,6 +187,26 @@ class LearnedScorers:
             hybrid=None if hybrid is None else HybridEnergy.from_dict(hybrid),
         )
 
+    @property
+    def can_hold_out(self) -> bool:
+        """Whether every EBM here is an ensemble with fold members, so training-side problems can be
+        scored by the member that held them out (``held_out`` of :func:`add_learned_energies`)."""
+        ebms = [m for m in (self.text_ebm, self.latent_ebm) if m is not None]
+        return bool(ebms) and all(isinstance(m, EnsembleEBM) and any(m.trained_on) for m in ebms)
+
+
+def dev_held_out(scorers: LearnedScorers, stage: str) -> bool:
+    """Whether ``stage`` (V2, EBD, the compute-matched choice) can score its dev problems with the
+    fold members that held them out: the learned energies measured on eval are refit on every
+    train-side problem, dev included, so their seed members would score dev in sample and make any
+    option that uses them look better on dev than it will on eval. Logged either way."""
+    if scorers.can_hold_out:
+        logger.info("%s: dev problems get held-out learned energies (the fold member that held each out)", stage)
+        return True
+    logger.warning("%s: the learned energies have no fold members (scorer.fold_members: false), so dev problems "
+                   "are scored in sample: settings chosen on dev will favour options that use them", stage)
+    return False
+
 
 def add_learned_energies(
     df: pd.DataFrame,
@@ -195,18 +215,21 @@ def add_learned_energies(
     tokenizer: Any,
     scorers: LearnedScorers,
     members: dict[str, np.ndarray] | None = None,
+    held_out: bool = False,
 ) -> tuple[pd.DataFrame, dict[str, float]]:
     """Return ``df`` with ``text_ebm``/``latent_ebm``/``hybrid`` columns and scoring seconds.
 
     An ensemble scores each row without the fold members trained on its problem
     (:func:`~impetus.learned.ensemble.ensemble_scores`); pass a dict as ``members`` to get each
-    ensemble's per-member standardised energies (``[rows, K]``) under its name."""
+    ensemble's per-member standardised energies (``[rows, K]``) under its name. ``held_out``: rows
+    of training problems get only the fold member that held them out (dev rows for choosing V2's,
+    EBD's and the compute-matched settings); the hybrid's weights were still fit with them."""
     out = df.copy()
     seconds: dict[str, float] = {}
     pids = out["problem_id"].to_numpy()
     if scorers.text_ebm is not None:
         t0 = time.perf_counter()
-        energy, z = text_energy_scores(scorers.text_ebm, tokenizer, out, problems)
+        energy, z = text_energy_scores(scorers.text_ebm, tokenizer, out, problems, held_out)
         out["text_ebm"] = energy.astype(float)
         seconds["text_ebm"] = time.perf_counter() - t0
         if members is not None and z is not None:
@@ -214,7 +237,7 @@ def add_learned_energies(
     if scorers.latent_ebm is not None and hidden is not None:
         t0 = time.perf_counter()
         x = hidden_matrix(hidden, out["hidden_row"].to_numpy(), scorers.hidden_source)
-        energy, z = energy_scores(scorers.latent_ebm, x, pids, batch_size=1024)
+        energy, z = energy_scores(scorers.latent_ebm, x, pids, batch_size=1024, held_out=held_out)
         out["latent_ebm"] = energy.astype(float)
         seconds["latent_ebm"] = time.perf_counter() - t0
         if members is not None and z is not None:
@@ -278,12 +301,12 @@ def fit_hybrid(
 
 def score_split(
     graded: pd.DataFrame, energies: pd.DataFrame, hidden: dict[str, Any] | None, problems: pd.DataFrame,
-    tokenizer: Any, scorers: LearnedScorers, members: dict[str, np.ndarray] | None = None,
+    tokenizer: Any, scorers: LearnedScorers, members: dict[str, np.ndarray] | None = None, held_out: bool = False,
 ) -> tuple[pd.DataFrame, dict[str, float]]:
     """One split's candidates joined with their energies plus the learned ones, and scoring seconds
-    (``members``: see :func:`add_learned_energies`)."""
+    (``members``, ``held_out``: see :func:`add_learned_energies`)."""
     return add_learned_energies(join_candidates(graded, energies, hidden), problems, hidden, tokenizer, scorers,
-                                members)
+                                members, held_out)
 
 
 @dataclass(frozen=True)

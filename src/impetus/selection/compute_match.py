@@ -12,9 +12,11 @@ with a paired CI above 0, so the choice uses train-side data only; it is then me
 eval, paired against that same headline. An option without a dev
 measurement (EBD or V2 without a dev grid, V2 from the V1 headline's choice) is drawn but cannot be
 chosen. All options are compared
-on the eval (and dev) problems they share. Caveat: the learned energies measured on eval are refit
-on every train-side problem, dev included, so any option that uses them (V1's learned methods, EBD's
-starts and tilt) is scored in sample on dev; majority vote is not.
+on the eval (and dev) problems they share. The learned energies measured on eval are refit on every
+train-side problem, dev included, so on dev each problem's learned energies come from the ensemble's
+fold member that held it out (:func:`impetus.learned.fitting.dev_held_out`; V1's options here, EBD's
+starts and tilt, V2's rewards), or an option that uses them would look better on dev than on eval. Left
+in sample: the hybrid's ~15 combination weights, and V2 ``gradient`` mode's LatentEBM forward.
 """
 
 from __future__ import annotations

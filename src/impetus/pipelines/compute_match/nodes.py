@@ -9,7 +9,7 @@ import pandas as pd
 
 from impetus.framework.config import ComputeMatchParams
 from impetus.framework.tracking import as_mlflow_metrics
-from impetus.learned.fitting import LearnedScorers, score_split
+from impetus.learned.fitting import LearnedScorers, dev_held_out, score_split
 from impetus.pipelines.utils import load_base_tokenizer
 from impetus.selection.budget import v1_reference
 from impetus.selection.compute_match import compute_matched, ebd_options, v1_options, v2_options
@@ -30,7 +30,8 @@ def choose_family(
     tok = load_base_tokenizer(base_lm)
     scorers = LearnedScorers.from_records(text_ebm, latent_ebm, hybrid_energy)
     eval_table = score_split(graded_eval, energies_eval, hidden_eval, problems_eval, tok, scorers)[0]
-    dev_table = score_split(graded_dev, energies_dev, hidden_dev, problems_dev, tok, scorers)[0]
+    dev_table = score_split(graded_dev, energies_dev, hidden_dev, problems_dev, tok, scorers,
+                            held_out=dev_held_out(scorers, "compute_match"))[0]
     v1 = v1_reference(eval_table, rerank_metrics, vote_for=compute_match.vote_for)
     options = (v1_options(eval_table, dev_table, v1.methods, v1.resolve(compute_match.v1_methods))
                + ebd_options(ebd_steps) + v2_options(v2_answers, v2_dev_answers))

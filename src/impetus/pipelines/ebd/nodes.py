@@ -12,7 +12,7 @@ from impetus.framework.config import BenchmarkParams, EBDParams, EnergyStagePara
 from impetus.decoding.evaluate import EBDSplit, evaluate_ebd
 from impetus.decoding.report import markdown, plot_tokens
 from impetus.latent.scoring import NewAnswerScorer
-from impetus.learned.fitting import LearnedScorers, score_split
+from impetus.learned.fitting import LearnedScorers, dev_held_out, score_split
 from impetus.lm.sampler import get_sampler
 from impetus.lm.executors import recorded_layers
 from impetus.pipelines.utils import load_base_lm, sampling_params
@@ -24,11 +24,12 @@ logger = logging.getLogger(__name__)
 
 def _split(problems: pd.DataFrame, prompts: pd.DataFrame, graded: pd.DataFrame, energies_df: pd.DataFrame,
            hidden: dict[str, Any], tok: Any, bench: Any, scorers: LearnedScorers,
-           energies: EnergyStageParams) -> EBDSplit:
+           energies: EnergyStageParams, held_out: bool = False) -> EBDSplit:
     """One split's EBD inputs: candidates with every energy (chain starts), chain states scored
-    against the split's candidate pool from their recorded values, graded against its problems."""
-    scorer = NewAnswerScorer(tok, bench, problems, graded, scorers, energies.embedding_model)
-    table = score_split(graded, energies_df, hidden, problems, tok, scorers)[0]
+    against the split's candidate pool from their recorded values, graded against its problems
+    (``held_out``: dev, see :func:`~impetus.learned.fitting.dev_held_out`)."""
+    scorer = NewAnswerScorer(tok, bench, problems, graded, scorers, energies.embedding_model, held_out)
+    table = score_split(graded, energies_df, hidden, problems, tok, scorers, held_out=held_out)[0]
     return EBDSplit(prompts, table, scorer.from_traces, text_grader(bench, problems), scorer.traces_many)
 
 
@@ -49,7 +50,7 @@ def run_chains(
     eval_split = _split(problems_eval, prompts_eval, graded_eval, energies_eval, hidden_eval, tok, bench, scorers,
                         energies)
     dev_split = _split(problems_dev, prompts_dev, graded_dev, energies_dev, hidden_dev, tok, bench, scorers,
-                       energies) if cfg.grid else None
+                       energies, dev_held_out(scorers, "ebd")) if cfg.grid else None
     v1 = v1_reference(eval_split.candidates, rerank_metrics, vote_for=[cfg.energy])
     sampler = get_sampler(sampling.backend, model, tok, record=True, **recorded_layers(base_lm))
     result, answers, per_step = evaluate_ebd(sampler, tok, sampling_params(sampling, benchmark), eval_split, v1, cfg, dev=dev_split)

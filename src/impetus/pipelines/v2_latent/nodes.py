@@ -12,7 +12,7 @@ from impetus.framework.config import BenchmarkParams, EnergyStageParams, LatentP
 from impetus.latent.evaluate import Split, evaluate_v2
 from impetus.latent.report import markdown, plots
 from impetus.latent.scoring import NewAnswerScorer
-from impetus.learned.fitting import LearnedScorers, score_split
+from impetus.learned.fitting import LearnedScorers, dev_held_out, score_split
 from impetus.lm.sampler import get_sampler
 from impetus.lm.executors import recorded_layers
 from impetus.pipelines.utils import load_base_lm, sampling_params
@@ -23,11 +23,14 @@ logger = logging.getLogger(__name__)
 
 
 def _split(problems: pd.DataFrame, prompts: pd.DataFrame, graded: pd.DataFrame, tok: Any, bench: Any,
-           scorers: LearnedScorers, energies: EnergyStageParams, scored: pd.DataFrame, energy: str) -> Split:
+           scorers: LearnedScorers, energies: EnergyStageParams, scored: pd.DataFrame, energy: str,
+           held_out: bool = False) -> Split:
     """One split's V2 inputs: new answers scored against its candidate pool from their recorded
     values, graded against its problems; the pool's ``energy`` per problem (mean, std, min) from
-    its ``scored`` candidates (LatentSeek's reward is relative to them)."""
-    scorer = NewAnswerScorer(tok, bench, problems, graded, scorers, energies.embedding_model)
+    its ``scored`` candidates (LatentSeek's reward is relative to them). ``held_out``: dev, see
+    :func:`~impetus.learned.fitting.dev_held_out` (``gradient`` mode's LatentEBM still averages every
+    member: its forward has no problem ids)."""
+    scorer = NewAnswerScorer(tok, bench, problems, graded, scorers, energies.embedding_model, held_out)
     stats = scored.groupby("problem_id")[energy].agg(["mean", lambda e: e.std(ddof=0), "min"])
     pools = {str(p): tuple(float(x) for x in row) for p, row in stats.iterrows()}
     return Split(prompts, graded, scorer.traces_many, text_grader(bench, problems), pools)
@@ -49,11 +52,12 @@ def optimize_latents(
     model.requires_grad_(False)  # gradients flow to the latents only, not into the LM's weights
     bench = benchmark.build()
     scored_eval = score_split(graded_eval, energies_eval, hidden_eval, problems_eval, tok, scorers)[0]
-    scored_dev = score_split(graded_dev, energies_dev, hidden_dev, problems_dev, tok, scorers)[0]
+    held_out = dev_held_out(scorers, "v2_latent")
+    scored_dev = score_split(graded_dev, energies_dev, hidden_dev, problems_dev, tok, scorers, held_out=held_out)[0]
     eval_split = _split(problems_eval, prompts_eval, graded_eval, tok, bench, scorers, energies, scored_eval,
                         v2_latent.energy)
     dev_split = _split(problems_dev, prompts_dev, graded_dev, tok, bench, scorers, energies, scored_dev,
-                       v2_latent.energy)
+                       v2_latent.energy, held_out)
     v1 = v1_reference(scored_eval, rerank_metrics)
     result, v2, dev_answers = evaluate_v2(
         get_sampler(sampling.backend, model, tok, record=True, **recorded_layers(base_lm)), tok,
