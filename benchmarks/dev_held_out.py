@@ -21,9 +21,9 @@ import yaml
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
+from impetus.learned.ensemble import top1_accuracy
 from impetus.learned.fitting import LearnedScorers, score_split
 from impetus.pipelines.utils import load_base_tokenizer
-from impetus.selection.rules import select_argmin, selection_correct
 
 
 def main(argv: list[str]) -> None:
@@ -41,7 +41,7 @@ def main(argv: list[str]) -> None:
     print(f"{in_sample['problem_id'].nunique()} dev problems, {len(mixed)} of them in the learned energies' "
           "training groups (the others have only right or only wrong candidates)")
     for col in ("text_ebm", "latent_ebm", "hybrid"):
-        acc = [100 * selection_correct(d, select_argmin(d, col)).mean() for d in (in_sample, held_out)]
+        acc = [100 * top1_accuracy(d[col].to_numpy(), d) for d in (in_sample, held_out)]
         r = np.corrcoef(in_sample[col], held_out[col])[0, 1]
         print(f"{col:>10}: dev top-1 {acc[0]:.1f}% in sample, {acc[1]:.1f}% held out (r {r:.3f})")
 

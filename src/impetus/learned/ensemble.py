@@ -118,7 +118,7 @@ def ensemble_scores(ens: EnsembleEBM, inputs: Any, problem_ids: Sequence[Any] | 
     get energies no member was fit on."""
     z = np.stack([(score(m, inputs, batch_size=batch_size) - float(ens.mu[j])) / float(ens.sd[j])
                   for j, m in enumerate(ens.members)], axis=1)
-    seen_by_all = np.zeros(len(z), dtype=bool)
+    seed_seen = np.zeros(len(z), dtype=bool)  # rows whose problem the seed members were fit on
     if problem_ids is not None:
         pids = np.asarray(problem_ids).astype(str)
         for j, seen in enumerate(ens.trained_on):
@@ -128,15 +128,15 @@ def ensemble_scores(ens: EnsembleEBM, inputs: Any, problem_ids: Sequence[Any] | 
             folds = [s for s in ens.trained_on if s]
             if not folds:
                 raise ValueError("held-out scoring needs the ensemble's fold members (scorer.fold_members: true)")
-            seen_by_all = np.isin(pids, list(frozenset().union(*folds)))
-            z[np.ix_(seen_by_all, [j for j, s in enumerate(ens.trained_on) if not s])] = np.nan
+            seed_seen = np.isin(pids, list(frozenset().union(*folds)))
+            z[np.ix_(seed_seen, [j for j, s in enumerate(ens.trained_on) if not s])] = np.nan
     elif held_out:
         raise ValueError("held-out scoring needs the rows' problem ids")
     if np.isnan(z).all(axis=1).any():
         raise ValueError("some rows have no ensemble member that was not trained on their problem")
     mean = np.nanmean(z, axis=1) if np.isnan(z).any() else z.mean(axis=1)
     energy = (mean - float(ens.out[0])) / float(ens.out[1])
-    return np.where(seen_by_all, mean, energy), z
+    return np.where(seed_seen, mean, energy), z
 
 
 def energy_scores(model: nn.Module, inputs: Any, problem_ids: Sequence[Any] | None = None,

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from impetus.energy.registry import cost_keys
-from impetus.selection.crossval import NOT_CHOSEN, cross_validate, shortlisted
+from impetus.selection.crossval import NOT_CHOSEN, choose_by_cv, cross_validate, shortlisted
 from impetus.selection.methods import BASELINES, build_methods, choose_taus
 from impetus.selection.metrics import evaluate_methods, paired_bootstrap
 from impetus.selection.rules import Selector, selection_correct
@@ -72,12 +72,9 @@ def choose_on_dev(dev_result: Mapping[str, Any], exclude: Sequence[str] = NOT_CH
     accuracy (ties: the one listed first in ``shortlist``, then cheaper, then name, as
     :func:`~impetus.selection.crossval.choose_by_cv`). Majority may win: then the honest headline is
     that no energy beat majority vote on dev."""
-    names = shortlisted(dev_result["methods"], shortlist, exclude)
-    order = {m: i for i, m in enumerate(shortlist or ())}
-    methods = dev_result["methods"]
-    best = max(methods[n]["accuracy"] for n in names)
-    tied = [n for n in names if methods[n]["accuracy"] >= best - 1e-12]
-    return min(tied, key=lambda n: (order.get(n, len(order)), methods[n].get("seconds_per_problem") or 0.0, n))
+    methods = dev_result["methods"]  # one split, no folds: the CV rule's tie order without fold wins
+    return choose_by_cv({n: {"accuracy": m["accuracy"], "fold_wins": 0} for n, m in methods.items()},
+                        {n: m.get("seconds_per_problem") or 0.0 for n, m in methods.items()}, exclude, shortlist)
 
 
 def dev_selection(
