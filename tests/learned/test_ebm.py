@@ -7,7 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from impetus.learned.models import LatentEBM, LatentEBMConfig, TextEBM, TextEBMConfig, TokenInputs, encode_texts, score
+from impetus.learned.models import (
+    LatentEBM, LatentEBMConfig, TextEBM, TextEBMConfig, TokenInputs, distinct_rows, encode_texts, score,
+)
 from impetus.learned.persist import load_ebm, save_ebm
 from impetus.learned.train import TrainConfig, group_pair_metrics, pairwise_loss, train_ebm
 
@@ -217,3 +219,94 @@ def test_score_in_length_order_returns_energies_in_row_order():
     batched = score(model, TokenInputs(ids, mask), batch_size=3)
     np.testing.assert_allclose(batched, alone, atol=1e-5, rtol=1e-5)
     assert len(set(np.round(alone, 4))) == len(lengths)  # distinct energies: a permutation would show
+
+
+def _repeated_token_rows(n_groups: int = 24, seed: int = 0):
+    """Token rows where every candidate appears twice in its group (sampled answers repeat)."""
+    rng = np.random.default_rng(seed)
+    rows, gs, ys = [], [], []
+    for g in range(n_groups):
+        for k in range(3):
+            row = rng.integers(0, 40, size=int(rng.integers(3, 9)))
+            if k == 0:
+                row[0] = 7  # the right one carries a marker token
+            rows += [row, row.copy()]
+            gs += [g, g]
+            ys += [k == 0, k == 0]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), 50, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.as_tensor(r)
+        mask[i, : len(r)] = 1
+    return ids, mask, np.array(gs), np.array(ys)
+
+
+def test_distinct_rows_runs_each_repeat_once_and_maps_back():
+    ids, mask, _, _ = _repeated_token_rows()
+    (du, mu), inverse = distinct_rows((ids, mask))
+    assert len(du) == len(ids) // 2
+    torch.testing.assert_close(du[inverse], ids)
+    torch.testing.assert_close(mu[inverse], mask)
+    same, inv_same = distinct_rows((du, mu))  # already distinct: returned as is
+    assert same[0] is du and torch.equal(inv_same, torch.arange(len(du)))
+
+
+def test_score_of_repeated_rows_equals_scoring_every_row():
+    torch.manual_seed(0)
+    cfg = TextEBMConfig(vocab_size=50, d_model=16, n_layers=2, n_heads=2, d_ff=32, max_len=16, dropout=0.0)
+    model = TextEBM(cfg).eval()
+    ids, mask, _, _ = _repeated_token_rows()
+    every = np.concatenate([score(model, (ids[i:i + 1], mask[i:i + 1])) for i in range(len(ids))])
+    np.testing.assert_allclose(score(model, TokenInputs(ids, mask)), every, atol=1e-5, rtol=1e-5)
+
+
+def test_loss_and_gradients_on_distinct_rows_equal_running_every_row():
+    """The training step's claim: energies of distinct rows mapped back give the pairwise loss and the
+    gradients that running every row gives (no dropout)."""
+    ids, mask, gs, ys = _repeated_token_rows()
+    torch.manual_seed(0)
+    cfg = TextEBMConfig(vocab_size=50, d_model=16, n_layers=1, n_heads=2, d_ff=32, max_len=16, dropout=0.0)
+    model = TextEBM(cfg).train()
+    g, y = torch.as_tensor(gs), torch.as_tensor(ys)
+
+    def grads(energies):
+        model.zero_grad()
+        loss = pairwise_loss(energies, g, y)
+        loss.backward()
+        return loss.item(), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+    (du, mu), inverse = distinct_rows((ids, mask))
+    loss_d, grad_d = grads(model(du, mu)[inverse])
+    loss_e, grad_e = grads(model(ids, mask))
+    assert loss_d == pytest.approx(loss_e, rel=1e-6)
+    assert grad_d.keys() == grad_e.keys()
+    for k in grad_e:
+        torch.testing.assert_close(grad_d[k], grad_e[k], atol=1e-6, rtol=1e-4)
+    shuffled = inverse[torch.randperm(len(inverse), generator=torch.Generator().manual_seed(0))]
+    assert pairwise_loss(model(du, mu)[shuffled], g, y).item() != pytest.approx(loss_e, rel=1e-3)
+
+
+def test_training_runs_each_repeated_row_once(monkeypatch):
+    """train_ebm feeds the model each distinct row of a step once: with every candidate twice it sees
+    half the rows, and ends where running every row ends (Adam magnifies rounding in near-zero
+    gradients, so the energies, not the raw weights, are compared)."""
+    import impetus.learned.train as train_mod
+
+    ids, mask, gs, ys = _repeated_token_rows()
+    cfg = TextEBMConfig(vocab_size=50, d_model=16, n_layers=1, n_heads=2, d_ff=32, max_len=16, dropout=0.0)
+
+    def fit():
+        torch.manual_seed(0)
+        model, seen = TextEBM(cfg), []
+        model.register_forward_pre_hook(lambda m, args: seen.append(len(args[0])) if m.training else None)
+        res = train_ebm(model, (ids, mask), gs, ys, make_cfg(epochs=8, lr=1e-2, patience=100, progress=False))
+        return score(res.model, TokenInputs(ids, mask)), sum(seen)
+
+    e_dedup, n_dedup = fit()
+    monkeypatch.setattr(train_mod, "distinct_rows", lambda batch: (batch, torch.arange(len(batch[0]))))
+    e_every, n_every = fit()
+    assert n_dedup * 2 == n_every
+    assert e_every.std() > 1.0  # trained well away from the initial energies ...
+    np.testing.assert_allclose(e_dedup, e_every, atol=0.05)  # ... to the same place
+    assert group_pair_metrics(e_dedup, gs, ys)["pair_acc"] > 0.85  # energies stayed with their rows

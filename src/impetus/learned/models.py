@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "TextEBMConfig", "TextEBM", "LatentEBMConfig", "LatentEBM", "encode_texts", "TokenInputs",
-    "VectorInputs", "as_inputs", "score",
+    "VectorInputs", "as_inputs", "distinct_rows", "score",
 ]
 
 # ----------------------------------------------------------------------------- models
@@ -208,10 +208,34 @@ def as_inputs(x: Any) -> Any:
     return VectorInputs(x)
 
 
+def distinct_rows(batch: tuple[Tensor, ...]) -> tuple[tuple[Tensor, ...], Tensor]:
+    """The distinct rows of a batch of row-aligned tensors, and each row's index among them.
+
+    ``model(*distinct)[inverse]`` gives every row its energy while the model runs once per distinct
+    row: sampled answers repeat (the default run's 800 eval candidates hold 330 distinct ones), and
+    an energy depends on its row alone. Rows are compared on all tensors together (ids and mask).
+    """
+    flat = torch.cat([t.reshape(len(t), -1).to(torch.float64) for t in batch], dim=1)
+    if len(flat) < 2:
+        return batch, torch.arange(len(flat))
+    uniq, inverse = torch.unique(flat, dim=0, return_inverse=True)
+    if len(uniq) == len(flat):
+        return batch, torch.arange(len(flat))
+    first = torch.full((len(uniq),), len(flat), dtype=torch.long).scatter_reduce(
+        0, inverse, torch.arange(len(flat)), reduce="amin")
+    return tuple(t[first] for t in batch), inverse
+
+
 @torch.no_grad()
 def score(model: nn.Module, inputs: Any, batch_size: int = 256, device: str = "cpu") -> np.ndarray:
-    """Energies for every row of ``inputs`` (eval mode, no grad) as a float ``np.ndarray``."""
+    """Energies for every row of ``inputs`` (eval mode, no grad) as a float ``np.ndarray``.
+
+    Repeated token rows are scored once (sampled answers repeat; the energy of a row is its own)."""
     inputs = as_inputs(inputs)
+    if isinstance(inputs, TokenInputs) and len(inputs) > 1:
+        (ids, mask), inverse = distinct_rows((inputs.ids, inputs.mask))
+        if len(ids) < len(inputs):
+            return score(model, TokenInputs(ids, mask), batch_size, device)[inverse.numpy()]
     # Token rows go in length order, so each batch is trimmed to rows of about its own length (the
     # TextEBM's cost grows with the padded width; docs/results.md, "The cost target").
     order = (np.argsort(inputs.mask.sum(dim=1).numpy(), kind="stable") if isinstance(inputs, TokenInputs)
