@@ -4,7 +4,8 @@ Usage (after any v1_rerank run: it reads that run's eval candidates, problems an
 
     python benchmarks/bench_scoring_cost.py [--repeats 3]
 
-- TextEBM ensemble: every candidate encoded; each distinct (problem, completion) once in row order,
+- TextEBM ensemble: every candidate encoded and scored (length-sorted here: ``score`` itself scores
+  repeated token rows once since commit 0abcc87); each distinct (problem, completion) once in row order,
   64 a batch (the pipeline before length-sorted scoring); and what the pipeline runs now
   (:func:`impetus.learned.fitting.text_energy_scores`: distinct rows, length-sorted, 128 a batch).
 - Embedding consistency: MiniLM in fp32, against bf16 autocast (``energies.embedding_dtype``) at 64
@@ -26,7 +27,7 @@ import pandas as pd
 
 from impetus.energy.consistency import embed_texts, embedding_consistency, load_embedding_model
 from impetus.learned.ensemble import energy_scores
-from impetus.learned.fitting import distinct_rows, text_energy_scores, text_inputs
+from impetus.learned.fitting import distinct_keys, text_energy_scores, text_inputs
 from impetus.learned.models import TokenInputs
 from impetus.lm.precision import cpu_bf16_fast_path
 
@@ -59,8 +60,18 @@ class _RowOrder:
         return self.inputs(idx)
 
 
+def _every_row(ens, tok, df: pd.DataFrame, problems: pd.DataFrame) -> np.ndarray:  # noqa: ANN001
+    """Every candidate scored, length-sorted, 64 a batch (the pipeline before commit 69f49b3)."""
+    inputs = text_inputs(tok, df, problems, ens.config.max_len)
+    order = np.argsort(inputs.mask.sum(dim=1).numpy(), kind="stable")
+    sorted_rows = _RowOrder(TokenInputs(inputs.ids[order], inputs.mask[order]))
+    energy = np.empty(len(df), dtype=np.float32)
+    energy[order] = energy_scores(ens, sorted_rows, df["problem_id"].to_numpy()[order], batch_size=64)[0]
+    return energy
+
+
 def _distinct_in_row_order(ens, tok, df: pd.DataFrame, problems: pd.DataFrame) -> np.ndarray:  # noqa: ANN001
-    first, codes = distinct_rows(df, ["problem_id", "completion"])
+    first, codes = distinct_keys(df, ["problem_id", "completion"])
     unique = df.iloc[first]
     inputs = _RowOrder(text_inputs(tok, unique, problems, ens.config.max_len))
     return energy_scores(ens, inputs, unique["problem_id"].to_numpy(), batch_size=64)[0][codes]
@@ -75,8 +86,7 @@ def main() -> None:
     texts = df["completion"].tolist()
     load_embedding_model(None)  # loaded before the clock, as the pipeline does
     sides = {
-        "TextEBM, every candidate": lambda: energy_scores(ens, text_inputs(tok, df, problems, ens.config.max_len),
-                                                          pids, batch_size=64)[0],
+        "TextEBM, every candidate": lambda: _every_row(ens, tok, df, problems),
         "TextEBM, distinct, row order": lambda: _distinct_in_row_order(ens, tok, df, problems),
         "TextEBM, distinct rows": lambda: text_energy_scores(ens, tok, df, problems)[0],
         "MiniLM fp32": lambda: embedding_consistency(embed_texts(texts), pids),

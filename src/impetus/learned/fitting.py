@@ -101,7 +101,7 @@ def text_inputs(tokenizer: Any, df: pd.DataFrame, problems: pd.DataFrame, max_le
     return TokenInputs(ids, mask)
 
 
-def distinct_rows(df: pd.DataFrame, cols: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def distinct_keys(df: pd.DataFrame, cols: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """``(first, codes)``: the index of each distinct ``cols`` tuple's first row, and for every row the
     position of its tuple in ``first`` (so ``values[first][codes]`` spreads per-tuple values back)."""
     codes, _ = pd.factorize(pd.MultiIndex.from_frame(df[cols].astype(str)))
@@ -115,7 +115,7 @@ def text_energy_scores(model: Any, tokenizer: Any, df: pd.DataFrame, problems: p
     (problem, completion) encoded once: a text energy is a function of those two alone, and sampled
     candidates repeat (800 candidates of the default run hold 330 distinct ones), so this scores 2.4x
     fewer rows there at the same values (up to batch-composition rounding)."""
-    first, codes = distinct_rows(df, ["problem_id", "completion"])
+    first, codes = distinct_keys(df, ["problem_id", "completion"])
     unique = df.iloc[first]
     inputs = text_inputs(tokenizer, unique, problems, model.config.max_len)
     # 128 rows a batch: fewer, fuller length-sorted batches (benchmarks/bench_scoring_cost.py).

@@ -212,7 +212,7 @@ def distinct_rows(batch: tuple[Tensor, ...]) -> tuple[tuple[Tensor, ...], Tensor
     """The distinct rows of a batch of row-aligned tensors, and each row's index among them.
 
     ``model(*distinct)[inverse]`` gives every row its energy while the model runs once per distinct
-    row: sampled answers repeat (the default run's 800 eval candidates hold 330 distinct ones), and
+    row: sampled answers repeat (the default run's 800 eval candidates hold about 330 distinct ones), and
     an energy depends on its row alone. Rows are compared on all tensors together (ids and mask).
     """
     flat = torch.cat([t.reshape(len(t), -1).to(torch.float64) for t in batch], dim=1)
