@@ -74,7 +74,7 @@ def catalog(tmp_path) -> DataCatalog:
         "energies_eval_timing": timing, "energies_dev_timing": timing, "energies_train_timing": timing,
         "base_lm": {"path": str(tmp_path / "lm")},
         "params:learning_curve": LearningCurveParams(sizes=[20, 40, 500], methods=["latent_ebm", "hybrid", "majority"],
-                                                     seed=0, progress=False),
+                                                     seed=0, progress=False, points_dir=str(tmp_path / "points")),
         "params:mining": MiningParams(hard_negative_energy="spilled_max"),
         "params:scorer": ScorerParams.model_validate({
             "seed": 0, "n_seeds": 2, "fold_members": True, "progress": False, "allow_pickle": False,
@@ -218,3 +218,36 @@ def test_ensembles_are_reported_and_the_learning_curve_ends_at_the_run(catalog):
     table = catalog["learning_curve_table"].load()
     assert list(table["n_train_problems"]) == [20, 40, 80]
     assert "learning_curve.png" in catalog["learning_curve_plots"].load()
+
+
+def test_a_rerun_of_the_learning_curve_reads_its_finished_points(catalog, tmp_path, monkeypatch):
+    """Points are kept as they finish: a run killed after the first point refits only the others,
+    and a full rerun refits nothing; other settings are other points."""
+    import impetus.pipelines.learning_curve.nodes as lc_nodes
+
+    SequentialRunner().run(mining() + scorer() + rerank_eval(), catalog)
+    fits = []
+    real = lc_nodes.train_scorers
+
+    def counted(*args, **kwargs):
+        fits.append(1)
+        if len(fits) == 2:
+            raise KeyboardInterrupt  # the run dies during its second point
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lc_nodes, "train_scorers", counted)
+    with pytest.raises(KeyboardInterrupt):
+        SequentialRunner().run(learning_curve(), catalog)
+    assert len(list((tmp_path / "points").glob("*.json"))) == 1 and not list((tmp_path / "points").glob("*.tmp*"))
+    monkeypatch.setattr(lc_nodes, "train_scorers", lambda *a, **k: (fits.append(1), real(*a, **k))[1])
+    fits.clear()
+    SequentialRunner().run(learning_curve(), catalog)
+    assert len(fits) == 2  # 40 and 80 refit, 20 read back
+    first = catalog["learning_curve_metrics"].load()["points"]
+    fits.clear()
+    SequentialRunner().run(learning_curve(), catalog)
+    assert fits == [] and catalog["learning_curve_metrics"].load()["points"] == first
+    params = catalog["params:learning_curve"].load()
+    catalog["params:learning_curve"] = MemoryDataset(params.model_copy(update={"seed": 1}))
+    SequentialRunner().run(learning_curve(), catalog)
+    assert len(fits) == 3  # another permutation: every point is new

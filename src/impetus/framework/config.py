@@ -318,6 +318,8 @@ class LearningCurveParams(_Params):
     methods: list[str] = F("Methods whose eval accuracy is drawn (rerank_metrics' names), besides the chosen one.")
     seed: int = F("Seed of the permutation whose first n problems form each point (nested subsets).")
     progress: bool = F("Show a progress bar over the points.")
+    points_dir: str | None = F("Folder where each finished point is kept, keyed by the run's inputs, the settings "
+                               "and the code, so a rerun refits only the points it lacks; null keeps none.")
 
 
 #: Parameter block name -> its class (what ``kedro run`` validates, and what the docs list).
