@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from impetus.learned.models import (
     LatentEBM, LatentEBMConfig, TextEBM, TextEBMConfig, TokenInputs, distinct_rows, encode_texts, score,
