@@ -51,7 +51,8 @@ def learning_curve(
             text, latent, hybrid, *_ = train_scorers(groups, train[4], train[2], dev[4], dev[2], base_lm, scorer,
                                                      rerank_eval)
             result = rerank_and_evaluate(*train, *dev, graded_eval, energies_eval, hidden_eval, energies_eval_timing,
-                                         problems_eval, base_lm, text, latent, hybrid, scorer, rerank_eval)[0]
+                                         problems_eval, base_lm, text, latent, hybrid, scorer, rerank_eval,
+                                         report=False)[0]
             seconds = float(train[0]["gen_seconds"].sum() + dev[0]["gen_seconds"].sum())
             return curve_row(n, seconds, result, learning_curve.methods)
 

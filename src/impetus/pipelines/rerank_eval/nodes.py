@@ -102,9 +102,12 @@ def rerank_and_evaluate(
     graded_dev: pd.DataFrame, energies_dev: pd.DataFrame, hidden_dev: dict[str, Any], energies_dev_timing: dict,
     problems_dev: pd.DataFrame, graded_eval: pd.DataFrame, energies_eval: pd.DataFrame, hidden_eval: dict[str, Any],
     energies_eval_timing: dict, problems_eval: pd.DataFrame, base_lm: dict[str, Any], text_ebm: dict,
-    latent_ebm: dict, hybrid_energy: dict, scorer: ScorerParams, rerank_eval: RerankParams,
+    latent_ebm: dict, hybrid_energy: dict, scorer: ScorerParams, rerank_eval: RerankParams, report: bool = True,
 ) -> tuple[dict, str, pd.DataFrame, pd.DataFrame, dict[str, Figure], dict]:
-    """Choose the headline (cross-validated over train + dev, or on dev), evaluate every method on eval."""
+    """Choose the headline (cross-validated over train + dev, or on dev), evaluate every method on eval.
+
+    ``report`` False (a learning-curve point, which reads the headline and the methods only): no
+    plots, adaptive-N table, markdown or MLflow metrics, which cost about 10 s a call on the default run."""
     scorers = LearnedScorers.from_records(text_ebm, latent_ebm, hybrid_energy)
     tok = load_base_tokenizer(base_lm)
     members: dict[str, Any] = {}
@@ -130,6 +133,8 @@ def rerank_and_evaluate(
         chosen_on, evals, cols, hybrid_cols, dev_seconds, _stage_seconds(energies_eval_timing, eval_learned),
         rerank_eval, selection=selection,
     )
+    if not report:
+        return result, "", selections, pd.DataFrame(columns=["n", "accuracy", "std", "method"]), {}, {}
     figures, curves = make_plots(evals, build_methods(cols, result["taus"]), rerank_eval.curves, cols,
                                  rerank_eval.acc_vs_n_subsamples, rerank_eval.seed)
     result["adaptive"], result["adaptive_online"] = {}, _online_summary(evals)
