@@ -185,6 +185,7 @@ class TokenInputs:
 
     def __init__(self, ids: Tensor, mask: Tensor):
         self.ids, self.mask = ids.long(), mask.long()
+        self._distinct: tuple[TokenInputs, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return self.ids.shape[0]
@@ -194,6 +195,16 @@ class TokenInputs:
         m = self.mask[i]
         width = max(1, int(m.sum(dim=1).max())) if len(i) else 1
         return (self.ids[i, :width], m[:, :width])
+
+    def distinct(self) -> tuple["TokenInputs", np.ndarray]:
+        """``(distinct rows, each row's index among them)``, found once per object: an ensemble scores
+        the same inputs with every member (the rows are not expected to change after construction)."""
+        if self._distinct is None:
+            (ids, mask), inverse = distinct_rows((self.ids, self.mask))
+            unique = self if len(ids) == len(self) else TokenInputs(ids, mask)
+            unique._distinct = (unique, np.arange(len(unique)))
+            self._distinct = (unique, inverse.numpy())
+        return self._distinct
 
 
 Inputs = Callable[[np.ndarray], tuple[Tensor, ...]]
@@ -232,10 +243,10 @@ def score(model: nn.Module, inputs: Any, batch_size: int = 256, device: str = "c
 
     Repeated token rows are scored once (sampled answers repeat; the energy of a row is its own)."""
     inputs = as_inputs(inputs)
-    if isinstance(inputs, TokenInputs) and len(inputs) > 1:
-        (ids, mask), inverse = distinct_rows((inputs.ids, inputs.mask))
-        if len(ids) < len(inputs):
-            return score(model, TokenInputs(ids, mask), batch_size, device)[inverse.numpy()]
+    if isinstance(inputs, TokenInputs):
+        unique, inverse = inputs.distinct()
+        if unique is not inputs:
+            return score(model, unique, batch_size, device)[inverse]
     # Token rows go in length order, so each batch is trimmed to rows of about its own length (the
     # TextEBM's cost grows with the padded width; docs/results.md, "The cost target").
     order = (np.argsort(inputs.mask.sum(dim=1).numpy(), kind="stable") if isinstance(inputs, TokenInputs)
