@@ -83,6 +83,28 @@ def test_accuracy_vs_n_endpoints():
     assert list(accuracy_vs_n(df, select_first, ns=[3, 1], n_subsamples=2)["n"]) == [1, 3]
 
 
+def test_accuracy_vs_n_stacked_draws_equal_one_call_per_draw():
+    """The draws of one n run as one stacked selector call; each draw must give what calling the
+    selector on that draw alone gives (same random keys: one rng.random(len(df)) per draw)."""
+    df = synthetic(n_problems=25, n=6, seed=3)
+    df["problem_id"] = "p" + df["problem_id"].astype(str)  # string ids, as the pipeline's
+    df = df.drop(index=[3, 4, 5, 40])  # problems with fewer candidates than others keep all they have
+    methods = [get_selector("weighted_vote", energy_col="e", tau=0.5), get_selector("majority"),
+               get_selector("argmin", energy_col="e")]
+    for sel in methods:
+        rng = np.random.default_rng(7)
+        expected = []
+        for n in (1, 2, 4):
+            accs = []
+            for _ in range(5):
+                rank = pd.Series(rng.random(len(df)), index=df.index).groupby(df["problem_id"]).rank(method="first")
+                sub = df[rank <= n]
+                accs.append(float(selection_correct(sub, sel(sub)).mean()))
+            expected.append((n, float(np.mean(accs)), float(np.std(accs))))
+        curve = accuracy_vs_n(df, sel, ns=[1, 2, 4], n_subsamples=5, seed=7)
+        assert list(curve.itertuples(index=False, name=None)) == expected
+
+
 def test_evaluate_methods():
     df = synthetic()
     methods = {

@@ -2,7 +2,9 @@
 
 Every selector takes a candidates/energies frame with at least ``problem_id`` and ``sample_idx``
 (plus ``answer``, ``correct`` or an energy column as it needs) and returns a
-``pd.Series`` indexed by ``problem_id`` whose values are the chosen ``sample_idx``.
+``pd.Series`` indexed by ``problem_id`` whose values are the chosen ``sample_idx``. A selector
+decides each problem from that problem's rows alone: :func:`~impetus.selection.metrics.accuracy_vs_n`
+relies on it to score many random draws in one call, each draw's problems under ids of their own.
 
 Energies follow the project contract: **lower = better** for every column, so no selector ever
 special-cases a method.
