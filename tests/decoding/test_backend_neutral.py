@@ -413,3 +413,70 @@ def test_v2_dev_grid_without_steps_runs_each_mode_at_its_own_steps(toy, monkeypa
     result, _, _ = evaluate_v2(sampler, tok, PARAMS, split, selections, v1, cfg, dev=split)
     assert seen == [3, 3, 3]  # two dev runs (lr 1 and 2), then eval: all at the mode's 3 steps
     assert result["settings"]["reinforce"]["steps"] == 3
+
+
+def test_ebd_dev_runs_are_kept_and_a_rerun_after_a_crash_decodes_only_the_missing(toy, monkeypatch, tmp_path):
+    """``dev_runs``: a run that dies after its first dev run keeps that run; the rerun decodes the
+    other dev run and eval only, and gives what a run without any kept runs gives."""
+    import impetus.decoding.evaluate as ev
+    from impetus.selection.point_cache import PointCache
+
+    tok, sampler, prompts, cands = toy
+    cfg = EBDConfig(n_problems=None, energy="neg_logprob_mean", tau=1.0, alpha=2.0, block=2, chains=2, n_init=1,
+                    steps=3, answer="lowest", kernel="resample", grid={"tau": [0.5, 1.0], "answer": ["lowest", "vote"]},
+                    search="product", dev_problems=None, n_boot=100, seed=0, progress=False)
+    table = cands.assign(neg_logprob_mean=np.linspace(0, 1, len(cands)))
+    v1 = v1_reference(table, {"headline": {"method": "majority"}}, vote_for=[cfg.energy])
+    split = EBDSplit(prompts, table, lambda _pid, traces: trace_energies(tok, traces, [None] * len(traces))[0], grade)
+    reference = evaluate_ebd(sampler, tok, PARAMS, split, v1, cfg, dev=split)  # nothing kept
+    calls = []
+    real = ev.decode_split
+
+    def dies_on_the_second(*a, **k):
+        calls.append(a[5].tau)
+        if len(calls) == 2:
+            raise RuntimeError("killed")
+        return real(*a, **k)
+
+    monkeypatch.setattr(ev, "decode_split", dies_on_the_second)
+    kept = PointCache(str(tmp_path / "runs"), "this run")
+    with pytest.raises(RuntimeError, match="killed"):
+        evaluate_ebd(sampler, tok, PARAMS, split, v1, cfg, dev=split, dev_runs=kept)
+    assert len(list((tmp_path / "runs").glob("*.json"))) == 1  # the first dev run, and nothing half-written
+    monkeypatch.setattr(ev, "decode_split", lambda *a, **k: calls.append(a[5].tau) or real(*a, **k))
+    calls.clear()
+    result, answers, per_step = evaluate_ebd(sampler, tok, PARAMS, split, v1, cfg, dev=split,
+                                             dev_runs=PointCache(str(tmp_path / "runs"), "this run"))
+    assert calls == [1.0, result["tau"]]  # the missing dev run (tau 1.0), then eval at the chosen tau
+    assert result["grid_dev_accuracy"] == reference[0]["grid_dev_accuracy"] and result["tau"] == reference[0]["tau"]
+    pd.testing.assert_frame_equal(per_step, reference[2])  # the chosen dev run's rows, read back as they were
+    pd.testing.assert_frame_equal(answers.drop(columns="seconds"), reference[1].drop(columns="seconds"))  # wall time aside
+    calls.clear()
+    evaluate_ebd(sampler, tok, PARAMS, split, v1, cfg, dev=split, dev_runs=PointCache(str(tmp_path / "runs"), "another"))
+    assert len(calls) == 3  # another key (another model, data or code): every dev run again
+
+
+def test_v2_dev_runs_are_kept_and_reread(toy, monkeypatch, tmp_path):
+    """V2's dev runs kept under ``dev_runs``: a rerun optimises eval only, with the same dev answers."""
+    import impetus.latent.evaluate as ev
+    from impetus.selection.point_cache import PointCache
+
+    tok, sampler, prompts, cands = toy
+    cfg = V2Config(n_problems=None, energy="planted", starts=("single",), modes=("reinforce",), positions="prefix",
+                   prefix_fraction=0.5, window=1, steps=2, lr=1.0, samples=4, radius=2.0, patience=None,
+                   grid={"lr": [1.0, 2.0]}, search="product", dev_problems=None, mode_settings={}, ceiling_k=0,
+                   compare_to=("headline",), n_boot=100, seed=0, progress=False)
+    v1 = v1_reference(cands.assign(planted=0.0), {"headline": {"method": "majority"}})
+    selections = pd.DataFrame({"problem_id": ["p0", "p1"], "first": 0, "majority": 1})
+    split = Split(prompts, cands, lambda _p, traces: pd.DataFrame({"planted": [float(len(t.ids)) for t in traces]}),
+                  grade)
+    calls = []
+    real = ev.optimize_split
+    monkeypatch.setattr(ev, "optimize_split", lambda *a, **k: calls.append(1) or real(*a, **k))
+    runs = [evaluate_v2(sampler, tok, PARAMS, split, selections, v1, cfg, dev=split,
+                        dev_runs=PointCache(str(tmp_path / "v2"), "this run")) for _ in range(2)]
+    assert len(calls) == 3 + 1  # two dev runs and eval, then eval alone
+    (first, v2, dev), (again, v2_again, dev_again) = runs
+    assert first["grid_dev_accuracy"] == again["grid_dev_accuracy"]
+    pd.testing.assert_frame_equal(dev, dev_again)
+    assert v2["text"].tolist() == v2_again["text"].tolist()

@@ -73,11 +73,11 @@ def catalog(tmp_path) -> DataCatalog:
             n_problems=2, energy="hybrid", starts=["single", "v1"], modes=["reinforce", "gradient", "latentseek", "topk_pg"],
             positions="spilled", prefix_fraction=0.3, window=2, steps=2, lr=0.5, samples=2, radius=0.5, patience=None,
             grid={"positions": ["spilled", "prefix"]}, search="product", dev_problems=2, mode_settings={"latentseek": {"lr": 0.05}}, ceiling_k=3, compare_to=["majority", "headline"], n_boot=100,
-            seed=0, progress=False,
+            seed=0, progress=False, dev_runs_dir=str(tmp_path / "v2_dev_runs"),
         ),
         "params:ebd": EBDParams(n_problems=2, energy="hybrid", tau=1.0, alpha=2.0, block=2, chains=2, n_init=2, steps=3, answer="lowest", kernel="resample",
                                 grid={"steps": [1, 3], "tau": [1.0, 0.5]}, search="coordinate", dev_problems=2,
-                                n_boot=100, seed=0, progress=False),
+                                n_boot=100, seed=0, progress=False, dev_runs_dir=str(tmp_path / "ebd_dev_runs")),
         "params:compute_match": ComputeMatchParams(budgets=[1, 4, 1000], v1_methods=["headline", "majority"],
                                                    vote_for=["hybrid"], rule="best_dev", n_boot=100, seed=0),
     }
@@ -153,6 +153,22 @@ def test_ebd_slice(catalog):
     assert (answers["acceptance"] - (1 - answers["rejections"] / answers["proposals"])).abs().max() < 1e-12
     assert answers["proposals"].eq(2 * steps).all() and (answers["moves"] + answers["rejections"]).le(2 * steps).all()
     assert 0.0 <= methods["ebd_lowest"]["changed_proposals"] <= 1.0
+
+
+def test_ebd_and_v2_nodes_keep_their_dev_runs_and_a_rerun_reads_them(catalog, tmp_path):
+    """Each dev-grid run is kept under ``dev_runs_dir`` as it finishes; rerunning the stage reads
+    every one back (the files are not rewritten) and chooses the same settings from the same scores."""
+    for pipeline, name, folder in ((ebd_pipeline(), "ebd_metrics", "ebd_dev_runs"),
+                                   (create_pipeline(), "v2_metrics", "v2_dev_runs")):
+        SequentialRunner().run(pipeline, catalog)
+        first = catalog[name].load()
+        kept = {p: p.stat().st_mtime_ns for p in (tmp_path / folder).glob("*.json")}
+        SequentialRunner().run(pipeline, catalog)
+        again = catalog[name].load()
+        assert {p: p.stat().st_mtime_ns for p in (tmp_path / folder).glob("*.json")} == kept
+        assert again["grid_dev_accuracy"] == first["grid_dev_accuracy"] and again["settings"] == first["settings"]
+        # EBD: one 3-step run at tau 1.0 (both step counts) and one at tau 0.5; V2: 2 positions x 4 modes
+        assert len(kept) == {"ebd_metrics": 2, "v2_metrics": 8}[name]
 
 
 def test_compute_match_after_ebd_and_v2(catalog):

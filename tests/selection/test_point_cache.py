@@ -50,3 +50,33 @@ def test_point_cache_computes_once_and_keeps_nothing_without_a_folder(tmp_path):
 
 def test_code_digest_is_stable_and_covers_the_sources():
     assert code_digest() == code_digest() and len(code_digest()) == 32
+
+
+def test_a_table_comes_back_from_a_stored_point_as_it_went_in(tmp_path):
+    """Dev runs are kept as tables (EBD's curves, V2's rows with their per-step traces): the stored
+    point must give back the same values and dtypes, missing values and nested lists included."""
+    from impetus.selection.point_cache import frame_from_json, frame_to_json
+
+    df = pd.DataFrame({
+        "problem_id": ["p1", "p10"], "step": np.array([0, 3], np.int64), "correct": [True, False],
+        "accuracy": [0.5, np.nan], "answer": ["7", None], "window_start": np.array([2, 5], np.int32),
+        "trace": [[{"step": 0, "energy": 1.5, "best_text": " 7."}], [{"step": 0, "energy": -0.25, "best_text": ""}]],
+    })
+    cache = PointCache(str(tmp_path), "runs")
+    cache.get("run", lambda: frame_to_json(df))
+    back = frame_from_json(PointCache(str(tmp_path), "runs").get("run", lambda: {}))
+    pd.testing.assert_frame_equal(back, df, check_exact=True)
+
+
+def test_content_digest_reads_nested_records_and_tensors():
+    """A learned energy's record (config, members' weights as tensors) is part of a dev run's key:
+    one changed weight, one changed setting or one more member gives another key."""
+    import torch
+
+    record = {"kind": "text_ebm", "config": {"d_model": 8}, "members": [{"w": torch.zeros(2, 3)}, {"w": torch.ones(2, 3)}]}
+    base = content_digest([record])
+    assert base == content_digest([{**record, "members": [{"w": torch.zeros(2, 3)}, {"w": torch.ones(2, 3)}]}])
+    moved = {**record, "members": [{"w": torch.zeros(2, 3)}, {"w": torch.ones(2, 3) * (1 + 1e-6)}]}
+    others = [moved, {**record, "config": {"d_model": 16}}, {**record, "members": record["members"] + [{"w": torch.ones(1)}]},
+              {**record, "members": [{"w": torch.zeros(2, 3, dtype=torch.bfloat16)}, {"w": torch.ones(2, 3)}]}]
+    assert len({base, *(content_digest([o]) for o in others)}) == 1 + len(others)

@@ -45,6 +45,7 @@ from impetus.lm.trace import Trace
 from impetus.selection.budget import (V1Reference, compare_at_equal_tokens, prefix_accuracy, v1_budget_curve,
                                       v1_seconds)
 from impetus.selection.grid import Search, choose_on_dev, read_off_one_run, run_key
+from impetus.selection.point_cache import PointCache, frame_from_json, frame_to_json
 from impetus.selection.rules import majority_index
 
 #: ``score(problem_id, traces) -> energies table`` (one row per trace, a column per energy).
@@ -302,9 +303,20 @@ def _dev_run(point: Mapping[str, Any]) -> str:
     return run_key({k: v for k, v in point.items() if k != "answer"}, "steps")
 
 
+_NOT_IN_A_DEV_RUN = ("n_problems", "n_boot", "progress")
+
+
+def _dev_run_value(sampler: ContinuingSampler, tokenizer: Any, params: SamplingParams, dev: EBDSplit,
+                   pids: list[str], cfg: EBDConfig) -> dict[str, Any]:
+    """What the dev grid reads off one dev run (:func:`decode_split`), as a stored point."""
+    answers, curve, _, per_step = decode_split(sampler, tokenizer, params, dev, pids, cfg)
+    return {"curve": frame_to_json(curve), "per_step": frame_to_json(per_step),
+            "accepted": mh_stats(answers[answers["method"] == "ebd_lowest"])}
+
+
 def evaluate_ebd(
     sampler: ContinuingSampler, tokenizer: Any, params: SamplingParams, eval_split: EBDSplit, v1: V1Reference,
-    cfg: EBDConfig, dev: EBDSplit | None = None,
+    cfg: EBDConfig, dev: EBDSplit | None = None, dev_runs: PointCache | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
     """EBD on the first ``cfg.n_problems`` eval problems, settings chosen on ``dev`` when
     ``cfg.grid`` lists any; returns ``(ebd_metrics, answers, per_step)``: ``per_step`` holds each
@@ -312,7 +324,10 @@ def evaluate_ebd(
     grid ran, dev (the chosen setting's dev run, to its largest listed steps).
 
     ``params`` are the sampler's for the stage; proposals override them to one row at temperature
-    ``1/α`` without truncation, the model's own (tempered) conditional (:mod:`impetus.decoding.mh`)."""
+    ``1/α`` without truncation, the model's own (tempered) conditional (:mod:`impetus.decoding.mh`).
+    ``dev_runs`` keeps each finished dev run (its curve, per-problem rows and MH statistics), so a
+    rerun after a crash decodes only the runs it lacks; its key must cover the sampler, the dev
+    split's tables and the energies' models (the node's does)."""
     tables: list[dict] = []
     if cfg.grid:
         if dev is None:
@@ -328,10 +343,14 @@ def evaluate_ebd(
             one run; both answers come from the same chains, so a run serves both."""
             key = _dev_run(point)
             if key not in runs:
-                rest = {k: v for k, v in point.items() if k != "answer"}
-                answers, runs[key], _, dev_steps[key] = decode_split(sampler, tokenizer, params, dev, dev_pids,
-                                                                     dataclasses.replace(cfg, **rest))
-                accepted[key] = mh_stats(answers[answers["method"] == "ebd_lowest"])
+                run_cfg = dataclasses.replace(cfg, **{k: v for k, v in point.items() if k != "answer"})
+                # Keyed by every setting a dev run reads (not eval's problem count, the bootstrap or the bar).
+                setting = {k: v for k, v in dataclasses.asdict(run_cfg).items() if k not in _NOT_IN_A_DEV_RUN}
+                stored = (dev_runs or PointCache(None, "")).get(
+                    {"dev_run": setting, "problems": dev_pids},
+                    lambda: _dev_run_value(sampler, tokenizer, params, dev, dev_pids, run_cfg))
+                runs[key], dev_steps[key] = frame_from_json(stored["curve"]), frame_from_json(stored["per_step"])
+                accepted[key] = stored["accepted"]
             method = f"ebd_{point.get('answer', cfg.answer)}"
             acc = runs[key][runs[key]["method"] == method].set_index("step")["accuracy"]
             return {s: float(acc.loc[s]) for s in steps}

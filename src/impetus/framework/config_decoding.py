@@ -63,6 +63,9 @@ class LatentParams(_Params):
     n_boot: int = F("Bootstrap resamples.", ge=100)
     seed: int = F("Seed of sampling and regeneration.")
     progress: bool = F("Show a progress bar.")
+    dev_runs_dir: str | None = F("Folder where each finished dev-grid run is kept, keyed by the model, the dev split, "
+                                 "the learned energies, the settings and the code, so a rerun optimises only the runs "
+                                 "it lacks; null keeps none.")
 
     @field_validator("grid")
     @classmethod
@@ -83,10 +86,12 @@ class LatentParams(_Params):
         return per_mode
 
     def to_core(self) -> Any:
-        """The Kedro-free :class:`impetus.latent.evaluate.V2Config` with these values."""
+        """The Kedro-free :class:`impetus.latent.evaluate.V2Config` with these values (the dev runs'
+        folder is the node's: :func:`impetus.pipelines.v2_latent.nodes.optimize_latents`)."""
         from impetus.latent.evaluate import V2Config  # lazy: the schema loads without torch
 
-        return V2Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.model_dump().items()})
+        return V2Config(**{k: tuple(v) if isinstance(v, list) else v
+                           for k, v in self.model_dump(exclude={"dev_runs_dir"}).items()})
 
 
 class EBDParams(_Params):
@@ -117,6 +122,9 @@ class EBDParams(_Params):
     n_boot: int = F("Bootstrap resamples.", ge=100)
     seed: int = F("Seed of the chains.")
     progress: bool = F("Show a progress bar.")
+    dev_runs_dir: str | None = F("Folder where each finished dev-grid run is kept, keyed by the model, the dev split, "
+                                 "the learned energies, the settings and the code, so a rerun decodes only the runs "
+                                 "it lacks; null keeps none.")
 
     @field_validator("grid")
     @classmethod
@@ -124,10 +132,11 @@ class EBDParams(_Params):
         return _grid_keys(grid, ("tau", "alpha", "block", "chains", "n_init", "steps", "answer", "kernel"), "ebd")
 
     def to_core(self) -> Any:
-        """The Kedro-free :class:`impetus.decoding.evaluate.EBDConfig` with these values."""
+        """The Kedro-free :class:`impetus.decoding.evaluate.EBDConfig` with these values (the dev runs'
+        folder is the node's: :func:`impetus.pipelines.ebd.nodes.run_chains`)."""
         from impetus.decoding.evaluate import EBDConfig  # lazy: the schema loads without torch
 
-        return EBDConfig(**self.model_dump())
+        return EBDConfig(**self.model_dump(exclude={"dev_runs_dir"}))
 
 
 class ComputeMatchParams(_Params):

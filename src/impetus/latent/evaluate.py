@@ -35,6 +35,7 @@ from impetus.lm.trace import Trace
 from impetus.selection.budget import V1Reference, compare_at_equal_tokens
 from impetus.selection.grid import Search, choose_on_dev, read_off_one_run, run_key
 from impetus.selection.metrics import paired_bootstrap
+from impetus.selection.point_cache import PointCache, frame_from_json, frame_to_json
 
 #: ``score(problem_ids, traces) -> energies table`` (row i: trace i, an answer to problem_ids[i]).
 ScoreAnswers = Callable[[list[str], "list[Trace]"], pd.DataFrame]
@@ -161,10 +162,13 @@ def optimize_split(
 
 
 def choose_settings(sampler: LatentSampler, tok: Any, params: SamplingParams, dev: Split, cfg: V2Config,
-                    extra: Mapping[Mode, dict]) -> tuple[dict[str, dict], dict[str, list], pd.DataFrame]:
+                    extra: Mapping[Mode, dict], dev_runs: PointCache | None = None,
+                    ) -> tuple[dict[str, dict], dict[str, list], pd.DataFrame]:
     """Per mode, the grid point with the best dev accuracy of V2 from each dev problem's first
     sample (``cfg.dev_problems`` of them), every point's dev accuracy, and the chosen points' dev
-    answers (:func:`answers_after`: what each would have given there, read off its dev run)."""
+    answers (:func:`answers_after`: what each would have given there, read off its dev run).
+    ``dev_runs`` keeps each finished dev run's rows, so a rerun after a crash optimises only the runs
+    it lacks (its key must cover the sampler, the dev split and the energies' models; the node's does)."""
     pids = list(dev.prompts["problem_id"])[: cfg.dev_problems or None]
     first = {"single": {pid: 0 for pid in pids}}
     chosen, tables, answers = {}, {}, []
@@ -172,9 +176,13 @@ def choose_settings(sampler: LatentSampler, tok: Any, params: SamplingParams, de
         runs: dict[str, pd.DataFrame] = {}  # each dev run's rows, by its settings but steps
 
         def accuracy(point: dict[str, Any], steps: list[int], mode: Mode = mode) -> dict[int, float]:
-            rows = runs[run_key(point, "steps")] = optimize_split(
-                sampler, tok, params, dev, pids, first, {mode: cfg.optimizer(mode, **point)}, cfg.energy, cfg.seed,
-                extra, cfg.progress)
+            opt = cfg.optimizer(mode, **point)
+            stored = (dev_runs or PointCache(None, "")).get(
+                {"mode": mode, "optimizer": dataclasses.asdict(opt), "energy": cfg.energy, "seed": cfg.seed,
+                 "problems": pids},
+                lambda: frame_to_json(optimize_split(sampler, tok, params, dev, pids, first, {mode: opt}, cfg.energy,
+                                                     cfg.seed, extra, cfg.progress)))
+            rows = runs[run_key(point, "steps")] = frame_from_json(stored)
             return accuracy_after(rows[rows["method"] == f"v2_{mode}_single"], steps, dev.grade)
         # A grid without steps runs the mode's own (mode_settings may set them: latentseek's 6), as eval will.
         own_steps = cfg.optimizer(mode).steps
@@ -237,7 +245,7 @@ def summarize(v2: pd.DataFrame, v1: V1Reference, compare_to: Sequence[str], n_bo
 def evaluate_v2(
     sampler: LatentSampler, tokenizer: Any, params: SamplingParams, eval_split: Split, selections: pd.DataFrame,
     v1: V1Reference, cfg: V2Config, dev: Split | None = None, state_energy: StateEnergy | None = None,
-    hidden_source: str = "both",
+    hidden_source: str = "both", dev_runs: PointCache | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
     """V2 on the first ``cfg.n_problems`` eval problems from each start (``single``: the first
     candidate; ``v1``: the V1 headline's choice in ``selections``) and mode, settings chosen on
@@ -246,7 +254,8 @@ def evaluate_v2(
     (:func:`choose_settings`), empty without a grid.
 
     ``state_energy`` (the LatentEBM over pooled states from ``hidden_source``) drives the gradient
-    mode. Regeneration is greedy and draws are seeded per answer, so a seed gives the same answers."""
+    mode. Regeneration is greedy and draws are seeded per answer, so a seed gives the same answers,
+    and a dev run read from ``dev_runs`` (:func:`choose_settings`) leaves the others' draws as they were."""
     extra = {"gradient": {"state_energy": state_energy, "pool": pool_fn(hidden_source)}}
     sel = selections.set_index("problem_id")
     pids = list(eval_split.prompts["problem_id"])[: cfg.n_problems or None]
@@ -256,7 +265,7 @@ def evaluate_v2(
         if cfg.grid and dev is None:
             raise ValueError("v2_latent.grid lists settings to choose but no dev split was given")
         settings, tables, dev_answers = ({m: {} for m in cfg.modes}, {}, _no_answers()) if not cfg.grid else \
-            choose_settings(sampler, tokenizer, params, dev, cfg, extra)
+            choose_settings(sampler, tokenizer, params, dev, cfg, extra, dev_runs)
         configs = {m: cfg.optimizer(m, **settings[m]) for m in cfg.modes}
         v2 = optimize_split(sampler, tokenizer, params, eval_split, pids, starts, configs, cfg.energy, cfg.seed, extra,
                             cfg.progress)

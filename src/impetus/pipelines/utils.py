@@ -52,3 +52,16 @@ def sampling_params(sampling: Any, benchmark: Any) -> Any:
         n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
         max_new_tokens=sampling.max_new_tokens, stop=list(stop), batch_size=sampling.batch_size, seed=sampling.seed,
     )
+
+
+def dev_runs_cache(folder: str | None, model: Any, *inputs: Any) -> Any:
+    """A :class:`~impetus.selection.point_cache.PointCache` for a stage's dev-grid runs under ``folder``
+    (None: keeps nothing), keyed by the package's code, the loaded LM's dtype and device (``auto``
+    resolves per machine) and ``inputs``: the base LM's record, the dev split's tables, the learned
+    energies' records and the stage's settings, everything a dev run reads."""
+    from impetus.selection.point_cache import PointCache, code_digest, content_digest
+
+    if folder is None:  # nothing kept: no need to digest the inputs
+        return PointCache(None, "")
+    where = [str(next(model.parameters()).dtype), str(next(model.parameters()).device)]
+    return PointCache(folder, content_digest([code_digest(), where, *inputs]))

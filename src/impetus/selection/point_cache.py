@@ -1,4 +1,6 @@
-"""Points of a long loop kept on disk, so a rerun after a crash refits only the points it lacks.
+"""Points of a long loop kept on disk, so a rerun after a crash recomputes only the points it lacks
+(the learning curve's points; V2's and EBD's dev-grid runs, whose tables go through
+:func:`frame_to_json`).
 
 A point is stored under a key made of everything its value depends on: the data it reads (a content
 digest of the tables and arrays, :func:`content_digest`), the settings, and the code (the bytes of
@@ -17,7 +19,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-__all__ = ["content_digest", "code_digest", "PointCache"]
+__all__ = ["content_digest", "code_digest", "frame_to_json", "frame_from_json", "PointCache"]
 
 
 def _update_array(h: Any, a: Any) -> None:
@@ -42,21 +44,59 @@ def _update_frame(h: Any, df: pd.DataFrame) -> None:
             _update_array(h, s.astype(str).to_numpy())
 
 
+def _update(h: Any, part: Any) -> None:
+    if isinstance(part, pd.DataFrame):
+        _update_frame(h, part)
+    elif isinstance(part, np.ndarray):
+        _update_array(h, part)
+    elif hasattr(part, "detach") and hasattr(part, "dtype"):  # a torch tensor (weights), without importing torch
+        t = part.detach().cpu()
+        h.update(str(t.dtype).encode())
+        _update_array(h, t.float().numpy() if t.is_floating_point() else t.numpy())
+    elif isinstance(part, Mapping):
+        h.update(f"{{{len(part)}".encode())
+        for k in sorted(part, key=str):
+            h.update(json.dumps(str(k)).encode())
+            _update(h, part[k])
+        h.update(b"}")
+    elif isinstance(part, (list, tuple)):
+        h.update(f"[{len(part)}".encode())
+        for p in part:
+            _update(h, p)
+        h.update(b"]")
+    else:
+        h.update(json.dumps(part, sort_keys=True, default=str).encode())
+
+
 def content_digest(parts: Iterable[Any]) -> str:
-    """A digest of tables (``DataFrame``), dicts of arrays (hidden states), arrays and JSON-able values."""
+    """A digest of tables (``DataFrame``), arrays, torch tensors and JSON-able values, and of dicts and
+    lists of them at any depth (hidden states; a learned energy's record: its config and weights)."""
     h = hashlib.blake2b(digest_size=16)
     for part in parts:
-        if isinstance(part, pd.DataFrame):
-            _update_frame(h, part)
-        elif isinstance(part, Mapping) and part and all(isinstance(v, (np.ndarray, list)) for v in part.values()):
-            for k in sorted(part):
-                h.update(str(k).encode())
-                _update_array(h, part[k])
-        elif isinstance(part, np.ndarray):
-            _update_array(h, part)
-        else:
-            h.update(json.dumps(part, sort_keys=True, default=str).encode())
+        _update(h, part)
     return h.hexdigest()
+
+
+def frame_to_json(df: pd.DataFrame) -> dict[str, Any]:
+    """A table as a JSON-able point value; :func:`frame_from_json` gives it back with its dtypes."""
+    return {"columns": [str(c) for c in df.columns], "dtypes": {str(c): str(t) for c, t in df.dtypes.items()},
+            "rows": {str(c): df[c].tolist() for c in df.columns}}
+
+
+def frame_from_json(value: Mapping[str, Any]) -> pd.DataFrame:
+    """The table :func:`frame_to_json` stored (object columns as JSON gave them back)."""
+    df = pd.DataFrame({c: value["rows"][c] for c in value["columns"]}, columns=value["columns"])
+    typed = {c: t for c, t in value["dtypes"].items() if t != "object"}
+    return df.astype(typed) if typed else df
+
+
+def _plain(x: Any) -> Any:
+    """JSON for the numpy values a point may hold (``json.dumps``'s ``default``)."""
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"{type(x).__name__} is not JSON-serialisable in a stored point")
 
 
 def code_digest(package: str = "impetus") -> str:
@@ -92,6 +132,6 @@ class PointCache:
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(json.dumps(value))
+            tmp.write_text(json.dumps(value, default=_plain))
             os.replace(tmp, path)
         return value

@@ -15,7 +15,7 @@ from impetus.latent.scoring import NewAnswerScorer
 from impetus.learned.fitting import LearnedScorers, dev_held_out, score_split
 from impetus.lm.sampler import get_sampler
 from impetus.lm.executors import recorded_layers
-from impetus.pipelines.utils import load_base_lm, sampling_params
+from impetus.pipelines.utils import dev_runs_cache, load_base_lm, sampling_params
 from impetus.selection.budget import v1_reference
 from impetus.framework.tracking import as_mlflow_metrics, method_metrics
 
@@ -53,7 +53,14 @@ def run_chains(
                        energies, dev_held_out(scorers, "ebd")) if cfg.grid else None
     v1 = v1_reference(eval_split.candidates, rerank_metrics, vote_for=[cfg.energy])
     sampler = get_sampler(sampling.backend, model, tok, record=True, **recorded_layers(base_lm))
-    result, answers, per_step = evaluate_ebd(sampler, tok, sampling_params(sampling, benchmark), eval_split, v1, cfg, dev=dev_split)
+    params = sampling_params(sampling, benchmark)
+    dev_runs = dev_runs_cache(ebd.dev_runs_dir if cfg.grid else None, model, base_lm, sampling.backend, repr(params),
+                              problems_dev, prompts_dev, graded_dev, energies_dev, hidden_dev, text_ebm, latent_ebm,
+                              hybrid_energy, energies.model_dump(mode="json"), benchmark.model_dump(mode="json"))
+    result, answers, per_step = evaluate_ebd(sampler, tok, params, eval_split, v1, cfg, dev=dev_split, dev_runs=dev_runs)
+    if dev_runs.read:
+        logger.info("EBD: %d dev-grid runs read from %s (same model, data, energies, settings and code)",
+                    dev_runs.read, ebd.dev_runs_dir)
     report = markdown(result)
     logger.info("EBD report:\n%s", report)
     flat = method_metrics({k: {kk: vv for kk, vv in m.items() if kk != "family"} for k, m in result["methods"].items()},

@@ -15,7 +15,7 @@ from impetus.latent.scoring import NewAnswerScorer
 from impetus.learned.fitting import LearnedScorers, dev_held_out, score_split
 from impetus.lm.sampler import get_sampler
 from impetus.lm.executors import recorded_layers
-from impetus.pipelines.utils import load_base_lm, sampling_params
+from impetus.pipelines.utils import dev_runs_cache, load_base_lm, sampling_params
 from impetus.selection.budget import v1_reference
 from impetus.framework.tracking import as_mlflow_metrics, method_metrics
 
@@ -59,11 +59,18 @@ def optimize_latents(
     dev_split = _split(problems_dev, prompts_dev, graded_dev, tok, bench, scorers, energies, scored_dev,
                        v2_latent.energy, held_out)
     v1 = v1_reference(scored_eval, rerank_metrics)
+    params = sampling_params(sampling, benchmark)
+    dev_runs = dev_runs_cache(
+        v2_latent.dev_runs_dir if v2_latent.grid else None, model, base_lm, sampling.backend, repr(params), problems_dev,
+        prompts_dev, graded_dev, energies_dev, hidden_dev, text_ebm, latent_ebm, hybrid_energy, scorers.hidden_source,
+        energies.model_dump(mode="json"), benchmark.model_dump(mode="json"))
     result, v2, dev_answers = evaluate_v2(
-        get_sampler(sampling.backend, model, tok, record=True, **recorded_layers(base_lm)), tok,
-        sampling_params(sampling, benchmark),
+        get_sampler(sampling.backend, model, tok, record=True, **recorded_layers(base_lm)), tok, params,
         eval_split, rerank_selections, v1, v2_latent.to_core(), dev=dev_split,
-        state_energy=scorers.latent_ebm, hidden_source=scorers.hidden_source)
+        state_energy=scorers.latent_ebm, hidden_source=scorers.hidden_source, dev_runs=dev_runs)
+    if dev_runs.read:
+        logger.info("V2: %d dev-grid runs read from %s (same model, data, energies, settings and code)",
+                    dev_runs.read, v2_latent.dev_runs_dir)
     report = markdown(result, v2)
     logger.info("V2 report:\n%s", report)
     figures = plots(result, v2, lambda pid, text: eval_split.grade(pid, text)[1])
