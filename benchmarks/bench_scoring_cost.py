@@ -10,6 +10,8 @@ Usage (after any v1_rerank run: it reads that run's eval candidates, problems an
   (:func:`impetus.learned.fitting.text_energy_scores`: distinct rows, length-sorted, 128 a batch).
 - Embedding consistency: MiniLM in fp32, against bf16 autocast (``energies.embedding_dtype``) at 64
   and at 128 texts a batch (``energies.embedding_batch_size``).
+- Not in the pipeline, measured to see what is left: both models with their weights cast to bf16
+  (layer norms included, so no casts per call) instead of autocast (MiniLM) or fp32 (TextEBM).
 
 Interleaved repeats in one process; prints each side's seconds and how far the energies moved
 (largest difference, Pearson r, share of problems whose lowest-energy candidate is the same row).
@@ -20,12 +22,13 @@ CPUs are noisy: run nothing else meanwhile.
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 
 import numpy as np
 import pandas as pd
 
-from impetus.energy.consistency import embed_texts, embedding_consistency, load_embedding_model
+from impetus.energy.consistency import _MODEL_CACHE, embed_texts, embedding_consistency, load_embedding_model
 from impetus.learned.ensemble import energy_scores
 from impetus.learned.fitting import distinct_keys, text_energy_scores, text_inputs
 from impetus.learned.models import TokenInputs
@@ -84,7 +87,12 @@ def main() -> None:
     version, ens, tok, df, problems = load_eval_run()
     pids = df["problem_id"].to_numpy()
     texts = df["completion"].tolist()
-    load_embedding_model(None)  # loaded before the clock, as the pipeline does
+    minilm = load_embedding_model(None)  # loaded before the clock, as the pipeline does
+    import torch
+
+    bf16_minilm = "MiniLM with bf16 weights"  # a cache key of its own, so embed_texts finds the copy
+    _MODEL_CACHE[(bf16_minilm, "cpu")] = copy.deepcopy(minilm).to(torch.bfloat16)
+    bf16_ens = copy.deepcopy(ens).to(torch.bfloat16)
     sides = {
         "TextEBM, every candidate": lambda: _every_row(ens, tok, df, problems),
         "TextEBM, distinct, row order": lambda: _distinct_in_row_order(ens, tok, df, problems),
@@ -93,6 +101,8 @@ def main() -> None:
         "MiniLM bf16 autocast": lambda: embedding_consistency(embed_texts(texts, dtype="bfloat16"), pids),
         "MiniLM bf16, batch 128": lambda: embedding_consistency(embed_texts(texts, batch_size=128, dtype="bfloat16"),
                                                                 pids),
+        "TextEBM, bf16 weights": lambda: text_energy_scores(bf16_ens, tok, df, problems)[0],
+        "MiniLM bf16 weights, 128": lambda: embedding_consistency(embed_texts(texts, bf16_minilm, batch_size=128), pids),
     }
     seconds: dict[str, list[float]] = {k: [] for k in sides}
     out = {}
@@ -111,6 +121,10 @@ def main() -> None:
     print(_compare("embedding consistency", out["MiniLM fp32"], out["MiniLM bf16 autocast"], pids))
     print(_compare("embedding consistency, batch 128 against 64", out["MiniLM bf16 autocast"],
                    out["MiniLM bf16, batch 128"], pids))
+    print(_compare("TextEBM, bf16 weights against fp32", out["TextEBM, distinct rows"], out["TextEBM, bf16 weights"],
+                   pids))
+    print(_compare("embedding consistency, bf16 weights against fp32", out["MiniLM fp32"],
+                   out["MiniLM bf16 weights, 128"], pids))
 
 
 if __name__ == "__main__":
