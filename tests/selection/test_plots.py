@@ -2,6 +2,7 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 from matplotlib.figure import Figure
 
 from impetus.selection.plots import plot_accuracy_vs_n, plot_energy_histograms, plot_roc
@@ -33,3 +34,22 @@ def test_histograms_grid():
     fig = plot_energy_histograms(_df(), ["a", "b", "c", "a"], ncols=3)
     assert len(fig.axes) == 4
     assert fig.axes[0].get_title() == "a"
+    # Panel "a": right and wrong candidates' densities over shared edges, as np.histogram gives them.
+    df = _df()
+    right, wrong = fig.axes[0].patches
+    edges = np.histogram_bin_edges(df["a"], bins=30)
+    for patch, rows in ((right, df[df["correct"]]), (wrong, df[~df["correct"]])):
+        values, drawn_edges, _ = patch.get_data()
+        np.testing.assert_allclose(drawn_edges, edges)
+        np.testing.assert_allclose(values, np.histogram(rows["a"], bins=edges, density=True)[0])
+        assert (np.diff(edges) * values).sum() == pytest.approx(1.0)
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == [
+        f"right (n={df['correct'].sum()})", f"wrong (n={(~df['correct']).sum()})"]
+    # The figure's title sits above the first row's panel titles, not on them (the report's 19
+    # energies: 7 rows, where tight_layout alone put it on the middle panel's title).
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    tall = plot_energy_histograms(df, ["a"] * 19, ncols=3)
+    renderer = FigureCanvasAgg(tall).get_renderer()
+    top = tall._suptitle.get_window_extent(renderer)
+    assert not any(top.overlaps(ax.title.get_window_extent(renderer)) for ax in tall.axes[:3])

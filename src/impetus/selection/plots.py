@@ -112,7 +112,10 @@ def plot_energy_histograms(
             edges = np.histogram_bin_edges(e[finite], bins=bins)
             for sel, color, name in ((finite & y, "tab:green", "right"), (finite & ~y, "tab:red", "wrong")):
                 if sel.any():  # density of an empty class is undefined (0/0)
-                    ax.hist(e[sel], bins=edges, density=True, alpha=0.55, color=color, label=f"{name} (n={sel.sum()})")
+                    # One filled step patch per class, not a bar per bin as ``hist`` draws: the same
+                    # picture, and a report's ~20 panels lay out in a fraction of the time.
+                    density, _ = np.histogram(e[sel], bins=edges, density=True)
+                    ax.stairs(density, edges, fill=True, alpha=0.55, color=color, label=f"{name} (n={sel.sum()})")
             ax.legend(fontsize="small")
         ax.set_title(col)
         ax.set_xlabel("energy (lower = better)")
@@ -120,7 +123,8 @@ def plot_energy_histograms(
     for ax in axes[len(energy_cols):]:
         fig.delaxes(ax)
     fig.suptitle(title)
-    fig.tight_layout()
+    # tight_layout ignores the suptitle: keep the top ~0.4 inch for it, above the first row's titles.
+    fig.tight_layout(rect=(0.0, 0.0, 1.0, 1.0 - 0.4 / fig.get_figheight()))
     return fig
 
 
