@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from impetus.framework.config import RerankParams
-from impetus.energy.registry import cost_keys, energy_columns, hybrid_inputs, spec
+from impetus.energy.registry import EMBEDDING_COST, cost_keys, energy_columns, hybrid_inputs, spec
 from impetus.selection.metrics import auroc, within_problem_auroc
 from impetus.learned.mining import LeakageError
 from impetus.selection.crossval import assign_folds, choose_by_cv, cross_validate
@@ -45,6 +45,10 @@ def test_costs_come_from_the_registry():
     assert costs["first"] == costs["majority"] == costs["oracle"] == 0.0
     assert cost_keys("answer_agreement") == set()
     assert "hybrid" not in hybrid_inputs() and "spilled_max" in hybrid_inputs()
+    # The default hybrid is not charged MiniLM: embedding consistency is no default input of it.
+    assert "embedding_consistency" not in hybrid_inputs() and {"text_ebm", "latent_ebm"} <= set(hybrid_inputs())
+    assert EMBEDDING_COST not in cost_keys("hybrid", hybrid_inputs())
+    assert EMBEDDING_COST in cost_keys("hybrid", ["embedding_consistency"])  # a user's columns still charge it
     assert energy_columns(["x", "hybrid", "spilled_max"]) == ["spilled_max", "hybrid"]
     with pytest.raises(KeyError, match="registered"):
         spec("nope")
