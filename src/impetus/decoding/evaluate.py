@@ -329,6 +329,7 @@ def evaluate_ebd(
     rerun after a crash decodes only the runs it lacks; its key must cover the sampler, the dev
     split's tables and the energies' models (the node's does)."""
     tables: list[dict] = []
+    dev_runs = dev_runs or PointCache(None, "")
     if cfg.grid:
         if dev is None:
             raise ValueError("ebd.grid lists settings to choose but no dev split was given")
@@ -346,7 +347,7 @@ def evaluate_ebd(
                 run_cfg = dataclasses.replace(cfg, **{k: v for k, v in point.items() if k != "answer"})
                 # Keyed by every setting a dev run reads (not eval's problem count, the bootstrap or the bar).
                 setting = {k: v for k, v in dataclasses.asdict(run_cfg).items() if k not in _NOT_IN_A_DEV_RUN}
-                stored = (dev_runs or PointCache(None, "")).get(
+                stored = dev_runs.get(
                     {"dev_run": setting, "problems": dev_pids},
                     lambda: _dev_run_value(sampler, tokenizer, params, dev, dev_pids, run_cfg))
                 runs[key], dev_steps[key] = frame_from_json(stored["curve"]), frame_from_json(stored["per_step"])

@@ -171,13 +171,14 @@ def choose_settings(sampler: LatentSampler, tok: Any, params: SamplingParams, de
     it lacks (its key must cover the sampler, the dev split and the energies' models; the node's does)."""
     pids = list(dev.prompts["problem_id"])[: cfg.dev_problems or None]
     first = {"single": {pid: 0 for pid in pids}}
+    dev_runs = dev_runs or PointCache(None, "")
     chosen, tables, answers = {}, {}, []
     for mode in cfg.modes:
         runs: dict[str, pd.DataFrame] = {}  # each dev run's rows, by its settings but steps
 
         def accuracy(point: dict[str, Any], steps: list[int], mode: Mode = mode) -> dict[int, float]:
             opt = cfg.optimizer(mode, **point)
-            stored = (dev_runs or PointCache(None, "")).get(
+            stored = dev_runs.get(
                 {"mode": mode, "optimizer": dataclasses.asdict(opt), "energy": cfg.energy, "seed": cfg.seed,
                  "problems": pids},
                 lambda: frame_to_json(optimize_split(sampler, tok, params, dev, pids, first, {mode: opt}, cfg.energy,

@@ -59,9 +59,7 @@ def dev_runs_cache(folder: str | None, model: Any, *inputs: Any) -> Any:
     (None: keeps nothing), keyed by the package's code, the loaded LM's dtype and device (``auto``
     resolves per machine) and ``inputs``: the base LM's record, the dev split's tables, the learned
     energies' records and the stage's settings, everything a dev run reads."""
-    from impetus.selection.point_cache import PointCache, code_digest, content_digest
+    from impetus.selection.point_cache import PointCache
 
-    if folder is None:  # nothing kept: no need to digest the inputs
-        return PointCache(None, "")
-    where = [str(next(model.parameters()).dtype), str(next(model.parameters()).device)]
-    return PointCache(folder, content_digest([code_digest(), where, *inputs]))
+    param = next(model.parameters())
+    return PointCache.keyed(folder, [[str(param.dtype), str(param.device)], *inputs])

@@ -117,6 +117,15 @@ class PointCache:
         self.base_key = base_key
         self.read = 0
 
+    @classmethod
+    def keyed(cls, folder: str | None, parts: Iterable[Any]) -> "PointCache":
+        """A cache under ``folder`` keyed by the package's code (:func:`code_digest`) and ``parts`` (the
+        inputs and settings its points depend on); with ``folder`` None nothing is kept, and nothing is
+        digested either."""
+        if folder is None:
+            return cls(None, "")
+        return cls(folder, content_digest([code_digest(), *parts]))
+
     def path(self, point: Any) -> Path | None:
         if self.folder is None:
             return None

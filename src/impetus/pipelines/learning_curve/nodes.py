@@ -17,7 +17,7 @@ from impetus.pipelines.mining.nodes import mine_ebm_groups
 from impetus.pipelines.rerank_eval.nodes import rerank_and_evaluate
 from impetus.pipelines.scorer.nodes import train_scorers
 from impetus.selection.learning_curve import curve_row, first_problems, nested_sizes, plot_curve, subset_split
-from impetus.selection.point_cache import PointCache, code_digest, content_digest
+from impetus.selection.point_cache import PointCache
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +37,8 @@ def learning_curve(
               energies_dev, hidden_dev, energies_dev_timing, problems_dev, graded_eval, energies_eval, hidden_eval,
               energies_eval_timing, problems_eval, base_lm)
     settings = [m.model_dump(mode="json") for m in (mining, scorer, rerank_eval)]
-    cache = PointCache(learning_curve.points_dir, content_digest(
-        [code_digest(), *inputs, *settings, learning_curve.seed, list(learning_curve.methods)]))
+    cache = PointCache.keyed(learning_curve.points_dir,
+                             [*inputs, *settings, learning_curve.seed, list(learning_curve.methods)])
     pool = pd.concat([problems_train["problem_id"], problems_dev["problem_id"]])
     sizes = nested_sizes(learning_curve.sizes, pool.nunique())
     rows = []

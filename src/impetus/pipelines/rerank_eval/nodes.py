@@ -107,8 +107,7 @@ def rerank_and_evaluate(
     """Choose the headline (cross-validated over train + dev, or on dev), evaluate every method on eval.
 
     ``report`` False (a learning-curve point, which reads the headline and the methods only): no
-    plots, adaptive-N table, markdown or MLflow metrics (the accuracy-vs-N curves alone redo every
-    selector on 20 subsamples per N)."""
+    plots, adaptive-N table, markdown or MLflow metrics."""
     scorers = LearnedScorers.from_records(text_ebm, latent_ebm, hybrid_energy)
     tok = load_base_tokenizer(base_lm)
     members: dict[str, Any] = {}
