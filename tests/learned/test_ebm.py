@@ -178,11 +178,13 @@ def test_save_load_round_trip(tmp_path):
     assert torch.allclose(t(ids, mask)[0], t(ids_b, mask)[0], atol=1e-6)
 
 
-def test_text_ebm_eval_forward_equals_the_full_encoder():
-    """In eval mode the last layer runs for the [CLS] row only; the energies equal those of the full
-    nn.TransformerEncoder pass (what training runs) on padded batches."""
+@pytest.mark.parametrize("n_layers", [1, 3])
+def test_text_ebm_eval_forward_equals_the_full_encoder(n_layers):
+    """In eval mode the last layer runs for the [CLS] row only and attention goes through
+    scaled_dot_product_attention; the energies equal those of the full nn.TransformerEncoder pass
+    (what training runs) on padded batches."""
     torch.manual_seed(0)
-    cfg = TextEBMConfig(vocab_size=50, d_model=16, n_layers=2, n_heads=2, d_ff=32, max_len=32, dropout=0.1)
+    cfg = TextEBMConfig(vocab_size=50, d_model=16, n_layers=n_layers, n_heads=2, d_ff=32, max_len=32, dropout=0.1)
     model = TextEBM(cfg).eval()
     ids = torch.randint(0, 50, (6, 20))
     mask = torch.ones_like(ids)
@@ -200,6 +202,37 @@ def test_text_ebm_eval_forward_equals_the_full_encoder():
         dropped = model(ids, mask)  # training keeps the full encoder (and its dropout)
     torch.testing.assert_close(fast, full, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(dropped, full, atol=1e-3)
+
+
+def _padded_batch(cfg: TextEBMConfig, lengths: list[int]) -> TokenInputs:
+    ids = torch.randint(0, cfg.vocab_size, (len(lengths), max(lengths)))
+    mask = torch.zeros_like(ids)
+    for i, n in enumerate(lengths):
+        mask[i, :n] = 1
+        ids[i, n:] = cfg.pad_id
+    return TokenInputs(ids, mask)
+
+
+def test_bf16_scoring_runs_a_fresh_half_encoder_and_leaves_the_model_fp32():
+    """``score(dtype="bfloat16")`` runs a copy whose encoder layers are bf16: its energies stay within
+    bf16 rounding of fp32 (far from equal: the half path really ran), the model's own weights stay
+    fp32, and a change to the model's weights reaches the next bf16 score (no stale half copy)."""
+    torch.manual_seed(0)
+    cfg = TextEBMConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_len=32, dropout=0.0)
+    model = TextEBM(cfg).eval()
+    inputs = _padded_batch(cfg, [20, 3, 11, 1, 19, 7, 14, 5])
+    fp32, bf16 = score(model, inputs), score(model, inputs, dtype="bfloat16")
+    spread = fp32.max() - fp32.min()
+    assert 0 < np.abs(bf16 - fp32).max() < 0.05 * spread
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    half = model.scoring_copy(torch.bfloat16)
+    assert half.tok is model.tok and half.head is model.head and half.encoder is not model.encoder
+    assert half.encoder.layers[0].linear1.weight.dtype == torch.bfloat16 and half.norm.weight.dtype == torch.float32
+    with torch.no_grad():
+        model.encoder.layers[1].linear2.weight.mul_(3.0)
+    moved = score(model, inputs, dtype="bfloat16")
+    np.testing.assert_allclose(moved, score(model, inputs), atol=0.05 * spread)
+    assert np.abs(moved - bf16).max() > 0.1 * spread
 
 
 def test_score_in_length_order_returns_energies_in_row_order():

@@ -171,7 +171,8 @@ def _config(seed: int = 0, n_seeds: int = 2, fold_members: bool = True):
         seeds=tuple(range(seed, seed + n_seeds)), fold_members=fold_members, progress=False,
         text_ebm=EBMSpec({"d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32, "max_len": 32, "dropout": 0.0}, train(seed)),
         latent_ebm=EBMSpec({"hidden": 8, "n_layers": 1, "dropout": 0.0}, train(seed)),
-        hidden_source="both", hybrid_columns=["spilled_energy", "text_ebm", "latent_ebm"], l2_grid=[0.1],
+        text_dtype="float32", hidden_source="both", hybrid_columns=["spilled_energy", "text_ebm", "latent_ebm"],
+        l2_grid=[0.1],
         cross_fit_folds=3)
 
 

@@ -88,3 +88,29 @@ def test_scorer_yaml_block_converts_once_to_the_core_config():
     assert isinstance(core.latent_ebm.train, TrainConfig) and core.latent_ebm.train.lr == 0.5
     assert core.latent_ebm.train.seed == 7 and core.hidden_source == block["latent_ebm"]["hidden_source"]
     assert core.l2_grid == block["hybrid"]["l2_grid"] and core.cross_fit_folds == block["hybrid"]["cross_fit_folds"]
+    assert core.text_dtype == block["text_ebm"]["score_dtype"]
+    block["text_ebm"]["score_dtype"] = "bfloat16"
+    assert ScorerParams.model_validate(block).to_core().text_dtype == "bfloat16"
+    block["text_ebm"]["score_dtype"] = "float16"  # not offered: LayerNorm inputs in fp16 overflow more easily
+    with pytest.raises(ValueError, match="score_dtype"):
+        ScorerParams.model_validate(block)
+
+
+def test_text_score_dtype_travels_in_the_records_and_auto_follows_the_cpu(monkeypatch):
+    """The scorer's dtype reaches every later stage through the TextEBM's record (older records mean
+    fp32), and ``auto`` resolves on the machine that scores: bf16 only with a bf16 fast path."""
+    from impetus.learned import fitting
+    from impetus.learned.models import TextEBM, TextEBMConfig
+    from impetus.lm import precision
+
+    torch.manual_seed(0)
+    text = TextEBM(TextEBMConfig(vocab_size=20, d_model=8, n_layers=1, n_heads=2, d_ff=16, max_len=16, dropout=0.0))
+    records = LearnedScorers(text_ebm=text, text_dtype="auto").to_records()
+    assert records["text_ebm"]["score_dtype"] == "auto"
+    assert LearnedScorers.from_records(**records).text_dtype == "auto"
+    del records["text_ebm"]["score_dtype"]
+    assert LearnedScorers.from_records(**records).text_dtype == "float32"
+    monkeypatch.setattr(precision, "cpu_bf16_fast_path", lambda: (False, "neither AMX nor AVX512-BF16"))
+    assert fitting.text_dtype("auto") == "float32" and fitting.text_dtype("bfloat16") == "bfloat16"
+    monkeypatch.setattr(precision, "cpu_bf16_fast_path", lambda: (True, "AMX"))
+    assert fitting.text_dtype("auto") == "bfloat16" and fitting.text_dtype("float32") == "float32"

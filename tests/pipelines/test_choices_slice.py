@@ -63,7 +63,7 @@ def catalog(tmp_path) -> DataCatalog:
                  f"energies_{name}_timing": timing}
     data["params:scorer"] = ScorerParams.model_validate({
         "seed": 0, "n_seeds": 1, "fold_members": True, "progress": False, "allow_pickle": False,
-        "text_ebm": {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64, "max_len": 64, "dropout": 0.1, "train": fast},
+        "text_ebm": {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64, "max_len": 64, "dropout": 0.1, "score_dtype": "auto", "train": fast},
         "latent_ebm": {"hidden_source": "cv", "hidden": 32, "n_layers": 2, "dropout": 0.1, "train": fast},
         "hybrid": {"columns": None, "cross_fit_folds": 2, "l2_grid": [0.01, 1.0]},
     })

@@ -36,7 +36,7 @@ def _config():
     fast = {"epochs": 2, "lr": 0.003, "weight_decay": 0.0, "batch_groups": 4, "patience": 2, "val_fraction": 0.2}
     return ScorerParams.model_validate({
         "seed": 0, "n_seeds": 1, "fold_members": True, "progress": False, "allow_pickle": False,
-        "text_ebm": {"d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32, "max_len": 48, "dropout": 0.0, "train": fast},
+        "text_ebm": {"d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32, "max_len": 48, "dropout": 0.0, "score_dtype": "float32", "train": fast},
         "latent_ebm": {"hidden_source": "mean", "hidden": 16, "n_layers": 1, "dropout": 0.0, "train": fast},
         "hybrid": {"columns": None, "cross_fit_folds": 2, "l2_grid": [0.1]},
     }).to_core()

@@ -207,6 +207,9 @@ class TextEBMParams(_Params):
     d_ff: int = F("Feed-forward width.", ge=8)
     max_len: int = F("Most tokens per (question, completion); the question is cut from the left.", ge=8)
     dropout: float = F("Dropout.", ge=0, lt=1)
+    score_dtype: Literal["auto", "float32", "bfloat16"] = F(
+        "Dtype the encoder layers score candidates in (embeddings, final norm and head stay fp32; training is fp32): "
+        "auto = bf16 where the CPU has a bf16 fast path, the rule of model.dtype (AMX/AVX512-BF16), else fp32.")
     train: EBMTrainParams = F("Training loop.")
 
 
@@ -259,11 +262,12 @@ class ScorerParams(_Params):
         def spec(block: TextEBMParams | LatentEBMParams) -> EBMSpec:
             # The size fields are named as in TextEBMConfig / LatentEBMConfig, so they pass as is.
             train = TrainConfig(**block.train.model_dump(), seed=self.seed, progress=self.progress)
-            return EBMSpec(model=block.model_dump(exclude={"train", "hidden_source"}), train=train)
+            return EBMSpec(model=block.model_dump(exclude={"train", "hidden_source", "score_dtype"}), train=train)
 
         return ScorerConfig(
             seeds=tuple(range(self.seed, self.seed + self.n_seeds)), fold_members=self.fold_members,
-            progress=self.progress, text_ebm=spec(self.text_ebm), latent_ebm=spec(self.latent_ebm),
+            progress=self.progress, text_ebm=spec(self.text_ebm), text_dtype=self.text_ebm.score_dtype,
+            latent_ebm=spec(self.latent_ebm),
             hidden_source=self.latent_ebm.hidden_source, hybrid_columns=self.hybrid.columns,
             l2_grid=list(self.hybrid.l2_grid), cross_fit_folds=self.hybrid.cross_fit_folds,
         )

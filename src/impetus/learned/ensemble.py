@@ -105,7 +105,8 @@ def build_ensemble(members: Sequence[nn.Module], reference: Any, names: Sequence
 
 
 def ensemble_scores(ens: EnsembleEBM, inputs: Any, problem_ids: Sequence[Any] | None = None,
-                    batch_size: int = 256, held_out: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                    batch_size: int = 256, held_out: bool = False, dtype: str = "float32",
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """``(energy [N], z [N, K])`` for every row of ``inputs``. With ``problem_ids``, a member's
     ``z`` is NaN on the problems it was trained on (fold members), and the energy is the mean over
     the others; without, every member counts (as in ``forward``).
@@ -115,8 +116,8 @@ def ensemble_scores(ens: EnsembleEBM, inputs: Any, problem_ids: Sequence[Any] | 
     fold member that held it out, on that member's standardised scale ``z`` (the scale the hybrid was
     fit on, :mod:`impetus.learned.ensemble_fit`). A problem no member saw (eval) is scored as usual.
     This is how dev problems, on which V2, EBD and the compute-matched choice pick their settings,
-    get energies no member was fit on."""
-    z = np.stack([(score(m, inputs, batch_size=batch_size) - float(ens.mu[j])) / float(ens.sd[j])
+    get energies no member was fit on. ``dtype``: as :func:`~impetus.learned.models.score`'s."""
+    z = np.stack([(score(m, inputs, batch_size=batch_size, dtype=dtype) - float(ens.mu[j])) / float(ens.sd[j])
                   for j, m in enumerate(ens.members)], axis=1)
     seed_seen = np.zeros(len(z), dtype=bool)  # rows whose problem the seed members were fit on
     if problem_ids is not None:
@@ -140,15 +141,16 @@ def ensemble_scores(ens: EnsembleEBM, inputs: Any, problem_ids: Sequence[Any] | 
 
 
 def energy_scores(model: nn.Module, inputs: Any, problem_ids: Sequence[Any] | None = None,
-                  batch_size: int = 256, held_out: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+                  batch_size: int = 256, held_out: bool = False, dtype: str = "float32",
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
     """Energies of any learned EBM: an ensemble through :func:`ensemble_scores` (with its members'
     ``z``), a single model through :func:`~impetus.learned.models.score` (members: None; it has no
-    held-out member, so ``held_out`` raises)."""
+    held-out member, so ``held_out`` raises). ``dtype``: as ``score``'s."""
     if isinstance(model, EnsembleEBM):
-        return ensemble_scores(model, inputs, problem_ids, batch_size, held_out)
+        return ensemble_scores(model, inputs, problem_ids, batch_size, held_out, dtype)
     if held_out:
         raise ValueError("held-out scoring needs an ensemble with fold members, not a single model")
-    return score(model, inputs, batch_size=batch_size), None
+    return score(model, inputs, batch_size=batch_size, dtype=dtype), None
 
 
 def top1_accuracy(energy: np.ndarray, df: pd.DataFrame) -> float:

@@ -99,7 +99,7 @@ def ensembles(groups: pd.DataFrame, problems: pd.DataFrame, hidden: dict | None,
         x = hidden_matrix(hidden, groups["hidden_row"].to_numpy(), source)
         latent_ens = build_ensemble([t.model for t in members.latent], x, members.names, members.trained_on,
                                     batch_size=1024)
-    return LearnedScorers(text_ebm=text_ens, latent_ebm=latent_ens, hidden_source=source)
+    return LearnedScorers(text_ebm=text_ens, latent_ebm=latent_ens, hidden_source=source, text_dtype=config.text_dtype)
 
 
 def fit_ensembles(groups: pd.DataFrame, problems: pd.DataFrame, hidden: dict | None, tokenizer: Any,
@@ -139,7 +139,7 @@ def fit_learned_energies(
         text, latent = _fit_member(rows, problems, hidden, tokenizer, config, source, config.seed, False)
         folds.add(f"fold{len(folds.names)}", text, latent, sorted(map(str, set(rows["problem_id"]))))
         return LearnedScorers(text_ebm=text.model, latent_ebm=None if latent is None else latent.model,
-                              hidden_source=source)
+                              hidden_source=source, text_dtype=config.text_dtype)
 
     oof = out_of_fold_energies(groups, problems, hidden, tokenizer, fit_fold, config.cross_fit_folds, config.seed)
     members = seeds + folds

@@ -110,17 +110,27 @@ def distinct_keys(df: pd.DataFrame, cols: list[str]) -> tuple[np.ndarray, np.nda
 
 
 def text_energy_scores(model: Any, tokenizer: Any, df: pd.DataFrame, problems: pd.DataFrame, held_out: bool = False,
-                       ) -> tuple[np.ndarray, np.ndarray | None]:
+                       dtype: str = "float32") -> tuple[np.ndarray, np.ndarray | None]:
     """The TextEBM's energies (and ensemble members' ``z``) for every row of ``df``, each distinct
     (problem, completion) encoded once: a text energy is a function of those two alone, and sampled
     candidates repeat (800 candidates of the default run hold 330 distinct ones), so this scores 2.4x
-    fewer rows there at the same values (up to batch-composition rounding)."""
+    fewer rows there at the same values (up to batch-composition rounding). ``dtype``: what the
+    encoder layers run in (``auto``: :func:`~impetus.lm.precision.choose_dtype` on the CPU)."""
     first, codes = distinct_keys(df, ["problem_id", "completion"])
     unique = df.iloc[first]
     inputs = text_inputs(tokenizer, unique, problems, model.config.max_len)
     # 128 rows a batch: fewer, fuller length-sorted batches (benchmarks/bench_scoring_cost.py).
-    energy, z = energy_scores(model, inputs, unique["problem_id"].to_numpy(), batch_size=128, held_out=held_out)
+    energy, z = energy_scores(model, inputs, unique["problem_id"].to_numpy(), batch_size=128, held_out=held_out,
+                              dtype=text_dtype(dtype))
     return energy[codes], (None if z is None else z[codes])
+
+
+def text_dtype(requested: str) -> str:
+    """The dtype the TextEBM scores in: ``requested``, or for ``auto`` bf16 where this CPU has a bf16
+    fast path and fp32 elsewhere (the rule of ``model.dtype: auto``; EBMs score on the CPU)."""
+    from impetus.lm.precision import choose_dtype
+
+    return choose_dtype(requested, "cpu")[0]
 
 
 def fit_text_ebm(
@@ -162,6 +172,7 @@ class LearnedScorers:
     hidden_source: str = "both"
     hybrid: HybridEnergy | None = None
     hidden_cv: dict[str, dict[str, float]] | None = None  # each candidate source's CV scores (hidden_source: cv)
+    text_dtype: str = "float32"  # what the TextEBM's encoder scores in (scorer.text_ebm.score_dtype; auto resolved per machine)
 
     def to_records(self) -> dict[str, Any]:
         """``{"text_ebm", "latent_ebm", "hybrid"}``: one plain record per learned energy (or None)."""
@@ -169,7 +180,7 @@ class LearnedScorers:
         if self.latent_ebm is not None:
             latent = {**ebm_to_dict(self.latent_ebm), "hidden_source": self.hidden_source, "hidden_cv": self.hidden_cv}
         return {
-            "text_ebm": None if self.text_ebm is None else ebm_to_dict(self.text_ebm),
+            "text_ebm": None if self.text_ebm is None else {**ebm_to_dict(self.text_ebm), "score_dtype": self.text_dtype},
             "latent_ebm": latent,
             "hybrid": None if self.hybrid is None else self.hybrid.to_dict(),
         }
@@ -185,6 +196,7 @@ class LearnedScorers:
             hidden_source=(latent_ebm or {}).get("hidden_source", "both"),
             hidden_cv=(latent_ebm or {}).get("hidden_cv"),
             hybrid=None if hybrid is None else HybridEnergy.from_dict(hybrid),
+            text_dtype=(text_ebm or {}).get("score_dtype", "float32"),  # records from before it existed: fp32
         )
 
     @property
@@ -229,7 +241,7 @@ def add_learned_energies(
     pids = out["problem_id"].to_numpy()
     if scorers.text_ebm is not None:
         t0 = time.perf_counter()
-        energy, z = text_energy_scores(scorers.text_ebm, tokenizer, out, problems, held_out)
+        energy, z = text_energy_scores(scorers.text_ebm, tokenizer, out, problems, held_out, scorers.text_dtype)
         out["text_ebm"] = energy.astype(float)
         seconds["text_ebm"] = time.perf_counter() - t0
         if members is not None and z is not None:
@@ -331,6 +343,7 @@ class ScorerConfig:
     fold_members: bool  # the cross-fit fold models join the ensembles
     progress: bool
     text_ebm: EBMSpec
+    text_dtype: str  # auto | float32 | bfloat16: what the TextEBM's encoder scores candidates in (training: fp32)
     latent_ebm: EBMSpec
     hidden_source: str  # mean | answer | both | layer | layer_both | l<k> | l<k>_both | cv
     hybrid_columns: list[str] | None  # None: the energy registry's hybrid inputs

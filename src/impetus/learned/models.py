@@ -14,12 +14,14 @@ token ids (:class:`TokenInputs`) and vectors (:class:`VectorInputs`), so one tra
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 __all__ = [
     "TextEBMConfig", "TextEBM", "LatentEBMConfig", "LatentEBM", "encode_texts", "TokenInputs",
@@ -80,20 +82,53 @@ class TextEBM(nn.Module):
         x = self.tok(ids) + self.pos(pos)[None]
         if self.training:
             x = self.encoder(x, src_key_padding_mask=~keep)
-        else:
-            x = self._encode_for_cls(x, ~keep)
+        else:  # in the encoder's dtype (bf16 in a copy from scoring_copy), back to fp32 for the head
+            x = self._encode_for_cls(x.to(self.encoder.layers[0].linear1.weight.dtype), ~keep).float()
         return self.head(self.norm(x[:, 0])).squeeze(-1)
 
     def _encode_for_cls(self, x: Tensor, pad: Tensor) -> Tensor:
         """The encoder in eval mode, with its last layer computed for the [CLS] row only: the head
         reads nothing else, and that layer's other rows cost its feed-forward and its query and
-        output projections for nothing. Equal to ``self.encoder`` up to rounding (tested)."""
+        output projections for nothing. Attention goes through ``scaled_dot_product_attention``:
+        ``nn.TransformerEncoderLayer``'s own eval path with a padding mask runs an explicit masked
+        softmax over ``[B, heads, L, L]``, 14% of the scoring time (docs/results.md, "The TextEBM's
+        scoring cost"). Equal to ``self.encoder`` up to rounding (tested)."""
         *first, last = self.encoder.layers
-        for layer in first:
-            x = layer(x, src_key_padding_mask=pad)
-        h = last.norm1(x)  # norm_first: x + attn(norm1(x)), then + ff(norm2(.))
-        cls = x[:, :1] + last.self_attn(h[:, :1], h, h, key_padding_mask=pad, need_weights=False)[0]
+        for layer in first:  # norm_first: x + attn(norm1(x)), then + ff(norm2(.))
+            h = layer.norm1(x)
+            x = x + _attention(layer.self_attn, h, h, pad)
+            x = x + layer.linear2(layer.activation(layer.linear1(layer.norm2(x))))
+        h = last.norm1(x)
+        cls = x[:, :1] + _attention(last.self_attn, h[:, :1], h, pad)
         return cls + last.linear2(last.activation(last.linear1(last.norm2(cls))))
+
+    def scoring_copy(self, dtype: torch.dtype) -> "TextEBM":
+        """A copy for scoring (eval mode) whose encoder layers run in ``dtype``, sharing this model's
+        embeddings, final norm and head, which stay fp32: the inputs are cast once at the encoder and
+        its [CLS] output cast back, so only the layers' matmuls run in half precision. The encoder
+        is ~2% of the weights (the embeddings are the rest), so copying it per call is cheap and no
+        cached half copy can go stale when this model's weights change."""
+        out = TextEBM.__new__(TextEBM)
+        nn.Module.__init__(out)
+        out.config = self.config
+        out.tok, out.pos, out.norm, out.head = self.tok, self.pos, self.norm, self.head
+        out.encoder = copy.deepcopy(self.encoder).to(dtype)
+        return out.eval()
+
+
+def _attention(mha: nn.MultiheadAttention, query: Tensor, kv: Tensor, pad: Tensor) -> Tensor:
+    """``mha(query, kv, kv, key_padding_mask=pad)`` in eval mode (no dropout, no weights returned),
+    through ``F.scaled_dot_product_attention``; ``pad`` ``[B, L]`` is True at padding."""
+    b, d, heads = query.shape[0], mha.embed_dim, mha.num_heads
+    w, bias = mha.in_proj_weight, mha.in_proj_bias
+    q = F.linear(query, w[:d], bias[:d])
+    k, v = F.linear(kv, w[d:], bias[d:]).chunk(2, dim=-1)
+
+    def split(t: Tensor) -> Tensor:  # [B, L, d] -> [B, heads, L, d / heads]
+        return t.view(b, -1, heads, d // heads).transpose(1, 2)
+
+    out = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=~pad[:, None, None, :])
+    return mha.out_proj(out.transpose(1, 2).reshape(b, query.shape[1], d))
 
 
 @dataclass
@@ -238,25 +273,29 @@ def distinct_rows(batch: tuple[Tensor, ...]) -> tuple[tuple[Tensor, ...], Tensor
 
 
 @torch.no_grad()
-def score(model: nn.Module, inputs: Any, batch_size: int = 256, device: str = "cpu") -> np.ndarray:
+def score(model: nn.Module, inputs: Any, batch_size: int = 256, device: str = "cpu",
+          dtype: str = "float32") -> np.ndarray:
     """Energies for every row of ``inputs`` (eval mode, no grad) as a float ``np.ndarray``.
 
-    Repeated token rows are scored once (sampled answers repeat; the energy of a row is its own)."""
+    Repeated token rows are scored once (sampled answers repeat; the energy of a row is its own).
+    ``dtype``: what a :class:`TextEBM`'s encoder layers run in (:meth:`TextEBM.scoring_copy`; the
+    caller chooses it, e.g. by :func:`impetus.lm.precision.choose_dtype`); other models run as they are."""
     inputs = as_inputs(inputs)
     if isinstance(inputs, TokenInputs):
         unique, inverse = inputs.distinct()
         if unique is not inputs:
-            return score(model, unique, batch_size, device)[inverse]
+            return score(model, unique, batch_size, device, dtype)[inverse]
     # Token rows go in length order, so each batch is trimmed to rows of about its own length (the
     # TextEBM's cost grows with the padded width; docs/results.md, "The cost target").
     order = (np.argsort(inputs.mask.sum(dim=1).numpy(), kind="stable") if isinstance(inputs, TokenInputs)
              else np.arange(len(inputs)))
     was_training = model.training
     model.eval()
+    run = model.scoring_copy(getattr(torch, dtype)) if isinstance(model, TextEBM) and dtype != "float32" else model
     out = []
     for s in range(0, len(inputs), batch_size):
         batch = inputs(order[s: s + batch_size])
-        out.append(model(*(t.to(device) for t in batch)).float().cpu())
+        out.append(run(*(t.to(device) for t in batch)).float().cpu())
     model.train(was_training)
     energy = np.zeros(len(inputs), dtype=np.float32)
     if out:

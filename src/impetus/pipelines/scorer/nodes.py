@@ -10,6 +10,7 @@ import pandas as pd
 from impetus.framework.config import RerankParams, ScorerParams
 from impetus.learned.crossfit import concat_hidden, final_fit_splits
 from impetus.learned.ensemble_fit import fit_learned_energies
+from impetus.lm.precision import choose_dtype
 from impetus.pipelines.utils import load_base_tokenizer
 from impetus.framework.tracking import as_mlflow_metrics, series_metrics
 
@@ -32,6 +33,8 @@ def train_scorers(
     splits = final_fit_splits(rerank_eval.selection, (problems_train, hidden_train), (problems_dev, hidden_dev))
     problems = pd.concat([p for p, _ in splits], ignore_index=True)
     hidden = concat_hidden([h for _, h in splits])  # same order as the mining stage, so hidden_row agrees
+    dtype, why = choose_dtype(scorer.text_ebm.score_dtype, "cpu")
+    logger.info("TextEBM scores candidates with its encoder layers in %s (%s)", dtype, why)
     fit = fit_learned_energies(ebm_groups, problems, hidden, load_base_tokenizer(base_lm), scorer.to_core())
     records = fit.scorers.to_records()
     metrics: dict[str, Any] = {}
@@ -54,5 +57,6 @@ def train_scorers(
                                         for m, r in zip(members.names, results)})
     metrics |= as_mlflow_metrics({f"scorer/hybrid/weight/{c}": w for c, w in fit.scorers.hybrid.weights.items()})
     metrics |= as_mlflow_metrics({f"scorer/hybrid/cv_loss/l2_{l2:g}": v for l2, v in fit.hybrid_cv_loss.items()})
-    metrics |= as_mlflow_metrics({"scorer/hybrid/l2": fit.scorers.hybrid.config.l2})
+    metrics |= as_mlflow_metrics({"scorer/hybrid/l2": fit.scorers.hybrid.config.l2,
+                                  "scorer/text_ebm/score_bf16": float(dtype == "bfloat16")})
     return records["text_ebm"], records["latent_ebm"], records["hybrid"], logged["text_ebm"], logged["latent_ebm"], metrics
