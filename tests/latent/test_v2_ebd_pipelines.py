@@ -120,8 +120,13 @@ def test_latent_eval_slice(catalog):
     assert catalog["metrics_v2_latent"].load()["v2/accuracy/majority"]["value"] == methods["majority"]["accuracy"]
 
 
-def test_ebd_slice(catalog):
+def test_ebd_slice(catalog, monkeypatch):
+    import impetus.latent.scoring as scoring
+
+    embedded = []  # the hybrid here has no embedding input, so no chain state is embedded
+    monkeypatch.setattr(scoring, "embed_texts", lambda texts, *a, **k: embedded.append(texts))
     SequentialRunner().run(ebd_pipeline(), catalog)
+    assert embedded == []
     result = catalog["ebd_metrics"].load()
     methods = result["methods"]
     assert result["n_problems"] == 2 and result["steps"] in (1, 3)

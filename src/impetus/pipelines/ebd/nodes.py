@@ -24,11 +24,11 @@ logger = logging.getLogger(__name__)
 
 def _split(problems: pd.DataFrame, prompts: pd.DataFrame, graded: pd.DataFrame, energies_df: pd.DataFrame,
            hidden: dict[str, Any], tok: Any, bench: Any, scorers: LearnedScorers,
-           energies: EnergyStageParams, held_out: bool = False) -> EBDSplit:
+           energies: EnergyStageParams, energy: str, held_out: bool = False) -> EBDSplit:
     """One split's EBD inputs: candidates with every energy (chain starts), chain states scored
-    against the split's candidate pool from their recorded values, graded against its problems
-    (``held_out``: dev, see :func:`~impetus.learned.fitting.dev_held_out`)."""
-    scorer = NewAnswerScorer(tok, bench, problems, graded, scorers, energies.embedding_model, held_out)
+    against the split's candidate pool from their recorded values by ``energy`` (the chains' only one),
+    graded against its problems (``held_out``: dev, see :func:`~impetus.learned.fitting.dev_held_out`)."""
+    scorer = NewAnswerScorer(tok, bench, problems, graded, scorers, energies.embedding_model, held_out, energy)
     table = score_split(graded, energies_df, hidden, problems, tok, scorers, held_out=held_out)[0]
     return EBDSplit(prompts, table, scorer.from_traces, text_grader(bench, problems), scorer.traces_many)
 
@@ -48,9 +48,9 @@ def run_chains(
     model, tok = load_base_lm(base_lm)
     bench = benchmark.build()
     eval_split = _split(problems_eval, prompts_eval, graded_eval, energies_eval, hidden_eval, tok, bench, scorers,
-                        energies)
+                        energies, cfg.energy)
     dev_split = _split(problems_dev, prompts_dev, graded_dev, energies_dev, hidden_dev, tok, bench, scorers,
-                       energies, dev_held_out(scorers, "ebd")) if cfg.grid else None
+                       energies, cfg.energy, dev_held_out(scorers, "ebd")) if cfg.grid else None
     v1 = v1_reference(eval_split.candidates, rerank_metrics, vote_for=[cfg.energy])
     sampler = get_sampler(sampling.backend, model, tok, record=True, **recorded_layers(base_lm))
     params = sampling_params(sampling, benchmark)

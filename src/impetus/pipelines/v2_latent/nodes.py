@@ -30,7 +30,7 @@ def _split(problems: pd.DataFrame, prompts: pd.DataFrame, graded: pd.DataFrame, 
     its ``scored`` candidates (LatentSeek's reward is relative to them). ``held_out``: dev, see
     :func:`~impetus.learned.fitting.dev_held_out` (``gradient`` mode's LatentEBM still averages every
     member: its forward has no problem ids)."""
-    scorer = NewAnswerScorer(tok, bench, problems, graded, scorers, energies.embedding_model, held_out)
+    scorer = NewAnswerScorer(tok, bench, problems, graded, scorers, energies.embedding_model, held_out, energy)
     stats = scored.groupby("problem_id")[energy].agg(["mean", lambda e: e.std(ddof=0), "min"])
     pools = {str(p): tuple(float(x) for x in row) for p, row in stats.iterrows()}
     return Split(prompts, graded, scorer.traces_many, text_grader(bench, problems), pools)
