@@ -35,6 +35,19 @@ def test_auto_follows_torchs_cpu_detection(monkeypatch, amx, avx, want):
     assert precision.choose_dtype("auto", "mps")[0] == "float32"
 
 
+def test_a_half_dtype_on_a_cpu_without_a_fast_path_warns_once_naming_its_setting(monkeypatch, caplog):
+    monkeypatch.setattr(precision, "cpu_bf16_fast_path", lambda: (False, "neither AMX nor AVX512-BF16"))
+    monkeypatch.setattr(precision, "_WARNED", set())
+    with caplog.at_level("WARNING", logger=precision.__name__):
+        for _ in range(3):
+            assert precision.choose_dtype("bfloat16", "cpu", "scorer.text_ebm.score_dtype") == (
+                "bfloat16", "set by scorer.text_ebm.score_dtype")
+        precision.choose_dtype("bfloat16", "cpu")
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 2 and warned[0].startswith("scorer.text_ebm.score_dtype=bfloat16 on a CPU without")
+    assert warned[1].startswith("model.dtype=bfloat16")
+
+
 @pytest.mark.parametrize("bf16, want", [(True, "bfloat16"), (False, "float32")])
 def test_auto_on_cuda_asks_the_device(monkeypatch, bf16, want):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16)

@@ -130,7 +130,7 @@ def text_dtype(requested: str) -> str:
     fast path and fp32 elsewhere (the rule of ``model.dtype: auto``; EBMs score on the CPU)."""
     from impetus.lm.precision import choose_dtype
 
-    return choose_dtype(requested, "cpu")[0]
+    return choose_dtype(requested, "cpu", "scorer.text_ebm.score_dtype")[0]
 
 
 def fit_text_ebm(

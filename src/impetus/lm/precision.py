@@ -32,17 +32,23 @@ def cpu_bf16_fast_path() -> tuple[bool, str]:
     return bool(found), ", ".join(found) if found else "neither AMX nor AVX512-BF16"
 
 
-def choose_dtype(requested: str, device: str) -> tuple[str, str]:
+_WARNED: set[tuple[str, str]] = set()  # (setting, dtype) already warned about in this process
+
+
+def choose_dtype(requested: str, device: str, setting: str = "model.dtype") -> tuple[str, str]:
     """``(dtype, reason)``: ``requested`` itself unless it is ``auto``, which takes bf16 on a CUDA
-    device that supports it or a CPU with a bf16 fast path, and fp32 elsewhere (MPS included)."""
+    device that supports it or a CPU with a bf16 fast path, and fp32 elsewhere (MPS included).
+    ``setting``: the parameter ``requested`` came from, named in the reason and in the warning (once
+    per process) that a half dtype on a CPU without a fast path will be slow."""
     kind = device.split(":", 1)[0]
     if requested != "auto":
         if requested in HALF and kind == "cpu":
             fast, found = cpu_bf16_fast_path()
-            if not fast:
-                logger.warning("model.dtype=%s on a CPU without a bf16 fast path (%s): expect decoding many "
-                               "times slower than float32", requested, found)
-        return requested, "set by model.dtype"
+            if not fast and (setting, requested) not in _WARNED:
+                _WARNED.add((setting, requested))
+                logger.warning("%s=%s on a CPU without a bf16 fast path (%s): expect it to run many times slower "
+                               "than float32", setting, requested, found)
+        return requested, f"set by {setting}"
     if kind == "cuda":
         index = torch.device(device).index or 0
         if torch.cuda.is_bf16_supported():

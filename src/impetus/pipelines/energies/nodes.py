@@ -52,7 +52,7 @@ def compute_energies(
     if is_choices(graded):  # one candidate per answer: agreement and similarity between choices mean nothing
         emb_seconds, emb_dtype = 0.0, "float32"
     else:
-        emb_dtype, why = choose_dtype(energies.embedding_dtype, "cpu")
+        emb_dtype, why = choose_dtype(energies.embedding_dtype, "cpu", "energies.embedding_dtype")
         logger.info("Embedding model for %s in %s (%s)", split, emb_dtype, why)
         consistency, emb_seconds = consistency_energies(
             graded, energies.embedding_model, batch_size=energies.embedding_batch_size, dtype=emb_dtype
