@@ -10,7 +10,7 @@ import torch
 
 from impetus.latent.ceiling import (answer_token, ceiling_table, edit_positions, enumerate_edits,
                                     summarize_ceiling)
-from impetus.latent.optimize import LatentConfig, LatentOptimizer, encode_starts, trace_states
+from impetus.latent.optimize import LatentConfig, LatentOptimizer, _Job, encode_starts, trace_states
 from impetus.lm.hf_sampler import HFSampler
 from impetus.lm.sampler import SamplingParams
 from impetus.testing import tiny_llama, tiny_tokenizer
@@ -52,6 +52,22 @@ def test_edits_equal_brute_force_greedy_decoding(setup):
         assert list(tr.ids) == want
     # different forced tokens lead to different answers somewhere: the check above is not vacuous
     assert len({tuple(t.ids) for t in traces}) > len(positions)
+
+
+def test_edits_v2_already_regenerated_are_looked_up(setup, counting_rows):
+    """The ceiling shares V2's store of greedy continuations: an edit V2 already made (the same forced
+    token after the same kept tokens) is not generated again, and the edits equal a fresh enumeration."""
+    tok, sampler, prompts, answers = setup
+    starts = encode_starts(sampler, list(zip(prompts, answers)))
+    positions = [[(0, "window"), (2, "answer")], [(1, "window")]]
+    _, alone = enumerate_edits(LatentOptimizer(sampler, tok, PARAMS, CFG), starts, prompts, positions, k=4)
+    v2 = LatentOptimizer(sampler, tok, PARAMS, CFG)
+    v2.regenerate([_Job(prompt=list(prompts[0]), start=starts[0], seed=0, p=2)],
+                  [[int(torch.topk(sampler.state_logits(trace_states(starts[0]))[2].float(), 4).indices[1])]])
+    rows = counting_rows(sampler)
+    shared = LatentOptimizer(sampler, tok, PARAMS, CFG, v2.continuations)
+    _, traces = enumerate_edits(shared, encode_starts(sampler, list(zip(prompts, answers))), prompts, positions, k=4)
+    assert rows == [4 * 3 - 1] and [t.ids for t in traces] == [t.ids for t in alone]
 
 
 def test_summary_headroom_and_argmin():

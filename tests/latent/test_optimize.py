@@ -128,18 +128,20 @@ def test_batched_answers_equal_one_at_a_time(setup):
     other = sampler.generate([tok("Q: 3+5?\nA:")["input_ids"]], PARAMS, [1])[0][0]
     items = [(prompt, start.token_ids), (tok("Q: 3+5?\nA:")["input_ids"], other.token_ids)]
     energy = by_text(tok, lambda text: len(text) % 3)
-    opt = LatentOptimizer(sampler, tok, PARAMS, _cfg(steps=3, samples=4))
-    together = opt.optimize_many(items, lambda owners, gens: energy(gens), [7, 8])
-    alone = [opt.optimize(p, a, energy, seed=s) for (p, a), s in zip(items, [7, 8])]
+    def opt() -> LatentOptimizer:  # a fresh one each time: no continuation is looked up from another run
+        return LatentOptimizer(sampler, tok, PARAMS, _cfg(steps=3, samples=4))
+
+    together = opt().optimize_many(items, lambda owners, gens: energy(gens), [7, 8])
+    alone = [opt().optimize(p, a, energy, seed=s) for (p, a), s in zip(items, [7, 8])]
     assert [r.text for r in together] == [r.text for r in alone]
     assert [[s["energy"] for s in r.steps] for r in together] == [[s["energy"] for s in r.steps] for r in alone]
 
 
 def test_same_seed_same_output(setup):
     tok, model, sampler, prompt, start = setup
-    opt = LatentOptimizer(sampler, tok, PARAMS, _cfg(steps=3))
     energy = by_text(tok, lambda text: len(text) % 3)
-    a, b = opt.optimize(prompt, start.token_ids, energy, seed=5), opt.optimize(prompt, start.token_ids, energy, seed=5)
+    a, b = (LatentOptimizer(sampler, tok, PARAMS, _cfg(steps=3)).optimize(prompt, start.token_ids, energy, seed=5)
+            for _ in range(2))
     assert a.text == b.text and [s["energy"] for s in a.steps] == [s["energy"] for s in b.steps]
 
 
@@ -152,3 +154,63 @@ def test_accuracy_after_reads_each_answer_at_the_step_or_where_patience_stopped_
     ]})
     acc = accuracy_after(rows, [0, 1, 2, 5], lambda _pid, text: (text, text == "7"))
     assert acc == {0: 0.5, 1: 0.0, 2: 0.5, 5: 0.5}
+
+
+def test_regenerate_makes_each_continuation_once_and_optimisers_can_share_them(setup, counting_rows):
+    """A greedy continuation depends only on the tokens before the window, the window and the cap: rows
+    asked for twice in one call, or again later, or by another optimiser sharing the store, are made once,
+    and equal what a fresh optimiser makes."""
+    from impetus.latent.optimize import _Job, encode_starts
+
+    tok, model, sampler, prompt, start = setup
+    tr = encode_starts(sampler, [(prompt, start.token_ids)])[0]
+    jobs = [_Job(prompt=list(prompt), start=tr, seed=s, p=p) for s, p in [(0, 1), (1, 1), (2, 1), (3, 2)]]
+    windows = [[5], [5], [6], [5]]  # the first two are one continuation (the seed does not matter: greedy)
+    fresh = LatentOptimizer(sampler, tok, PARAMS, _cfg())
+    alone = [fresh.regenerate([j], [w])[0].ids for j, w in zip(jobs, windows)]
+    rows = counting_rows(sampler)
+    first = LatentOptimizer(sampler, tok, PARAMS, _cfg())
+    made = first.regenerate(jobs, windows)
+    assert rows == [3] and [t.ids for t in made] == alone
+    assert made[0].ids == made[1].ids and made[0].ids[1] == 5 and made[3].ids[2] == 5
+    again = LatentOptimizer(sampler, tok, PARAMS, _cfg(mode="gradient"), first.continuations)
+    assert [t.ids for t in again.regenerate(jobs[::-1], windows[::-1])] == [t.ids for t in made[::-1]]
+    seven = first.regenerate(jobs[2:3], [[7]])[0].ids
+    assert rows == [3, 1]  # only the new window was generated
+    assert seven == LatentOptimizer(sampler, tok, PARAMS, _cfg()).regenerate(jobs[2:3], [[7]])[0].ids
+
+
+def test_a_window_decoded_again_is_looked_up_and_its_tokens_counted_once(setup, monkeypatch):
+    """Sampled REINFORCE windows repeat (and so do decodes whose argmax did not move): the answers and
+    energies equal generating every one again, and the tokens counted are exactly those of the rows
+    generated, each window once."""
+    tok, model, sampler, prompt, start = setup
+    energy = by_text(tok, lambda text: len(text) % 3)
+    cfg = _cfg(steps=4, samples=8, positions="spilled", window=1)
+
+    def run(forget: bool):
+        rows: list[int] = []
+        opt = LatentOptimizer(sampler, tok, PARAMS, cfg)
+        regenerate, answers = opt.regenerate, opt._answers
+
+        def counted(jobs, windows):
+            made = regenerate(jobs, windows)
+            rows.extend(len(t) - j.p - len(w) for j, w, t in zip(jobs, windows, made))
+            return made
+
+        def forgetful(jobs, energy_fn, windows):  # the behaviour before the lookup: every answer made again
+            for _, job in jobs:
+                job.known.clear()
+            opt.continuations.clear()
+            return answers(jobs, energy_fn, windows)
+
+        monkeypatch.setattr(opt, "regenerate", counted)
+        if forget:
+            monkeypatch.setattr(opt, "_answers", forgetful)
+        return opt.optimize(prompt, start.token_ids, energy, seed=0), rows
+
+    (kept, rows_kept), (again, rows_again) = run(False), run(True)
+    assert (kept.text, kept.energy, kept.control_text) == (again.text, again.energy, again.control_text)
+    assert [s["energy"] for s in kept.steps] == [s["energy"] for s in again.steps]
+    assert len(rows_kept) < len(rows_again)  # repeats happened, and were not generated
+    assert kept.generated_tokens == sum(rows_kept) < again.generated_tokens == sum(rows_again)

@@ -70,36 +70,35 @@ def test_topk_pg_looks_up_known_answers_instead_of_generating_them_again(setup, 
     """The decode of z whose argmax is one of the top-k tokens is that token's greedy answer, made once
     for the gradient: the same answers and energies whether looked up or generated again, fewer rows
     generated, and only generated tokens counted."""
-    import impetus.latent.policy as policy
-
     tok, model, sampler, prompt, start = setup
     tr = encode_starts(sampler, [(prompt, start.token_ids)])[0]
     target = _ranked(sampler, tr)[3]
     cfg = _cfg(mode="topk_pg", positions="prefix", prefix_fraction=0.5, steps=8, lr=0.5, samples=6, patience=None)
 
-    def run() -> tuple[object, int]:
+    def run(forget: bool) -> tuple[object, int]:
         rows = []
         opt = LatentOptimizer(sampler, tok, PARAMS, cfg)
-        regenerate = opt.regenerate
+        regenerate, answers = opt.regenerate, opt._answers
         monkeypatch.setattr(opt, "regenerate", lambda jobs, windows: rows.append(len(jobs)) or regenerate(jobs, windows))
+
+        def forgetful(jobs, energy, windows):  # the behaviour before the lookup: every answer generated again
+            for _, job in jobs:
+                job.known.clear()
+            opt.continuations.clear()
+            return answers(jobs, energy, windows)
+
+        if forget:
+            monkeypatch.setattr(opt, "_answers", forgetful)
         res = opt.optimize(prompt, start.token_ids, _first_token_energy(target), seed=0)
         return res, sum(rows)
 
-    looked_up, rows_looked_up = run()
-    alternatives = policy._alternatives
-
-    def forgetful(opt, jobs, energy):  # the behaviour before the lookup: every decode generated again
-        made = alternatives(opt, jobs, energy)
-        for _, job in jobs:
-            job.known = {}
-        return made
-
-    monkeypatch.setattr(policy, "_alternatives", forgetful)
-    generated, rows_generated = run()
+    looked_up, rows_looked_up = run(False)
+    generated, rows_generated = run(True)
     assert looked_up.moved and looked_up.token_ids[0] == target
     assert [s["energy"] for s in looked_up.steps] == [s["energy"] for s in generated.steps]
     assert (looked_up.text, looked_up.energy) == (generated.text, generated.energy)
-    assert rows_generated == 1 + 6 + 8 and rows_looked_up == 1 + 6  # control, the k answers, one decode a step
+    # control, the k answers, one decode a step; looked up, the top token's answer is the control's
+    assert rows_generated == 1 + 6 + 8 and rows_looked_up == 1 + 5
     assert looked_up.generated_tokens < generated.generated_tokens
 
 

@@ -131,7 +131,7 @@ def v2_ceiling(opt: LatentOptimizer, tok: Any, split: Any, pids: list[str], ener
         return split.score([pids[o] for o in owners], traces)[energy].to_numpy(float) if traces else np.zeros(0)
 
     starts = encode_starts(opt.sampler, items)
-    zero = LatentOptimizer(opt.sampler, tok, opt.params, replace(opt.cfg, mode="reinforce", steps=0))
+    zero = LatentOptimizer(opt.sampler, tok, opt.params, replace(opt.cfg, mode="reinforce", steps=0), opt.continuations)
     results = zero.optimize_many(items, energy_of, [0] * len(items), starts=starts)
     span = first["answer_start"] if "answer_start" in first.columns else pd.Series(None, index=first.index, dtype=object)
     answer_q = [answer_token(tok, ids, _start(span.loc[p])) for p, (_, ids) in zip(pids, items)]

@@ -28,7 +28,8 @@ import torch
 from impetus.benchmarks.grading import Grade
 from impetus.energy.recorded import layer_key
 from impetus.learned.fitting import source_columns
-from impetus.latent.optimize import LatentConfig, LatentOptimizer, LatentResult, StateEnergy, encode_starts
+from impetus.latent.optimize import (Continuations, LatentConfig, LatentOptimizer, LatentResult, StateEnergy,
+                                     encode_starts)
 from impetus.lm.runner import stable_seed
 from impetus.lm.sampler import LatentSampler, SamplingParams
 from impetus.lm.trace import Trace
@@ -130,10 +131,12 @@ def _rows(pid: str, method: str, res: LatentResult, cand: Mapping[str, Any], bas
 def optimize_split(
     sampler: LatentSampler, tok: Any, params: SamplingParams, split: Split, pids: list[str],
     starts: Mapping[str, Mapping[str, int]], configs: Mapping[Mode, LatentConfig], energy: str, seed: int,
-    extra: Mapping[Mode, dict], progress: bool,
+    extra: Mapping[Mode, dict], progress: bool, continuations: Continuations | None = None,
 ) -> pd.DataFrame:
     """One V2 row and one control row per (problem, mode, start): ``starts[start][pid]`` is the
-    candidate (sample_idx) the answer starts from. All of a mode's answers are optimised together."""
+    candidate (sample_idx) the answer starts from. All of a mode's answers are optimised together, and
+    the modes share ``continuations`` (their greedy regenerations, each made once; a new one if None)."""
+    continuations = {} if continuations is None else continuations
     by_key = split.candidates.set_index(["problem_id", "sample_idx"])
     tokens_per_problem = split.candidates.groupby("problem_id")["n_tokens"].sum()
     prompt_of = dict(zip(split.prompts["problem_id"], split.prompts["prompt"]))
@@ -150,7 +153,7 @@ def optimize_split(
             from tqdm.auto import tqdm
 
             bar = tqdm(total=cfg.steps, unit="step", desc=f"V2 {mode}: {len(keys)} answers, steps")
-        results = LatentOptimizer(sampler, tok, params, cfg).optimize_many(
+        results = LatentOptimizer(sampler, tok, params, cfg, continuations).optimize_many(
             items, energy_of, [stable_seed(seed, f"{pid}:{s}") for pid, s in keys], on_step=bar.update if bar else None,
             starts=traces, pools=[split.pools[pid] for pid, _ in keys] if split.pools else None, **extra.get(mode, {}))
         if bar is not None:
@@ -268,9 +271,12 @@ def evaluate_v2(
         settings, tables, dev_answers = ({m: {} for m in cfg.modes}, {}, _no_answers()) if not cfg.grid else \
             choose_settings(sampler, tokenizer, params, dev, cfg, extra, dev_runs)
         configs = {m: cfg.optimizer(m, **settings[m]) for m in cfg.modes}
+        # Eval's modes and its ceiling ask for many of the same greedy regenerations: each is made once.
+        shared: Continuations = {}
         v2 = optimize_split(sampler, tokenizer, params, eval_split, pids, starts, configs, cfg.energy, cfg.seed, extra,
-                            cfg.progress)
-        ceiling = _ceilings(sampler, tokenizer, params, cfg, configs, {"dev": dev, "eval": eval_split}, pids)
+                            cfg.progress, shared)
+        ceiling = _ceilings(sampler, tokenizer, params, cfg, configs, {"dev": dev, "eval": eval_split}, pids,
+                            {"eval": shared})
     result = summarize(v2, v1, v1.resolve(cfg.compare_to), cfg.n_boot, cfg.seed)
     result["ceiling"] = ceiling
     result |= {"energy": cfg.energy, "headline_v1": v1.headline, "chosen_on": "dev" if cfg.grid else "config",
@@ -280,19 +286,20 @@ def evaluate_v2(
 
 
 def _ceilings(sampler: LatentSampler, tok: Any, params: SamplingParams, cfg: V2Config,
-              configs: Mapping[Mode, LatentConfig], splits: Mapping[str, Split | None], eval_pids: list[str]
-              ) -> dict[str, Any]:
+              configs: Mapping[Mode, LatentConfig], splits: Mapping[str, Split | None], eval_pids: list[str],
+              continuations: Mapping[str, Continuations] | None = None) -> dict[str, Any]:
     """V2's ceiling (:func:`impetus.latent.ceiling.v2_ceiling`) on ``cfg.dev_problems`` dev answers and
-    the eval answers, from each problem's first sample with the first mode's window; {} when off."""
+    the eval answers, from each problem's first sample with the first mode's window; {} when off.
+    ``continuations[split]``: that split's greedy regenerations so far (V2's), looked up, not made again."""
     from impetus.latent.ceiling import v2_ceiling
 
     if not cfg.ceiling_k:
         return {}
-    opt = LatentOptimizer(sampler, tok, params, next(iter(configs.values())))
     out: dict[str, Any] = {"k": cfg.ceiling_k, "energy": cfg.energy}
     for name, split in splits.items():
         if split is None:
             continue
+        opt = LatentOptimizer(sampler, tok, params, next(iter(configs.values())), (continuations or {}).get(name))
         pids = eval_pids if name == "eval" else list(split.prompts["problem_id"])[: cfg.dev_problems or None]
         out[name], _ = v2_ceiling(opt, tok, split, pids, cfg.energy, cfg.ceiling_k, cfg.n_boot, cfg.seed)
     return out

@@ -54,7 +54,7 @@ from typing import Any, Callable, Literal
 import numpy as np
 import torch
 
-from impetus.lm.sampler import LatentSampler, SamplingParams
+from impetus.lm.sampler import Generation, LatentSampler, SamplingParams
 from impetus.lm.trace import Trace, continued, cut_at_stop
 
 #: ``energy(owners, traces) -> energies`` (lower = better) of complete answers; ``owners[i]`` is the
@@ -64,6 +64,10 @@ BatchEnergy = Callable[[list[int], list[Trace]], np.ndarray]
 EnergyFn = Callable[[list[Trace]], np.ndarray]
 #: ``energy(pooled states [B, F]) -> [B]`` differentiable, for the ``gradient`` mode.
 StateEnergy = Callable[[torch.Tensor], torch.Tensor]
+#: ``(prompt ids, kept answer ids, window, token cap, stop strings)`` of a greedy regeneration.
+ContinuationKey = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], int, tuple[str, ...]]
+#: Greedy continuations already generated, by key (:meth:`LatentOptimizer.regenerate`).
+Continuations = dict[ContinuationKey, Generation]
 PositionRule = Literal["prefix", "spilled", "surprisal", "entropy"]
 #: Modes whose Adam step is ``lr`` itself (LatentSeek's), not ``lr`` x RMS(z0); and that return the last answer.
 ABSOLUTE_LR = LAST_ANSWER = ("latentseek", "topk_pg")
@@ -155,9 +159,10 @@ class _Job:
     last: tuple[float, Trace] | None = None  # the answer decoded from the current z (latentseek, topk_pg)
     pool: tuple[float, float, float] | None = None  # the problem's candidate energies: mean, std, min
     alts: tuple[torch.Tensor, torch.Tensor] | None = None  # topk_pg: the k tokens and their rewards
-    # topk_pg: each top-k token's greedy answer and energy; the decode of z whose argmax is one of them is
-    # that same answer (same cut, same token, greedy), so it is looked up instead of generated again
-    known: dict[int, tuple[float, Trace]] = field(default_factory=dict)
+    # Every window this job has decoded, with its greedy answer and energy: a window decoded again (a repeated
+    # REINFORCE draw, a step whose argmax did not move, topk_pg's decode of one of its top-k tokens) is the
+    # same answer (same cut, same tokens, greedy), so it is looked up, and its tokens are not counted again
+    known: dict[tuple[int, ...], tuple[float, Trace]] = field(default_factory=dict)
     done: bool = False  # latentseek: the answer is as good as the pool's best; stop
 
     @property
@@ -184,19 +189,35 @@ class LatentOptimizer:
     """Optimises answers with one sampler: new answers continue each start answer's cache after its
     kept tokens, emit the window, then decode greedily (the sampler's stop strings apply)."""
 
-    def __init__(self, sampler: LatentSampler, tokenizer: Any, params: SamplingParams, config: LatentConfig):
+    def __init__(self, sampler: LatentSampler, tokenizer: Any, params: SamplingParams, config: LatentConfig,
+                 continuations: Continuations | None = None):
         self.tok, self.sampler, self.cfg = tokenizer, sampler, config
         self.params = SamplingParams(**{**params.to_dict(), "n": 1, "temperature": 0.0})  # greedy rest
         self.reuse_cache = bool(sampler.can_continue())
+        self.continuations: Continuations = {} if continuations is None else continuations
 
     def regenerate(self, jobs: list[_Job], windows: list[list[int]]) -> list[Trace]:
-        """Each job's start answer cut before its window, the ``windows`` tokens, then greedy."""
-        cap = self.params.max_new_tokens
-        gens = self.sampler.continue_rows(
-            [j.prompt + list(j.start.ids[: j.p]) for j in jobs], self.params, [j.seed for j in jobs],
-            max_new=[max(1, cap - j.p) for j in jobs], past=[j.start.past for j in jobs] if self.reuse_cache else None,
-            forced=[list(w) for w in windows])
-        return [cut_at_stop(continued(j.start, j.p, g), self.tok, self.params.stop) for j, g in zip(jobs, gens)]
+        """Each job's start answer cut before its window, the ``windows`` tokens, then greedy.
+
+        Greedy, so the continuation depends only on the token ids before the window, the window and the
+        token cap: each distinct one is generated once and kept in ``self.continuations`` (which several
+        optimisers of one run, V2's ceiling included, may share); the rows asked for again are looked up.
+        Each row's recorded values before the window are its own start answer's."""
+        cap, stop = self.params.max_new_tokens, tuple(self.params.stop)
+        keys = [(tuple(j.prompt), tuple(j.start.ids[: j.p]), tuple(w), cap, stop) for j, w in zip(jobs, windows)]
+        todo: dict[ContinuationKey, int] = {}
+        for c, key in enumerate(keys):
+            if key not in self.continuations and key not in todo:
+                todo[key] = c
+        if todo:
+            rows = [jobs[c] for c in todo.values()]
+            gens = self.sampler.continue_rows(
+                [j.prompt + list(j.start.ids[: j.p]) for j in rows], self.params, [j.seed for j in rows],
+                max_new=[max(1, cap - j.p) for j in rows], past=[j.start.past for j in rows] if self.reuse_cache else None,
+                forced=[list(windows[c]) for c in todo.values()])
+            self.continuations.update(zip(todo, gens))
+        return [cut_at_stop(continued(j.start, j.p, self.continuations[key]), self.tok, self.params.stop)
+                for j, key in zip(jobs, keys)]
 
     def _prepare(self, job: _Job) -> None:
         """Choose the window from the answer's signals; set up ``z``, its optimiser and generator."""
@@ -220,7 +241,8 @@ class LatentOptimizer:
         return np.asarray(energy(owners, gens), dtype=float) if gens else np.zeros(0)
 
     def _reinforce(self, jobs: list[tuple[int, _Job]], energy: BatchEnergy) -> tuple[list[int], list[Trace], np.ndarray]:
-        """One policy-gradient step of every job; returns the sampled answers and their energies."""
+        """One policy-gradient step of every job; returns the sampled answers new to their job (their
+        owners, traces and energies)."""
         m = self.cfg.samples
         logps, draws = [], []
         with torch.enable_grad():
@@ -228,10 +250,8 @@ class LatentOptimizer:
                 logp = torch.log_softmax(self.sampler.state_logits(job.z).float(), dim=-1)  # [w, V]
                 logps.append(logp)
                 draws.append(torch.multinomial(logp.detach().exp(), m, replacement=True, generator=job.gen).T)
-            flat_jobs = [job for _, job in jobs for _ in range(m)]
-            gens = self.regenerate(flat_jobs, [d.tolist() for ds in draws for d in ds])
-            owners = [k for k, _ in jobs for _ in range(m)]
-            e = self._score(energy, owners, gens)
+            flat = [(k, job) for k, job in jobs for _ in range(m)]
+            gens, e, fresh = self._answers(flat, energy, [d.tolist() for ds in draws for d in ds])
             for c, ((_, job), logp, d) in enumerate(zip(jobs, logps, draws)):
                 ej = e[c * m: (c + 1) * m]
                 adv = torch.as_tensor(-(ej - ej.mean()), dtype=torch.float32)  # reward - baseline
@@ -239,7 +259,8 @@ class LatentOptimizer:
                 job.opt.zero_grad()
                 loss.backward()
                 job.opt.step()
-        return owners, gens, e
+        new = np.flatnonzero(fresh)
+        return [flat[c][0] for c in new], [gens[c] for c in new], e[new]
 
     def _descend(self, jobs: list[tuple[int, _Job]], state_energy: StateEnergy | None,
                  pool: Callable[[torch.Tensor, Trace], torch.Tensor] | None) -> None:
@@ -266,17 +287,23 @@ class LatentOptimizer:
                 cap = self.cfg.radius * job.z0.norm(dim=-1, keepdim=True)
                 job.z.copy_(job.z0 + d * torch.clamp(cap / d.norm(dim=-1, keepdim=True).clamp_min(1e-12), max=1.0))
 
-    def _decode(self, jobs: list[tuple[int, _Job]], energy: BatchEnergy, windows: list[list[int]]
-                ) -> tuple[list[Trace], np.ndarray, list[bool]]:
-        """Each job's answer for its window, and whether it was generated now (else a known answer)."""
-        found = [j.known.get(w[0]) if len(w) == 1 else None for (_, j), w in zip(jobs, windows)]
-        todo = [c for c, f in enumerate(found) if f is None]
+    def _answers(self, jobs: list[tuple[int, _Job]], energy: BatchEnergy, windows: list[list[int]]
+                 ) -> tuple[list[Trace], np.ndarray, list[bool]]:
+        """Each ``(owner, job)``'s answer for its window and its energy, and whether the window is new to
+        the job (its tokens count once): a window the job decoded before is looked up (``_Job.known``),
+        each other distinct one is regenerated and scored once."""
+        keys = [tuple(w) for w in windows]
+        first: dict[tuple[int, tuple[int, ...]], int] = {}
+        for c, ((_, job), key) in enumerate(zip(jobs, keys)):
+            if key not in job.known:
+                first.setdefault((id(job), key), c)
+        todo = list(first.values())
         gens = self.regenerate([jobs[c][1] for c in todo], [windows[c] for c in todo]) if todo else []
-        e = self._score(energy, [jobs[c][0] for c in todo], gens)
-        out: list[Any] = list(found)
-        for c, g, ek in zip(todo, gens, e):
-            out[c] = (float(ek), g)
-        return [g for _, g in out], np.asarray([ek for ek, _ in out], dtype=float), [f is None for f in found]
+        for c, g, ek in zip(todo, gens, self._score(energy, [jobs[c][0] for c in todo], gens)):
+            jobs[c][1].known[keys[c]] = (float(ek), g)
+        out = [job.known[key] for (_, job), key in zip(jobs, keys)]
+        fresh = set(todo)
+        return [g for _, g in out], np.asarray([ek for ek, _ in out], dtype=float), [c in fresh for c in range(len(jobs))]
 
     def optimize_many(
         self, items: list[tuple[list[int], list[int]]], energy: BatchEnergy, seeds: list[int],
@@ -303,7 +330,7 @@ class LatentOptimizer:
             if job.start.ids:
                 self._prepare(job)
         live = [(k, j) for k, j in enumerate(jobs) if j.active]
-        gens, e, _ = self._decode(live, energy, [j.argmax0 for _, j in live])  # step 0: the control
+        gens, e, _ = self._answers(live, energy, [j.argmax0 for _, j in live])  # step 0: the control
         for (_, job), g, ek in zip(live, gens, e):
             job.tokens += len(g) - job.p - job.w
             if ek < job.best[0]:
@@ -328,7 +355,7 @@ class LatentOptimizer:
                 owners, drawn, e_drawn = POLICY_STEPS[cfg.mode](self, live, energy)
             with torch.no_grad():
                 windows = [self.sampler.state_logits(j.z.detach()).argmax(dim=-1).tolist() for _, j in live]
-            gens, e, fresh = self._decode(live, energy, windows)
+            gens, e, fresh = self._answers(live, energy, windows)
             for c, ((k, job), g, ek, win, new) in enumerate(zip(live, gens, e, windows, fresh)):
                 mine = [(ed, gd) for o, gd, ed in zip(owners, drawn, e_drawn) if o == k]
                 job.tokens += sum(len(gd) - job.p - job.w for _, gd in mine + ([(ek, g)] if new else []))

@@ -12,8 +12,9 @@ the ``k`` tokens the model ranks highest at the window's first position (``p`` r
 them): ``∇J = Σ_v p_v (R_v − R̄) ∇log p_v``, with ``R_v`` the z-scored reward of the answer forced
 to ``v`` there and decoded greedily. Those answers depend on ``v`` only, so they are generated and
 scored once, and each step's decode of ``z`` (its argmax, one of the ``k``) is looked up among them
-(``_Job.known``) rather than generated again; ``z`` moves whenever their energies differ (a sampled REINFORCE step with 4
-draws from a peaked distribution mostly draws the argmax 4 times and does not move).
+(``_Job.known``, as every mode's repeated windows are) rather than generated again; ``z`` moves
+whenever their energies differ (a sampled REINFORCE step with 4 draws from a peaked distribution
+mostly draws the argmax 4 times and does not move).
 
 Both take :class:`impetus.latent.optimize.LatentOptimizer` and its live jobs, and return the
 answers they generated with their owners and energies (counted in the job's tokens and best).
@@ -53,21 +54,20 @@ def latentseek_step(opt: LatentOptimizer, live: list[tuple[int, _Job]], energy: 
 
 
 def _alternatives(opt: LatentOptimizer, jobs: list[tuple[int, _Job]], energy: BatchEnergy) -> Step:
-    """Each new job's top-k tokens at its position, their greedy answers and z-scored rewards (once)."""
+    """Each new job's top-k tokens at its position, their greedy answers and z-scored rewards (once);
+    returns the answers new to their job (the argmax's is usually the zero-step control's, already known)."""
     m = opt.cfg.samples
     with torch.no_grad():
         tops = [torch.topk(opt.sampler.state_logits(j.z0[:1]).float()[0], m).indices for _, j in jobs]
-    flat = [j for _, j in jobs for _ in range(m)]
-    gens = opt.regenerate(flat, [[int(v)] for t in tops for v in t])
-    owners = [k for k, _ in jobs for _ in range(m)]
-    e = opt._score(energy, owners, gens)
+    flat = [(k, j) for k, j in jobs for _ in range(m)]
+    gens, e, fresh = opt._answers(flat, energy, [[int(v)] for t in tops for v in t])
     for c, ((_, job), top) in enumerate(zip(jobs, tops)):
         ej = e[c * m: (c + 1) * m]
         sd = ej.std()
         r = -(ej - ej.mean()) / sd if sd > 0 else np.zeros_like(ej)
         job.alts = (top, torch.as_tensor(r, dtype=torch.float32))
-        job.known = {int(v): (float(ek), g) for v, ek, g in zip(top, ej, gens[c * m: (c + 1) * m])}
-    return owners, gens, e
+    new = np.flatnonzero(fresh)
+    return [flat[c][0] for c in new], [gens[c] for c in new], e[new]
 
 
 def topk_pg_step(opt: LatentOptimizer, live: list[tuple[int, _Job]], energy: BatchEnergy) -> Step:

@@ -1,0 +1,21 @@
+"""Fixtures shared by the V2 tests."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pytest
+
+
+@pytest.fixture()
+def counting_rows(monkeypatch) -> Callable[[Any], list[int]]:
+    """``counting_rows(sampler)``: from then on, the number of rows of each ``continue_rows`` call the
+    sampler gets (how many greedy continuations were really generated)."""
+    def start(sampler: Any) -> list[int]:
+        rows: list[int] = []
+        inner = sampler.continue_rows
+        monkeypatch.setattr(sampler, "continue_rows",
+                            lambda prompts, *a, **kw: rows.append(len(prompts)) or inner(prompts, *a, **kw))
+        return rows
+
+    return start
