@@ -10,7 +10,8 @@ import torch
 
 from impetus.latent.ceiling import (answer_token, ceiling_table, edit_positions, enumerate_edits,
                                     summarize_ceiling)
-from impetus.latent.optimize import LatentConfig, LatentOptimizer, _Job, encode_starts, trace_states
+from impetus.latent.optimize import LatentConfig, LatentOptimizer, _Job, trace_states
+from impetus.latent.reuse import encode_starts
 from impetus.lm.hf_sampler import HFSampler
 from impetus.lm.sampler import SamplingParams
 from impetus.testing import tiny_llama, tiny_tokenizer
@@ -54,19 +55,27 @@ def test_edits_equal_brute_force_greedy_decoding(setup):
     assert len({tuple(t.ids) for t in traces}) > len(positions)
 
 
-def test_edits_v2_already_regenerated_are_looked_up(setup, counting_rows):
-    """The ceiling shares V2's store of greedy continuations: an edit V2 already made (the same forced
-    token after the same kept tokens) is not generated again, and the edits equal a fresh enumeration."""
+def test_edits_v2_already_made_are_looked_up(setup, counting_rows, monkeypatch):
+    """The ceiling shares V2's store: the start answers V2 encoded are not encoded again, an edit V2
+    already made (the same forced token after the same kept tokens) is not generated again, and the
+    edits equal a fresh enumeration."""
     tok, sampler, prompts, answers = setup
-    starts = encode_starts(sampler, list(zip(prompts, answers)))
+    items = list(zip(prompts, answers))
     positions = [[(0, "window"), (2, "answer")], [(1, "window")]]
-    _, alone = enumerate_edits(LatentOptimizer(sampler, tok, PARAMS, CFG), starts, prompts, positions, k=4)
+    _, alone = enumerate_edits(LatentOptimizer(sampler, tok, PARAMS, CFG), encode_starts(sampler, items), prompts,
+                               positions, k=4)
     v2 = LatentOptimizer(sampler, tok, PARAMS, CFG)
+    starts = v2.encode(items)
     v2.regenerate([_Job(prompt=list(prompts[0]), start=starts[0], seed=0, p=2)],
                   [[int(torch.topk(sampler.state_logits(trace_states(starts[0]))[2].float(), 4).indices[1])]])
-    rows = counting_rows(sampler)
-    shared = LatentOptimizer(sampler, tok, PARAMS, CFG, v2.continuations)
-    _, traces = enumerate_edits(shared, encode_starts(sampler, list(zip(prompts, answers))), prompts, positions, k=4)
+    rows, encoded = counting_rows(sampler), []
+    inner = sampler.encode_answers
+    monkeypatch.setattr(sampler, "encode_answers", lambda prompt, answers, **kw: encoded.append(len(answers))
+                        or inner(prompt, answers, **kw))
+    shared = LatentOptimizer(sampler, tok, PARAMS, CFG, v2.reuse)
+    again = shared.encode(items)
+    _, traces = enumerate_edits(shared, again, prompts, positions, k=4)
+    assert encoded == [] and all(a is b for a, b in zip(again, starts))
     assert rows == [4 * 3 - 1] and [t.ids for t in traces] == [t.ids for t in alone]
 
 

@@ -160,7 +160,8 @@ def test_regenerate_makes_each_continuation_once_and_optimisers_can_share_them(s
     """A greedy continuation depends only on the tokens before the window, the window and the cap: rows
     asked for twice in one call, or again later, or by another optimiser sharing the store, are made once,
     and equal what a fresh optimiser makes."""
-    from impetus.latent.optimize import _Job, encode_starts
+    from impetus.latent.optimize import _Job
+    from impetus.latent.reuse import encode_starts
 
     tok, model, sampler, prompt, start = setup
     tr = encode_starts(sampler, [(prompt, start.token_ids)])[0]
@@ -173,7 +174,7 @@ def test_regenerate_makes_each_continuation_once_and_optimisers_can_share_them(s
     made = first.regenerate(jobs, windows)
     assert rows == [3] and [t.ids for t in made] == alone
     assert made[0].ids == made[1].ids and made[0].ids[1] == 5 and made[3].ids[2] == 5
-    again = LatentOptimizer(sampler, tok, PARAMS, _cfg(mode="gradient"), first.continuations)
+    again = LatentOptimizer(sampler, tok, PARAMS, _cfg(mode="gradient"), first.reuse)
     assert [t.ids for t in again.regenerate(jobs[::-1], windows[::-1])] == [t.ids for t in made[::-1]]
     seven = first.regenerate(jobs[2:3], [[7]])[0].ids
     assert rows == [3, 1]  # only the new window was generated
@@ -201,7 +202,7 @@ def test_a_window_decoded_again_is_looked_up_and_its_tokens_counted_once(setup, 
         def forgetful(jobs, energy_fn, windows):  # the behaviour before the lookup: every answer made again
             for _, job in jobs:
                 job.known.clear()
-            opt.continuations.clear()
+            opt.reuse.continuations.clear()
             return answers(jobs, energy_fn, windows)
 
         monkeypatch.setattr(opt, "regenerate", counted)

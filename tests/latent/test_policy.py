@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from impetus.latent.optimize import LatentOptimizer, _Job, encode_starts, trace_states
+from impetus.latent.optimize import LatentOptimizer, _Job, trace_states
+from impetus.latent.reuse import encode_starts
 
 from test_optimize import PARAMS, _cfg, by_text, setup  # noqa: F401 - the fixture
 
@@ -84,7 +85,7 @@ def test_topk_pg_looks_up_known_answers_instead_of_generating_them_again(setup, 
         def forgetful(jobs, energy, windows):  # the behaviour before the lookup: every answer generated again
             for _, job in jobs:
                 job.known.clear()
-            opt.continuations.clear()
+            opt.reuse.continuations.clear()
             return answers(jobs, energy, windows)
 
         if forget:

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from impetus.latent.optimize import LatentOptimizer, _Job, encode_starts, trace_states
+from impetus.latent.optimize import LatentOptimizer, _Job, trace_states
 from impetus.lm.sampler import kept_before
 from impetus.lm.trace import Trace
 from impetus.selection.metrics import paired_bootstrap
@@ -130,8 +130,8 @@ def v2_ceiling(opt: LatentOptimizer, tok: Any, split: Any, pids: list[str], ener
     def energy_of(owners: list[int], traces: list[Trace]) -> np.ndarray:
         return split.score([pids[o] for o in owners], traces)[energy].to_numpy(float) if traces else np.zeros(0)
 
-    starts = encode_starts(opt.sampler, items)
-    zero = LatentOptimizer(opt.sampler, tok, opt.params, replace(opt.cfg, mode="reinforce", steps=0), opt.continuations)
+    starts = opt.encode(items)  # V2's own encodings when it shares them (opt.reuse)
+    zero = LatentOptimizer(opt.sampler, tok, opt.params, replace(opt.cfg, mode="reinforce", steps=0), opt.reuse)
     results = zero.optimize_many(items, energy_of, [0] * len(items), starts=starts)
     span = first["answer_start"] if "answer_start" in first.columns else pd.Series(None, index=first.index, dtype=object)
     answer_q = [answer_token(tok, ids, _start(span.loc[p])) for p, (_, ids) in zip(pids, items)]

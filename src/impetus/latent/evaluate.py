@@ -28,8 +28,8 @@ import torch
 from impetus.benchmarks.grading import Grade
 from impetus.energy.recorded import layer_key
 from impetus.learned.fitting import source_columns
-from impetus.latent.optimize import (Continuations, LatentConfig, LatentOptimizer, LatentResult, StateEnergy,
-                                     encode_starts)
+from impetus.latent.optimize import LatentConfig, LatentOptimizer, LatentResult, StateEnergy
+from impetus.latent.reuse import Reuse, encode_starts
 from impetus.lm.runner import stable_seed
 from impetus.lm.sampler import LatentSampler, SamplingParams
 from impetus.lm.trace import Trace
@@ -131,12 +131,13 @@ def _rows(pid: str, method: str, res: LatentResult, cand: Mapping[str, Any], bas
 def optimize_split(
     sampler: LatentSampler, tok: Any, params: SamplingParams, split: Split, pids: list[str],
     starts: Mapping[str, Mapping[str, int]], configs: Mapping[Mode, LatentConfig], energy: str, seed: int,
-    extra: Mapping[Mode, dict], progress: bool, continuations: Continuations | None = None,
+    extra: Mapping[Mode, dict], progress: bool, reuse: Reuse | None = None,
 ) -> pd.DataFrame:
     """One V2 row and one control row per (problem, mode, start): ``starts[start][pid]`` is the
     candidate (sample_idx) the answer starts from. All of a mode's answers are optimised together, and
-    the modes share ``continuations`` (their greedy regenerations, each made once; a new one if None)."""
-    continuations = {} if continuations is None else continuations
+    the modes share ``reuse`` (the start answers' encodings and the greedy regenerations, each made
+    once; a new one if None)."""
+    reuse = Reuse() if reuse is None else reuse
     by_key = split.candidates.set_index(["problem_id", "sample_idx"])
     tokens_per_problem = split.candidates.groupby("problem_id")["n_tokens"].sum()
     prompt_of = dict(zip(split.prompts["problem_id"], split.prompts["prompt"]))
@@ -145,7 +146,7 @@ def optimize_split(
     items = [(tok(prompt_of[pid])["input_ids"], tok(cands[(pid, s)]["completion"], add_special_tokens=False)["input_ids"])
              for pid, s in keys]
     energy_of = lambda owners, gens: split.score([keys[o][0] for o in owners], gens)[energy].to_numpy(float)  # noqa: E731
-    traces = encode_starts(sampler, items)  # once for every mode
+    traces = encode_starts(sampler, items, reuse)  # once for every mode
     rows = []
     for mode, cfg in configs.items():
         bar = None
@@ -153,7 +154,7 @@ def optimize_split(
             from tqdm.auto import tqdm
 
             bar = tqdm(total=cfg.steps, unit="step", desc=f"V2 {mode}: {len(keys)} answers, steps")
-        results = LatentOptimizer(sampler, tok, params, cfg, continuations).optimize_many(
+        results = LatentOptimizer(sampler, tok, params, cfg, reuse).optimize_many(
             items, energy_of, [stable_seed(seed, f"{pid}:{s}") for pid, s in keys], on_step=bar.update if bar else None,
             starts=traces, pools=[split.pools[pid] for pid, _ in keys] if split.pools else None, **extra.get(mode, {}))
         if bar is not None:
@@ -271,8 +272,9 @@ def evaluate_v2(
         settings, tables, dev_answers = ({m: {} for m in cfg.modes}, {}, _no_answers()) if not cfg.grid else \
             choose_settings(sampler, tokenizer, params, dev, cfg, extra, dev_runs)
         configs = {m: cfg.optimizer(m, **settings[m]) for m in cfg.modes}
-        # Eval's modes and its ceiling ask for many of the same greedy regenerations: each is made once.
-        shared: Continuations = {}
+        # Eval's modes and its ceiling encode the same start answers and ask for many of the same greedy
+        # regenerations: each is made once (and the ceiling's controls are V2's).
+        shared = Reuse()
         v2 = optimize_split(sampler, tokenizer, params, eval_split, pids, starts, configs, cfg.energy, cfg.seed, extra,
                             cfg.progress, shared)
         ceiling = _ceilings(sampler, tokenizer, params, cfg, configs, {"dev": dev, "eval": eval_split}, pids,
@@ -287,10 +289,10 @@ def evaluate_v2(
 
 def _ceilings(sampler: LatentSampler, tok: Any, params: SamplingParams, cfg: V2Config,
               configs: Mapping[Mode, LatentConfig], splits: Mapping[str, Split | None], eval_pids: list[str],
-              continuations: Mapping[str, Continuations] | None = None) -> dict[str, Any]:
+              reuse: Mapping[str, Reuse] | None = None) -> dict[str, Any]:
     """V2's ceiling (:func:`impetus.latent.ceiling.v2_ceiling`) on ``cfg.dev_problems`` dev answers and
     the eval answers, from each problem's first sample with the first mode's window; {} when off.
-    ``continuations[split]``: that split's greedy regenerations so far (V2's), looked up, not made again."""
+    ``reuse[split]``: what V2 already made on that split (encodings, regenerations), looked up."""
     from impetus.latent.ceiling import v2_ceiling
 
     if not cfg.ceiling_k:
@@ -299,7 +301,7 @@ def _ceilings(sampler: LatentSampler, tok: Any, params: SamplingParams, cfg: V2C
     for name, split in splits.items():
         if split is None:
             continue
-        opt = LatentOptimizer(sampler, tok, params, next(iter(configs.values())), (continuations or {}).get(name))
+        opt = LatentOptimizer(sampler, tok, params, next(iter(configs.values())), (reuse or {}).get(name))
         pids = eval_pids if name == "eval" else list(split.prompts["problem_id"])[: cfg.dev_problems or None]
         out[name], _ = v2_ceiling(opt, tok, split, pids, cfg.energy, cfg.ceiling_k, cfg.n_boot, cfg.seed)
     return out

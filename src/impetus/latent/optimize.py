@@ -54,7 +54,8 @@ from typing import Any, Callable, Literal
 import numpy as np
 import torch
 
-from impetus.lm.sampler import Generation, LatentSampler, SamplingParams
+from impetus.latent.reuse import ContinuationKey, Reuse, encode_starts
+from impetus.lm.sampler import LatentSampler, SamplingParams
 from impetus.lm.trace import Trace, continued, cut_at_stop
 
 #: ``energy(owners, traces) -> energies`` (lower = better) of complete answers; ``owners[i]`` is the
@@ -64,10 +65,6 @@ BatchEnergy = Callable[[list[int], list[Trace]], np.ndarray]
 EnergyFn = Callable[[list[Trace]], np.ndarray]
 #: ``energy(pooled states [B, F]) -> [B]`` differentiable, for the ``gradient`` mode.
 StateEnergy = Callable[[torch.Tensor], torch.Tensor]
-#: ``(prompt ids, kept answer ids, window, token cap, stop strings)`` of a greedy regeneration.
-ContinuationKey = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], int, tuple[str, ...]]
-#: Greedy continuations already generated, by key (:meth:`LatentOptimizer.regenerate`).
-Continuations = dict[ContinuationKey, Generation]
 PositionRule = Literal["prefix", "spilled", "surprisal", "entropy"]
 #: Modes whose Adam step is ``lr`` itself (LatentSeek's), not ``lr`` x RMS(z0); and that return the last answer.
 ABSOLUTE_LR = LAST_ANSWER = ("latentseek", "topk_pg")
@@ -170,44 +167,34 @@ class _Job:
         return self.z is not None
 
 
-def encode_starts(sampler: LatentSampler, items: list[tuple[list[int], list[int]]]) -> list[Trace]:
-    """Continuable traces of the start answers ``(prompt ids, answer ids)``: one teacher-forced pass
-    per distinct prompt (encode once, optimise in as many modes as wanted)."""
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for k, (prompt, _) in enumerate(items):
-        groups.setdefault(tuple(prompt), []).append(k)
-    out: list[Any] = [None] * len(items)
-    for prompt, idx in groups.items():
-        traces = sampler.encode_answers(list(prompt), [list(items[k][1]) for k in idx],
-                                        keep_past=bool(sampler.can_continue()))
-        for k, tr in zip(idx, traces):
-            out[k] = tr
-    return out
-
-
 class LatentOptimizer:
     """Optimises answers with one sampler: new answers continue each start answer's cache after its
     kept tokens, emit the window, then decode greedily (the sampler's stop strings apply)."""
 
     def __init__(self, sampler: LatentSampler, tokenizer: Any, params: SamplingParams, config: LatentConfig,
-                 continuations: Continuations | None = None):
+                 reuse: Reuse | None = None):
         self.tok, self.sampler, self.cfg = tokenizer, sampler, config
         self.params = SamplingParams(**{**params.to_dict(), "n": 1, "temperature": 0.0})  # greedy rest
         self.reuse_cache = bool(sampler.can_continue())
-        self.continuations: Continuations = {} if continuations is None else continuations
+        self.reuse = Reuse() if reuse is None else reuse  # shared by a run's optimisers (impetus.latent.reuse)
+
+    def encode(self, items: list[tuple[list[int], list[int]]]) -> list[Trace]:
+        """The start answers' continuable traces (:func:`impetus.latent.reuse.encode_starts`, looked up
+        in ``self.reuse`` when encoded before)."""
+        return encode_starts(self.sampler, items, self.reuse)
 
     def regenerate(self, jobs: list[_Job], windows: list[list[int]]) -> list[Trace]:
         """Each job's start answer cut before its window, the ``windows`` tokens, then greedy.
 
         Greedy, so the continuation depends only on the token ids before the window, the window and the
-        token cap: each distinct one is generated once and kept in ``self.continuations`` (which several
+        token cap: each distinct one is generated once and kept in ``self.reuse`` (which several
         optimisers of one run, V2's ceiling included, may share); the rows asked for again are looked up.
         Each row's recorded values before the window are its own start answer's."""
         cap, stop = self.params.max_new_tokens, tuple(self.params.stop)
         keys = [(tuple(j.prompt), tuple(j.start.ids[: j.p]), tuple(w), cap, stop) for j, w in zip(jobs, windows)]
         todo: dict[ContinuationKey, int] = {}
         for c, key in enumerate(keys):
-            if key not in self.continuations and key not in todo:
+            if key not in self.reuse.continuations and key not in todo:
                 todo[key] = c
         if todo:
             rows = [jobs[c] for c in todo.values()]
@@ -215,8 +202,8 @@ class LatentOptimizer:
                 [j.prompt + list(j.start.ids[: j.p]) for j in rows], self.params, [j.seed for j in rows],
                 max_new=[max(1, cap - j.p) for j in rows], past=[j.start.past for j in rows] if self.reuse_cache else None,
                 forced=[list(windows[c]) for c in todo.values()])
-            self.continuations.update(zip(todo, gens))
-        return [cut_at_stop(continued(j.start, j.p, self.continuations[key]), self.tok, self.params.stop)
+            self.reuse.continuations.update(zip(todo, gens))
+        return [cut_at_stop(continued(j.start, j.p, self.reuse.continuations[key]), self.tok, self.params.stop)
                 for j, key in zip(jobs, keys)]
 
     def _prepare(self, job: _Job) -> None:
@@ -313,10 +300,10 @@ class LatentOptimizer:
     ) -> list[LatentResult]:
         """Optimise every ``(prompt ids, answer ids)`` of ``items`` together (see the module
         docstring); ``seeds[k]`` seeds answer ``k``'s draws; ``starts``: the answers already encoded
-        (:func:`encode_starts`), else they are encoded here; ``pools[k]``: the mean, std and min
+        (:meth:`encode`), else they are encoded here (or looked up); ``pools[k]``: the mean, std and min
         energy of answer ``k``'s problem's candidates (``latentseek``'s reward is relative to them)."""
         t0, cfg = time.perf_counter(), self.cfg
-        starts = encode_starts(self.sampler, items) if starts is None else starts
+        starts = self.encode(items) if starts is None else starts
         jobs = [_Job(prompt=list(p), start=tr, seed=s, pool=pools[k] if pools else None)
                 for k, ((p, _), tr, s) in enumerate(zip(items, starts, seeds))]
         start_e = self._score(energy, list(range(len(jobs))), [j.start for j in jobs])
