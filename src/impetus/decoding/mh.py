@@ -162,9 +162,9 @@ class Chains:
 
     def move_counts(self) -> tuple[int, int, int]:
         """``(proposals, moves, rejections)``: moves are accepted proposals that changed the chain's
-        answer. A proposal identical to the current answer has ratio 1 (same energy, blocks and
-        normalisers, up to float rounding) and is accepted, so a rejection is a proposal that
-        differed, and only moves and rejections show the tilt at work:
+        answer. A proposal identical to the current answer has ratio 1 (same energy, since a chain keeps
+        an answer's first energy; same blocks and normalisers) and is accepted, so a rejection is a
+        proposal that differed, and only moves and rejections show the tilt at work:
         ``moves / (moves + rejections)`` is the acceptance of proposals that change the answer."""
         moves = sum(ok and s[t + 1] != s[t] for s, acc in zip(self.states, self.accepted) for t, ok in enumerate(acc))
         rejections = sum(not ok for acc in self.accepted for ok in acc)
@@ -197,11 +197,17 @@ def run_chains(
     e_cur = [float(e) for e in energy(current)]
     chains = Chains(states=[[token_ids(c)] for c in current], energies=[[e] for e in e_cur],
                     accepted=[[] for _ in current], proposed=[0] * len(current))
+    # Each chain's energy of an answer is the first one computed for its tokens: in bf16 the same tokens
+    # recorded in another batch can score differently (docs/benchmarks.md), and without this a chain
+    # revisiting an answer would accept or reject on that noise, and `lowest` would prefer answers
+    # revisited most (the minimum of more noisy copies).
+    seen = [{tuple(token_ids(c)): e} for c, e in zip(current, e_cur)]
     bounds = n_boundaries if token_logq is None else inner_boundaries
     for _ in range(steps):
         cuts, banned = _cuts(current, rngs, block, bounds)
         proposals = propose(current, cuts) if token_logq is None else propose(current, cuts, banned)
-        e_new = [float(e) for e in energy(proposals)]
+        e_new = [seen[c].setdefault(tuple(token_ids(y2)), float(e))
+                 for c, (y2, e) in enumerate(zip(proposals, energy(proposals)))]
         u = [g.random() for g in rngs]
         for c, (y, y2, t) in enumerate(zip(current, proposals, cuts)):
             old, new = token_ids(y), token_ids(y2)
