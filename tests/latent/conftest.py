@@ -19,3 +19,21 @@ def counting_rows(monkeypatch) -> Callable[[Any], list[int]]:
         return rows
 
     return start
+
+
+@pytest.fixture()
+def forget_answers(monkeypatch) -> Callable[[Any], None]:
+    """``forget_answers(opt)``: the optimiser behaves as before answers were looked up: every call of
+    ``opt._answers`` first forgets each job's known windows and the run's stored continuations."""
+    def start(opt: Any) -> None:
+        answers = opt._answers
+
+        def forgetful(jobs, energy, windows):
+            for _, job in jobs:
+                job.known.clear()
+            opt.reuse.continuations.clear()
+            return answers(jobs, energy, windows)
+
+        monkeypatch.setattr(opt, "_answers", forgetful)
+
+    return start

@@ -181,7 +181,7 @@ def test_regenerate_makes_each_continuation_once_and_optimisers_can_share_them(s
     assert seven == LatentOptimizer(sampler, tok, PARAMS, _cfg()).regenerate(jobs[2:3], [[7]])[0].ids
 
 
-def test_a_window_decoded_again_is_looked_up_and_its_tokens_counted_once(setup, monkeypatch):
+def test_a_window_decoded_again_is_looked_up_and_its_tokens_counted_once(setup, monkeypatch, forget_answers):
     """Sampled REINFORCE windows repeat (and so do decodes whose argmax did not move): the answers and
     energies equal generating every one again, and the tokens counted are exactly those of the rows
     generated, each window once."""
@@ -192,22 +192,16 @@ def test_a_window_decoded_again_is_looked_up_and_its_tokens_counted_once(setup, 
     def run(forget: bool):
         rows: list[int] = []
         opt = LatentOptimizer(sampler, tok, PARAMS, cfg)
-        regenerate, answers = opt.regenerate, opt._answers
+        regenerate = opt.regenerate
 
         def counted(jobs, windows):
             made = regenerate(jobs, windows)
             rows.extend(len(t) - j.p - len(w) for j, w, t in zip(jobs, windows, made))
             return made
 
-        def forgetful(jobs, energy_fn, windows):  # the behaviour before the lookup: every answer made again
-            for _, job in jobs:
-                job.known.clear()
-            opt.reuse.continuations.clear()
-            return answers(jobs, energy_fn, windows)
-
         monkeypatch.setattr(opt, "regenerate", counted)
         if forget:
-            monkeypatch.setattr(opt, "_answers", forgetful)
+            forget_answers(opt)  # the behaviour before the lookup: every answer made again
         return opt.optimize(prompt, start.token_ids, energy, seed=0), rows
 
     (kept, rows_kept), (again, rows_again) = run(False), run(True)

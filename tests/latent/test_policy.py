@@ -67,7 +67,7 @@ def test_topk_pg_moves_to_the_best_rewarded_token(setup):
     assert not flat.moved
 
 
-def test_topk_pg_looks_up_known_answers_instead_of_generating_them_again(setup, monkeypatch):
+def test_topk_pg_looks_up_known_answers_instead_of_generating_them_again(setup, monkeypatch, forget_answers):
     """The decode of z whose argmax is one of the top-k tokens is that token's greedy answer, made once
     for the gradient: the same answers and energies whether looked up or generated again, fewer rows
     generated, and only generated tokens counted."""
@@ -79,17 +79,10 @@ def test_topk_pg_looks_up_known_answers_instead_of_generating_them_again(setup, 
     def run(forget: bool) -> tuple[object, int]:
         rows = []
         opt = LatentOptimizer(sampler, tok, PARAMS, cfg)
-        regenerate, answers = opt.regenerate, opt._answers
+        regenerate = opt.regenerate
         monkeypatch.setattr(opt, "regenerate", lambda jobs, windows: rows.append(len(jobs)) or regenerate(jobs, windows))
-
-        def forgetful(jobs, energy, windows):  # the behaviour before the lookup: every answer generated again
-            for _, job in jobs:
-                job.known.clear()
-            opt.reuse.continuations.clear()
-            return answers(jobs, energy, windows)
-
         if forget:
-            monkeypatch.setattr(opt, "_answers", forgetful)
+            forget_answers(opt)  # the behaviour before the lookup: every answer made again
         res = opt.optimize(prompt, start.token_ids, _first_token_energy(target), seed=0)
         return res, sum(rows)
 
