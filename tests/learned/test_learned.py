@@ -114,3 +114,4 @@ def test_text_score_dtype_travels_in_the_records_and_auto_follows_the_cpu(monkey
     assert fitting.text_dtype("auto") == "float32" and fitting.text_dtype("bfloat16") == "bfloat16"
     monkeypatch.setattr(precision, "cpu_bf16_fast_path", lambda: (True, "AMX"))
     assert fitting.text_dtype("auto") == "bfloat16" and fitting.text_dtype("float32") == "float32"
+    assert fitting.text_dtype_choice("float32")[1] == "set by scorer.text_ebm.score_dtype"  # what the scorer node logs

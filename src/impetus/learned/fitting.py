@@ -128,9 +128,14 @@ def text_energy_scores(model: Any, tokenizer: Any, df: pd.DataFrame, problems: p
 def text_dtype(requested: str) -> str:
     """The dtype the TextEBM scores in: ``requested``, or for ``auto`` bf16 where this CPU has a bf16
     fast path and fp32 elsewhere (the rule of ``model.dtype: auto``; EBMs score on the CPU)."""
+    return text_dtype_choice(requested)[0]
+
+
+def text_dtype_choice(requested: str) -> tuple[str, str]:
+    """:func:`text_dtype` and why it was chosen, naming the setting (``scorer.text_ebm.score_dtype``)."""
     from impetus.lm.precision import choose_dtype
 
-    return choose_dtype(requested, "cpu", "scorer.text_ebm.score_dtype")[0]
+    return choose_dtype(requested, "cpu", "scorer.text_ebm.score_dtype")
 
 
 def fit_text_ebm(

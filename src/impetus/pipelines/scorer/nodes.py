@@ -10,7 +10,7 @@ import pandas as pd
 from impetus.framework.config import RerankParams, ScorerParams
 from impetus.learned.crossfit import concat_hidden, final_fit_splits
 from impetus.learned.ensemble_fit import fit_learned_energies
-from impetus.lm.precision import choose_dtype
+from impetus.learned.fitting import text_dtype_choice
 from impetus.pipelines.utils import load_base_tokenizer
 from impetus.framework.tracking import as_mlflow_metrics, series_metrics
 
@@ -33,7 +33,7 @@ def train_scorers(
     splits = final_fit_splits(rerank_eval.selection, (problems_train, hidden_train), (problems_dev, hidden_dev))
     problems = pd.concat([p for p, _ in splits], ignore_index=True)
     hidden = concat_hidden([h for _, h in splits])  # same order as the mining stage, so hidden_row agrees
-    dtype, why = choose_dtype(scorer.text_ebm.score_dtype, "cpu", "scorer.text_ebm.score_dtype")
+    dtype, why = text_dtype_choice(scorer.text_ebm.score_dtype)
     logger.info("TextEBM scores candidates with its encoder layers in %s (%s)", dtype, why)
     fit = fit_learned_energies(ebm_groups, problems, hidden, load_base_tokenizer(base_lm), scorer.to_core())
     records = fit.scorers.to_records()
