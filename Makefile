@@ -24,7 +24,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help setup setup-gemma lock run test test-fast bench lmeval-check viz mlflow-ui clean-data replicate matrix panel
+.PHONY: help setup setup-gemma lock run test test-fast bench lmeval-check viz mlflow-ui clean-data prune-models replicate matrix panel
 
 help:
 	@echo "make run        set up .venv if needed, then kedro run --pipeline=$(PIPELINE)"
@@ -38,6 +38,7 @@ help:
 	@echo "make replicate SEEDS=\"0 1 2\" [ENV=large] [PARAMS=k=v NAME=folder]  v1_rerank on each data seed, then replication.md"
 	@echo "make panel      make replicate on each arith variant of the panel (PANEL_ENV=$(PANEL_ENV), PANEL_VARIANTS=\"$(PANEL_VARIANTS)\")"
 	@echo "make matrix     the results matrix (one row per replication) -> data/08_reporting/matrix.md"
+	@echo "make prune-models [KEEP=3]  delete all but the newest KEEP versions of each model in data/06_models"
 
 # The stamp is rebuilt when a lock changes, so a pulled dependency change is installed. The lock
 # is installed exactly (--no-deps: no resolution at install time, so nothing drifts), hashes checked.
@@ -161,3 +162,9 @@ mlflow-ui: setup
 
 clean-data:
 	find data -type f ! -name .gitkeep -delete
+
+# Each v1_rerank run saves ~167 MB of new model versions (the TextEBM ensemble's embedding tables);
+# Kedro loads the newest and MLflow keeps its own copy, so older local versions only take disk.
+KEEP ?= 3
+prune-models: setup
+	$(PY) -m impetus.framework.prune --keep $(KEEP) data/06_models
