@@ -52,4 +52,3 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     os._exit(status)
-
