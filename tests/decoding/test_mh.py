@@ -70,6 +70,11 @@ def energy_fn(ys: list[list[int]]) -> np.ndarray:
     return np.array([2.0 * sum(y) - 1.5 * (len(y) == 2) for y in ys])  # favours zeros and length 2
 
 
+def chain_energy(_chains: list[int], ys: list[list[int]]) -> np.ndarray:
+    """``energy_fn`` as ``run_chains`` calls an energy (the toy's chains all score alike)."""
+    return energy_fn(ys)
+
+
 def chain_counts(tau: float, block: int, seed: int = 0, chains: int = 40, steps: int = 400, burn: int = 50,
                  thin: int = 4, alpha: float = 1.0, log_norm=None, token_logq=None) -> np.ndarray:
     """Visits per answer after burn-in, every ``thin``-th state (consecutive states are correlated).
@@ -79,7 +84,7 @@ def chain_counts(tau: float, block: int, seed: int = 0, chains: int = 40, steps:
     starts = propose([[] for _ in range(chains)], [0] * chains)
     if token_logq is not None:
         starts = [y or [int(rng.integers(2))] for y in starts]
-    res = run_chains(starts, propose, energy_fn, tau=tau, block=block, steps=steps, rng=rng, log_norm=log_norm,
+    res = run_chains(starts, propose, chain_energy, tau=tau, block=block, steps=steps, rng=rng, log_norm=log_norm,
                      token_logq=token_logq)
     index = {y: i for i, y in enumerate(answers())}
     counts = np.zeros(len(index))
@@ -268,7 +273,7 @@ def test_differing_proposals_always_change_the_block():
     rng = np.random.default_rng(0)
     propose = make_propose(rng)
     starts = [[0, 1, 0], [1], [0, 0]]
-    res = run_chains(starts, propose, energy_fn, tau=1.0, block=1, steps=30, rng=rng, token_logq=token_logq_of(1.0))
+    res = run_chains(starts, propose, chain_energy, tau=1.0, block=1, steps=30, rng=rng, token_logq=token_logq_of(1.0))
     proposals, moves, rejections = res.move_counts()
     assert moves + rejections == proposals == 90  # no proposal equals the chain's answer
     assert moves > 0
@@ -282,7 +287,7 @@ def test_a_chain_scores_an_answer_once_whatever_the_energy_says_later():
     propose = make_propose(rng)
     noise = np.random.default_rng(1)
 
-    def noisy(ys: list[list[int]]) -> np.ndarray:  # the toy energy plus a fresh draw every call
+    def noisy(_chains: list[int], ys: list[list[int]]) -> np.ndarray:  # the toy energy plus a fresh draw every call
         return energy_fn(ys) + noise.normal(0.0, 0.5, len(ys))
 
     starts = propose([[] for _ in range(8)], [0] * 8)
@@ -294,3 +299,24 @@ def test_a_chain_scores_an_answer_once_whatever_the_energy_says_later():
             revisits += tuple(y) in first
             assert first.setdefault(tuple(y), e) == e
     assert revisits > 100  # the chains do revisit answers: the check above is not vacuous
+
+
+def test_a_chain_asks_the_energy_only_about_answers_it_has_not_scored():
+    """Each (chain, answer) is scored once, with the chain's own index: a proposal equal to an
+    answer the chain already scored (most proposals from a peaked model) costs no energy call."""
+    rng = np.random.default_rng(0)
+    propose = make_propose(rng)
+    asked: list[tuple[int, tuple[int, ...]]] = []
+
+    def per_chain(chains: list[int], ys: list[list[int]]) -> np.ndarray:  # chain c's energy is shifted by c
+        asked.extend((c, tuple(y)) for c, y in zip(chains, ys))
+        return energy_fn(ys) + np.asarray(chains, float)
+
+    chains, steps = 8, 60
+    starts = propose([[] for _ in range(chains)], [0] * chains)
+    res = run_chains(starts, propose, per_chain, tau=0.3, block=1, steps=steps, rng=rng)
+    assert len(asked) == len(set(asked))
+    assert len(asked) < (chains * (steps + 1)) // 2  # most proposals were answers already scored
+    for c, (states, energies) in enumerate(zip(res.states, res.energies)):
+        assert {(c, tuple(y)) for y in states} <= set(asked)
+        np.testing.assert_allclose(energies, energy_fn(states) + c)

@@ -71,12 +71,12 @@ def test_batching_problems_together_changes_no_chain(setup):
     prompts, owners, seeds = [prompt, prompt, other], [0, 0, 1], [100, 200, 300]
     energy = _energy(tok)
     both = Proposer(sampler, tok, PARAMS, prompts, seeds)
-    together = run_chains(both.start(answers), both, grouped_energy(owners, lambda _k, s: energy(s)), tau=1.0,
-                          block=2, steps=5, rng=chain_rngs(9, owners))
+    by_owner = lambda rows, s: grouped_energy([owners[c] for c in rows], lambda _k, x: energy(x))(s)  # noqa: E731
+    together = run_chains(both.start(answers), both, by_owner, tau=1.0, block=2, steps=5, rng=chain_rngs(9, owners))
     for k, idx in ((0, [0, 1]), (1, [2])):
         alone = Proposer(sampler, tok, PARAMS, [prompts[c] for c in idx], [seeds[c] for c in idx])
-        ref = run_chains(alone.start([answers[c] for c in idx]), alone, energy, tau=1.0, block=2, steps=5,
-                         rng=chain_rngs(9, [k] * len(idx)))
+        ref = run_chains(alone.start([answers[c] for c in idx]), alone, lambda _rows, s: energy(s), tau=1.0,
+                         block=2, steps=5, rng=chain_rngs(9, [k] * len(idx)))
         sub = together.subset(idx)
         assert sub.states == ref.states and sub.accepted == ref.accepted and sub.proposed == ref.proposed
         np.testing.assert_allclose(np.array(sub.energies), np.array(ref.energies), atol=1e-4)

@@ -135,10 +135,16 @@ def split_energy(split: EBDSplit, pids: list[str], name: str) -> Callable[[list[
     return lambda ks, states: grouped_energy(ks, lambda k, s: split.score(pids[k], s)[name].to_numpy(float))(states)
 
 
+def _owned_energy(energy: Callable[[list[int], list], np.ndarray], owners: list[int], chains: list[int],
+                  states: list) -> np.ndarray:
+    """``run_chains``' energy over a batch of many problems' chains: ``owners[c]`` is chain ``c``'s problem."""
+    return energy([owners[c] for c in chains], states)
+
+
 def run_problem(starts: list, propose: Callable, energy: Callable, tau: float, block: int, steps: int,
                 seed: int) -> Chains:
-    """The chains of one problem (deterministic for a seed)."""
-    return run_chains(starts, propose, energy, tau=tau, block=block, steps=steps,
+    """The chains of one problem (deterministic for a seed); ``energy(states)`` scores its states."""
+    return run_chains(starts, propose, lambda _chains, states: energy(states), tau=tau, block=block, steps=steps,
                       rng=chain_rngs(seed, [0] * len(starts)))
 
 
@@ -174,10 +180,10 @@ def run_problems(sampler: ContinuingSampler, tokenizer: Any, params: SamplingPar
         owners = [k for k in chunk for _ in starts[k]]
         seeds = [row_seed(stable_seed(ebd.seed, keys[k]), j) for k in chunk for j in range(len(starts[k]))]
         propose = Proposer(sampler, tokenizer, params, [prompts[k] for k in owners], seeds)
-        every = run_chains(propose.start([a for k in chunk for a in starts[k]]), propose,
-                           partial(energy, owners), ebd.tau, ebd.block, ebd.steps,
-                           rng=chain_rngs(ebd.seed, owners), on_step=bar.update if bar is not None else None,
-                           log_norm=log_norm, token_logq=token_logq)
+        scored = partial(_owned_energy, energy, owners)
+        every = run_chains(propose.start([a for k in chunk for a in starts[k]]), propose, scored, ebd.tau,
+                           ebd.block, ebd.steps, rng=chain_rngs(ebd.seed, owners),
+                           on_step=bar.update if bar is not None else None, log_norm=log_norm, token_logq=token_logq)
         out += [every.subset([c for c, o in enumerate(owners) if o == k]) for k in chunk]
         reuse = propose.reuse_cache
     if bar is not None:

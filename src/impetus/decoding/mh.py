@@ -79,8 +79,10 @@ State = Any
 #: continues them with the base model at temperature 1/α (batched over chains); the differing
 #: kernel calls ``propose(states, cuts, banned)``.
 Propose = Callable[[list[State], list[int]], list[State]]
-#: ``energy(states) -> energies`` (lower = better).
-Energy = Callable[[list[State]], np.ndarray]
+#: ``energy(chains, states) -> energies`` (lower = better): ``chains[i]`` is the index of the chain
+#: ``states[i]`` belongs to, so a caller running many problems' chains scores each state against its
+#: own problem; :func:`run_chains` asks only about states a chain has not scored yet.
+Energy = Callable[[list[int], list[State]], np.ndarray]
 #: ``log_norm(state) -> log Z_i`` of each step that produced the answer: one per token, plus the
 #: ending step when the model ended it (not the length cap); see "Power target" above.
 LogNorm = Callable[[State], np.ndarray]
@@ -194,20 +196,15 @@ def run_chains(
     rngs = [rng] * len(current) if isinstance(rng, np.random.Generator) else list(rng)
     if len(rngs) != len(current):
         raise ValueError(f"{len(current)} chains but {len(rngs)} random generators")
-    e_cur = [float(e) for e in energy(current)]
+    seen: list[dict[tuple[int, ...], float]] = [{} for _ in current]
+    e_cur = _first_energies(current, seen, energy)
     chains = Chains(states=[[token_ids(c)] for c in current], energies=[[e] for e in e_cur],
                     accepted=[[] for _ in current], proposed=[0] * len(current))
-    # Each chain's energy of an answer is the first one computed for its tokens: in bf16 the same tokens
-    # recorded in another batch can score differently (docs/benchmarks.md), and without this a chain
-    # revisiting an answer would accept or reject on that noise, and `lowest` would prefer answers
-    # revisited most (the minimum of more noisy copies).
-    seen = [{tuple(token_ids(c)): e} for c, e in zip(current, e_cur)]
     bounds = n_boundaries if token_logq is None else inner_boundaries
     for _ in range(steps):
         cuts, banned = _cuts(current, rngs, block, bounds)
         proposals = propose(current, cuts) if token_logq is None else propose(current, cuts, banned)
-        e_new = [seen[c].setdefault(tuple(token_ids(y2)), float(e))
-                 for c, (y2, e) in enumerate(zip(proposals, energy(proposals)))]
+        e_new = _first_energies(proposals, seen, energy)
         u = [g.random() for g in rngs]
         for c, (y, y2, t) in enumerate(zip(current, proposals, cuts)):
             old, new = token_ids(y), token_ids(y2)
@@ -231,6 +228,21 @@ def run_chains(
         if on_step is not None:
             on_step()
     return chains
+
+
+def _first_energies(states: list[State], seen: list[dict[tuple[int, ...], float]], energy: Energy) -> list[float]:
+    """Each chain's energy of its state: the first one the chain computed for those tokens, so only
+    states new to their chain are scored (one call). Why the first: in bf16 the same tokens recorded
+    in another batch can score differently (docs/benchmarks.md), and a chain revisiting an answer would
+    otherwise accept or reject on that noise, and `lowest` would prefer answers revisited most (the
+    minimum of more noisy copies). Why only new ones: a proposal equal to the chain's answer, most
+    of them with a peaked model, would be scored only to be thrown away."""
+    keys = [tuple(token_ids(y)) for y in states]
+    fresh = [c for c, k in enumerate(keys) if k not in seen[c]]
+    if fresh:
+        for c, e in zip(fresh, energy(fresh, [states[c] for c in fresh])):
+            seen[c][keys[c]] = float(e)
+    return [seen[c][k] for c, k in enumerate(keys)]
 
 
 def _cuts(states: list[State], rngs: list[np.random.Generator], block: int,
