@@ -17,17 +17,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import yaml
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
+from impetus.framework.replicate import runtime_params
 from impetus.learned.ensemble import top1_accuracy
 from impetus.learned.fitting import LearnedScorers, score_split
 from impetus.pipelines.utils import load_base_tokenizer
 
 
 def main(argv: list[str]) -> None:
-    params = {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in argv)}
+    params = runtime_params(dict(a.split("=", 1) for a in argv))
     bootstrap_project(Path.cwd())
     with KedroSession.create(runtime_params=params) as session:
         catalog = session.load_context().catalog

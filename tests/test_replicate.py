@@ -19,6 +19,7 @@ from impetus.framework.replicate import (
     kedro_command,
     parse_params,
     replicate,
+    runtime_params,
     seed_dir,
     seed_overrides,
     write_matrix,
@@ -55,6 +56,18 @@ def test_kedro_command():
     ]
     with pytest.raises(ValueError, match="commas"):
         kedro_command("kedro", "v1_rerank", "base", {"sampling.shard_dir": "a,b"})
+
+
+def test_runtime_params_nest_dotted_keys_as_kedro_run_does():
+    """A dotted key handed to ``KedroSession.create(runtime_params=...)`` is silently ignored, so the
+    scripts that make a session from ``key=value`` arguments must nest them as ``kedro run --params``."""
+    from kedro.framework.cli.utils import _split_params
+
+    text = "ebd.n_problems=100,benchmark.options.arith.ops=+-,sampling.shard_dir=x/y"
+    got = runtime_params(parse_params(text))
+    assert got == _split_params(None, None, text)
+    assert got == {"ebd": {"n_problems": 100}, "benchmark": {"options": {"arith": {"ops": "+-"}}},
+                   "sampling": {"shard_dir": "x/y"}}
 
 
 def _metrics(gain: float, method: str = "hybrid") -> dict:

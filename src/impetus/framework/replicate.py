@@ -216,15 +216,23 @@ def parse_params(text: str | None) -> dict[str, str]:
     return out
 
 
+def runtime_params(pairs: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"a.b": "1", "c": "x"}`` as the nested ``{"a": {"b": 1}, "c": "x"}`` that ``kedro run --params``
+    hands its session (values parsed as YAML by OmegaConf). ``KedroSession.create(runtime_params=...)``
+    takes nested keys only: a dotted key there is silently ignored."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.from_dotlist([f"{k}={v}" for k, v in pairs.items()]))
+
+
 def _load_context(root: Path, env: str, extra: Mapping[str, str] | None = None) -> Any:
     """The Kedro context of ``env`` (plus ``extra`` params, as ``kedro run --params`` would merge
     them): its parameters, and kedro-mlflow's tracking URI and experiment."""
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
-    from omegaconf import OmegaConf
 
     bootstrap_project(root)
-    runtime = OmegaConf.to_container(OmegaConf.from_dotlist([f"{k}={v}" for k, v in (extra or {}).items()]))
+    runtime = runtime_params(extra or {})
     session = KedroSession.create(project_path=root, env=env, runtime_params=runtime or None)
     return session.load_context()
 
