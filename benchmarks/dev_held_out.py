@@ -20,14 +20,14 @@ import numpy as np
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
-from impetus.framework.replicate import runtime_params
+from impetus.framework.replicate import parse_params, runtime_params
 from impetus.learned.ensemble import top1_accuracy
 from impetus.learned.fitting import LearnedScorers, score_split
 from impetus.pipelines.utils import load_base_tokenizer
 
 
 def main(argv: list[str]) -> None:
-    params = runtime_params(dict(a.split("=", 1) for a in argv))
+    params = runtime_params(parse_params(",".join(argv)))  # a clear error for an item without '=
     bootstrap_project(Path.cwd())
     with KedroSession.create(runtime_params=params) as session:
         catalog = session.load_context().catalog

@@ -28,7 +28,7 @@ from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
 import impetus.decoding.evaluate as ebd_evaluate
-from impetus.framework.replicate import runtime_params
+from impetus.framework.replicate import parse_params, runtime_params
 
 #: per problem: (chain, step, energy, text, (answer, correct)) of every state its chains visited
 Visited = list[tuple[int, int, float, str, tuple[Any, bool]]]
@@ -87,7 +87,7 @@ def summarise(kept: dict[str, Visited], pools: pd.Series) -> None:
 
 
 def main(argv: list[str]) -> None:
-    params = runtime_params(dict(a.split("=", 1) for a in argv))
+    params = runtime_params(parse_params(",".join(argv)))  # a clear error for an item without '=
     summarise(*run_and_keep(params))
 
 
