@@ -27,7 +27,7 @@ from impetus.pipelines.utils import load_base_tokenizer
 
 
 def main(argv: list[str]) -> None:
-    params = runtime_params(parse_params(",".join(argv)))  # a clear error for an item without '=
+    params = runtime_params(parse_params(",".join(argv)))  # a clear error for an item without '='
     bootstrap_project(Path.cwd())
     with KedroSession.create(runtime_params=params) as session:
         catalog = session.load_context().catalog

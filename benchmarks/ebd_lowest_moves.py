@@ -87,7 +87,7 @@ def summarise(kept: dict[str, Visited], pools: pd.Series) -> None:
 
 
 def main(argv: list[str]) -> None:
-    params = runtime_params(parse_params(",".join(argv)))  # a clear error for an item without '=
+    params = runtime_params(parse_params(",".join(argv)))  # a clear error for an item without '='
     summarise(*run_and_keep(params))
 
 
