@@ -105,3 +105,46 @@ def test_models_it_cannot_serve_keep_their_attention():
     model.set_attn_implementation("sdpa")
     assert not HFSampler(model, tok, share_prefix=False).share_prefix
     assert model.config._attn_implementation == "sdpa"
+
+
+def _same_rows(got, ref):
+    assert [g.token_ids for g in got] == [g.token_ids for g in ref]
+    for a, b in zip(got, ref):
+        for key in ("lse", "tok_logit", "deepconf", "states"):
+            torch.testing.assert_close(torch.as_tensor(a.record[key]), torch.as_tensor(b.record[key]),
+                                       atol=1e-4, rtol=1e-4)
+        assert [k.shape for k, _ in a.past] == [k.shape for k, _ in b.past]  # whole caches, prefix included
+        for (ka, va), (kb, vb) in zip(a.past, b.past):
+            torch.testing.assert_close(ka, kb, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(va, vb, atol=1e-5, rtol=1e-5)
+
+
+def test_continued_rows_attend_to_their_shared_prefix_apart_and_keep_whole_caches(monkeypatch):
+    """continue_rows (EBD's proposals, V2's regenerations) with the prompts' shared prefix attended
+    apart gives the tokens, recorded values and kept caches of the path that stacks every row's whole
+    cache, from given caches and without; the kept caches hold the prefix again, so a second round
+    continues from them alike."""
+    model, tok = make_tiny(seed=5)
+    model.set_attn_implementation("sdpa")
+    params = SamplingParams(n=1, temperature=1.0, top_p=1.0, max_new_tokens=10, seed=0, batch_size=3)
+    prompts = [tok(p)["input_ids"] for p in PROMPTS]
+    calls = []
+    flash = sp_mod._flash
+    monkeypatch.setattr(sp_mod, "_flash", lambda *a: calls.append(a[0].shape) or flash(*a))
+    shared, plain = HFSampler(model, tok), HFSampler(model, tok, share_prefix=False)
+    caps = [params.max_new_tokens] * len(prompts)
+    first = shared.continue_rows(prompts, params, [1, 2, 3, 4], caps, keep_past=True)
+    assert calls, "the shared-prefix attention never ran"
+    _same_rows(first, plain.continue_rows(prompts, params, [1, 2, 3, 4], caps, keep_past=True))
+    for rnd in range(2):  # the second round continues from the first round's kept caches
+        cuts = [min(len(g.token_ids), c) for g, c in zip(first, (0, 2, 4, 6))]
+        heads = [p + g.token_ids[:t] for p, g, t in zip(prompts, first, cuts)]
+        caps = [params.max_new_tokens - t for t in cuts]
+        calls.clear()
+        got = shared.continue_rows(heads, params, [7 + rnd] * 4, caps, past=[g.past for g in first], keep_past=True)
+        assert calls, "continuing rows did not attend to the shared prefix apart"
+        ref = plain.continue_rows(heads, params, [7 + rnd] * 4, caps, past=[g.past for g in first], keep_past=True)
+        assert len({len(g.token_ids) for g in got}) > 1  # rows end apart: compaction ran
+        _same_rows(got, ref)
+        prompts = heads
+        first = got

@@ -133,12 +133,12 @@ class HFSampler:
         uniq = list(dict.fromkeys(r.prompt_idx for r in rows))
         seqs = [prompt_ids[p] for p in uniq]
         cache = DynamicCache(config=self.model.config)
-        if call.prefix is not None:  # the call's shared prefix is attended apart: rows cache the rest only
+        if call.past is not None:  # continuing: the heads are the given caches (past a shared prefix)
+            heads = [min(call.past[p][0][0].shape[-2], len(prompt_ids[p]) - 1) for p in uniq]
+            cache.layers, head_mask = stack_pasts([call.past[p] for p in uniq], heads, start=call.prefix_len)
+        elif call.prefix is not None:  # the call's shared prefix is attended apart: rows cache the rest only
             cache.layers = [GrowLayer() for _ in cache.layers]
             heads, head_mask = [call.prefix_len] * len(seqs), torch.ones((len(seqs), 0), dtype=torch.long)
-        elif call.past is not None:  # continuing: the heads are the given caches
-            heads = [min(call.past[p][0][0].shape[-2], len(prompt_ids[p]) - 1) for p in uniq]
-            cache.layers, head_mask = stack_pasts([call.past[p] for p in uniq], heads)
         else:  # few-shot prompts share a long token prefix: prefill it once
             common = self._shared_len(seqs)
             if all(type(layer) is DynamicLayer for layer in cache.layers):
@@ -253,8 +253,9 @@ class HFSampler:
                 layer_state_hook(self.model, layers) as layer_state:
             call.state, call.layer_state = state, layer_state
             prompt_ids = [list(p) if isinstance(p, (list, tuple)) else self.tok(p)["input_ids"] for p in prompts]
-            if self.share_prefix and call.past is None and not call.keep_past:
-                call.prefix_len, call.prefix = self._shared_prefix(prompt_ids)
+            if self.share_prefix:
+                call.prefix_len, call.prefix = (self._shared_prefix(prompt_ids) if call.past is None
+                                                else self._past_prefix(prompt_ids, call.past))
             with shared_prefix(call.prefix):
                 return self._generate(prompt_ids, params, seeds, call, progress, first_sample, answer_span, max_new)
 
@@ -267,6 +268,21 @@ class HFSampler:
             return 0, None
         prefix = DynamicCache(config=self.model.config)
         self._prefill_head(prefix, seqs[0][:n])
+        return n, prefix
+
+    def _past_prefix(self, prompt_ids: list[list[int]], pasts: list[RowPast]) -> tuple[int, DynamicCache | None]:
+        """Continuing rows (EBD's proposals, V2's regenerations): the token prefix their prompts share
+        (:meth:`_shared_len`) within every given cache, and a batch-1 cache of it that views the first
+        row's cache (no copy, no forward). Each row's cache holds those positions for the same tokens
+        at the same positions, so any row's are the prefix's keys and values."""
+        seqs = list({tuple(q): q for q in prompt_ids}.values())
+        n = min([self._shared_len(seqs)] + [p[0][0].shape[-2] for p in pasts])
+        if n < self.min_shared_prefix:
+            return 0, None
+        prefix = DynamicCache(config=self.model.config)
+        for layer, (k, v) in zip(prefix.layers, pasts[0]):
+            layer.keys, layer.values = k[:, :, :n], v[:, :, :n]
+            layer.dtype, layer.device, layer.is_initialized = k.dtype, k.device, True
         return n, prefix
 
     def _shared_len(self, seqs: list[list[int]]) -> int:
@@ -354,7 +370,7 @@ class HFSampler:
                 if end == "length" and call.record:  # one more forward of its last token gives lse after it
                     tails[i] = r
                 if call.keep_past:  # the cache holds the prompt and every token but this step's
-                    r.past = row_past(cache.layers, mask, i)
+                    r.past = row_past(cache.layers, mask, i, call.prefix.layers if call.prefix is not None else None)
                 slots[i] = None
                 done += 1
             if progress is not None:

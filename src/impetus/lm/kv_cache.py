@@ -150,27 +150,34 @@ class GrowLayer(DynamicLayer):
 RowPast = list[tuple[torch.Tensor, torch.Tensor]]
 
 
-def row_past(layers: list[Any], mask: torch.Tensor, row: int) -> RowPast:
-    """Row ``row`` of a batched cache without its padding columns (those with ``mask == 0``).
+def row_past(layers: list[Any], mask: torch.Tensor, row: int, head: list[Any] | None = None) -> RowPast:
+    """Row ``row`` of a batched cache without its padding columns (those with ``mask == 0``), after
+    ``head``'s keys and values when given (a batch-1 cache's layers: the shared prefix the batch
+    attended apart, :mod:`impetus.lm.shared_prefix`), so the row's cache is whole again.
 
     A copy (index selection), so it outlives the batch's buffers and later compactions.
     """
     cols = mask[row].nonzero()[:, 0]
-    return [(layer.keys[row : row + 1, :, cols].clone(), layer.values[row : row + 1, :, cols].clone())
-            for layer in layers]
+    if head is None:
+        return [(layer.keys[row : row + 1, :, cols].clone(), layer.values[row : row + 1, :, cols].clone())
+                for layer in layers]
+    return [(torch.cat([h.keys, layer.keys[row : row + 1, :, cols]], dim=-2),
+             torch.cat([h.values, layer.values[row : row + 1, :, cols]], dim=-2)) for h, layer in zip(head, layers)]
 
 
-def stack_pasts(pasts: list[RowPast], lengths: list[int]) -> tuple[list[GrowLayer], torch.Tensor]:
-    """Cache layers holding the first ``lengths[i]`` positions of each ``pasts[i]``, left-padded to
-    the longest, and their ``[B, L]`` mask (1 = real position).
+def stack_pasts(pasts: list[RowPast], lengths: list[int], start: int = 0) -> tuple[list[GrowLayer], torch.Tensor]:
+    """Cache layers holding positions ``start .. lengths[i] − 1`` of each ``pasts[i]`` (``start`` > 0:
+    a prefix they share is attended apart), left-padded to the longest, and their ``[B, L]`` mask
+    (1 = real position).
 
     Keys were rotated (RoPE) at their absolute positions when they were computed, so left padding
     does not change them; the next tokens' positions must continue at ``lengths[i]``.
     """
+    lengths = [n - start for n in lengths]
     width = max(lengths)
     layers = []
     for li in range(len(pasts[0])):
-        parts = [(p[li][0][:, :, :n], p[li][1][:, :, :n]) for p, n in zip(pasts, lengths)]
+        parts = [(p[li][0][:, :, start : start + n], p[li][1][:, :, start : start + n]) for p, n in zip(pasts, lengths)]
         layer = GrowLayer()
         k, v = GrowLayer.stack(parts, width)
         layer.dtype, layer.device, layer.is_initialized = k.dtype, k.device, True

@@ -10,9 +10,11 @@ merged exactly by their log-sum-exps (``o = Σ_part o_part · exp(lse_part − l
 cascade inference and FlashAttention's split-KV decoding merge partial softmaxes.
 
 Use: set the model's attention to ``ATTENTION`` (:class:`impetus.lm.hf_sampler.HFSampler` does, for a
-model on SDPA), and run forwards inside ``with shared_prefix(prefix_cache):``. Outside that context
-the attention is transformers' SDPA path unchanged, so teacher-forced scoring, choices, V2's and EBD's
-continuations and Power-SMC's loop (which do not enter it) are untouched.
+model on SDPA), and run forwards inside ``with shared_prefix(prefix_cache):``. The sampler does for
+``generate`` and for continued rows (V2's and EBD's ``continue_rows``, whose given caches then enter the
+batch without the prefix they share, and whose kept caches get it back). Outside that context the
+attention is transformers' SDPA path unchanged, so teacher-forced scoring, choices and Power-SMC's
+loop (which do not enter it) are untouched.
 Only for models whose every layer attends to the whole cache (a sliding window counts cache columns)
 and on CPU (the merge uses the CPU kernel that returns its log-sum-exp).
 """
