@@ -63,7 +63,7 @@ def run_sampler(requested: str = "auto") -> tuple[Any, Any, str, str]:
     ``(model, sampler, dtype, why)``."""
     lm = yaml.safe_load(Path("data/06_models/base_lm.json").read_text())
     dtype, why = choose_dtype(requested, "cpu")
-    model, tok = load_model(lm["path"], device="cpu", dtype=dtype)
+    model, tok = load_model(lm["path"], device="cpu", dtype=dtype, fp32_matmul=lm.get("fp32_matmul", "default"))
     return model, get_sampler("hf", model, tok, record=True), dtype, why
 
 

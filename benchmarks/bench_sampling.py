@@ -7,9 +7,11 @@ Usage::
     python benchmarks/bench_sampling.py --dtype auto float32 --profile --problems 64   # what `make bench` runs
     python benchmarks/bench_sampling.py --dtype auto --record on --cpu-isa avx2   # as on a CPU without bf16
 
-The naive loop always runs the model in fp32 (the reference every speed-up is measured against);
-HFSampler runs it in each ``--dtype`` in turn (``auto``: bf16 where torch has a fast path, as
-``model.dtype: auto``; a dtype ``auto`` already resolved to is measured once). ``--profile`` runs
+The naive loop always runs the model in fp32 with torch's own kernels (the reference every speed-up
+is measured against); HFSampler runs it in each ``--dtype`` in turn (``auto``: bf16 where torch has a
+fast path, as ``model.dtype: auto``; a dtype ``auto`` already resolved to is measured once), its fp32
+matmuls on the kernels ``--fp32-matmul`` picks (``auto``: oneDNN on AMD CPUs, as
+``model.fp32_matmul: auto``). ``--profile`` runs
 HFSampler once more per dtype under the torch profiler and prints where a call's time goes, the
 dtypes side by side (:mod:`impetus.lm.profile`: the forward's matmuls / attention / other ops /
 Python, prefill, nucleus sampling, cache compaction, the rest).
@@ -46,6 +48,7 @@ if "--cpu-isa" in sys.argv[:-1] and sys.argv[sys.argv.index("--cpu-isa") + 1] ==
 
 import torch  # noqa: E402
 
+from impetus.lm.fp32_kernels import choose_fp32_matmul  # noqa: E402
 from impetus.lm.loading import load_model, resolve_model  # noqa: E402
 from impetus.lm.precision import choose_dtype  # noqa: E402
 from impetus.lm.profile import format_profiles, profile_call  # noqa: E402
@@ -129,6 +132,9 @@ def main() -> None:
     ap.add_argument("--cpu-isa", choices=["native", "avx2"], default="native",
                     help="avx2: limit the CPU kernels to AVX2 (both sides), a proxy for a CPU without a bf16 "
                          "fast path; there `auto` is fp32, as model.dtype: auto resolves on such a CPU")
+    ap.add_argument("--fp32-matmul", choices=["auto", "default", "onednn"], default="auto",
+                    help="CPU kernels of HFSampler's fp32 matmuls, as model.fp32_matmul (auto: oneDNN on AMD CPUs); "
+                         "the naive loop always runs torch's own")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -175,8 +181,9 @@ def measure(args: argparse.Namespace, dtype: str, prompts: list[str], base: dict
     """HFSampler in ``dtype`` at each batch size (median of ``--repeats``, record on/off alternating),
     printed with the ratio to the naive loop; returns the last run's generations and, with
     ``--profile``, the split of one more call."""
-    model, tok = load_model(resolve_model(args.model), device=args.device, dtype=dtype)
-    print(f"attn={model.config._attn_implementation}")
+    model, tok = load_model(resolve_model(args.model), device=args.device, dtype=dtype, fp32_matmul=args.fp32_matmul)
+    kernels, why = choose_fp32_matmul(args.fp32_matmul, args.device)
+    print(f"attn={model.config._attn_implementation}; fp32 matmuls: {kernels} ({why})")
     # warm-up (first-call allocations / kernel selection) so no side pays it in the timing
     ours(model, tok, prompts[:1], SamplingParams(**{**base, "n": 2, "max_new_tokens": 4}))
     modes = {"on": [True], "off": [False], "both": [True, False]}[args.record]

@@ -115,9 +115,31 @@ def test_base_model_record_runs_in_the_chosen_dtype(tiny, tmp_path):
     model.save_pretrained(tmp_path / "m")
     tok.save_pretrained(tmp_path / "m")
     params = dict(name_or_path=str(tmp_path / "m"), cache_dir=None, trust_remote_code=False, allow_pickle=False,
-                  device="cpu", hidden_layers=[])
+                  device="cpu", hidden_layers=[], fp32_matmul="default")
     fp32, _ = prepare_base_model(ModelParams(dtype="float32", **params))
     bf16, _ = prepare_base_model(ModelParams(dtype="bfloat16", **params))
     # the cached folder's fp32 weights used to overwrite the configured dtype in the record
     assert (fp32["dtype"], bf16["dtype"], bf16["weights_dtype"]) == ("float32", "bfloat16", "float32")
     assert _model_key(fp32) == str(tmp_path / "m") and _model_key(bf16) != _model_key(fp32)
+
+
+def test_base_model_record_carries_onednn_kernels_only_when_chosen(tiny, tmp_path):
+    """``model.fp32_matmul``: the record names oneDNN only where it was chosen (elsewhere the record,
+    and every run key, is what it was), and the stages' loader switches the LM head then."""
+    from impetus.lm.fp32_kernels import OneDNNLinear, onednn_linear_available
+    from impetus.pipelines.utils import load_base_lm
+
+    if not onednn_linear_available():
+        pytest.skip("this torch has no oneDNN linear")
+    model, tok = tiny
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    params = dict(name_or_path=str(tmp_path / "m"), cache_dir=None, trust_remote_code=False, allow_pickle=False,
+                  device="cpu", hidden_layers=[], dtype="bfloat16")
+    plain, _ = prepare_base_model(ModelParams(fp32_matmul="default", **params))
+    onednn, _ = prepare_base_model(ModelParams(fp32_matmul="onednn", **params))
+    assert "fp32_matmul" not in plain and onednn["fp32_matmul"] == "onednn"
+    assert _model_key(plain) + "|fp32_matmul=onednn" == _model_key(onednn)  # shards sampled apart
+    head = load_base_lm(onednn)[0].get_output_embeddings()
+    assert type(head) is OneDNNLinear and head.weight.dtype == torch.float32
+    assert type(load_base_lm(plain)[0].get_output_embeddings()) is torch.nn.Linear

@@ -68,6 +68,10 @@ class ModelParams(_Params):
         "auto: bf16 on a CUDA device that supports it or a CPU where torch has a bf16 fast path (AMX or "
         "AVX512-BF16), else fp32. In half precision only the decoder blocks and input embeddings are half; "
         "the final norm, LM head and every recorded statistic stay fp32.")
+    fp32_matmul: Literal["auto", "default", "onednn"] = F(
+        "CPU kernels of the fp32 matmuls (the LM head; every matmul of an fp32 model): default = torch's own "
+        "(MKL on x86), onednn = oneDNN's, auto = oneDNN on AMD CPUs (where MKL takes a generic path, 2-3x "
+        "slower there) and torch's own elsewhere. Both compute in fp32; no effect off the CPU.")
     device: str = F("torch device: cpu, cuda, cuda:1, mps.")
     hidden_layers: list[int | Annotated[str, StringConstraints(pattern=r"^(mid|\d+/\d+)$")]] = F(
         "Layers besides the last whose states scored choices pool over their tokens (hidden_l<k>): a decoder "

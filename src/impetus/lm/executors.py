@@ -129,7 +129,7 @@ class SamplerSpec:
                                  allow_pickle=lm.get("allow_pickle", False))
         model, tok = load_model(path, device=self.device or lm.get("device", "cpu"), dtype=lm.get("dtype", "float32"),
                                 trust_remote_code=lm.get("trust_remote_code", False),
-                                allow_pickle=lm.get("allow_pickle", False))
+                                allow_pickle=lm.get("allow_pickle", False), fp32_matmul=lm.get("fp32_matmul", "default"))
         return get_sampler(self.backend, model, tok, record=self.record, **recorded_layers(lm), **self.kwargs)
 
 

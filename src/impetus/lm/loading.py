@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from impetus.lm.fp32_kernels import apply_fp32_matmul
 from impetus.lm.precision import HALF, choose_dtype, to_mixed_precision
 
 logger = logging.getLogger(__name__)
@@ -310,13 +311,14 @@ def check_weights_format(path: str | Path, allow_pickle: bool = False) -> bool:
 
 def load_model(
     path: str | Path, device: str = "cpu", dtype: str = "float32", trust_remote_code: bool = False,
-    allow_pickle: bool = False,
+    allow_pickle: bool = False, fp32_matmul: str = "default",
 ) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` from a local HF folder, ready for batched left-padded decoding.
 
     ``dtype``: float32, bfloat16 or float16 (decoder blocks in half precision, the parts the energies
     read in fp32: :func:`impetus.lm.precision.to_mixed_precision`), or ``auto``
-    (:func:`impetus.lm.precision.choose_dtype`).
+    (:func:`impetus.lm.precision.choose_dtype`). ``fp32_matmul``: which CPU kernels run the fp32
+    matmuls (:func:`impetus.lm.fp32_kernels.choose_fp32_matmul`; ``default``: torch's own).
 
     Weights are read with ``use_safetensors=True`` when the folder has safetensors; a folder with
     only a pickle checkpoint is refused unless ``allow_pickle`` (see :func:`check_weights_format`),
@@ -333,6 +335,7 @@ def load_model(
     )
     if dtype in HALF:
         to_mixed_precision(model, dtype)
+    apply_fp32_matmul(model, fp32_matmul, device)
     model.to(device)
     model.eval()
     tok = load_tokenizer(path, trust_remote_code=trust_remote_code)

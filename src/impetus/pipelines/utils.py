@@ -32,7 +32,8 @@ def load_base_lm(base_lm: dict) -> tuple:
 
     return load_model(base_lm["path"], device=base_lm["device"], dtype=base_lm["dtype"],
                       trust_remote_code=base_lm.get("trust_remote_code", False),
-                      allow_pickle=base_lm.get("allow_pickle", False))
+                      allow_pickle=base_lm.get("allow_pickle", False),
+                      fp32_matmul=base_lm.get("fp32_matmul", "default"))
 
 
 def load_base_tokenizer(base_lm: dict):

@@ -105,10 +105,13 @@ def sample_candidates(
 
 
 def _model_key(base_lm: dict[str, Any]) -> str:
-    """The model part of the run key: its folder, the extra recorded layers when there are any, and
-    the dtype it runs in unless fp32 (a bf16 run's candidates differ; fp32 keys stay as they were)."""
+    """The model part of the run key: its folder, the extra recorded layers when there are any, the
+    dtype it runs in unless fp32 (a bf16 run's candidates differ; fp32 keys stay as they were), and
+    the fp32 matmul kernels unless torch's own (oneDNN rounds differently, so near-tied tokens can flip)."""
     layers, dtype = base_lm.get("hidden_layers"), base_lm.get("dtype", "float32")
-    return base_lm["path"] + (f"|layers={layers}" if layers else "") + (f"|dtype={dtype}" if dtype != "float32" else "")
+    kernels = base_lm.get("fp32_matmul", "default")
+    return (base_lm["path"] + (f"|layers={layers}" if layers else "") + (f"|dtype={dtype}" if dtype != "float32" else "")
+            + (f"|fp32_matmul={kernels}" if kernels != "default" else ""))
 
 
 _EXECUTORS: dict[tuple, ShardExecutor] = {}
