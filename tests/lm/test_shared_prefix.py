@@ -148,3 +148,39 @@ def test_continued_rows_attend_to_their_shared_prefix_apart_and_keep_whole_cache
         _same_rows(got, ref)
         prompts = heads
         first = got
+
+
+def test_encoding_many_prompts_with_their_prefix_once_equals_encoding_each_prompt(monkeypatch):
+    """encode_many (EBD's chain starts, V2's start answers) with the shared prefix encoded once and
+    several prompts per pass gives every trace that one pass per prompt gives: recorded values,
+    states (the last layer's and a middle one's), the prompt's state and whole kept caches; over
+    more rows than one pass holds, and with an empty answer (Power-SMC's start)."""
+    model, tok = make_tiny(seed=6)
+    model.set_attn_implementation("sdpa")
+    calls = []
+    flash = sp_mod._flash
+    monkeypatch.setattr(sp_mod, "_flash", lambda *a: calls.append(a[0].shape) or flash(*a))
+    shared = HFSampler(model, tok, hidden_layers=(1,))
+    plain = HFSampler(model, tok, hidden_layers=(1,), share_prefix=False)
+    prompts = [tok(p)["input_ids"] for p in PROMPTS]
+    g = torch.Generator().manual_seed(0)
+    items = [(p, torch.randint(3, 40, (k,), generator=g).tolist()) for k in range(6) for p in prompts[: 3 + k % 2]]
+    items.append((prompts[0], []))
+    assert len(items) > 16  # more than one pass
+    got = shared.encode_many([p for p, _ in items], [a for _, a in items], keep_past=True, temperature=0.7)
+    assert calls, "the shared-prefix attention never ran"
+    for (p, a), tr in zip(items, got):
+        (ref,) = plain.encode_answers(p, [a], keep_past=True, temperature=0.7)
+        assert list(tr.ids) == list(a)
+        for key in ("lse", "tok_logit", "deepconf", "lse_temp", "states", "prompt_state"):
+            torch.testing.assert_close(torch.as_tensor(getattr(tr, key)), torch.as_tensor(getattr(ref, key)),
+                                       atol=1e-4, rtol=1e-4)
+        for layer in (1,):
+            torch.testing.assert_close(torch.as_tensor(tr.layer_states[layer]), torch.as_tensor(ref.layer_states[layer]),
+                                       atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(torch.as_tensor(tr.prompt_layer_states[layer]),
+                                       torch.as_tensor(ref.prompt_layer_states[layer]), atol=1e-4, rtol=1e-4)
+        assert [k.shape for k, _ in tr.past] == [k.shape for k, _ in ref.past]
+        for (ka, va), (kb, vb) in zip(tr.past, ref.past):
+            torch.testing.assert_close(ka, kb, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(va, vb, atol=1e-5, rtol=1e-5)

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from impetus.lm.sampler import ContinuingSampler, SamplingParams
+from impetus.lm.sampler import ContinuingSampler, SamplingParams, encode_items
 from impetus.lm.trace import Trace, continued, cut_at_stop
 
 
@@ -78,17 +78,10 @@ class Proposer:
         self.rounds: dict[int, int] = {}  # extend() calls per chain
 
     def start(self, answers: list[list[int]]) -> list[Trace]:
-        """Chain starts from given answers: one teacher-forced pass per distinct prompt (the only one)."""
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for c, p in enumerate(self.prompts):
-            groups.setdefault(tuple(p), []).append(c)
-        out: list[Any] = [None] * len(answers)
-        for prompt, idx in groups.items():
-            traces = self.sampler.encode_answers(list(prompt), [answers[c] for c in idx], keep_past=self.reuse_cache,
-                                                 temperature=self.params.temperature)
-            for c, tr in zip(idx, traces):
-                out[c] = tr
-        return out
+        """Chain starts from given answers: teacher-forced passes (the only ones), the chains' prompts
+        together where the backend can (:func:`impetus.lm.sampler.encode_items`)."""
+        return encode_items(self.sampler, self.prompts, answers, keep_past=self.reuse_cache,
+                            temperature=self.params.temperature)
 
     def __call__(self, states: list[Trace], cuts: list[int], banned: list[int | None] | None = None) -> list[Trace]:
         """Each state's first ``cuts[c]`` tokens, continued; ``banned[c]``: a token the continuation's

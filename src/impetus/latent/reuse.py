@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from impetus.lm.sampler import Generation, LatentSampler
+from impetus.lm.sampler import Generation, LatentSampler, encode_items
 from impetus.lm.trace import Trace
 
 #: ``(prompt ids, kept answer ids, window, token cap, stop strings)`` of a greedy regeneration.
@@ -35,19 +35,17 @@ class Reuse:
 
 def encode_starts(sampler: LatentSampler, items: list[tuple[list[int], list[int]]],
                   reuse: Reuse | None = None) -> list[Trace]:
-    """Continuable traces of the start answers ``(prompt ids, answer ids)``: one teacher-forced pass
-    per distinct prompt (encode once, optimise in as many modes as wanted). Answers already in
-    ``reuse.starts`` are looked up; the others are encoded (each prompt's together, as before) and added."""
+    """Continuable traces of the start answers ``(prompt ids, answer ids)``: teacher-forced passes
+    (encode once, optimise in as many modes as wanted), the prompts together where the backend can
+    (:func:`impetus.lm.sampler.encode_items`; else one pass per distinct prompt). Answers already in
+    ``reuse.starts`` are looked up; the others are encoded and added."""
     known = {} if reuse is None else reuse.starts
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for k, (prompt, answer) in enumerate(items):
-        if (tuple(prompt), tuple(answer)) not in known:
-            groups.setdefault(tuple(prompt), []).append(k)
+    todo = [k for k, (prompt, answer) in enumerate(items) if (tuple(prompt), tuple(answer)) not in known]
     out: list[Any] = [None] * len(items)
-    for prompt, idx in groups.items():
-        traces = sampler.encode_answers(list(prompt), [list(items[k][1]) for k in idx],
-                                        keep_past=bool(sampler.can_continue()))
-        for k, tr in zip(idx, traces):
+    if todo:
+        traces = encode_items(sampler, [items[k][0] for k in todo], [list(items[k][1]) for k in todo],
+                              keep_past=bool(sampler.can_continue()))
+        for k, tr in zip(todo, traces):
             out[k] = tr
-            known.setdefault((prompt, tuple(items[k][1])), tr)
+            known.setdefault((tuple(items[k][0]), tuple(items[k][1])), tr)
     return [tr if tr is not None else known[(tuple(p), tuple(a))] for tr, (p, a) in zip(out, items)]

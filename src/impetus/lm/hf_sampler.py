@@ -32,14 +32,14 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from impetus.lm.hf_choices import resolve_layers, score_choices
-from impetus.lm.hf_encode import encode_traces
+from impetus.lm.hf_encode import encode_traces, encode_traces_shared
 from impetus.lm.kv_cache import (GrowLayer, RowPast, compact_layers, forward, mergeable, out_cache, row_past,
                                  stack_caches, stack_pasts)
 from impetus.lm.nucleus import force_tokens
 from impetus.lm.nucleus import sample_tokens as _sample_tokens
 from impetus.lm.recording import RowRecord, last_state_hook, layer_state_hook, tempered_lse
 from impetus.lm.rows import AnswerSpan, CallOptions, Row, advance, pooled_record
-from impetus.lm.sampler import Generation, ProgressFn, Prompt, Resample, SamplingParams, row_seed
+from impetus.lm.sampler import Generation, ProgressFn, Prompt, Resample, SamplingParams, encode_per_prompt, row_seed
 from impetus.lm.shared_prefix import ATTENTION, shared_prefix
 from impetus.lm.trace import Trace
 
@@ -226,6 +226,18 @@ class HFSampler:
         """Traces of given answers after ``prompt`` (:func:`impetus.lm.hf_encode.encode_traces`)."""
         return encode_traces(self.model, self.tok, list(prompt), answers, keep_past=keep_past, temperature=temperature,
                              layers=self.layers)
+
+    def encode_many(self, prompts: list[list[int]], answers: list[list[int]], keep_past: bool,
+                    temperature: float = 1.0) -> list[Trace]:
+        """Traces of ``answers[i]`` after ``prompts[i]`` (:func:`impetus.lm.sampler.encode_items`): the
+        few-shot prefix the prompts share encoded once and attended apart, several prompts per pass
+        (:func:`impetus.lm.hf_encode.encode_traces_shared`); without one, ``encode_answers`` per prompt."""
+        prompts = [list(p) for p in prompts]
+        n, prefix = self._shared_prefix(prompts) if self.share_prefix and answers else (0, None)
+        if prefix is None:
+            return encode_per_prompt(self, prompts, answers, keep_past, temperature)
+        return encode_traces_shared(self.model, self.tok, prompts, answers, prefix, n, keep_past=keep_past,
+                                    temperature=temperature, layers=self.layers)
 
     def sample_particles(self, prompts: list[list[int]], params: SamplingParams, seeds: list[list[int]], block: int,
                          resample: Resample, on_done: Callable[[int], None] | None = None) -> list[list[Generation]]:

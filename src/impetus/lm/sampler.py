@@ -211,6 +211,33 @@ class ContinuingSampler(Sampler, Protocol):
         ...
 
 
+def encode_per_prompt(sampler: ContinuingSampler, prompts: Sequence[Sequence[int]], answers: list[list[int]],
+                      keep_past: bool, temperature: float = 1.0) -> list[Trace]:
+    """Traces of ``answers[i]`` after ``prompts[i]`` by ``encode_answers``, one call per distinct prompt."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, p in enumerate(prompts):
+        groups.setdefault(tuple(p), []).append(i)
+    out: list[Any] = [None] * len(answers)
+    for prompt, idx in groups.items():
+        for i, tr in zip(idx, sampler.encode_answers(list(prompt), [list(answers[i]) for i in idx],
+                                                     keep_past=keep_past, temperature=temperature)):
+            out[i] = tr
+    return out
+
+
+def encode_items(sampler: ContinuingSampler, prompts: Sequence[Sequence[int]], answers: list[list[int]],
+                 keep_past: bool, temperature: float = 1.0) -> list[Trace]:
+    """Traces of ``answers[i]`` after ``prompts[i]`` (EBD's chain starts, V2's start answers): through the
+    backend's optional ``encode_many(prompts, answers, keep_past, temperature)`` when it has one (the HF
+    backend's encodes the prompts' shared few-shot prefix once), else :func:`encode_per_prompt`. A
+    backend needs only ``encode_answers``; ``encode_many`` must return what it would."""
+    many = getattr(sampler, "encode_many", None)
+    if many is not None:
+        return many([list(p) for p in prompts], [list(a) for a in answers], keep_past=keep_past,
+                    temperature=temperature)
+    return encode_per_prompt(sampler, prompts, answers, keep_past, temperature)
+
+
 @runtime_checkable
 class LatentSampler(ContinuingSampler, Protocol):
     """A continuing backend whose last-layer states can be decoded (what V2's optimiser needs: it
