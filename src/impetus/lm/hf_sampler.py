@@ -40,18 +40,8 @@ from impetus.lm.nucleus import sample_tokens as _sample_tokens
 from impetus.lm.recording import RowRecord, last_state_hook, layer_state_hook, tempered_lse
 from impetus.lm.rows import AnswerSpan, CallOptions, Row, advance, pooled_record
 from impetus.lm.sampler import Generation, ProgressFn, Prompt, Resample, SamplingParams, encode_per_prompt, row_seed
-from impetus.lm.shared_prefix import ATTENTION, shared_prefix
+from impetus.lm.shared_prefix import ATTENTION, prefix_of_pasts, shared_len, shared_prefix
 from impetus.lm.trace import Trace
-
-def _common_prefix(seqs: list[list[int]]) -> int:
-    """Length of the longest token prefix shared by all ``seqs``."""
-    first, n = seqs[0], min(len(q) for q in seqs)
-    for k in range(n):
-        t = first[k]
-        if any(q[k] != t for q in seqs):
-            return k
-    return n
-
 
 def _first_bans(rows: list[Row], device: Any) -> torch.Tensor | None:
     """``[B]`` banned token of each row at this step (−1: none): only a row's first step (no token
@@ -272,8 +262,7 @@ class HFSampler:
                 return self._generate(prompt_ids, params, seeds, call, progress, first_sample, answer_span, max_new)
 
     def _shared_prefix(self, prompt_ids: list[list[int]]) -> tuple[int, DynamicCache | None]:
-        """The token prefix all the prompts share (at least ``min_shared_prefix`` tokens, and one fewer
-        than the shortest prompt, whose last token's logits are needed) and its cache, prefilled once."""
+        """The token prefix all the prompts share (:meth:`_shared_len`) and its cache, prefilled once."""
         seqs = list({tuple(q): q for q in prompt_ids if q}.values())
         n = self._shared_len(seqs)
         if not n:
@@ -283,25 +272,14 @@ class HFSampler:
         return n, prefix
 
     def _past_prefix(self, prompt_ids: list[list[int]], pasts: list[RowPast]) -> tuple[int, DynamicCache | None]:
-        """Continuing rows (EBD's proposals, V2's regenerations): the token prefix their prompts share
-        (:meth:`_shared_len`) within every given cache, and a batch-1 cache of it that views the first
-        row's cache (no copy, no forward). Each row's cache holds those positions for the same tokens
-        at the same positions, so any row's are the prefix's keys and values."""
-        seqs = list({tuple(q): q for q in prompt_ids}.values())
-        n = min([self._shared_len(seqs)] + [p[0][0].shape[-2] for p in pasts])
-        if n < self.min_shared_prefix:
-            return 0, None
-        prefix = DynamicCache(config=self.model.config)
-        for layer, (k, v) in zip(prefix.layers, pasts[0]):
-            layer.keys, layer.values = k[:, :, :n], v[:, :, :n]
-            layer.dtype, layer.device, layer.is_initialized = k.dtype, k.device, True
-        return n, prefix
+        """Continuing rows: their prompts' shared prefix within every given cache, viewed from the first
+        (:func:`impetus.lm.shared_prefix.prefix_of_pasts`)."""
+        n = min([self._shared_len(list({tuple(q): q for q in prompt_ids}.values()))] + [p[0][0].shape[-2] for p in pasts])
+        return (n, prefix_of_pasts(self.model.config, pasts, n)) if n >= self.min_shared_prefix else (0, None)
 
     def _shared_len(self, seqs: list[list[int]]) -> int:
-        """Tokens all the distinct prompts ``seqs`` share, at most one fewer than the shortest (its last
-        token's logits are needed); 0 below ``min_shared_prefix`` (not worth a forward)."""
-        n = min(_common_prefix(seqs), min(len(q) for q in seqs) - 1) if len(seqs) > 1 else 0
-        return n if n >= self.min_shared_prefix else 0
+        """:func:`impetus.lm.shared_prefix.shared_len` at ``min_shared_prefix``."""
+        return shared_len(seqs, self.min_shared_prefix)
 
     def _prefill_head(self, cache: DynamicCache, ids: list[int]) -> None:
         """One batch-1 forward of the shared tokens ``ids`` into ``cache``, from position 0."""

@@ -45,6 +45,37 @@ class _Active(threading.local):
 _ACTIVE = _Active()
 
 
+def common_prefix(seqs: list[list[int]]) -> int:
+    """Length of the longest token prefix shared by all ``seqs``."""
+    first, n = seqs[0], min(len(q) for q in seqs)
+    for k in range(n):
+        t = first[k]
+        if any(q[k] != t for q in seqs):
+            return k
+    return n
+
+
+def shared_len(seqs: list[list[int]], min_len: int) -> int:
+    """Tokens all the distinct prompts ``seqs`` share, at most one fewer than the shortest (its last
+    token's logits are needed); 0 below ``min_len`` (not worth a forward) or for one prompt."""
+    n = min(common_prefix(seqs), min(len(q) for q in seqs) - 1) if len(seqs) > 1 else 0
+    return n if n >= min_len else 0
+
+
+def prefix_of_pasts(config: Any, pasts: list[list[tuple[torch.Tensor, torch.Tensor]]], n: int) -> Any:
+    """A batch-1 cache of the first ``n`` positions that the row caches ``pasts`` (continued rows: EBD's
+    proposals, V2's regenerations) share, viewing the first row's (no copy, no forward). Each row's
+    cache holds those positions for the same tokens at the same positions, so any row's are the
+    prefix's keys and values."""
+    from transformers import DynamicCache
+
+    prefix = DynamicCache(config=config)
+    for layer, (k, v) in zip(prefix.layers, pasts[0]):
+        layer.keys, layer.values = k[:, :, :n], v[:, :, :n]
+        layer.dtype, layer.device, layer.is_initialized = k.dtype, k.device, True
+    return prefix
+
+
 @contextmanager
 def shared_prefix(prefix: Any) -> Iterator[None]:
     """Forwards inside attend to ``prefix`` (a batch-1 cache whose layer ``i`` holds the shared
