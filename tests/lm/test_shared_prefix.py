@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -184,3 +186,35 @@ def test_encoding_many_prompts_with_their_prefix_once_equals_encoding_each_promp
         for (ka, va), (kb, vb) in zip(tr.past, ref.past):
             torch.testing.assert_close(ka, kb, atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(va, vb, atol=1e-5, rtol=1e-5)
+
+
+def test_power_smc_particles_attend_to_the_shared_prefix_apart(monkeypatch):
+    """sample_particles (Power-SMC's loop) with the prompts' shared prefix attended apart gives the
+    particles, records and states of the loop that copies the prefix into every row, through
+    resampling copies at every block boundary."""
+    model, tok = make_tiny(seed=7)
+    model.set_attn_implementation("sdpa")
+    params = SamplingParams(n=4, temperature=0.7, top_p=1.0, max_new_tokens=10, stop=["\n"], seed=0, batch_size=8)
+    prompts = [tok(p)["input_ids"] for p in PROMPTS]
+    seeds = [[10 * i + j for j in range(4)] for i in range(len(prompts))]
+    boundaries = []
+
+    def resample(_i, views):  # halves duplicated, then a rotation
+        boundaries.append(len(views))
+        return [j // 2 * 2 for j in range(4)] if len(boundaries) % 2 else [(j + 1) % 4 for j in range(4)]
+
+    calls = []
+    flash = sp_mod._flash
+    monkeypatch.setattr(sp_mod, "_flash", lambda *a: calls.append(a[0].shape) or flash(*a))
+    got = HFSampler(model, tok).sample_particles(prompts, params, seeds, 2, resample)
+    assert calls, "the shared-prefix attention never ran"
+    n = len(boundaries)
+    boundaries.clear()
+    ref = HFSampler(model, tok, share_prefix=False).sample_particles(prompts, params, seeds, 2, resample)
+    assert n >= 8 and len(boundaries) == n
+    for a, b in zip((g for r in got for g in r), (g for r in ref for g in r)):
+        assert a.token_ids == b.token_ids
+        for key in ("lse", "tok_logit", "deepconf", "lse_temp", "states"):
+            torch.testing.assert_close(torch.as_tensor(np.asarray(a.record[key], dtype=np.float32)),
+                                       torch.as_tensor(np.asarray(b.record[key], dtype=np.float32)),
+                                       atol=1e-4, rtol=1e-4)

@@ -5,7 +5,8 @@ is stacked into a fresh batch and copied back out at every block, each problem's
 on its own, and each round waits for its slowest row; on the default testbed that made Power-SMC
 3.2–3.8× plain sampling (docs/results.md, "Issue 27, third part"). Here
 - a problem's particles are rows of one batch, prefilled as the sampler prefills a prompt's samples
-  (the few-shot prefix once, each prompt once, gathered into its rows);
+  (the few-shot prefix once and, on CPU, attended apart as in ``generate``; each prompt once, gathered
+  into its rows);
 - they decode one token per step in lockstep, so after every ``block`` steps all of a problem's
   unfinished particles sit at a boundary together, and resampling copies the ancestors' cache rows
   onto the rows that change, in place (:func:`impetus.lm.kv_cache.copy_rows`), with their records;
@@ -30,6 +31,7 @@ from impetus.lm.nucleus import sample_tokens
 from impetus.lm.recording import RowRecord, last_state_hook, layer_state_hook, tempered_lse
 from impetus.lm.rows import CallOptions, Row, advance, pooled_record
 from impetus.lm.sampler import Generation, Particle, Resample, SamplingParams, row_seed
+from impetus.lm.shared_prefix import shared_prefix
 
 if TYPE_CHECKING:
     from impetus.lm.hf_sampler import HFSampler
@@ -69,8 +71,10 @@ class _Loop:
     particle has finished, dropped at the next compaction or reused by a resampling copy)."""
 
     def __init__(self, s: HFSampler, prompts: list[list[int]], params: SamplingParams, seeds: list[list[int]],
-                 block: int, resample: Resample, on_done: Callable[[int], None] | None, state: Any, layer_state: Any):
+                 block: int, resample: Resample, on_done: Callable[[int], None] | None, state: Any, layer_state: Any,
+                 prefix: tuple[int, Any] = (0, None)):
         self.s, self.prompts, self.params, self.seeds, self.block = s, prompts, params, seeds, block
+        self.prefix_len, self.prefix = prefix  # the prompts' shared few-shot prefix, attended apart
         self.resample, self.on_done, self.state, self.layer_state = resample, on_done, state, layer_state
         self.n = params.n
         self.bs = max(params.batch_size, self.n)  # a problem's particles are never split
@@ -106,7 +110,8 @@ class _Loop:
         new = [self._problem(pending.popleft()) for _ in range(take)]
         every.extend(new)
         rows = [r for p in new for r in p.rows]
-        call = CallOptions(record=True, keep_states=True, state=self.state, layer_state=self.layer_state)
+        call = CallOptions(record=True, keep_states=True, state=self.state, layer_state=self.layer_state,
+                           prefix=self.prefix, prefix_len=self.prefix_len)
         with record_function("impetus.prefill"):
             c2, m2, p2, l2 = self.s.prefill(self.prompts, rows, call)
         if not self.slots:
@@ -249,5 +254,9 @@ def sample_particles(s: HFSampler, prompts: list[list[int]], params: SamplingPar
         raise ValueError("empty prompt (no tokens); the model needs at least one token to condition on")
     if not prompts:
         return []
-    with last_state_hook(s.model) as state, layer_state_hook(s.model, s.layers) as layer_state:
-        return _Loop(s, prompts, params, seeds, block, resample, on_done, state, layer_state).run()
+    # The few-shot prefix the prompts share is prefilled once and attended apart, as generate() does:
+    # the particles' caches (and every resampling copy and compaction of them) hold their own tokens only.
+    prefix = s._shared_prefix(prompts) if s.share_prefix else (0, None)
+    with last_state_hook(s.model) as state, layer_state_hook(s.model, s.layers) as layer_state, \
+            shared_prefix(prefix[1]):
+        return _Loop(s, prompts, params, seeds, block, resample, on_done, state, layer_state, prefix).run()
