@@ -110,14 +110,20 @@ def test_bf16_recorded_energies_stay_close_to_fp32_teacher_forced():
     assert np.abs(states - ref.hidden_mean).max() < 0.05 * np.abs(ref.hidden_mean).max()
 
 
-def test_base_model_record_runs_in_the_chosen_dtype(tiny, tmp_path):
+def _base_model(tiny, folder, **params) -> dict:
+    """``prepare_base_model``'s record of the tiny model saved to ``folder``, with ``params`` set."""
     model, tok = tiny
-    model.save_pretrained(tmp_path / "m")
-    tok.save_pretrained(tmp_path / "m")
-    params = dict(name_or_path=str(tmp_path / "m"), cache_dir=None, trust_remote_code=False, allow_pickle=False,
-                  device="cpu", hidden_layers=[], fp32_matmul="default")
-    fp32, _ = prepare_base_model(ModelParams(dtype="float32", **params))
-    bf16, _ = prepare_base_model(ModelParams(dtype="bfloat16", **params))
+    if not folder.exists():
+        model.save_pretrained(folder)
+        tok.save_pretrained(folder)
+    fixed = dict(name_or_path=str(folder), cache_dir=None, trust_remote_code=False, allow_pickle=False,
+                 device="cpu", hidden_layers=[])
+    return prepare_base_model(ModelParams(**fixed, **params))[0]
+
+
+def test_base_model_record_runs_in_the_chosen_dtype(tiny, tmp_path):
+    fp32 = _base_model(tiny, tmp_path / "m", dtype="float32", fp32_matmul="default")
+    bf16 = _base_model(tiny, tmp_path / "m", dtype="bfloat16", fp32_matmul="default")
     # the cached folder's fp32 weights used to overwrite the configured dtype in the record
     assert (fp32["dtype"], bf16["dtype"], bf16["weights_dtype"]) == ("float32", "bfloat16", "float32")
     assert _model_key(fp32) == str(tmp_path / "m") and _model_key(bf16) != _model_key(fp32)
@@ -131,13 +137,8 @@ def test_base_model_record_carries_onednn_kernels_only_when_chosen(tiny, tmp_pat
 
     if not onednn_linear_available():
         pytest.skip("this torch has no oneDNN linear")
-    model, tok = tiny
-    model.save_pretrained(tmp_path / "m")
-    tok.save_pretrained(tmp_path / "m")
-    params = dict(name_or_path=str(tmp_path / "m"), cache_dir=None, trust_remote_code=False, allow_pickle=False,
-                  device="cpu", hidden_layers=[], dtype="bfloat16")
-    plain, _ = prepare_base_model(ModelParams(fp32_matmul="default", **params))
-    onednn, _ = prepare_base_model(ModelParams(fp32_matmul="onednn", **params))
+    plain = _base_model(tiny, tmp_path / "m", dtype="bfloat16", fp32_matmul="default")
+    onednn = _base_model(tiny, tmp_path / "m", dtype="bfloat16", fp32_matmul="onednn")
     assert "fp32_matmul" not in plain and onednn["fp32_matmul"] == "onednn"
     assert _model_key(plain) + "|fp32_matmul=onednn" == _model_key(onednn)  # shards sampled apart
     head = load_base_lm(onednn)[0].get_output_embeddings()
