@@ -38,17 +38,10 @@ from impetus.lm.kv_cache import (GrowLayer, RowPast, compact_layers, forward, me
 from impetus.lm.nucleus import force_tokens
 from impetus.lm.nucleus import sample_tokens as _sample_tokens
 from impetus.lm.recording import RowRecord, last_state_hook, layer_state_hook, tempered_lse
-from impetus.lm.rows import AnswerSpan, CallOptions, Row, advance, pooled_record
+from impetus.lm.rows import AnswerSpan, CallOptions, Row, advance, first_bans, pooled_record
 from impetus.lm.sampler import Generation, ProgressFn, Prompt, Resample, SamplingParams, encode_per_prompt, row_seed
 from impetus.lm.shared_prefix import ATTENTION, prefix_of_pasts, shared_len, shared_prefix
 from impetus.lm.trace import Trace
-
-def _first_bans(rows: list[Row], device: Any) -> torch.Tensor | None:
-    """``[B]`` banned token of each row at this step (−1: none): only a row's first step (no token
-    yet) has one."""
-    bans = [r.ban if r.ban is not None and not r.ids else -1 for r in rows]
-    return torch.tensor(bans, device=device) if any(b >= 0 for b in bans) else None
-
 
 class HFSampler:
     """Sampler backend for a (CPU or GPU) Hugging Face causal LM; see the module docstring.
@@ -348,7 +341,7 @@ class HFSampler:
             lg = logits if len(idx) == len(slots) else logits[torch.tensor(idx, device=logits.device)]
             with record_function("impetus.nucleus"):
                 toks, lps, stats = _sample_tokens(lg, rows, float(params.temperature), float(params.top_p), call.record,
-                                                  _first_bans(rows, lg.device))
+                                                  first_bans(rows, lg.device))
             if call.forced:
                 force_tokens(lg, rows, toks, lps, stats)
             stats = stats.tolist() if stats is not None else [None] * len(rows)

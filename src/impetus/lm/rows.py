@@ -127,3 +127,10 @@ def finish_row(tok: Any, r: Row, reason: str, cut: int | None, text: str | None 
         seconds=r.seconds,
         sample_idx=r.sample_idx,
     )
+
+
+def first_bans(rows: list[Row], device: Any) -> torch.Tensor | None:
+    """``[B]`` banned token of each row at this step (−1: none): only a row's first step (no token
+    yet) has one."""
+    bans = [r.ban if r.ban is not None and not r.ids else -1 for r in rows]
+    return torch.tensor(bans, device=device) if any(b >= 0 for b in bans) else None
