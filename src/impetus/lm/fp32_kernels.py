@@ -19,15 +19,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 logger = logging.getLogger(__name__)
-
-Fp32Matmul = Literal["auto", "default", "onednn"]
-
 
 def cpu_vendor(cpuinfo: str | Path = "/proc/cpuinfo") -> str | None:
     """The CPU's ``vendor_id`` (``GenuineIntel``, ``AuthenticAMD``) from ``/proc/cpuinfo``; None where

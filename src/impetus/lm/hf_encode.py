@@ -35,30 +35,13 @@ def _trace(logits: torch.Tensor, answer: list[int], start: int, h: torch.Tensor,
                  prompt_layer_states={k: v[start - 1].numpy() for k, v in hl.items()}, past=past)
 
 
-@torch.inference_mode()
 def encode_traces(model: Any, tokenizer: Any, prompt_ids: list[int], answers: list[list[int]],
                   keep_past: bool, temperature: float = 1.0, layers: Sequence[int] = ()) -> list[Trace]:
     """Traces of given answers after one prompt: one teacher-forced pass (right-padded batch);
     ``lse_temp`` at ``temperature``, as a sampler at that temperature records it; the states of
     ``layers`` (HF ``hidden_states`` indices, ``model.hidden_layers``) as the sampler records them."""
-    device = next(model.parameters()).device
-    n, P = len(answers), len(prompt_ids)
-    width = max(len(a) for a in answers)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = torch.full((n, P + width), pad, dtype=torch.long)
-    mask = torch.zeros((n, P + width), dtype=torch.long)
-    for j, a in enumerate(answers):
-        ids[j, : P + len(a)] = torch.tensor(prompt_ids + list(a), dtype=torch.long)
-        mask[j, : P + len(a)] = 1
-    cache = DynamicCache(config=model.config)
-    with last_state_hook(model, full=True) as state, layer_state_hook(model, layers, full=True) as layer_state:
-        # the last width + 1 positions: the rows predicting each answer token and the one after
-        out = forward(model, cache, input_ids=ids.to(device), attention_mask=mask.to(device),
-                      use_cache=True, logits_to_keep=width + 1)
-        h, hl = state(), layer_state()
-    return [_trace(out.logits[j], list(a), P, h[j], {k: v[j] for k, v in hl.items()}, temperature,
-                   row_past(out_cache(out).layers, mask.to(device), j) if keep_past else None)
-            for j, a in enumerate(answers)]
+    return encode_traces_shared(model, tokenizer, [list(prompt_ids)] * len(answers), answers, None, 0, keep_past,
+                                temperature, layers, rows_per_pass=max(1, len(answers)))
 
 
 @torch.inference_mode()
@@ -66,11 +49,12 @@ def encode_traces_shared(model: Any, tokenizer: Any, prompts: list[list[int]], a
                          prefix: Any, prefix_len: int, keep_past: bool, temperature: float = 1.0,
                          layers: Sequence[int] = (), rows_per_pass: int = 16) -> list[Trace]:
     """:func:`encode_traces` of ``answers[i]`` after ``prompts[i]``, whose first ``prefix_len`` tokens
-    all prompts share and ``prefix`` caches (batch 1): each pass feeds ``rows_per_pass`` rows of
-    prompt rest + answer only, the rests left-padded so every answer starts at one column (so the
-    last ``width + 1`` logits hold every row's), the answers right-padded, positions after the
-    prefix; the model's attention must be :data:`impetus.lm.shared_prefix.ATTENTION`. Kept caches
-    get the prefix back, so they are whole (:func:`~impetus.lm.kv_cache.row_past`)."""
+    all prompts share and ``prefix`` caches (batch 1; None with ``prefix_len`` 0: no prefix apart):
+    each pass feeds ``rows_per_pass`` rows of prompt rest + answer only, the rests left-padded so every
+    answer starts at one column (so the last ``width + 1`` logits hold every row's), the answers
+    right-padded, positions after the prefix; with a prefix the model's attention must be
+    :data:`impetus.lm.shared_prefix.ATTENTION`. Kept caches get the prefix back, so they are whole
+    (:func:`~impetus.lm.kv_cache.row_past`)."""
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     traces: list[Trace] = []
@@ -88,10 +72,11 @@ def encode_traces_shared(model: Any, tokenizer: Any, prompts: list[list[int]], a
         cache = DynamicCache(config=model.config)
         with shared_prefix(prefix), last_state_hook(model, full=True) as state, \
                 layer_state_hook(model, layers, full=True) as layer_state:
+            # the last width + 1 positions: the rows predicting each answer token and the one after
             out = forward(model, cache, input_ids=ids.to(device), attention_mask=mask, position_ids=pos.to(device),
                           use_cache=True, logits_to_keep=width + 1)
             h, hl = state(), layer_state()
-        head = prefix.layers if keep_past else None
+        head = prefix.layers if keep_past and prefix is not None else None
         traces += [_trace(out.logits[j], a, start, h[j], {k: v[j] for k, v in hl.items()}, temperature,
                           row_past(out_cache(out).layers, mask, j, head) if keep_past else None)
                    for j, a in enumerate(chunk)]
