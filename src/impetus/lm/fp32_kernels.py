@@ -3,9 +3,9 @@
 On x86, torch runs an fp32 ``Linear`` through MKL's sgemm. MKL chooses its code path by the CPU's
 vendor, and on AMD CPUs it takes a generic AVX2 path even where the CPU has AVX-512. oneDNN, which
 torch ships too, chooses by the instructions the CPU has. Measured on an AMD EPYC (Zen 5, AVX-512,
-2 cores; docs/benchmarks.md, "fp32 matmuls through oneDNN"): the LM head's fp32 matmul
-(``[96, 576] x [576, 49152]``) takes 43 ms through MKL and 15 ms through oneDNN, the decoder's fp32
-matmuls 1.8-2.3x less time; with the kernels limited to AVX2, oneDNN is as fast or faster (1.0-1.3x). Both
+2 cores; ``benchmarks/bench_fp32_matmul.py``, docs/benchmarks.md): the LM head's fp32 matmul
+(``[96, 576] x [576, 49152]``) takes 33 ms through MKL and 13 ms through oneDNN, the decoder's fp32
+matmuls about 2x less time; with the kernels limited to AVX2, oneDNN is as fast or faster (1.0-1.4x). Both
 compute in fp32 throughout (oneDNN's ``brg_matmul:avx512_core`` on fp32 inputs and weights, no
 reduced-precision math mode), so the logits differ only by the order of fp32 additions (~1e-5).
 
