@@ -6,7 +6,7 @@ Usage (after any v1_rerank run: it reads that run's eval candidates, problems an
 
 Every side scores the same candidates with the same ensemble as the pipeline does
 (:func:`impetus.learned.fitting.text_energy_scores`: distinct rows, length-sorted), interleaved
-repeats: the plain ``nn.TransformerEncoder`` pass (what training runs); the last layer for [CLS]
+repeats: the plain ``nn.TransformerEncoder`` pass (what training ran until 2026-12-08); the last layer for [CLS]
 only with the other layers as ``nn`` modules (the eval path until the SDPA change); the eval path
 now (attention through ``scaled_dot_product_attention``), in fp32 and with a bf16 encoder
 (``scorer.text_ebm.score_dtype``). Prints each side's seconds, the largest energy difference from

@@ -81,10 +81,22 @@ class TextEBM(nn.Module):
         pos = torch.arange(length + 1, device=ids.device)
         x = self.tok(ids) + self.pos(pos)[None]
         if self.training:
-            x = self.encoder(x, src_key_padding_mask=~keep)
+            x = self._encode_train(x, ~keep)
         else:  # in the encoder's dtype (bf16 in a copy from scoring_copy), back to fp32 for the head
             x = self._encode_for_cls(x.to(self.encoder.layers[0].linear1.weight.dtype), ~keep).float()
         return self.head(self.norm(x[:, 0])).squeeze(-1)
+
+    def _encode_train(self, x: Tensor, pad: Tensor) -> Tensor:
+        """``self.encoder`` in training mode, with :func:`dropout`'s masks instead of ``bernoulli_``'s.
+        norm_first layers: ``x + drop1(attn(norm1(x)))`` (the attention weights dropped too), then
+        ``+ drop2(linear2(drop(gelu(linear1(norm2(.))))))``. The same modules and weights, so a model
+        saves and scores as before; equal to ``self.encoder`` when dropout is 0 (tested)."""
+        for layer in self.encoder.layers:
+            h = layer.norm1(x)
+            x = x + dropout(_attention(layer.self_attn, h, h, pad, layer.self_attn.dropout), layer.dropout1.p)
+            h = dropout(layer.activation(layer.linear1(layer.norm2(x))), layer.dropout.p)
+            x = x + dropout(layer.linear2(h), layer.dropout2.p)
+        return x
 
     def _encode_for_cls(self, x: Tensor, pad: Tensor) -> Tensor:
         """The encoder in eval mode, with its last layer computed for the [CLS] row only: the head
@@ -116,9 +128,37 @@ class TextEBM(nn.Module):
         return out.eval()
 
 
-def _attention(mha: nn.MultiheadAttention, query: Tensor, kv: Tensor, pad: Tensor) -> Tensor:
-    """``mha(query, kv, kv, key_padding_mask=pad)`` in eval mode (no dropout, no weights returned),
-    through ``F.scaled_dot_product_attention``; ``pad`` ``[B, L]`` is True at padding."""
+def dropout(x: Tensor, p: float) -> Tensor:
+    """Inverted dropout (training only): zero each entry with probability ``p`` and scale the rest by
+    ``1 / (1 - p)``, as ``F.dropout`` does. The mask comes from ``torch.rand`` on the global generator
+    (which training seeds), not from ``bernoulli_``: on the AMD EPYC ``F.dropout``'s ``bernoulli_``
+    was 28% of a TextEBM training step, and this costs half of ``F.dropout``, forward and backward
+    (docs/benchmarks.md, "Training the learned energies")."""
+    if p == 0.0:
+        return x
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"dropout probability {p} is not in [0, 1)")
+    return x * torch.rand_like(x).ge_(p).mul_(1.0 / (1.0 - p))
+
+
+class Dropout(nn.Module):
+    """``nn.Dropout`` through :func:`dropout` (no parameters: state dicts are unchanged)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        return dropout(x, self.p) if self.training else x
+
+
+def _attention(mha: nn.MultiheadAttention, query: Tensor, kv: Tensor, pad: Tensor,
+               dropout_p: float | None = None) -> Tensor:
+    """``mha(query, kv, kv, key_padding_mask=pad)`` without the weights returned; ``pad`` ``[B, L]`` is
+    True at padding. Scoring (``dropout_p`` None) goes through ``F.scaled_dot_product_attention``.
+    Training computes the weights explicitly and drops them by :func:`dropout` (SDPA's own dropout on
+    the CPU is its math path with ``bernoulli_``), also at ``dropout_p`` 0, so a training step's
+    rounding does not depend on the dropout setting."""
     b, d, heads = query.shape[0], mha.embed_dim, mha.num_heads
     w, bias = mha.in_proj_weight, mha.in_proj_bias
     q = F.linear(query, w[:d], bias[:d])
@@ -127,7 +167,12 @@ def _attention(mha: nn.MultiheadAttention, query: Tensor, kv: Tensor, pad: Tenso
     def split(t: Tensor) -> Tensor:  # [B, L, d] -> [B, heads, L, d / heads]
         return t.view(b, -1, heads, d // heads).transpose(1, 2)
 
-    out = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=~pad[:, None, None, :])
+    if dropout_p is not None:
+        scores = split(q) @ split(k).transpose(-2, -1) * (d // heads) ** -0.5
+        weights = scores.masked_fill(pad[:, None, None, :], float("-inf")).softmax(dim=-1)
+        out = dropout(weights, dropout_p) @ split(v)
+    else:
+        out = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=~pad[:, None, None, :])
     return mha.out_proj(out.transpose(1, 2).reshape(b, query.shape[1], d))
 
 
@@ -157,7 +202,7 @@ class LatentEBM(nn.Module):
         layers: list[nn.Module] = [nn.LayerNorm(c.input_dim)]
         d = c.input_dim
         for _ in range(c.n_layers):
-            layers += [nn.Linear(d, c.hidden), nn.GELU(), nn.Dropout(c.dropout)]
+            layers += [nn.Linear(d, c.hidden), nn.GELU(), Dropout(c.dropout)]
             d = c.hidden
         layers.append(nn.Linear(d, 1))
         self.net = nn.Sequential(*layers)
