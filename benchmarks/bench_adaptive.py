@@ -17,7 +17,9 @@ dtype ``model.dtype: auto`` picks, three ways, alternating, ``--repeats`` times 
 - ``adaptive_small``: the same with ``shard_size``-problem shards (what the pipeline did at first).
 
 Prints seconds (median over repeats), tokens, tokens/s and samples per problem for each, and the
-CPU's name. No shard files are written (a temporary folder per call).
+CPU's name; ``--calls`` also prints each way's ``generate`` calls of the last repeat (rows, tokens,
+the longest row's tokens, seconds), which splits a way's time into a cost per call and per row.
+No shard files are written (a temporary folder per call).
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ def main() -> None:
     ap.add_argument("--adaptive-shard", type=int, nargs="+", default=None,
                     help="problems per adaptive shard, one 'adaptive@<k>' way each (default: the pipeline's rule)")
     ap.add_argument("--ways", nargs="+", default=None, help="only these ways (e.g. full adaptive)")
+    ap.add_argument("--calls", action="store_true", help="print each way's generate calls (last repeat)")
     args = ap.parse_args()
 
     sampling, bench, params = run_settings()
@@ -97,8 +100,10 @@ def main() -> None:
           f"rule {args.rule} at {args.threshold:g}, wave {args.wave}, batch {params.batch_size}")
     times: dict[str, list[float]] = {k: [] for k in ways}
     last: dict[str, pd.DataFrame] = {}
+    calls: dict[str, list[tuple[int, int, int, float]]] = {}
     for _ in range(args.repeats):
         for name, (s, size, rule) in ways.items():
+            calls[name] = _log_calls(s)
             with tempfile.TemporaryDirectory() as tmp:
                 t0 = time.perf_counter()
                 last[name], _ = sample_problems(s, prompts, params, tmp, shard_size=size, progress=False, stop=rule)
@@ -109,6 +114,27 @@ def main() -> None:
         print(f"{name:14s}  {sec:6.1f} s (runs {', '.join(f'{t:.1f}' for t in times[name])})  {tokens} tokens  "
               f"{tokens / sec:5.0f} tok/s  {len(df) / len(prompts):.2f} samples/problem  "
               f"{100 * (1 - sec / full_s):.0f}% of full N's seconds saved")
+        if args.calls:
+            print("    generate calls (rows, tokens, longest row's tokens, s): "
+                  + ", ".join(f"({r}, {t}, {m}, {d:.2f})" for r, t, m, d in calls[name]))
+
+
+def _log_calls(sampler: Any) -> list[tuple[int, int, int, float]]:
+    """From now on, append ``(rows, tokens, longest row's tokens, seconds)`` of each of ``sampler``'s
+    ``generate`` calls to the list returned (a fresh list per call of this function)."""
+    log: list[tuple[int, int, int, float]] = []
+    generate = getattr(sampler, "_unlogged_generate", sampler.generate)
+    sampler._unlogged_generate = generate
+
+    def logged(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        out = generate(*args, **kwargs)
+        tokens = [g.n_tokens for gens in out for g in gens]
+        log.append((len(tokens), sum(tokens), max(tokens, default=0), time.perf_counter() - t0))
+        return out
+
+    sampler.generate = logged
+    return log
 
 
 if __name__ == "__main__":
