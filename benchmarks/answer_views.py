@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from sklearn.metrics import roc_auc_score
 
-from impetus.lm.loading import load_model
+from impetus.lm.loading import load_recorded
 
 VIEWS = ("same", "swap", "direct")
 
@@ -67,7 +67,7 @@ def answer_rows(graded: pd.DataFrame, problems: pd.DataFrame, prompts: pd.DataFr
 def main() -> None:
     evaluate = "--eval" in sys.argv[1:]
     lm = json.loads(open("data/06_models/base_lm.json").read())
-    model, tok = load_model(lm["path"], device="cpu", dtype="float32", fp32_matmul=lm.get("fp32_matmul", "default"))
+    model, tok = load_recorded(lm, device="cpu", dtype="float32")
     model.eval()
     splits = ["eval"] if evaluate else ["train", "dev"]
     graded = pd.concat([pd.read_parquet(f"data/03_primary/graded_{s}.parquet") for s in splits])

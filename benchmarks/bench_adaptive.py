@@ -40,7 +40,7 @@ import yaml  # noqa: E402
 
 from impetus.benchmarks.grading import answer_reader  # noqa: E402
 from impetus.framework.config import BenchmarkParams, SamplingStageParams  # noqa: E402
-from impetus.lm.loading import load_model  # noqa: E402
+from impetus.lm.loading import load_recorded  # noqa: E402
 from impetus.lm.precision import choose_dtype  # noqa: E402
 from bench_sampling import cpu_name  # noqa: E402 - the benchmarks folder is on sys.path
 from impetus.lm.runner import sample_problems  # noqa: E402
@@ -65,7 +65,7 @@ def run_sampler(requested: str = "auto") -> tuple[Any, Any, str, str]:
     ``(model, sampler, dtype, why)``."""
     lm = yaml.safe_load(Path("data/06_models/base_lm.json").read_text())
     dtype, why = choose_dtype(requested, "cpu")
-    model, tok = load_model(lm["path"], device="cpu", dtype=dtype, fp32_matmul=lm.get("fp32_matmul", "default"))
+    model, tok = load_recorded(lm, device="cpu", dtype=dtype)
     return model, get_sampler("hf", model, tok, record=True), dtype, why
 
 

@@ -120,16 +120,14 @@ class SamplerSpec:
         """Load the model on this process's device and return the sampler."""
         from pathlib import Path
 
-        from impetus.lm.loading import load_model, resolve_model
+        from impetus.lm.loading import load_recorded, resolve_model
 
         lm = self.base_lm
         path = lm["path"]
         if not Path(path).exists():
             path = resolve_model(lm["name_or_path"], trust_remote_code=lm.get("trust_remote_code", False),
                                  allow_pickle=lm.get("allow_pickle", False))
-        model, tok = load_model(path, device=self.device or lm.get("device", "cpu"), dtype=lm.get("dtype", "float32"),
-                                trust_remote_code=lm.get("trust_remote_code", False),
-                                allow_pickle=lm.get("allow_pickle", False), fp32_matmul=lm.get("fp32_matmul", "default"))
+        model, tok = load_recorded(lm, path=path, device=self.device)
         return get_sampler(self.backend, model, tok, record=self.record, **recorded_layers(lm), **self.kwargs)
 
 

@@ -40,7 +40,7 @@ from impetus.lm.nucleus import sample_tokens as _sample_tokens
 from impetus.lm.recording import RowRecord, last_state_hook, layer_state_hook, tempered_lse
 from impetus.lm.rows import AnswerSpan, CallOptions, Row, advance, first_bans, pooled_record
 from impetus.lm.sampler import Generation, ProgressFn, Prompt, Resample, SamplingParams, encode_per_prompt, row_seed
-from impetus.lm.shared_prefix import ATTENTION, prefix_of_pasts, shared_len, shared_prefix
+from impetus.lm.shared_prefix import ATTENTION, distinct, prefix_of_pasts, shared_len, shared_prefix
 from impetus.lm.trace import Trace
 
 class HFSampler:
@@ -256,7 +256,7 @@ class HFSampler:
 
     def _shared_prefix(self, prompt_ids: list[list[int]]) -> tuple[int, DynamicCache | None]:
         """The token prefix all the prompts share (:meth:`_shared_len`) and its cache, prefilled once."""
-        seqs = list({tuple(q): q for q in prompt_ids if q}.values())
+        seqs = distinct(prompt_ids)
         n = self._shared_len(seqs)
         if not n:
             return 0, None
@@ -267,7 +267,7 @@ class HFSampler:
     def _past_prefix(self, prompt_ids: list[list[int]], pasts: list[RowPast]) -> tuple[int, DynamicCache | None]:
         """Continuing rows: their prompts' shared prefix within every given cache, viewed from the first
         (:func:`impetus.lm.shared_prefix.prefix_of_pasts`)."""
-        n = min([self._shared_len(list({tuple(q): q for q in prompt_ids}.values()))] + [p[0][0].shape[-2] for p in pasts])
+        n = min([self._shared_len(distinct(prompt_ids))] + [p[0][0].shape[-2] for p in pasts])
         return (n, prefix_of_pasts(self.model.config, pasts, n)) if n >= self.min_shared_prefix else (0, None)
 
     def _shared_len(self, seqs: list[list[int]]) -> int:

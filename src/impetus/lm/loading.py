@@ -343,6 +343,16 @@ def load_model(
     return model, tok
 
 
+def load_recorded(lm: dict[str, Any], path: str | Path | None = None, device: str | None = None,
+                  dtype: str | None = None) -> tuple[Any, Any]:
+    """:func:`load_model` as the ``base_lm`` record ``lm`` says (its folder, device, dtype, fp32 kernels,
+    trust and pickle flags): the one place that maps the record onto the loader. ``path``, ``device``
+    and ``dtype`` override the record's (a Ray worker's own copy and device; a benchmark's dtype)."""
+    return load_model(path or lm["path"], device=device or lm.get("device", "cpu"),
+                      dtype=dtype or lm.get("dtype", "float32"), trust_remote_code=lm.get("trust_remote_code", False),
+                      allow_pickle=lm.get("allow_pickle", False), fp32_matmul=lm.get("fp32_matmul", "default"))
+
+
 def model_id_info(path: str | Path, model: Any | None = None) -> dict[str, Any]:
     """Small dict of model facts to log as run params (name, n_params, dtype)."""
     path = Path(path)

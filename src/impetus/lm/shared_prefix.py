@@ -55,6 +55,11 @@ def common_prefix(seqs: list[list[int]]) -> int:
     return n
 
 
+def distinct(seqs: list[list[int]]) -> list[list[int]]:
+    """The distinct non-empty token sequences of ``seqs``, in first-seen order (what :func:`shared_len` takes)."""
+    return list({tuple(q): q for q in seqs if q}.values())
+
+
 def shared_len(seqs: list[list[int]], min_len: int) -> int:
     """Tokens all the distinct prompts ``seqs`` share, at most one fewer than the shortest (its last
     token's logits are needed); 0 below ``min_len`` (not worth a forward) or for one prompt."""

@@ -27,13 +27,10 @@ def stage(name: str, nodes: Iterable[Node]) -> Pipeline:
 
 
 def load_base_lm(base_lm: dict) -> tuple:
-    """``(model, tokenizer)`` of the ``base_lm`` record, honouring its device, dtype, trust and pickle flags."""
-    from impetus.lm.loading import load_model
+    """``(model, tokenizer)`` of the ``base_lm`` record (:func:`impetus.lm.loading.load_recorded`)."""
+    from impetus.lm.loading import load_recorded
 
-    return load_model(base_lm["path"], device=base_lm["device"], dtype=base_lm["dtype"],
-                      trust_remote_code=base_lm.get("trust_remote_code", False),
-                      allow_pickle=base_lm.get("allow_pickle", False),
-                      fp32_matmul=base_lm.get("fp32_matmul", "default"))
+    return load_recorded(base_lm)
 
 
 def load_base_tokenizer(base_lm: dict):
